@@ -1,0 +1,54 @@
+"""Losses for long-tailed multi-label classification, in the style of
+``optax.losses``: per-element outputs, keyword-only hyperparameters, no
+reduction inside unless stated.
+
+AGT (Jian et al., Sci. Rep. 2026):
+  gradient_ratio_stats, gradient_reweight_weights, count_reweight_weights,
+  reweighted_bce, gradient_reweighted_bce, binary_kl_divergence,
+  class_balanced_kd_weights, class_balanced_kd.
+
+Peers, with their published conventions:
+  sigmoid_focal_loss (optax's own; torchvision's defaults are alpha=0.25,
+  gamma=2), class_balanced_weights, class_balanced_loss,
+  distribution_balanced_loss, eqlv2_init, eqlv2_loss, EQLv2State, ride_loss,
+  ldam_margins.
+"""
+
+from optax.losses import sigmoid_focal_loss
+
+from agt_jax.losses._class_balanced import class_balanced_loss
+from agt_jax.losses._class_balanced import class_balanced_weights
+from agt_jax.losses._distillation import binary_kl_divergence
+from agt_jax.losses._distillation import class_balanced_kd
+from agt_jax.losses._distillation import class_balanced_kd_weights
+from agt_jax.losses._distribution_balanced import distribution_balanced_loss
+from agt_jax.losses._eqlv2 import EQLv2State
+from agt_jax.losses._eqlv2 import eqlv2_init
+from agt_jax.losses._eqlv2 import eqlv2_loss
+from agt_jax.losses._reweighting import count_reweight_weights
+from agt_jax.losses._reweighting import gradient_ratio_stats
+from agt_jax.losses._reweighting import gradient_reweight_weights
+from agt_jax.losses._reweighting import gradient_reweighted_bce
+from agt_jax.losses._reweighting import reweighted_bce
+from agt_jax.losses._ride import ldam_margins
+from agt_jax.losses._ride import ride_loss
+
+__all__ = [
+    "EQLv2State",
+    "binary_kl_divergence",
+    "class_balanced_kd",
+    "class_balanced_kd_weights",
+    "class_balanced_loss",
+    "class_balanced_weights",
+    "count_reweight_weights",
+    "distribution_balanced_loss",
+    "eqlv2_init",
+    "eqlv2_loss",
+    "gradient_ratio_stats",
+    "gradient_reweight_weights",
+    "gradient_reweighted_bce",
+    "ldam_margins",
+    "reweighted_bce",
+    "ride_loss",
+    "sigmoid_focal_loss",
+]

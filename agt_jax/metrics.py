@@ -1,0 +1,178 @@
+"""Evaluation metrics, computed on the host with numpy and scikit-learn.
+
+* :func:`odir_score` is the official ODIR-2019 challenge metric.
+* :func:`multilabel_report` is the per-class long-tail view (AUC, AP, F1) with
+  head/medium/tail means.
+* :func:`mean_metric` / :func:`merge_metrics` / :func:`finalize_metrics` carry
+  training metrics as ``(sum, count)`` pairs so that means over devices and
+  steps are exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+ODIR_CLASSES = ("N", "D", "G", "C", "A", "H", "M", "O")
+
+
+def _as_2d(name: str, x) -> np.ndarray:
+  x = np.asarray(x)
+  if x.ndim != 2:
+    raise ValueError(f"`{name}` must be [n, C], got shape {x.shape}.")
+  return x
+
+
+def _check_pair(labels, probs) -> tuple[np.ndarray, np.ndarray]:
+  labels, probs = _as_2d("labels", labels), _as_2d("probs", probs)
+  if labels.shape != probs.shape:
+    raise ValueError(f"`labels` has shape {labels.shape} but `probs` has shape "
+                     f"{probs.shape}.")
+  if not np.all(np.isfinite(probs)):
+    raise ValueError("`probs` contains non-finite values.")
+  return labels.astype(np.int64), probs.astype(np.float64)
+
+
+def odir_score(labels, probs) -> dict[str, float]:
+  r"""The official ODIR-2019 score on `[n, 8]` labels and probabilities.
+
+  Exactly as the challenge's ``ODIR_evaluation.py``: both matrices are
+  flattened to one vector of :math:`8n` binary decisions;
+
+  * ``kappa`` = Cohen's kappa of ``labels`` vs ``probs > 0.5`` (strict: a
+    probability of exactly 0.5 is a negative),
+  * ``f1`` = micro-F1 of the same, which on a flattened binary vector equals
+    accuracy,
+  * ``auc`` = one ROC AUC pooled over all :math:`8n` entries (not a per-class
+    mean),
+  * ``final`` = (kappa + f1 + auc) / 3.
+
+  The challenge scores one row per patient; the AGT paper applies the same
+  formula to image-level rows. Works for any number of columns.
+
+  Args:
+    labels: `[n, C]` 0/1 ground truth.
+    probs: `[n, C]` predicted probabilities.
+
+  Returns:
+    ``{"kappa", "f1", "auc", "final"}`` as floats.
+  """
+  labels, probs = _check_pair(labels, probs)
+  gt, pr = labels.ravel(), probs.ravel()
+  pred = (pr > 0.5).astype(np.int64)
+  kappa = float(skm.cohen_kappa_score(gt, pred))
+  f1 = float(skm.f1_score(gt, pred, average="micro"))
+  auc = float(skm.roc_auc_score(gt, pr))
+  return {"kappa": kappa, "f1": f1, "auc": auc, "final": (kappa + f1 + auc) / 3}
+
+
+def shot_split(class_counts, *, many: int = 100, few: int = 20
+               ) -> dict[str, np.ndarray]:
+  """Class indices of the head (> many), medium ([few, many]) and tail (< few)
+  splits, the CIFAR100-LT convention (Liu et al. 2019)."""
+  n = np.asarray(class_counts)
+  return {"head": np.flatnonzero(n > many),
+          "medium": np.flatnonzero((n >= few) & (n <= many)),
+          "tail": np.flatnonzero(n < few)}
+
+
+def multilabel_report(labels, probs, class_names: Sequence[str], *,
+                      class_counts=None, many: int = 100, few: int = 20
+                      ) -> dict:
+  """Per-class and averaged multi-label metrics.
+
+  Per class: ROC AUC, average precision (AP) and F1 at the strict 0.5
+  threshold, plus the number of test positives. A class with no positive (or
+  no negative) in ``labels`` has undefined AUC/AP, reported as NaN and left
+  out of the macro means, whose ``*_classes`` field says how many classes
+  entered.
+
+  With ``class_counts`` (training positives per class) the report adds the
+  mean AUC/AP/F1 over the head (> ``many``), medium and tail (< ``few``)
+  splits.
+
+  Args:
+    labels: `[n, C]` 0/1 ground truth.
+    probs: `[n, C]` probabilities.
+    class_names: `C` names.
+    class_counts: optional `[C]` training counts for the shot splits.
+    many, few: split thresholds.
+
+  Returns:
+    A JSON-serialisable dict: ``per_class`` (name -> metrics), ``macro_auc``,
+    ``map``, ``macro_f1``, ``odir`` (:func:`odir_score`) and, with counts,
+    ``shots``.
+  """
+  labels, probs = _check_pair(labels, probs)
+  c = labels.shape[1]
+  if len(class_names) != c:
+    raise ValueError(f"`class_names` has {len(class_names)} names for {c} "
+                     "columns.")
+  pred = (probs > 0.5).astype(np.int64)
+  per_class, aucs, aps, f1s = {}, [], [], []
+  for j, name in enumerate(class_names):
+    y, p = labels[:, j], probs[:, j]
+    defined = 0 < y.sum() < len(y)
+    auc = float(skm.roc_auc_score(y, p)) if defined else math.nan
+    ap = float(skm.average_precision_score(y, p)) if defined else math.nan
+    f1 = float(skm.f1_score(y, pred[:, j], zero_division=0.0))
+    per_class[name] = {"auc": auc, "ap": ap, "f1": f1,
+                       "positives": int(y.sum())}
+    aucs.append(auc), aps.append(ap), f1s.append(f1)
+  aucs, aps, f1s = map(np.asarray, (aucs, aps, f1s))
+
+  def nanmean(x):
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else math.nan
+
+  report = {
+      "per_class": per_class,
+      "macro_auc": nanmean(aucs),
+      "map": nanmean(aps),
+      "macro_f1": float(f1s.mean()),
+      "macro_auc_classes": int(np.isfinite(aucs).sum()),
+      "odir": odir_score(labels, probs),
+  }
+  if class_counts is not None:
+    if len(class_counts) != c:
+      raise ValueError(f"`class_counts` has {len(class_counts)} entries for "
+                       f"{c} classes.")
+    report["shots"] = {
+        split: {"classes": [class_names[j] for j in idx],
+                "auc": nanmean(aucs[idx]), "ap": nanmean(aps[idx]),
+                "f1": nanmean(f1s[idx])}
+        for split, idx in shot_split(class_counts, many=many, few=few).items()}
+  return report
+
+
+# -- (sum, count) training metrics -------------------------------------------
+
+def mean_metric(values, where=None) -> tuple:
+  """A ``(sum, count)`` pair for averaging ``values`` (jnp or np) exactly."""
+  import jax.numpy as jnp  # keeps this module importable without jax on host
+  values = jnp.asarray(values)
+  if where is None:
+    return jnp.sum(values), jnp.asarray(values.size, values.dtype)
+  where = jnp.broadcast_to(jnp.asarray(where), values.shape)
+  return (jnp.sum(jnp.where(where, values, 0)),
+          jnp.sum(where).astype(values.dtype))
+
+
+def merge_metrics(a: Mapping, b: Mapping) -> dict:
+  """Adds two dicts of ``(sum, count)`` pairs key by key."""
+  out = dict(a)
+  for k, (s, n) in b.items():
+    out[k] = (out[k][0] + s, out[k][1] + n) if k in out else (s, n)
+  return out
+
+
+def finalize_metrics(metrics: Mapping) -> dict[str, float]:
+  """``{name: sum / count}`` on the host (NaN for an empty count)."""
+  out = {}
+  for k, (s, n) in metrics.items():
+    s, n = float(np.asarray(s)), float(np.asarray(n))
+    out[k] = s / n if n else math.nan
+  return out

@@ -1,0 +1,211 @@
+"""Independent float64 numpy references, written from the formulas.
+
+Nothing here imports agt_jax: these are what the library is checked against.
+"""
+
+import numpy as np
+
+
+def sigmoid(z):
+  return 1.0 / (1.0 + np.exp(-z))
+
+
+def log_sigmoid(z):
+  return -np.logaddexp(0.0, -z)
+
+
+def bce(z, y):
+  return -(y * log_sigmoid(z) + (1 - y) * log_sigmoid(-z))
+
+
+def ratio_stats(z, y, mask=None):
+  z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)
+  mask = np.ones_like(z) if mask is None else np.broadcast_to(
+      np.asarray(mask, np.float64).reshape(len(z), -1), z.shape)
+  p = sigmoid(z)
+  count = np.maximum(mask.sum(0), 1)
+  return ((mask * y * (p - 1)).sum(0) / count,
+          (mask * (1 - y) * p).sum(0) / count)
+
+
+def reweight(z, y, beta=2.0, eps=1e-8, mask=None):
+  pos, neg = ratio_stats(z, y, mask)
+  return np.minimum(1.0, (np.abs(pos) / (np.abs(neg) + eps)) ** beta)
+
+
+def reweighted_bce(z, y, w):
+  z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)
+  return -(y * log_sigmoid(z) + w * (1 - y) * log_sigmoid(-z))
+
+
+def binary_kl(zs, zt, T, direction):
+  qs1, qt1 = sigmoid(zs / T), sigmoid(zt / T)
+  qs = np.stack([1 - qs1, qs1]); qt = np.stack([1 - qt1, qt1])
+  if direction == "teacher_student":
+    kl = (qt * (np.log(qt) - np.log(qs))).sum(0)
+  else:
+    kl = (qs * (np.log(qs) - np.log(qt))).sum(0)
+  return T * T * kl
+
+
+def cb_kd_weight(labels_row, counts):
+  pos = np.flatnonzero(labels_row)
+  if len(pos) == 0:
+    return 1.0
+  p_single = (1 / len(counts)) * max(1 / counts[c] for c in pos)
+  p_multi = (1 / len(counts)) * sum(1 / counts[c] for c in pos)
+  return p_single / p_multi
+
+
+def torchvision_focal(z, y, alpha=0.25, gamma=2.0):
+  p = sigmoid(z)
+  ce = bce(z, y)
+  p_t = p * y + (1 - p) * (1 - y)
+  loss = ce * (1 - p_t) ** gamma
+  if alpha >= 0:
+    loss = (alpha * y + (1 - alpha) * (1 - y)) * loss
+  return loss
+
+
+def cb_weights(counts, beta):
+  counts = np.asarray(counts, np.float64)
+  w = (1 - beta) / (1 - beta ** counts)
+  return w / w.sum() * len(counts)
+
+
+def cb_loss_official_total(z, y, counts, beta, gamma):
+  """The TF reference's reduced loss: sum(a_i * mod * BCE) / sum(labels)."""
+  w = cb_weights(counts, beta)
+  a = (y * w).sum(1, keepdims=True)
+  if gamma == 0:
+    mod = 1.0
+  else:
+    mod = np.exp(-gamma * y * z - gamma * np.log1p(np.exp(-z)))
+  return (a * mod * bce(z, y)).sum() / y.sum()
+
+
+def db_loss(z, y, counts, n_train, neg_scale=2.0, init_bias=0.05,
+            map_alpha=0.1, map_beta=10.0, map_gamma=0.2, focal_gamma=2.0,
+            balance_param=2.0):
+  z = np.array(z, np.float64); y = np.asarray(y, np.float64)
+  counts = np.asarray(counts, np.float64)
+  out = np.zeros_like(z)
+  for i in range(z.shape[0]):
+    r = sum(y[i, j] / counts[j] for j in range(z.shape[1]))
+    for j in range(z.shape[1]):
+      ratio = (1 / counts[j]) / r if r > 0 else np.inf
+      w = sigmoid(map_beta * (ratio - map_gamma)) + map_alpha
+      zz = z[i, j] - np.log(n_train / counts[j] - 1) * init_bias / neg_scale
+      if y[i, j] == 1:
+        l = -log_sigmoid(zz)
+      else:
+        l = -log_sigmoid(-neg_scale * zz)
+        w = w / neg_scale
+      pt = np.exp(-l)
+      out[i, j] = balance_param * (1 - pt) ** focal_gamma * w * l
+  return out
+
+
+def eqlv2_step(z, y, pos_grad, neg_grad, pos_neg, gamma=12, mu=0.8, alpha=4.0):
+  q = 1 / (1 + np.exp(-gamma * (pos_neg - mu)))
+  w = (1 + alpha * (1 - q)) * y + q * (1 - y)
+  loss = bce(z, y) * w
+  p = sigmoid(z)
+  g = np.abs(y * (p - 1) + (1 - y) * p) * w
+  pg = pos_grad + (g * y).sum(0)
+  ng = neg_grad + (g * (1 - y)).sum(0)
+  return loss, pg, ng, pg / (ng + 1e-10)
+
+
+def ride_loss(expert_logits, targets, counts, s=30.0, max_m=0.5,
+              reweight=False, adf=-0.2, beta=0.9999, base_T=1.0, rf=0.05):
+  z = np.asarray(expert_logits, np.float64)
+  e, n, c = z.shape
+  counts = np.asarray(counts, np.float64)
+  m = 1 / np.sqrt(np.sqrt(counts)); m = m * (max_m / m.max())
+  mean = z.mean(0)
+  if reweight:
+    cw = cb_weights(counts, beta)
+    f = counts / counts.sum()
+    t = c * f * rf + 1 - rf
+    T = base_T * t / t.max()
+  else:
+    cw = np.ones(c); T = np.full(c, base_T)
+  Tm = T.mean()
+
+  def log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+  total = 0.0
+  tgt = np.exp(log_softmax(mean / T))
+  for k in range(e):
+    x = (z[k] if adf != 0 else mean).copy()
+    x[np.arange(n), targets] -= s * m[targets]
+    ce = -log_softmax(x)[np.arange(n), targets]
+    w = cw[targets]
+    total += (w * ce).sum() / w.sum()
+    lq = log_softmax(z[k] / T)
+    total += adf * Tm * Tm * (tgt * (np.log(tgt) - lq)).sum() / n
+  return total
+
+
+# -- MGDA: a plain-Python port of the reference solver's semantics ----------
+
+def _from2(v11, v12, v22):
+  if v12 >= v11:
+    return 0.999, v11
+  if v12 >= v22:
+    return 0.001, v22
+  g = -1.0 * ((v12 - v22) / (v11 + v22 - 2 * v12))
+  return g, v22 + g * (v12 - v22)
+
+
+def _proj_simplex(y):
+  m = len(y)
+  s = np.flip(np.sort(y))
+  tmpsum, tmax_f = 0.0, (np.sum(y) - 1.0) / m
+  for i in range(m - 1):
+    tmpsum += s[i]
+    tmax = (tmpsum - 1) / (i + 1.0)
+    if tmax > s[i + 1]:
+      tmax_f = tmax
+      break
+  return np.maximum(y - tmax_f, 0.0)
+
+
+def _next_point(cur, grad):
+  n = len(cur)
+  pg = grad - np.sum(grad) / n
+  tm1 = -cur[pg < 0] / pg[pg < 0]
+  tm2 = (1.0 - cur[pg > 0]) / pg[pg > 0]
+  t = 1.0
+  if (tm1 > 1e-7).any():
+    t = np.min(tm1[tm1 > 1e-7])
+  if (tm2 > 1e-7).any():
+    t = min(t, np.min(tm2[tm2 > 1e-7]))
+  return _proj_simplex(pg * t + cur)
+
+
+def mgda_reference(vecs, tol=1e-5, max_iter=250):
+  vecs = np.asarray(vecs, np.float64)
+  k = len(vecs)
+  G = vecs @ vecs.T
+  dmin, sol = 1e8, None
+  for i in range(k):
+    for j in range(i + 1, k):
+      c, d = _from2(G[i, i], G[i, j], G[j, j])
+      if d < dmin:
+        dmin, sol = d, ((i, j), c, d)
+  x = np.zeros(k)
+  x[sol[0][0]] = sol[1]; x[sol[0][1]] = 1 - sol[1]
+  if k < 3:
+    return x, sol[2]
+  for _ in range(max_iter):
+    new = _next_point(x, -G @ x)
+    nc, nd = _from2(x @ G @ x, x @ G @ new, new @ G @ new)
+    nx = nc * x + (1 - nc) * new
+    if np.abs(nx - x).sum() < tol:
+      return x, nd
+    x = nx
+  return x, nd
