@@ -54,8 +54,10 @@ def _next_point(cur, grad):
   tm2 = jnp.where(posi, (1.0 - cur) / jnp.where(posi, proj, 1.0), inf)
   tm1 = jnp.where(tm1 > 1e-7, tm1, inf)
   tm2 = jnp.where(tm2 > 1e-7, tm2, inf)
-  t = jnp.minimum(jnp.min(tm1), jnp.min(tm2))
-  t = jnp.where(jnp.isfinite(t), t, 1.0)
+  # Reference rule: t = min over valid tm1 (which may exceed 1), else 1; then
+  # t = min(t, min over valid tm2).
+  t1 = jnp.min(tm1)
+  t = jnp.minimum(jnp.where(jnp.isfinite(t1), t1, 1.0), jnp.min(tm2))
   return _projection_to_simplex(proj * t + cur)
 
 

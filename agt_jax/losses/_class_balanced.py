@@ -32,8 +32,13 @@ def class_balanced_weights(
   """
   n = jnp.asarray(class_counts, jnp.float32)
   _checks.check_rank(n, 1, "class_counts", "[C]")
-  # expm1/log1p keep (1 - beta^n) accurate for beta close to 1.
-  effective = -jnp.expm1(n * jnp.log1p(-beta)) if beta > 0 else jnp.ones_like(n)
+  if not 0.0 <= beta < 1.0:
+    raise ValueError(f"`beta` must be in [0, 1), got {beta}.")
+  if beta == 0.0:
+    return jnp.ones_like(n)
+  # 1 - beta^n = -expm1(n log1p(-(1 - beta))): accurate for beta close to 1,
+  # where float32 `1 - beta ** n` loses most of its digits.
+  effective = -jnp.expm1(n * jnp.log1p(-(1.0 - beta)))
   w = (1.0 - beta) / effective
   return w / jnp.sum(w) * n.shape[0]
 

@@ -1,0 +1,94 @@
+"""agt_jax.metrics: the official ODIR score and the long-tail report."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agt_jax import metrics
+
+
+def mann_whitney_auc(y, s):
+  pos, neg = s[y == 1], s[y == 0]
+  gt = (pos[:, None] > neg[None, :]).sum()
+  eq = (pos[:, None] == neg[None, :]).sum()
+  return (gt + 0.5 * eq) / (len(pos) * len(neg))
+
+
+def kappa_by_hand(y, pred):
+  po = np.mean(y == pred)
+  pe = np.mean(y) * np.mean(pred) + np.mean(1 - y) * np.mean(1 - pred)
+  return (po - pe) / (1 - pe)
+
+
+def test_odir_score_hand_computed():
+  gt = np.array([[1, 0, 1, 0], [0, 0, 1, 1]])
+  pr = np.array([[.9, .2, .4, .6], [.1, .5, .7, .8]])
+  s = metrics.odir_score(gt, pr)
+  # TP=3 FN=1 FP=1 TN=3 (0.5 is a negative): accuracy .75, kappa .5,
+  # 14 of 16 positive/negative pairs ordered: AUC .875.
+  assert s["kappa"] == pytest.approx(0.5)
+  assert s["f1"] == pytest.approx(0.75)
+  assert s["auc"] == pytest.approx(0.875)
+  assert s["final"] == pytest.approx((0.5 + 0.75 + 0.875) / 3)
+
+
+def test_odir_threshold_is_strict():
+  gt = np.zeros((4, 8), int); gt[:, 0] = 1
+  pr = np.full((4, 8), 0.5); pr[:, 0] = 0.9
+  s = metrics.odir_score(gt, pr)
+  assert s["f1"] == 1.0  # with >= every 0.5 would be a false positive
+  assert s["kappa"] == 1.0
+
+
+def test_odir_score_random_matches_independent_formulas():
+  rng = np.random.default_rng(0)
+  gt = (rng.random((50, 8)) < 0.3).astype(int)
+  pr = np.clip(gt * 0.35 + rng.random((50, 8)) * 0.65, 0, 1)
+  s = metrics.odir_score(gt, pr)
+  y, p = gt.ravel(), pr.ravel()
+  pred = (p > 0.5).astype(int)
+  assert s["kappa"] == pytest.approx(kappa_by_hand(y, pred), rel=1e-12)
+  assert s["f1"] == pytest.approx(np.mean(y == pred), rel=1e-12)
+  assert s["auc"] == pytest.approx(mann_whitney_auc(y, p), rel=1e-12)
+  # micro-F1 on the flattened vector is accuracy, not the positive-class F1.
+  pos_f1 = 2 * np.sum(pred & y) / (np.sum(pred) + np.sum(y))
+  assert abs(s["f1"] - pos_f1) > 1e-3
+
+
+def test_odir_score_bad_input():
+  with pytest.raises(ValueError, match=r"`probs` has shape \(3, 8\)"):
+    metrics.odir_score(np.zeros((2, 8)), np.zeros((3, 8)))
+  with pytest.raises(ValueError, match="non-finite"):
+    metrics.odir_score(np.zeros((2, 2)), np.full((2, 2), np.nan))
+
+
+def test_multilabel_report():
+  rng = np.random.default_rng(1)
+  gt = (rng.random((60, 4)) < [0.5, 0.3, 0.1, 0.0]).astype(int)
+  pr = np.clip(gt * 0.4 + rng.random((60, 4)) * 0.6, 0, 1)
+  names = ["a", "b", "c", "d"]
+  r = metrics.multilabel_report(gt, pr, names, class_counts=[500, 60, 10, 0])
+  for j, n in enumerate(names[:3]):
+    assert r["per_class"][n]["auc"] == pytest.approx(
+        mann_whitney_auc(gt[:, j], pr[:, j]), rel=1e-12)
+    assert r["per_class"][n]["positives"] == gt[:, j].sum()
+  assert math.isnan(r["per_class"]["d"]["auc"])  # no positive: undefined
+  assert r["macro_auc_classes"] == 3
+  assert r["macro_auc"] == pytest.approx(
+      np.mean([r["per_class"][n]["auc"] for n in names[:3]]))
+  assert r["shots"]["head"]["classes"] == ["a"]
+  assert r["shots"]["medium"]["classes"] == ["b"]
+  assert r["shots"]["tail"]["classes"] == ["c", "d"]
+  assert r["shots"]["tail"]["auc"] == pytest.approx(r["per_class"]["c"]["auc"])
+  assert r["odir"] == metrics.odir_score(gt, pr)
+
+
+def test_sum_count_metrics_are_exact_means():
+  a = {"loss": metrics.mean_metric(jnp.array([1.0, 2.0, 3.0]))}
+  b = {"loss": metrics.mean_metric(jnp.array([10.0, 0.0]),
+                                   where=jnp.array([True, False]))}
+  merged = metrics.merge_metrics(a, b)
+  # (1 + 2 + 3 + 10) / 4, not the mean of the two means.
+  assert metrics.finalize_metrics(merged)["loss"] == pytest.approx(4.0)
