@@ -59,6 +59,10 @@ def odir_score(labels, probs) -> dict[str, float]:
 
   Returns:
     ``{"kappa", "f1", "auc", "final"}`` as floats.
+
+  References:
+    ODIR-2019 challenge evaluation script ``ODIR_evaluation.py``
+    (https://odir2019.grand-challenge.org); the AGT paper, Eqs. 15-17.
   """
   labels, probs = _check_pair(labels, probs)
   gt, pr = labels.ravel(), probs.ravel()

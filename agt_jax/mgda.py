@@ -153,6 +153,10 @@ def gradient_normalizers(grads: ArrayLike, losses: ArrayLike, *,
 
   Returns:
     `[K]` scales.
+
+  References:
+    Sener & Koltun, NeurIPS 2018 (``gradient_normalizers``); GBG (paper 004)
+    trains with ``"loss+"``.
   """
   g = jnp.asarray(grads)
   norms = jnp.sqrt(jnp.sum(g * g, axis=1))

@@ -25,8 +25,25 @@ class EQLv2State(NamedTuple):
   pos_neg: jax.Array
 
 
-def eqlv2_init(num_classes: int, dtype=jnp.float32) -> EQLv2State:
-  """Fresh EQLv2 statistics for `num_classes` sigmoid outputs."""
+def eqlv2_init(num_classes: int, *, dtype=jnp.float32) -> EQLv2State:
+  r"""Fresh EQLv2 statistics for `num_classes` sigmoid outputs.
+
+  .. math::
+    g^{pos} = g^{neg} = 0, \qquad g^{pos}/g^{neg} := 100
+
+  so that :math:`q = \sigma(\gamma(100 - \mu)) \approx 1` and every weight is
+  1 at the first step.
+
+  Args:
+    num_classes: :math:`C`.
+    dtype: statistics dtype.
+
+  Returns:
+    :class:`EQLv2State` with `[C]` fields.
+
+  References:
+    Tan et al., *Equalization Loss v2*, CVPR 2021.
+  """
   zeros = jnp.zeros((num_classes,), dtype)
   return EQLv2State(pos_grad=zeros, neg_grad=zeros,
                     pos_neg=jnp.full((num_classes,), 100.0, dtype))

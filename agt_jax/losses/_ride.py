@@ -12,8 +12,22 @@ from agt_jax.losses._class_balanced import class_balanced_weights
 
 def ldam_margins(class_counts: ArrayLike, *, max_margin: float = 0.5
                  ) -> jax.Array:
-  r"""LDAM margins :math:`m_c \propto n_c^{-1/4}`, the largest equal to
-  ``max_margin``. Returns `[C]`."""
+  r"""LDAM per-class margins.
+
+  .. math::
+    m_c = m_{max} \frac{n_c^{-1/4}}{\max_k n_k^{-1/4}}
+
+  Args:
+    class_counts: `[C]` training examples per class.
+    max_margin: :math:`m_{max}`, the margin of the rarest class.
+
+  Returns:
+    `[C]` margins.
+
+  References:
+    Cao et al., *Learning Imbalanced Datasets with Label-Distribution-Aware
+    Margin Loss*, NeurIPS 2019.
+  """
   m = jnp.asarray(class_counts, jnp.float32) ** -0.25
   return m * (max_margin / jnp.max(m))
 

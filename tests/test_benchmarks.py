@@ -1,0 +1,22 @@
+"""Benchmarks run at tiny sizes and print the documented JSON schema."""
+
+import json
+import subprocess
+import sys
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_loss_overhead_schema():
+  out = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "loss_overhead.py"),
+       "--batch-size", "8", "--classes", "4", "--steps", "3", "--warmup", "1"],
+      check=True, capture_output=True, text=True, cwd=ROOT,
+      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(ROOT)}).stdout
+  rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+  assert {r["system"] for r in rows} == {"bce", "agt_reweighted_bce", "focal"}
+  for r in rows:
+    assert r["ms_median"] > 0 and r["ms_p90"] >= r["ms_median"]
+    assert r["compile_s"] > 0
