@@ -1,0 +1,113 @@
+"""Patient-level k-fold splits: both eyes of a patient are always together."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+
+from agt_jax.data.table import ImageTable
+
+MODES = ("random", "stratified")
+
+
+def _patient_label_union(table: ImageTable):
+  patients, inverse = np.unique(table.patient_ids, return_inverse=True)
+  union = np.zeros((len(patients), table.num_classes), np.uint8)
+  np.maximum.at(union, inverse, table.labels)
+  return patients, inverse, union
+
+
+def _iterative_stratification(labels: np.ndarray, k: int,
+                              rng: np.random.Generator) -> np.ndarray:
+  """Sechidis et al. (2011) iterative stratification of multi-label rows.
+
+  Repeatedly takes the label with the fewest remaining examples and deals its
+  examples to the fold that most wants that label (ties: the fold that wants
+  the most examples overall, then at random). Rows without labels are dealt
+  last to the folds that want the most examples.
+  """
+  n, c = labels.shape
+  fold = np.full(n, -1)
+  want_rows = np.full(k, n / k)
+  want_label = np.outer(np.full(k, 1.0 / k), labels.sum(0))  # [k, c]
+  remaining = labels.astype(bool).copy()
+  while remaining.any():
+    counts = remaining.sum(0)
+    counts[counts == 0] = n + 1
+    label = int(np.argmin(counts))
+    rows = np.flatnonzero(remaining[:, label])
+    rng.shuffle(rows)
+    for row in rows:
+      best = np.flatnonzero(want_label[:, label] == want_label[:, label].max())
+      if len(best) > 1:
+        best = best[want_rows[best] == want_rows[best].max()]
+      f = int(rng.choice(best))
+      fold[row] = f
+      want_rows[f] -= 1
+      want_label[f] -= labels[row]
+      remaining[row] = False
+  for row in rng.permutation(np.flatnonzero(fold < 0)):
+    f = int(np.argmax(want_rows))
+    fold[row] = f
+    want_rows[f] -= 1
+  return fold
+
+
+def patient_folds(table: ImageTable, *, num_folds: int = 5, seed: int = 0,
+                  mode: str = "random") -> np.ndarray:
+  """Assigns every image a fold in ``[0, num_folds)`` by patient.
+
+  ``random`` (the paper): the sorted patient IDs are permuted with ``seed``
+  and cut into ``num_folds`` near-equal parts. ``stratified``: iterative
+  stratification on each patient's label union, which keeps thin tail classes
+  spread over the folds.
+
+  Returns:
+    `[n]` int fold of each image.
+  """
+  if mode not in MODES:
+    raise ValueError(f"fold mode must be one of {MODES}, got {mode!r}.")
+  patients, inverse, union = _patient_label_union(table)
+  if len(patients) < num_folds:
+    raise ValueError(f"{table.name}: {len(patients)} patients cannot make "
+                     f"{num_folds} folds.")
+  rng = np.random.default_rng(seed)
+  if mode == "random":
+    patient_fold = np.empty(len(patients), np.int64)
+    for f, part in enumerate(np.array_split(rng.permutation(len(patients)),
+                                            num_folds)):
+      patient_fold[part] = f
+  else:
+    patient_fold = _iterative_stratification(union, num_folds, rng)
+  return patient_fold[inverse]
+
+
+def fold_split(table: ImageTable, fold: int, *, num_folds: int = 5,
+               seed: int = 0, mode: str = "random"
+               ) -> tuple[ImageTable, ImageTable, dict]:
+  """``(train, test, assignment)`` for test fold ``fold``.
+
+  ``assignment`` records everything needed to rebuild the split (seed, mode,
+  and the test patients) and is saved with every run.
+  """
+  if not 0 <= fold < num_folds:
+    raise ValueError(f"fold must be in [0, {num_folds}), got {fold}.")
+  folds = patient_folds(table, num_folds=num_folds, seed=seed, mode=mode)
+  test = folds == fold
+  assignment = {
+      "dataset": table.name, "num_folds": num_folds, "fold": fold,
+      "seed": seed, "mode": mode, "num_train_images": int((~test).sum()),
+      "num_test_images": int(test.sum()),
+      "test_patients": sorted(set(table.patient_ids[test].tolist()),
+                              key=lambda p: (len(p), p)),
+  }
+  return table.take(~test), table.take(test), assignment
+
+
+def save_assignment(assignment: dict, workdir) -> pathlib.Path:
+  path = pathlib.Path(workdir) / "fold_assignment.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(assignment, indent=1))
+  return path

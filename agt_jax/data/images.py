@@ -1,0 +1,125 @@
+"""Decoding, field-of-view cropping, resizing and augmentation of fundus images.
+
+Host-side numpy/PIL: these run in Grain workers, not under jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+from agt_jax.data.errors import ImageReadError
+
+
+def read_image(path) -> np.ndarray:
+  """Decodes an image file to uint8 `[H, W, 3]` RGB; names the file on error."""
+  path = pathlib.Path(path)
+  try:
+    with Image.open(path) as im:
+      return np.asarray(im.convert("RGB"))
+  except FileNotFoundError:
+    raise ImageReadError(f"image file not found: {path}") from None
+  except Exception as e:  # PIL raises several types for corrupt files
+    raise ImageReadError(f"cannot decode image {path}: {e}") from e
+
+
+def fov_bbox(image: np.ndarray, *, threshold: int = 15) -> tuple[int, int, int, int]:
+  """``(top, bottom, left, right)`` of the circular field of view: the rows and
+  columns whose brightest channel exceeds ``threshold`` somewhere. Falls back
+  to the whole image when nothing is bright."""
+  bright = image.max(axis=2) > threshold
+  rows, cols = np.flatnonzero(bright.any(1)), np.flatnonzero(bright.any(0))
+  if len(rows) == 0 or len(cols) == 0:
+    return 0, image.shape[0], 0, image.shape[1]
+  return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def crop_to_fov(image: np.ndarray, *, threshold: int = 15) -> np.ndarray:
+  """Crops the black border around the field of view and pads the crop to a
+  centred square (black), so resizing keeps the disc round."""
+  t, b, l, r = fov_bbox(image, threshold=threshold)
+  crop = image[t:b, l:r]
+  h, w = crop.shape[:2]
+  s = max(h, w)
+  out = np.zeros((s, s, 3), np.uint8)
+  out[(s - h) // 2:(s - h) // 2 + h, (s - w) // 2:(s - w) // 2 + w] = crop
+  return out
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+  """Square resize with PIL (area-like filtering when shrinking)."""
+  if image.shape[0] == size and image.shape[1] == size:
+    return image
+  im = Image.fromarray(image)
+  return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR,
+                              reducing_gap=2.0))
+
+
+def prepare_fundus(path, *, size: int = 512, fov: bool = True) -> np.ndarray:
+  """File -> FOV crop -> `[size, size, 3]` uint8 (the paper resizes to 512)."""
+  image = read_image(path)
+  if fov:
+    image = crop_to_fov(image)
+  return resize(image, size)
+
+
+def random_crop_flip(image: np.ndarray, crop: int, rng: np.random.Generator
+                     ) -> np.ndarray:
+  """Training augmentation: a random ``crop`` square and a horizontal flip
+  with probability 1/2 (paper §3.8: 512 -> random 448 crop)."""
+  h, w = image.shape[:2]
+  if crop > min(h, w):
+    raise ValueError(f"crop {crop} is larger than the image {h}x{w}.")
+  top = int(rng.integers(h - crop + 1))
+  left = int(rng.integers(w - crop + 1))
+  out = image[top:top + crop, left:left + crop]
+  if rng.random() < 0.5:
+    out = out[:, ::-1]
+  return np.ascontiguousarray(out)
+
+
+def center_crop(image: np.ndarray, crop: int) -> np.ndarray:
+  """Evaluation: the central ``crop`` square."""
+  h, w = image.shape[:2]
+  if crop > min(h, w):
+    raise ValueError(f"crop {crop} is larger than the image {h}x{w}.")
+  top, left = (h - crop) // 2, (w - crop) // 2
+  return np.ascontiguousarray(image[top:top + crop, left:left + crop])
+
+
+@dataclasses.dataclass(frozen=True)
+class FileImageSource:
+  """Images read from files, FOV-cropped and resized to ``size`` on access.
+
+  Files already at ``size`` x ``size`` (e.g. a prepared 512 copy) skip the
+  crop and resize.
+  """
+  paths: tuple[str, ...]
+  size: int = 512
+  fov: bool = True
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    image = read_image(self.paths[int(i)])
+    if image.shape[:2] == (self.size, self.size):
+      return image
+    if self.fov:
+      image = crop_to_fov(image)
+    return resize(image, self.size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayImageSource:
+  """Images from a `[n, S, S, 3]` uint8 array or memmap (a prepared cache)."""
+  array: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.array)
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    return np.asarray(self.array[int(i)])

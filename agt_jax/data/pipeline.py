@@ -1,0 +1,91 @@
+"""Grain pipelines: label-only batches -> images -> devices.
+
+A sampler from :mod:`agt_jax.data.samplers` decides *which* images form step
+``t``'s batch; :class:`LoadAndAugment` attaches the pixels with a per-example
+rng derived from ``(seed, t, slot)``, so a batch is the same whether it is
+produced in-process, by ``mp_prefetch`` workers, or after a resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from agt_jax.data import images
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadAndAugment:
+  """``batch -> batch + {"image": uint8 [b, crop, crop, 3]}``.
+
+  ``train=True``: random crop + horizontal flip; otherwise a centre crop.
+  """
+  source: object  # FileImageSource / ArrayImageSource / any index -> image
+  crop: int
+  train: bool
+  seed: int = 0
+
+  def __call__(self, step: int, batch: dict) -> dict:
+    out = []
+    for slot, i in enumerate(np.asarray(batch["index"])):
+      image = self.source[int(i)]
+      if self.train:
+        rng = np.random.default_rng((self.seed, int(step), slot))
+        out.append(images.random_crop_flip(image, self.crop, rng))
+      else:
+        out.append(images.center_crop(image, self.crop))
+    return {**batch, "image": np.stack(out)}
+
+
+def with_images(batches: grain.MapDataset, source, *, crop: int,
+                train: bool, seed: int = 0) -> grain.MapDataset:
+  """Attaches (augmented) images to every batch of a sampler dataset."""
+  return batches.map_with_index(LoadAndAugment(source, crop, train, seed))
+
+
+def eval_batches(num_examples: int, labels, *, batch_size: int
+                 ) -> grain.MapDataset:
+  """Sequential evaluation batches; the last one is padded with index 0 and
+  carries ``"valid"`` so metrics skip the padding."""
+  labels = np.asarray(labels)
+  steps = -(-num_examples // batch_size)
+
+  def make(t):
+    idx = np.arange(t * batch_size, (t + 1) * batch_size)
+    valid = idx < num_examples
+    idx = np.where(valid, idx, 0)
+    return {"index": idx, "labels": labels[idx], "valid": valid}
+
+  return grain.MapDataset.range(steps).map(make)
+
+
+def to_iterator(ds: grain.MapDataset, *, workers: int = 0,
+                prefetch: int = 2) -> grain.DatasetIterator:
+  """An iterator with ``get_state``/``set_state`` (orbax-checkpointable via
+  ``grain.checkpoint``); ``workers > 0`` decodes in worker processes."""
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0,
+                                               prefetch_buffer_size=0))
+  if workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=prefetch))
+  return iter(it_ds)
+
+
+def data_sharding(mesh: jax.sharding.Mesh, axis: str = "data"
+                  ) -> NamedSharding:
+  return NamedSharding(mesh, P(axis))
+
+
+def device_batches(iterator: Iterator[dict], sharding: NamedSharding
+                   ) -> Iterator[dict]:
+  """Puts each batch's arrays on the devices, split along the batch axis;
+  scalars (e.g. ``group``) are replicated."""
+  replicated = NamedSharding(sharding.mesh, P())
+  for batch in iterator:
+    yield {k: jax.device_put(v, sharding if np.ndim(v) else replicated)
+           for k, v in batch.items()}

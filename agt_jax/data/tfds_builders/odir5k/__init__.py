@@ -1,0 +1,1 @@
+"""tfds builder package for ODIR-5K (dataset name ``odir5k``)."""

@@ -1,0 +1,1 @@
+"""tfds builder package for RFMiD (dataset name ``rfmid``)."""
