@@ -20,3 +20,16 @@ def test_loss_overhead_schema():
   for r in rows:
     assert r["ms_median"] > 0 and r["ms_p90"] >= r["ms_median"]
     assert r["compile_s"] > 0
+
+
+def test_input_pipeline_schema():
+  out = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "input_pipeline.py"),
+       "--workers", "0", "--batch-size", "4", "--image-size", "64", "--crop",
+       "48", "--batches", "2", "--warmup", "1", "--num-images", "8"],
+      check=True, capture_output=True, text=True, cwd=ROOT,
+      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(ROOT)}).stdout
+  rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+  assert len(rows) == 1 and rows[0]["workers"] == 0
+  assert rows[0]["images_per_s"] > 0 and rows[0]["crop"] == 48

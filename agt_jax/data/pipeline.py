@@ -71,6 +71,11 @@ def to_iterator(ds: grain.MapDataset, *, workers: int = 0,
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0,
                                                prefetch_buffer_size=0))
   if workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+      # Grain reads absl flags in its workers; scripts without absl.app
+      # never parse them.
+      flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=prefetch))
   return iter(it_ds)
