@@ -2,23 +2,26 @@
 
 Loaders return an :class:`ImageTable`; samplers turn its labels into Grain
 datasets of label-only batches; :mod:`agt_jax.data.pipeline` attaches images.
+Names are imported lazily, so e.g. the renderer works without Grain or tfds.
 """
 
-from agt_jax.data.errors import DatasetNotFoundError
-from agt_jax.data.errors import ImageReadError
-from agt_jax.data.errors import LabelFileError
-from agt_jax.data.folds import fold_split
-from agt_jax.data.folds import patient_folds
-from agt_jax.data.odir import load_odir5k
-from agt_jax.data.odir import packaged_label_table
-from agt_jax.data.rfmid import load_rfmid
-from agt_jax.data.cifar import load_cifar100_lt
-from agt_jax.data.samplers import group_mixed_batches
-from agt_jax.data.samplers import validate_groups
-from agt_jax.data.table import ImageTable
+import importlib
 
-__all__ = [
-    "DatasetNotFoundError", "ImageReadError", "ImageTable", "LabelFileError",
-    "fold_split", "group_mixed_batches", "load_cifar100_lt", "load_odir5k",
-    "load_rfmid", "packaged_label_table", "patient_folds", "validate_groups",
-]
+_EXPORTS = {
+    "DatasetNotFoundError": "errors", "ImageReadError": "errors",
+    "LabelFileError": "errors", "ImageTable": "table",
+    "fold_split": "folds", "patient_folds": "folds",
+    "load_odir5k": "odir", "packaged_label_table": "odir",
+    "load_rfmid": "rfmid", "load_cifar100_lt": "cifar",
+    "group_mixed_batches": "samplers", "validate_groups": "samplers",
+    "load_dataset": "registry", "load_synth": "synth",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    module = importlib.import_module(f"agt_jax.data.{_EXPORTS[name]}")
+    return getattr(module, name)
+  raise AttributeError(f"module 'agt_jax.data' has no attribute {name!r}")

@@ -258,5 +258,4 @@ def packaged_label_table(*, ignorable_policy: str = "as_normal") -> ImageTable:
       keywords=np.array([r["keywords"] for r in rows]),
       splits=np.array(["train"] * len(rows)),
       meta={"source": "agt_jax/data/resources/odir5k_image_labels.csv",
-            "ignorable_policy": ignorable_policy, "synthetic": False,
-            "has_ignorable": [r["has_ignorable"] == "1" for r in rows]})
+            "ignorable_policy": ignorable_policy, "synthetic": False})

@@ -1,0 +1,41 @@
+"""Datasets by name: every experiment picks its data with one string."""
+
+from __future__ import annotations
+
+import pathlib
+
+from agt_jax.data import cifar, images, odir, rfmid, synth
+
+NAMES = ("odir5k-synth", "odir5k", "rfmid", "cifar100-lt-100",
+         "cifar100-lt-50", "cifar100-lt-10")
+
+
+def load_dataset(name: str, *, data_dir=None, cache_dir=None,
+                 image_size: int = 512, seed: int = 0,
+                 ignorable_policy: str = "as_normal", workers=None,
+                 progress: bool = True):
+  """``(table, image_source)`` for a dataset name.
+
+  * ``odir5k-synth`` (the offline default): rendered into ``cache_dir`` once;
+  * ``odir5k`` / ``rfmid``: real data under ``data_dir``;
+  * ``cifar100-lt-{100,50,10}``: the training split of CIFAR100-LT (use
+    :func:`agt_jax.data.cifar.load_cifar100_lt` for the test split).
+  """
+  if name == "odir5k-synth":
+    return synth.load_synth(cache_dir, size=image_size, seed=seed,
+                            ignorable_policy=ignorable_policy, workers=workers,
+                            progress=progress)
+  if name in ("odir5k", "rfmid") and data_dir is None:
+    raise ValueError(f"dataset {name!r} needs --data-dir (the folder with the "
+                     f"real data); the offline default is 'odir5k-synth'.")
+  if name == "odir5k":
+    t = odir.load_odir5k(data_dir, ignorable_policy=ignorable_policy)
+    return t, images.FileImageSource(tuple(t.paths), size=image_size)
+  if name == "rfmid":
+    t = rfmid.load_rfmid(data_dir)
+    return t, images.FileImageSource(tuple(t.paths), size=image_size)
+  if name.startswith("cifar100-lt-"):
+    factor = int(name.rsplit("-", 1)[1])
+    return cifar.load_cifar100_lt(pathlib.Path(data_dir), imbalance_factor=factor,
+                                  seed=seed)["train"]
+  raise ValueError(f"unknown dataset {name!r}; known: {', '.join(NAMES)}.")

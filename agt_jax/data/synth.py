@@ -1,0 +1,338 @@
+"""odir5k-synth: the real ODIR-5K image-level labels with rendered images.
+
+The offline default dataset. Labels, keywords, eyes and patients are the real
+ODIR-5K training table shipped with the package; the pixels come from
+:func:`agt_jax.data.synth_render.render`. Everything built from it is marked
+synthetic (``table.meta["synthetic"]``, the dataset name, reports, plots).
+
+Images are rendered once into an on-disk uint8 cache
+(``<cache_dir>/odir5k-synth/<size>px-seed<seed>-r<version>/``):
+
+* ``images.u8``: a raw `[n, size, size, 3]` memmap;
+* ``done.npy``: which rows are rendered, rewritten atomically after every
+  chunk, so an interrupted build resumes where it stopped;
+* ``meta.json``: written last, atomically; only a cache with it (and matching
+  parameters) is ever read as complete.
+
+CLI::
+
+  python -m agt_jax.data.synth build --size 512 --workers 2
+  python -m agt_jax.data.synth gallery --out docs/odir5k_synth_gallery.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import pathlib
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from agt_jax.data import odir
+from agt_jax.data import odir_keywords as kw
+from agt_jax.data import synth_render
+from agt_jax.data.images import ArrayImageSource
+from agt_jax.data.table import ImageTable
+
+NAME = "odir5k-synth"
+SYNTHETIC_NOTE = ("synthetic: real ODIR-5K labels with procedurally rendered "
+                  "images (odir5k-synth)")
+
+
+def default_cache_dir() -> pathlib.Path:
+  env = os.environ.get("AGT_JAX_CACHE")
+  if env:
+    return pathlib.Path(env).expanduser()
+  return pathlib.Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")
+                      ).expanduser() / "agt_jax"
+
+
+def synth_table(*, ignorable_policy: str = "as_normal") -> ImageTable:
+  """The label table of odir5k-synth (no paths: images are rendered)."""
+  t = odir.packaged_label_table(ignorable_policy=ignorable_policy)
+  meta = {**t.meta, "synthetic": True, "note": SYNTHETIC_NOTE,
+          "renderer_version": synth_render.RENDERER_VERSION}
+  return dataclasses.replace(t, name=NAME, meta=meta)
+
+
+def row(table: ImageTable, i: int) -> dict:
+  """The renderer's input for row ``i``."""
+  keywords = str(table.keywords[i])
+  return {"image": str(table.image_ids[i]), "eye": str(table.eyes[i]),
+          "keywords": keywords, "labels": table.labels[i].tolist(),
+          "has_ignorable": kw.keyword_flags(keywords)["has_ignorable"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderSource:
+  """Renders image ``i`` on access (deterministic; no cache)."""
+  table: ImageTable
+  size: int = 512
+  seed: int = 0
+  visibility: tuple = ()
+
+  def __len__(self) -> int:
+    return len(self.table)
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    return synth_render.render(row(self.table, int(i)), self.size,
+                               seed=self.seed,
+                               visibility=dict(self.visibility) or None)
+
+
+# -- the cache ---------------------------------------------------------------
+
+def _fingerprint(table: ImageTable, size: int, seed: int, visibility) -> str:
+  h = hashlib.sha256()
+  h.update(json.dumps([synth_render.RENDERER_VERSION, size, seed,
+                       sorted((visibility or {}).items())]).encode())
+  h.update(np.ascontiguousarray(table.labels).tobytes())
+  h.update("\n".join(table.image_ids.tolist()).encode())
+  h.update("\n".join(table.keywords.tolist()).encode())
+  return h.hexdigest()
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _save_done(path: pathlib.Path, done: np.ndarray) -> None:
+  import io
+  buf = io.BytesIO()
+  np.save(buf, done)
+  _atomic_write(path, buf.getvalue())
+
+
+def cache_path(cache_dir, size: int, seed: int) -> pathlib.Path:
+  return (pathlib.Path(cache_dir).expanduser() / NAME /
+          f"{size}px-seed{seed}-r{synth_render.RENDERER_VERSION}")
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(table, size, seed, visibility, images_path, n):
+  _WORKER.update(table=table, size=size, seed=seed, visibility=visibility,
+                 images=np.memmap(images_path, np.uint8, "r+",
+                                  shape=(n, size, size, 3)))
+
+
+def _render_chunk(chunk: np.ndarray) -> np.ndarray:
+  w = _WORKER
+  for i in chunk:
+    w["images"][i] = synth_render.render(row(w["table"], int(i)), w["size"],
+                                         seed=w["seed"],
+                                         visibility=w["visibility"])
+  w["images"].flush()
+  return chunk
+
+
+def build_cache(table: ImageTable, cache_dir=None, *, size: int = 512,
+                seed: int = 0, workers: int | None = None,
+                chunk_size: int = 32, visibility: Mapping | None = None,
+                progress: bool = True, max_chunks: int | None = None
+                ) -> pathlib.Path:
+  """Renders every image of ``table`` into the cache (resuming if partial).
+
+  Args:
+    table: the odir5k-synth table (or a subset).
+    cache_dir: root of caches (default :func:`default_cache_dir`).
+    size: image side.
+    seed: dataset seed.
+    workers: rendering processes (default: all cores).
+    chunk_size: images per unit of work and per progress checkpoint.
+    visibility: per-class sign strength multipliers.
+    progress: show a progress bar with ETA.
+    max_chunks: stop after this many chunks (for tests of interrupted
+      builds); the cache is then left incomplete.
+
+  Returns:
+    The cache folder (complete unless ``max_chunks`` stopped it).
+  """
+  folder = cache_path(cache_dir or default_cache_dir(), size, seed)
+  folder.mkdir(parents=True, exist_ok=True)
+  n = len(table)
+  fp = _fingerprint(table, size, seed, visibility)
+  meta_path, done_path = folder / "meta.json", folder / "done.npy"
+  images_path = folder / "images.u8"
+  if _is_complete(folder, fp):
+    return folder
+  if meta_path.exists():  # complete but for other parameters: rebuild
+    meta_path.unlink()
+    done_path.unlink(missing_ok=True)
+  expected_bytes = n * size * size * 3
+  if not images_path.exists() or images_path.stat().st_size != expected_bytes:
+    with open(images_path, "wb") as f:
+      f.truncate(expected_bytes)
+    done_path.unlink(missing_ok=True)
+  fp_path = folder / "fingerprint"
+  if not fp_path.exists() or fp_path.read_text() != fp:
+    done_path.unlink(missing_ok=True)
+    _atomic_write(fp_path, fp.encode())
+  done = np.load(done_path) if done_path.exists() else np.zeros(n, bool)
+  todo = np.flatnonzero(~done)
+  chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
+  if max_chunks is not None:
+    chunks = chunks[:max_chunks]
+  workers = workers or os.cpu_count() or 1
+  bar = None
+  if progress:
+    try:
+      from tqdm.auto import tqdm
+    except ImportError:  # a bare environment: no bar, same result
+      tqdm = None
+    if tqdm is not None:
+      bar = tqdm(total=n, initial=int(done.sum()), unit="img",
+                 desc=f"rendering {NAME} {size}px (synthetic)")
+  t0 = time.perf_counter()
+  args = (table, size, seed, dict(visibility or {}) or None, str(images_path),
+          n)
+  if workers <= 1:
+    _init_worker(*args)
+    results = map(_render_chunk, chunks)
+    pool = None
+  else:
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=args)
+    results = pool.imap_unordered(_render_chunk, chunks)
+  try:
+    for chunk in results:
+      done[chunk] = True
+      _save_done(done_path, done)
+      if bar is not None:
+        bar.update(len(chunk))
+  finally:
+    if pool is not None:
+      pool.terminate()
+      pool.join()
+    if bar is not None:
+      bar.close()
+    _WORKER.clear()
+  if done.all():
+    meta = {"name": NAME, "synthetic": True, "note": SYNTHETIC_NOTE,
+            "images": n, "size": size, "seed": seed,
+            "renderer_version": synth_render.RENDERER_VERSION,
+            "fingerprint": fp, "build_seconds": time.perf_counter() - t0,
+            "workers": workers}
+    _atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+  return folder
+
+
+def _is_complete(folder: pathlib.Path, fingerprint: str) -> bool:
+  meta_path = folder / "meta.json"
+  if not meta_path.exists():
+    return False
+  try:
+    meta = json.loads(meta_path.read_text())
+  except json.JSONDecodeError:
+    return False
+  return meta.get("fingerprint") == fingerprint
+
+
+def open_cache(table: ImageTable, cache_dir=None, *, size: int = 512,
+               seed: int = 0, visibility: Mapping | None = None) -> np.memmap:
+  """The complete cache as a read-only memmap; raises if it is incomplete."""
+  folder = cache_path(cache_dir or default_cache_dir(), size, seed)
+  if not _is_complete(folder, _fingerprint(table, size, seed, visibility)):
+    raise FileNotFoundError(
+        f"{NAME}: no complete {size}px cache in {folder} (an interrupted "
+        "build is finished by build_cache or `python -m agt_jax.data.synth "
+        "build`).")
+  return np.memmap(folder / "images.u8", np.uint8, "r",
+                   shape=(len(table), size, size, 3))
+
+
+def load_synth(cache_dir=None, *, size: int = 512, seed: int = 0,
+               ignorable_policy: str = "as_normal", build: bool = True,
+               workers: int | None = None, progress: bool = True,
+               visibility: Mapping | None = None):
+  """``(table, ArrayImageSource)`` of odir5k-synth, building the cache first
+  when needed."""
+  table = synth_table(ignorable_policy=ignorable_policy)
+  if build:
+    build_cache(table, cache_dir, size=size, seed=seed, workers=workers,
+                progress=progress, visibility=visibility)
+  return table, ArrayImageSource(open_cache(table, cache_dir, size=size,
+                                            seed=seed, visibility=visibility))
+
+
+# -- gallery -----------------------------------------------------------------
+
+def gallery(path, *, size: int = 192, per_class: int = 4, multi: int = 4,
+            seed: int = 0) -> pathlib.Path:
+  """Writes a PNG grid: ``per_class`` single-label examples per class, then
+  ``multi`` multi-label images, each captioned with its labels."""
+  from PIL import Image, ImageDraw
+  table = synth_table()
+  names = table.class_names
+  single = table.labels.sum(1) == 1
+  picks, captions = [], []
+  for c, name in enumerate(names):
+    idx = np.flatnonzero(single & (table.labels[:, c] == 1))
+    idx = idx[np.linspace(0, len(idx) - 1, per_class).astype(int)]
+    picks += idx.tolist()
+    captions += [name] * per_class
+  idx = np.flatnonzero(table.labels.sum(1) >= 2)
+  idx = idx[np.linspace(0, len(idx) - 1, multi).astype(int)]
+  picks += idx.tolist()
+  captions += ["+".join(n for n, v in zip(names, table.labels[i]) if v)
+               for i in idx]
+  cols = per_class
+  rows_n = -(-len(picks) // cols)
+  pad, head = 4, 28
+  canvas = Image.new("RGB", (cols * (size + pad) + pad,
+                             head + rows_n * (size + pad) + pad), (255,) * 3)
+  draw = ImageDraw.Draw(canvas)
+  draw.text((pad, 8), f"{NAME} - SYNTHETIC images rendered from real ODIR-5K "
+            "labels", fill=(0, 0, 0))
+  for k, (i, cap) in enumerate(zip(picks, captions)):
+    img = synth_render.render(row(table, i), size, seed=seed)
+    x = pad + (k % cols) * (size + pad)
+    y = head + (k // cols) * (size + pad)
+    canvas.paste(Image.fromarray(img), (x, y))
+    kws = str(table.keywords[i]).split(";")[0][:28]
+    draw.rectangle((x, y, x + size, y + 14), fill=(0, 0, 0))
+    draw.text((x + 3, y + 2), f"{cap}: {kws}", fill=(255, 255, 255))
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  canvas.save(path, optimize=True)
+  return path
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(prog="python -m agt_jax.data.synth",
+                              description=__doc__.split("\n")[0])
+  sub = p.add_subparsers(dest="cmd", required=True)
+  b = sub.add_parser("build", help="render the image cache")
+  b.add_argument("--cache-dir", type=pathlib.Path, default=None)
+  b.add_argument("--size", type=int, default=512)
+  b.add_argument("--seed", type=int, default=0)
+  b.add_argument("--workers", type=int, default=None)
+  g = sub.add_parser("gallery", help="write a PNG grid of examples")
+  g.add_argument("--out", type=pathlib.Path,
+                 default=pathlib.Path("odir5k_synth_gallery.png"))
+  g.add_argument("--size", type=int, default=192)
+  a = p.parse_args(argv)
+  if a.cmd == "build":
+    t0 = time.perf_counter()
+    folder = build_cache(synth_table(), a.cache_dir, size=a.size, seed=a.seed,
+                         workers=a.workers)
+    print(json.dumps({"cache": str(folder), "seconds": time.perf_counter() - t0,
+                      "synthetic": True}))
+  else:
+    print(gallery(a.out, size=a.size))
+
+
+if __name__ == "__main__":
+  main()
