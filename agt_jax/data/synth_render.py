@@ -141,7 +141,8 @@ def severities(keywords: str, labels, rng: _Rng,
       s = rng.u(0.3, 1.0)
     if rng.chance(SUBTLE_FRACTION):
       s = rng.u(0.03, 0.15)
-    out[c] = s * vis[c]
+    if s * vis[c] > 0:   # visibility 0 removes the class's signs
+      out[c] = s * vis[c]
   return out
 
 
@@ -466,6 +467,11 @@ def _distractors(img, rng, geo):
       y, x = _posterior_pole(rng, geo, 0.9)
       r = px * rng.u(1.0, 2.5)
       _stamp(img, y, x, r, r, _WHITE, rng.u(0.3, 0.7), soft=0.6)
+  if rng.chance(0.35):   # vessel stubs seen end-on: red dots like MAs
+    for _ in range(rng.int(1, 5)):
+      y, x = _posterior_pole(rng, geo, 0.9)
+      r = px * rng.u(0.8, 1.7)
+      _stamp(img, y, x, r, r, _HAEM, rng.u(0.25, 0.6), soft=0.4)
 
 
 def _tessellation_mask(rng, s) -> np.ndarray:
@@ -553,23 +559,25 @@ def _posterior_pole(rng, geo, spread=0.55):
 def _diabetic(img, rng, geo, s_d):
   s = img.shape[0]
   px = s / 512
-  n_ma = int(2 + 20 * s_d)
-  for _ in range(n_ma):
+  # Lesion contrast grows with severity, so subtle cases are faint as well
+  # as few.
+  alpha = 0.25 + 0.55 * min(s_d, 1.0)
+  for _ in range(int(1 + 14 * s_d)):   # microaneurysms
     y, x = _posterior_pole(rng, geo)
-    r = px * rng.u(1.0, 2.0)
-    _stamp(img, y, x, r, r, _HAEM, 0.9, soft=0.3)
-  if s_d > 0.35:   # dot/blot haemorrhages, hard exudates, cotton-wool spots
-    for _ in range(int(20 * (s_d - 0.3))):
+    r = px * rng.u(0.8, 1.7)
+    _stamp(img, y, x, r, r, _HAEM, alpha, soft=0.4)
+  if s_d > 0.4:   # dot/blot haemorrhages, hard exudates, cotton-wool spots
+    for _ in range(int(14 * (s_d - 0.35))):
       y, x = _posterior_pole(rng, geo, 0.75)
       r = px * rng.u(2.5, 6.0)
-      _stamp(img, y, x, r, r * rng.u(0.7, 1.3), _HAEM, 0.85, soft=0.4)
+      _stamp(img, y, x, r, r * rng.u(0.7, 1.3), _HAEM, alpha, soft=0.5)
     cy, cx = _posterior_pole(rng, geo, 0.3)
-    for _ in range(int(30 * (s_d - 0.3))):
+    for _ in range(int(22 * (s_d - 0.35))):
       y = cy + rng.normal(0, 12 * px)
       x = cx + rng.normal(0, 12 * px)
-      r = px * rng.u(1.5, 3.5)
-      _stamp(img, y, x, r, r, _EXUDATE, 0.9, soft=0.2)
-    for _ in range(int(6 * (s_d - 0.3))):
+      r = px * rng.u(1.2, 3.0)
+      _stamp(img, y, x, r, r, _EXUDATE, alpha, soft=0.3)
+    for _ in range(int(5 * (s_d - 0.35))):
       y, x = _posterior_pole(rng, geo, 0.7)
       r = px * rng.u(6, 11)
       _stamp(img, y, x, r, r * 1.3, _CWS, 0.6, soft=1.2, angle=rng.u(0, 3))
@@ -591,28 +599,28 @@ def _amd(img, rng, geo, s_a, kws):
   px = img.shape[0] / 512
   wet = any("wet" in k for k in kws) or (not any("dry" in k for k in kws)
                                          and rng.chance(0.3))
-  n = int(3 + 18 * s_a)
-  for _ in range(n):   # drusen within ~1.5 DD of the fovea
+  alpha = 0.3 + 0.5 * min(s_a, 1.0)
+  for _ in range(int(2 + 12 * s_a)):   # drusen within ~1.5 DD of the fovea
     a, d = rng.u(0, 2 * math.pi), geo.disc_r * 3 * math.sqrt(rng.u(0, 1))
-    r = px * (rng.u(3, 7) if rng.chance(0.5) else rng.u(1.5, 3))
+    r = px * (rng.u(3, 6) if rng.chance(0.4) else rng.u(1.5, 3))
     _stamp(img, fy + d * math.sin(a), fx + d * math.cos(a), r, r, _DRUSEN,
-           0.8, soft=0.9)
-  for _ in range(int(10 * s_a)):   # RPE mottling
+           alpha, soft=1.0)
+  for _ in range(int(8 * s_a)):   # RPE mottling
     a, d = rng.u(0, 2 * math.pi), geo.disc_r * 2 * math.sqrt(rng.u(0, 1))
     r = px * rng.u(2, 5)
     _stamp(img, fy + d * math.sin(a), fx + d * math.cos(a), r, r, _PIGMENT,
            0.5, soft=0.8)
   if wet:
-    r = px * (10 + 25 * s_a)
-    _stamp(img, fy, fx, r, r * 1.2, _CNV, 0.8, soft=0.5)
-    for _ in range(int(6 + 10 * s_a)):   # exudates around the lesion
+    r = px * (8 + 18 * s_a)
+    _stamp(img, fy, fx, r, r * 1.2, _CNV, alpha, soft=0.6)
+    for _ in range(int(3 + 8 * s_a)):   # exudates around the lesion
       a = rng.u(0, 2 * math.pi)
       rr = px * rng.u(1.5, 3)
       _stamp(img, fy + r * 1.5 * math.sin(a), fx + r * 1.6 * math.cos(a), rr,
-             rr, _EXUDATE, 0.8, soft=0.3)
-  elif s_a > 0.6:  # geographic atrophy
-    r = px * (10 + 20 * s_a)
-    _stamp(img, fy, fx, r, r * 1.1, _ATROPHY, 0.85, soft=0.08)
+             rr, _EXUDATE, alpha, soft=0.3)
+  elif s_a > 0.7:  # geographic atrophy
+    r = px * (8 + 16 * s_a)
+    _stamp(img, fy, fx, r, r * 1.1, _ATROPHY, alpha, soft=0.1)
 
 
 def _hypertensive_lesions(img, rng, geo, h):
@@ -649,6 +657,7 @@ def _myopia(img, rng, geo, s_m):
 
 def _other(img, rng, geo, s_o, kws):
   px = img.shape[0] / 512
+  alpha = 0.3 + 0.45 * min(s_o, 1.0)
   fy, fx = geo.fovea
   dy, dx = geo.disc
   drew = False
@@ -666,7 +675,7 @@ def _other(img, rng, geo, s_o, kws):
         a, d = rng.u(0, 2 * math.pi), geo.disc_r * 3 * math.sqrt(rng.u(0, 1))
         r = px * rng.u(1.5, 4)
         _stamp(img, fy + d * math.sin(a), fx + d * math.cos(a), r, r,
-               _DRUSEN, 0.75, soft=0.9)
+               _DRUSEN, alpha, soft=1.0)
       drew = True
     elif "laser" in k or "photocoagulation" in k:
       for _ in range(int(15 + 30 * s_o)):
@@ -674,8 +683,8 @@ def _other(img, rng, geo, s_o, kws):
         if math.hypot(y - fy, x - fx) < geo.disc_r * 2.5:
           continue
         r = px * rng.u(3, 5)
-        _stamp(img, y, x, r, r, _ATROPHY, 0.75, soft=0.15)
-        _stamp(img, y, x, r * 0.5, r * 0.5, _PIGMENT, 0.6, soft=0.4)
+        _stamp(img, y, x, r, r, _ATROPHY, alpha, soft=0.2)
+        _stamp(img, y, x, r * 0.5, r * 0.5, _PIGMENT, alpha * 0.8, soft=0.4)
       drew = True
     elif "myelinated" in k:
       drew = True   # drawn with the disc
@@ -685,14 +694,14 @@ def _other(img, rng, geo, s_o, kws):
         a = a0 + rng.normal(0, 0.35)
         d = geo.disc_r * rng.u(1.5, 6)
         _stamp(img, dy + d * math.sin(a), dx + d * math.cos(a), px * 2,
-               px * 8, _HAEM, 0.8, soft=0.4, angle=-a + math.pi / 2)
+               px * 8, _HAEM, alpha, soft=0.4, angle=-a + math.pi / 2)
       drew = True
     elif "atrophy" in k or "pigment" in k:
       for _ in range(int(2 + 4 * s_o)):
         y, x = _posterior_pole(rng, geo, 0.8)
         rr = geo.disc_r * rng.u(0.3, 0.8)
         _stamp(img, y, x, rr, rr, _ATROPHY if "atrophy" in k else _PIGMENT,
-               0.6, soft=0.25)
+               alpha, soft=0.3)
       drew = True
     elif "retinitis pigmentosa" in k:
       for _ in range(int(20 + 30 * s_o)):
@@ -705,7 +714,7 @@ def _other(img, rng, geo, s_o, kws):
       y, x = _posterior_pole(rng, geo, 0.8)
       col = (_PIGMENT, _ATROPHY, _HAEM, _WHITE)[rng.int(0, 4)]
       r = px * rng.u(3, 12)
-      _stamp(img, y, x, r, r * rng.u(0.6, 1.4), col, 0.6, soft=0.5)
+      _stamp(img, y, x, r, r * rng.u(0.6, 1.4), col, alpha * 0.8, soft=0.5)
 
 
 def _lens_dust(out: np.ndarray, size: int, seed: int) -> None:
