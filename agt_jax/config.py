@@ -1,0 +1,147 @@
+"""Experiment configuration: one frozen dataclass, presets, overrides.
+
+Config is code: presets are functions of the dataclass, ``--set key=value``
+overrides are type-checked against the fields, and the resolved config is
+written to the workdir as ``config.json`` (a resume must match it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  # data
+  dataset: str = "odir5k-synth"     # odir5k-synth | odir5k | rfmid
+  data_dir: str | None = None
+  cache_dir: str | None = None
+  max_images: int | None = None     # first N images (patients kept whole)
+  fold: int = 0
+  num_folds: int = 5
+  fold_seed: int = 0
+  fold_mode: str = "random"         # random | stratified
+  image_size: int = 512             # resize (cache) size
+  crop: int = 448                   # random crop (train) / centre crop (eval)
+  workers: int = 0                  # Grain decode workers
+  # model
+  model: str = "resnet50"
+  dtype: str = "float32"            # compute dtype; params stay float32
+  init: str | None = None           # checkpoint (ours) or torchvision .pth
+  # optimisation (paper §3.8: Adam 1e-3, betas 0.9/0.99, batch 64)
+  batch_size: int = 64
+  eval_batch_size: int = 64
+  lr: float = 1e-3
+  b1: float = 0.9
+  b2: float = 0.99
+  warmup_steps: int = 300           # plain-BCE run whose features group
+  teacher_steps: int = 6000
+  student_steps: int = 6000
+  # AGT
+  grouping: str = "relational"      # relational | paper | shot | gradient | single
+  n_groups: int = 3
+  together: tuple = (("N", "O"),)
+  alpha: float = 0.5
+  reweight: str = "gradient"        # gradient | count | none
+  beta: float = 2.0
+  switch_every: int = 1
+  # student
+  student: bool = True
+  kd: str = "cb"                    # cb | plain | none
+  temperature: float = 5.0
+  gamma: float = 1.0
+  kd_direction: str = "teacher_student"
+  # bookkeeping
+  seed: int = 0
+  log_every: int = 50
+  ckpt_every: int = 500
+  keep_checkpoints: int = 2
+  preset: str = "paper"
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Paper §3.8/§4.1: ResNet-50, 512 -> 448 crops, Adam 1e-3 (0.9, 0.99),
+    # batch 64, alpha 0.5, beta 2, T 5, gamma 1.
+    "paper": dict(model="resnet50", image_size=512, crop=448, batch_size=64,
+                  dtype="bfloat16", warmup_steps=300, teacher_steps=6000,
+                  student_steps=6000, log_every=50, ckpt_every=500),
+    # One fold on 2 CPU cores in under 15 minutes, still learning.
+    "quick": dict(model="resnet_small", image_size=112, crop=96, batch_size=32,
+                  eval_batch_size=128, warmup_steps=150, teacher_steps=700,
+                  student_steps=700, log_every=25, ckpt_every=200,
+                  lr=2e-3),
+    # End to end in under a minute on 2 cores (tests).
+    "smoke": dict(model="resnet_tiny", image_size=40, crop=32, batch_size=16,
+                  eval_batch_size=64, max_images=240, warmup_steps=4,
+                  teacher_steps=6, student_steps=6, log_every=2, ckpt_every=3),
+}
+
+
+def get_config(preset: str = "paper", **overrides) -> Config:
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}.")
+  return replace(Config(preset=preset, **PRESETS[preset]), **overrides)
+
+
+def _coerce(name: str, value: Any, hint) -> Any:
+  if not isinstance(value, str):
+    return value
+  origin = typing.get_origin(hint)
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  if value.lower() in ("none", "null") and type(None) in typing.get_args(hint):
+    return None
+  target = args[0] if origin in (typing.Union, getattr(__import__("types"),
+                                                       "UnionType", None)) \
+      and args else hint
+  if target is bool:
+    if value.lower() in ("1", "true", "yes"):
+      return True
+    if value.lower() in ("0", "false", "no"):
+      return False
+    raise ValueError(f"--set {name}={value}: expected true/false.")
+  if target in (int, float, str):
+    try:
+      return target(value)
+    except ValueError:
+      raise ValueError(f"--set {name}={value}: expected {target.__name__}."
+                       ) from None
+  if target is tuple or typing.get_origin(target) is tuple:
+    return tuple(tuple(p.split("+")) for p in value.split(",") if p)
+  return value
+
+
+def replace(config: Config, **overrides) -> Config:
+  """``dataclasses.replace`` with clear errors and string coercion."""
+  fields = {f.name: f for f in dataclasses.fields(Config)}
+  hints = typing.get_type_hints(Config)
+  clean = {}
+  for k, v in overrides.items():
+    if k not in fields:
+      close = [f for f in fields if k.split("_")[0] in f]
+      raise ValueError(f"unknown config key {k!r}"
+                       + (f" (did you mean {close}?)" if close else "")
+                       + f"; keys: {sorted(fields)}.")
+    clean[k] = _coerce(k, v, hints[k])
+  return dataclasses.replace(config, **clean)
+
+
+def parse_sets(pairs) -> dict[str, str]:
+  out = {}
+  for p in pairs or ():
+    if "=" not in p:
+      raise ValueError(f"--set expects key=value, got {p!r}.")
+    k, v = p.split("=", 1)
+    out[k.strip()] = v.strip()
+  return out
+
+
+def from_json(text: str) -> Config:
+  d = json.loads(text)
+  d["together"] = tuple(tuple(x) for x in d.get("together", ()))
+  return Config(**d)

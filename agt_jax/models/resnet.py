@@ -1,0 +1,131 @@
+"""ResNet encoders (He et al. 2016) in flax linen, torchvision's layout.
+
+Convolution and normalisation are injected (``conv``, ``norm`` partials), so
+tests use a tiny variant and BatchNorm can sync across devices through
+``axis_name`` (unneeded under jit + NamedSharding, where batch statistics are
+already global).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+ModuleDef = Any
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions (ResNet-18/34)."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides),
+                  padding=((1, 1), (1, 1)), name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.filters, (3, 3), padding=((1, 1), (1, 1)),
+                  name="conv2")(y)
+    y = self.norm(name="bn2", scale_init=nn.initializers.zeros_init())(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters, (1, 1), (self.strides, self.strides),
+                           name="downsample_conv")(residual)
+      residual = self.norm(name="downsample_bn")(residual)
+    return nn.relu(residual + y)
+
+
+class Bottleneck(nn.Module):
+  """1x1 - 3x3 (strided, as torchvision v1.5) - 1x1 (ResNet-50+)."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x):
+    residual = x
+    y = self.conv(self.filters, (1, 1), name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides),
+                  padding=((1, 1), (1, 1)), name="conv2")(y)
+    y = nn.relu(self.norm(name="bn2")(y))
+    y = self.conv(self.filters * 4, (1, 1), name="conv3")(y)
+    y = self.norm(name="bn3", scale_init=nn.initializers.zeros_init())(y)
+    if residual.shape != y.shape:
+      residual = self.conv(self.filters * 4, (1, 1),
+                           (self.strides, self.strides),
+                           name="downsample_conv")(residual)
+      residual = self.norm(name="downsample_bn")(residual)
+    return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+  """Encoder: images `[N, H, W, 3]` (uint8 or float) -> features `[N, D]`.
+
+  Attributes:
+    stage_sizes: blocks per stage.
+    block_cls: :class:`BasicBlock` or :class:`Bottleneck`.
+    width: filters of the first stage (64 in the paper's ResNet-50).
+    dtype: compute dtype (e.g. bfloat16); parameters stay float32.
+    axis_name: BatchNorm cross-device axis under ``shard_map``/``pmap``.
+    stem_pool: the 3x3/2 max-pool after the 7x7/2 stem.
+  """
+  stage_sizes: Sequence[int]
+  block_cls: ModuleDef
+  width: int = 64
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+  stem_pool: bool = True
+  conv: Callable = nn.Conv
+  norm: Callable = nn.BatchNorm
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
+    norm = functools.partial(self.norm, use_running_average=not train,
+                             momentum=0.9, epsilon=1e-5, dtype=self.dtype,
+                             axis_name=self.axis_name)
+    x = normalize_images(x, self.dtype)
+    x = conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
+             name="conv1")(x)
+    x = nn.relu(norm(name="bn1")(x))
+    if self.stem_pool:
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    for i, n in enumerate(self.stage_sizes):
+      for j in range(n):
+        x = self.block_cls(self.width * 2 ** i, conv=conv, norm=norm,
+                           strides=2 if i > 0 and j == 0 else 1,
+                           name=f"layer{i + 1}_{j}")(x)
+    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+# ImageNet statistics, as torchvision's weights expect.
+IMAGENET_MEAN = jnp.array([0.485, 0.456, 0.406]) * 255
+IMAGENET_STD = jnp.array([0.229, 0.224, 0.225]) * 255
+
+
+def normalize_images(x, dtype):
+  """uint8 (or float in [0, 255]) images -> ImageNet-normalised ``dtype``."""
+  x = x.astype(jnp.float32)
+  return ((x - IMAGENET_MEAN) / IMAGENET_STD).astype(dtype)
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
+                             block_cls=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
+                             block_cls=Bottleneck)
+# Tests and smoke runs: one block per stage, narrow.
+ResNetTiny = functools.partial(ResNet, stage_sizes=(1, 1), block_cls=BasicBlock,
+                               width=8)
+# CPU "quick" runs: ResNet-18 layout at a quarter of the width.
+ResNetSmall = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
+                                block_cls=BasicBlock, width=16)

@@ -1,0 +1,133 @@
+"""Encoder weights from elsewhere: our checkpoints or torchvision state dicts.
+
+``load_encoder(path, state)`` returns ``(encoder_params, encoder_batch_stats)``
+shaped like ``state``'s encoder, from
+
+* a folder written by our orbax checkpoints (a phase folder such as
+  ``<workdir>/checkpoints/teacher`` -- its latest step -- or one step folder);
+* a torchvision ``.pth``/``.pt`` state dict of ResNet-18/50 or DenseNet-121
+  (needs the ``torch`` extra; PyTorch's ``[O, I, kh, kw]`` kernels become
+  flax's ``[kh, kw, I, O]``, running statistics become ``batch_stats``).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import jax
+import numpy as np
+
+
+def _assign(target: dict, path: tuple, value: np.ndarray, *, name: str):
+  node = target
+  for key in path[:-1]:
+    if key not in node:
+      raise KeyError(f"{name}: no parameter {'/'.join(path)} in the model.")
+    node = node[key]
+  old = node.get(path[-1])
+  if old is None:
+    raise KeyError(f"{name}: no parameter {'/'.join(path)} in the model.")
+  if tuple(old.shape) != tuple(value.shape):
+    raise ValueError(f"{name}: {'/'.join(path)} has shape {value.shape}, the "
+                     f"model expects {tuple(old.shape)}.")
+  node[path[-1]] = np.asarray(value, np.asarray(old).dtype)
+
+
+def _flax_module_path(torch_module: str) -> tuple[str, ...]:
+  """torchvision module path -> our flax module path (ResNet and DenseNet)."""
+  m = re.fullmatch(r"layer(\d+)\.(\d+)\.(.+)", torch_module)
+  if m:
+    i, j, rest = m.groups()
+    rest = {"downsample.0": "downsample_conv",
+            "downsample.1": "downsample_bn"}.get(rest, rest)
+    return (f"layer{i}_{j}", rest)
+  m = re.fullmatch(r"features\.denseblock(\d+)\.denselayer(\d+)\.(\w+)",
+                   torch_module)
+  if m:
+    i, j, rest = m.groups()
+    return (f"denseblock{i}_layer{j}", rest)
+  m = re.fullmatch(r"features\.transition(\d+)\.(\w+)", torch_module)
+  if m:
+    return (f"transition{m.group(1)}", m.group(2))
+  m = re.fullmatch(r"features\.(\w+)", torch_module)
+  if m:
+    return (m.group(1),)
+  return (torch_module,)
+
+
+def from_torchvision(state_dict: dict, params: dict, batch_stats: dict,
+                     name: str = "state dict") -> tuple[dict, dict]:
+  """Converts a torchvision ResNet/DenseNet state dict into copies of
+  ``params``/``batch_stats`` (the encoder subtrees). The classifier
+  (``fc``/``classifier``) is ignored; every encoder parameter must be
+  filled."""
+  params = jax.tree.map(np.asarray, params)
+  stats = jax.tree.map(np.asarray, batch_stats)
+  filled = set()
+  for key, tensor in state_dict.items():
+    value = tensor.detach().cpu().numpy() if hasattr(tensor, "detach") \
+        else np.asarray(tensor)
+    module, _, leaf = key.rpartition(".")
+    if module.startswith(("fc", "classifier")) or leaf == "num_batches_tracked":
+      continue
+    path = _flax_module_path(module)
+    if leaf == "weight" and value.ndim == 4:
+      _assign(params, path + ("kernel",), value.transpose(2, 3, 1, 0),
+              name=name)
+      filled.add(path + ("kernel",))
+    elif leaf == "weight":
+      _assign(params, path + ("scale",), value, name=name)
+      filled.add(path + ("scale",))
+    elif leaf == "bias":
+      _assign(params, path + ("bias",), value, name=name)
+      filled.add(path + ("bias",))
+    elif leaf == "running_mean":
+      _assign(stats, path + ("mean",), value, name=name)
+    elif leaf == "running_var":
+      _assign(stats, path + ("var",), value, name=name)
+  expected = {tuple(k.key for k in p) for p, _ in
+              jax.tree_util.tree_leaves_with_path(params)}
+  missing = sorted(expected - filled)
+  if missing:
+    raise KeyError(f"{name}: {len(missing)} encoder parameters are missing "
+                   f"from the state dict, e.g. {'/'.join(missing[0])}.")
+  return params, stats
+
+
+def load_encoder(path, state: dict) -> tuple[dict, dict]:
+  """Encoder params and batch stats from ``path``, shaped like ``state``."""
+  path = pathlib.Path(path).expanduser()
+  enc_params = state["params"]["encoder"]
+  enc_stats = state["batch_stats"].get("encoder", {})
+  if not path.exists():
+    raise FileNotFoundError(f"--init {path}: no such file or folder.")
+  if path.suffix in (".pth", ".pt"):
+    try:
+      import torch
+    except ImportError:
+      raise ImportError("--init with a .pth file needs PyTorch: "
+                        "pip install 'agt-jax[torch]'.") from None
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    return from_torchvision(sd, enc_params, enc_stats, name=str(path))
+  import orbax.checkpoint as ocp
+  step_dir = path
+  if not (path / "state").exists():
+    steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+    if not steps:
+      raise FileNotFoundError(f"--init {path}: not a checkpoint folder (no "
+                              "step folders and no state/).")
+    step_dir = path / str(steps[-1])
+  restored = ocp.StandardCheckpointer().restore(step_dir / "state")
+  try:
+    p = restored["params"]["encoder"]
+    b = restored["batch_stats"].get("encoder", {})
+  except KeyError:
+    raise KeyError(f"--init {step_dir}: the checkpoint has no encoder.") \
+        from None
+  got = jax.tree.map(np.shape, p)
+  want = jax.tree.map(np.shape, enc_params)
+  if got != want:
+    raise ValueError(f"--init {step_dir}: its encoder does not match this "
+                     "model (different architecture or width).")
+  return p, b

@@ -1,0 +1,56 @@
+"""Orbax checkpoints of ``{state, data iterator, config}`` in one Composite."""
+
+from __future__ import annotations
+
+import pathlib
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+  """One phase's checkpoints (e.g. ``<workdir>/checkpoints/teacher``).
+
+  Each save holds the train state (params, batch_stats, opt_state, step), the
+  Grain iterator's position and the config, so a resumed run reads exactly
+  the batches the interrupted one would have read.
+  """
+
+  def __init__(self, directory, *, max_to_keep: int = 2):
+    self.directory = pathlib.Path(directory).absolute()
+    self._mngr = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def save(self, step: int, state, iterator, config: dict) -> None:
+    self._mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(iterator),
+        config=ocp.args.JsonSave(config)))
+
+  def wait(self) -> None:
+    self._mngr.wait_until_finished()
+
+  def restore(self, step: int, state_like, iterator) -> tuple[dict, dict]:
+    """Restores into the structure/shardings of ``state_like`` and moves
+    ``iterator`` to the saved position; returns ``(state, config)``."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+    out = self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        data=grain.checkpoint.CheckpointRestore(iterator),
+        config=ocp.args.JsonRestore()))
+    return out["state"], out["config"]
+
+  def restore_state(self, step: int, state_like) -> dict:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+    out = self._mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+    return out["state"]
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()

@@ -1,0 +1,505 @@
+"""``train_and_evaluate(config, workdir)``: one fold of AGT end to end.
+
+Sections, in order: setup (data, fold, mesh) -> grouping (warm-up features)
+-> teacher (alternate group training) -> student (class-balanced KD) ->
+evaluation -> results, report and plots. Each training phase checkpoints
+``{state, data iterator, config}`` and resumes bit-identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+from agt_jax import grouping as grouping_lib
+from agt_jax import metrics as metrics_lib
+from agt_jax import models
+from agt_jax.config import Config, from_json
+from agt_jax.data import folds as folds_lib
+from agt_jax.data import images as images_lib
+from agt_jax.data import pipeline, samplers
+from agt_jax.train import report as report_lib
+from agt_jax.train import steps
+from agt_jax.train.checkpoint import Checkpoints
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+class ConfigMismatchError(ValueError):
+  """A resume found a workdir whose saved config differs."""
+
+
+# -- small helpers ------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SubsetSource:
+  """Index ``i`` of a split -> image ``indices[i]`` of the full source."""
+  source: Any
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    return self.source[int(self.indices[int(i)])]
+
+
+class MetricWriter:
+  """Appends one JSON line per call to ``metrics.jsonl``."""
+
+  def __init__(self, path: pathlib.Path):
+    self.path = path
+
+  def write(self, record: dict) -> None:
+    clean = {k: (np.asarray(v).tolist() if hasattr(v, "shape") else v)
+             for k, v in record.items()}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(clean) + "\n")
+
+
+def _progress(total: int, initial: int, desc: str):
+  try:
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, unit="step",
+                dynamic_ncols=True, mininterval=1.0)
+  except ImportError:
+    return None
+
+
+def make_mesh(batch_size: int) -> jax.sharding.Mesh:
+  """A 1-D ``data`` mesh over as many devices as divide the batch."""
+  n = jax.device_count()
+  while batch_size % n:
+    n -= 1
+  return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,),
+                       devices=jax.devices()[:n])
+
+
+def _dtype(name: str):
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def _replicate(tree, mesh):
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+# -- data ---------------------------------------------------------------------
+
+def load_data(config: Config):
+  """``(table, source)`` for the configured dataset (synthetic rendered into
+  the cache at ``image_size``)."""
+  if config.dataset == "odir5k-synth":
+    from agt_jax.data import synth
+    table = synth.synth_table()
+    if config.max_images:
+      table = table.take(np.arange(min(config.max_images, len(table))))
+    synth.build_cache(table, config.cache_dir, size=config.image_size,
+                      seed=config.seed)
+    source = images_lib.ArrayImageSource(synth.open_cache(
+        table, config.cache_dir, size=config.image_size, seed=config.seed))
+    return table, source
+  from agt_jax.data import registry
+  table, source = registry.load_dataset(
+      config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
+      image_size=config.image_size, seed=config.seed)
+  if config.max_images:
+    keep = np.arange(min(config.max_images, len(table)))
+    table = table.take(keep)
+    source = SubsetSource(source, keep)
+  return table, source
+
+
+# -- phases ---------------------------------------------------------------------
+
+class _Phase:
+  """Shared machinery of a training phase: jitted step, sharded feed,
+  logging, checkpoints, non-finite guard, progress bar."""
+
+  def __init__(self, name, *, step_fn, state, batches, source, config,
+               workdir, mesh, total_steps, resume, extra_args=(),
+               save: bool = True):
+    self.name, self.config, self.mesh = name, config, mesh
+    self.total = total_steps
+    self.writer = MetricWriter(workdir / "metrics.jsonl")
+    ds = pipeline.with_images(batches, source, crop=config.crop, train=True,
+                              seed=config.seed)
+    self.iterator = pipeline.to_iterator(ds, workers=config.workers)
+    self.ckpt = Checkpoints(workdir / "checkpoints" / name,
+                            max_to_keep=config.keep_checkpoints) \
+        if save else None
+    self.state = _replicate(state, mesh)
+    self.start = 0
+    latest = self.ckpt.latest_step() if save else None
+    if latest is not None:
+      if not resume:
+        raise ConfigMismatchError(
+            f"{workdir} already holds {name} checkpoints; pass --resume to "
+            "continue that run or use another --workdir.")
+      self.state, saved = self.ckpt.restore(latest, self.state, self.iterator)
+      if saved != json.loads(config.to_json()):
+        raise ConfigMismatchError(f"checkpoint config in {self.ckpt.directory}"
+                                  " differs from this run's config.")
+      self.start = latest
+    self.step = jax.jit(step_fn, donate_argnums=0)
+    self.extra_args = extra_args
+    self.sharding = pipeline.data_sharding(mesh)
+
+  def run(self) -> dict:
+    cfg = self.config
+    bar = _progress(self.total, self.start, f"{self.name} fold {cfg.fold}")
+    feed = pipeline.device_batches(self.iterator, self.sharding)
+    t_last, n_last = time.perf_counter(), 0
+    prev = None   # (step, loss) of the previous step, checked one step late
+    t0, done_steps = time.perf_counter(), 0
+    config_dict = json.loads(cfg.to_json())
+    for s in range(self.start, self.total):
+      batch = next(feed)
+      self.state, m = self.step(self.state, batch, *self.extra_args)
+      if prev is not None:
+        self._check_finite(*prev)
+      prev = (s + 1, m["loss"])
+      done_steps += 1
+      n_last += cfg.batch_size
+      if (s + 1) % cfg.log_every == 0 or s + 1 == self.total:
+        m = jax.device_get(m)
+        self._check_finite(s + 1, m["loss"])
+        dt = time.perf_counter() - t_last
+        rec = {"phase": self.name, "step": s + 1,
+               "images_per_s": n_last / max(dt, 1e-9),
+               **{k: v for k, v in m.items()}}
+        self.writer.write(rec)
+        t_last, n_last = time.perf_counter(), 0
+        if bar is not None:
+          bar.set_postfix(loss=f"{float(m['loss']):.4f}")
+      if self.ckpt is not None and ((s + 1) % cfg.ckpt_every == 0
+                                    or s + 1 == self.total):
+        self._check_finite(s + 1, m["loss"])
+        self.ckpt.save(s + 1, self.state, self.iterator, config_dict)
+      if bar is not None:
+        bar.update(1)
+    if prev is not None:
+      self._check_finite(*prev)
+    if bar is not None:
+      bar.close()
+    elapsed = time.perf_counter() - t0
+    if self.ckpt is not None:
+      self.ckpt.close()
+    return {"steps": done_steps, "seconds": elapsed,
+            "images_per_s": done_steps * cfg.batch_size / max(elapsed, 1e-9)}
+
+  def _check_finite(self, step, loss) -> None:
+    if not np.isfinite(np.asarray(loss)):
+      last = None
+      if self.ckpt is not None:
+        self.ckpt.wait()
+        last = self.ckpt.latest_step()
+      where = (f"the last good checkpoint is step {last} in "
+               f"{self.ckpt.directory}" if last is not None
+               else "no checkpoint was written yet")
+      raise NonFiniteLossError(
+          f"{self.name}: non-finite loss ({float(np.asarray(loss))}) at step "
+          f"{step}; training stopped, {where}. Lower the learning rate "
+          "(--set lr=...) and --resume.")
+
+
+def _predict(model, variables, source, indices, labels, config, mesh,
+             desc) -> tuple[np.ndarray, np.ndarray]:
+  """Eval-mode probabilities and features for ``indices`` (centre crops)."""
+  ds = pipeline.with_images(
+      pipeline.eval_batches(len(indices), labels,
+                            batch_size=config.eval_batch_size),
+      SubsetSource(source, indices), crop=config.crop, train=False)
+  fn = jax.jit(lambda v, x: steps.predict_step(v, x, model=model))
+  variables = _replicate(variables, mesh)
+  n_dev = mesh.devices.size
+  probs, feats = [], []
+  bar = _progress(len(ds), 0, desc)
+  for t in range(len(ds)):
+    b = ds[t]
+    x = b["image"]
+    pad = (-len(x)) % n_dev
+    if pad:
+      x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    p, f = fn(variables, jax.device_put(x, pipeline.data_sharding(mesh)))
+    keep = b["valid"]
+    probs.append(np.asarray(p)[:len(keep)][keep])
+    feats.append(np.asarray(f)[:len(keep)][keep])
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  return np.concatenate(probs), np.concatenate(feats)
+
+
+def _evaluate(probs, labels, class_names, train_counts) -> dict:
+  tiers = grouping_lib.shot_groups(train_counts)
+  counts = np.asarray(train_counts)
+  many = int(counts[list(tiers[0])].min()) - 1 if len(tiers) == 3 else 100
+  few = int(counts[list(tiers[1])].min()) if len(tiers) == 3 else 20
+  report = metrics_lib.multilabel_report(labels, probs, list(class_names),
+                                         class_counts=counts, many=many,
+                                         few=few)
+  return report
+
+
+def _load_init(path: str, state: dict) -> dict:
+  """Copies encoder weights from ``path`` into ``state`` (our checkpoint
+  folder, or a torchvision ``.pth`` state dict)."""
+  from agt_jax.models import weights
+  enc_params, enc_stats = weights.load_encoder(path, state)
+  params = {**state["params"], "encoder": enc_params}
+  stats = {**state["batch_stats"], "encoder": enc_stats}
+  return {**state, "params": params, "batch_stats": stats}
+
+
+# -- main entry -----------------------------------------------------------------
+
+def train_and_evaluate(config: Config, workdir, *, resume: bool = False
+                       ) -> dict:
+  """Runs one fold and writes every artefact into ``workdir``.
+
+  Returns the ``results.json`` dictionary.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  cfg_path = workdir / "config.json"
+  if cfg_path.exists():
+    saved = from_json(cfg_path.read_text())
+    if not resume:
+      raise ConfigMismatchError(
+          f"{workdir} already holds a run (config.json); pass --resume to "
+          "continue it or choose another --workdir.")
+    if saved != config:
+      diff = {k: (getattr(saved, k), getattr(config, k))
+              for k in json.loads(config.to_json())
+              if getattr(saved, k) != getattr(config, k)}
+      raise ConfigMismatchError(
+          f"cannot resume {workdir}: its config differs in {diff} "
+          "(saved, requested).")
+  cfg_path.write_text(config.to_json())
+  writer = MetricWriter(workdir / "metrics.jsonl")
+  if not resume and writer.path.exists():
+    writer.path.unlink()
+
+  # --- setup: data, fold, mesh ---
+  table, source = load_data(config)
+  fold_of = folds_lib.patient_folds(table, num_folds=config.num_folds,
+                                    seed=config.fold_seed,
+                                    mode=config.fold_mode)
+  train_idx = np.flatnonzero(fold_of != config.fold)
+  test_idx = np.flatnonzero(fold_of == config.fold)
+  _, _, assignment = folds_lib.fold_split(table, config.fold,
+                                          num_folds=config.num_folds,
+                                          seed=config.fold_seed,
+                                          mode=config.fold_mode)
+  (workdir / "folds.json").write_text(json.dumps(
+      {**assignment, "synthetic": table.synthetic}, indent=1))
+  y_train = table.labels[train_idx]
+  y_test = table.labels[test_idx]
+  names = list(table.class_names)
+  counts = y_train.sum(0)
+  mesh = make_mesh(config.batch_size)
+  train_source = SubsetSource(source, train_idx)
+  encoder = models.make_encoder(config.model, dtype=_dtype(config.dtype))
+  image_shape = (config.crop, config.crop, 3)
+  throughput = {}
+
+  # --- grouping ---
+  groups_path = workdir / "groups.json"
+  if resume and groups_path.exists():
+    groups_info = json.loads(groups_path.read_text())
+  else:
+    groups_info = _make_groups(config, encoder, train_source, y_train, names,
+                               counts, mesh, image_shape, workdir, throughput)
+    groups_path.write_text(json.dumps(groups_info, indent=1))
+  groups = tuple(tuple(g) for g in groups_info["groups"])
+
+  # --- teacher ---
+  teacher = models.Teacher(encoder, groups=groups, num_classes=len(names))
+  ttx = steps.teacher_tx(len(groups), config.lr, b1=config.b1, b2=config.b2)
+  tstate = steps.init_state(teacher, ttx, image_shape, config.seed)
+  if config.init:
+    tstate = _load_init(config.init, tstate)
+  alpha = config.alpha if len(groups) > 1 else 0.0
+  options = steps.LossOptions(reweight=config.reweight, beta=config.beta)
+
+  def teacher_fn(state, batch):
+    return steps.teacher_step(state, batch, model=teacher, tx=ttx,
+                              options=options)
+
+  phase = _Phase("teacher", step_fn=teacher_fn, state=tstate,
+                 batches=samplers.group_mixed_batches(
+                     y_train, groups, batch_size=config.batch_size,
+                     alpha=alpha, seed=config.seed,
+                     switch_every=config.switch_every),
+                 source=train_source, config=config, workdir=workdir,
+                 mesh=mesh, total_steps=config.teacher_steps, resume=resume)
+  throughput["teacher"] = phase.run()
+  tvars = {"params": phase.state["params"],
+           "batch_stats": phase.state["batch_stats"]}
+  teacher_probs, _ = _predict(teacher, tvars, source, test_idx, y_test, config,
+                              mesh, "eval teacher")
+  results: dict[str, Any] = {
+      "dataset": table.name + (" (synthetic)" if table.synthetic else ""),
+      "synthetic": table.synthetic, "fold": config.fold,
+      "class_names": names, "train_images": int(len(train_idx)),
+      "test_images": int(len(test_idx)),
+      "config": json.loads(config.to_json()), "groups": groups_info,
+      "teacher": _evaluate(teacher_probs, y_test, names, counts)}
+  probs = {"teacher": teacher_probs}
+
+  # --- student ---
+  if config.student:
+    student = models.Student(encoder, num_classes=len(names))
+    stx = steps.adam(config.lr, config.b1, config.b2)
+    sstate = steps.init_state(student, stx, image_shape, config.seed + 1)
+    if config.init:
+      sstate = _load_init(config.init, sstate)
+    kd = steps.KDOptions(kd=config.kd, temperature=config.temperature,
+                         gamma=config.gamma, direction=config.kd_direction)
+    class_counts = jnp.asarray(counts, jnp.float32)
+
+    def student_fn(state, batch, teacher_variables):
+      return steps.student_step(state, batch, teacher_variables,
+                                model=student, teacher_model=teacher, tx=stx,
+                                class_counts=class_counts, options=kd)
+
+    sphase = _Phase("student", step_fn=student_fn, state=sstate,
+                    batches=samplers.instance_balanced_batches(
+                        y_train, batch_size=config.batch_size,
+                        seed=config.seed + 1),
+                    source=train_source, config=config, workdir=workdir,
+                    mesh=mesh, total_steps=config.student_steps,
+                    resume=resume, extra_args=(_replicate(tvars, mesh),))
+    throughput["student"] = sphase.run()
+    svars = {"params": sphase.state["params"],
+             "batch_stats": sphase.state["batch_stats"]}
+    student_probs, _ = _predict(student, svars, source, test_idx, y_test,
+                                config, mesh, "eval student")
+    results["student"] = _evaluate(student_probs, y_test, names, counts)
+    probs["student"] = student_probs
+
+  # --- results, report, plots ---
+  results["throughput"] = throughput
+  results["device"] = str(jax.devices()[0].device_kind)
+  (workdir / "results.json").write_text(json.dumps(results, indent=1))
+  np.savez_compressed(workdir / "test_predictions.npz", labels=y_test,
+                      index=test_idx, **probs)
+  metrics = report_lib.read_metrics(workdir / "metrics.jsonl")
+  title = f"{results['dataset']} fold {config.fold}"
+  report_lib.plot_curves(metrics, workdir / "curves.png", title)
+  report_lib.plot_gradients(metrics, names, workdir / "gradients.png", title)
+  report_lib.plot_roc(y_test, probs, names, workdir / "roc.png", title)
+  report_lib.write_report(workdir, results)
+  return results
+
+
+def _make_groups(config, encoder, train_source, y_train, names, counts, mesh,
+                 image_shape, workdir, throughput) -> dict:
+  """Chooses the class groups; relational/gradient groupings read features
+  or gradients of an encoder trained briefly with plain BCE (or given by
+  ``--init``)."""
+  strategy = config.grouping
+  info: dict[str, Any] = {"strategy": strategy}
+  kwargs = dict(num_classes=len(names), class_names=names,
+                class_counts=counts, n_groups=config.n_groups,
+                together=config.together, seed=config.seed)
+  if strategy in ("relational", "gradient"):
+    student = models.Student(encoder, num_classes=len(names))
+    tx = steps.adam(config.lr, config.b1, config.b2)
+    state = steps.init_state(student, tx, image_shape, config.seed + 2)
+    if config.init:
+      state = _load_init(config.init, state)
+      info["features"] = f"--init {config.init}"
+    if config.warmup_steps and not config.init:
+      def warm_fn(s, b):
+        return steps.plain_step(s, b, model=student, tx=tx)
+      phase = _Phase("warmup", step_fn=warm_fn, state=state,
+                     batches=samplers.instance_balanced_batches(
+                         y_train, batch_size=config.batch_size,
+                         seed=config.seed + 2),
+                     source=train_source, config=config, workdir=workdir,
+                     mesh=mesh, total_steps=config.warmup_steps, resume=False,
+                     save=False)
+      # A warm-up is short and deterministic: after a crash it is rerun.
+      throughput["warmup"] = phase.run()
+      state = phase.state
+      info["features"] = (f"warm-up: {config.warmup_steps} steps of plain "
+                          "BCE from random initialisation (no pretrained "
+                          "weights given)")
+    elif not config.init:
+      info["features"] = "random initialisation (no warm-up, no --init)"
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    idx = np.arange(len(y_train))
+    _, feats = _predict(student, variables, train_source, idx, y_train,
+                        config, mesh, "features for grouping")
+    class_features = np.stack([
+        feats[y_train[:, c] > 0].mean(0) if y_train[:, c].any()
+        else np.zeros(feats.shape[1]) for c in range(len(names))])
+    if strategy == "relational":
+      groups = grouping_lib.relational_groups(
+          class_features, n_groups=config.n_groups, together=config.together,
+          class_names=names, seed=config.seed)
+      stab = grouping_lib.grouping_stability(
+          class_features, n_groups=config.n_groups, together=config.together,
+          class_names=names, seeds=range(3))
+      info["stability"] = {"mean_ari": stab["mean_ari"],
+                           "min_ari": stab["min_ari"],
+                           "pca_sizes": [30, 50, 75, 100],
+                           "note": "PCA sizes are capped at the number of "
+                                   "clustered classes"}
+    else:
+      grads = _class_gradients(student, variables, train_source, y_train,
+                               config, mesh)
+      groups = grouping_lib.gradient_groups(grads, n_groups=config.n_groups,
+                                            seed=config.seed)
+  else:
+    groups = grouping_lib.make_groups(strategy, **kwargs)
+    info["features"] = "not used"
+  samplers.validate_groups(groups, len(names), names)
+  info["groups"] = [list(map(int, g)) for g in groups]
+  info["names"] = [[names[c] for c in g] for g in groups]
+  return info
+
+
+def _class_gradients(model, variables, source, labels, config, mesh,
+                     batches: int = 4) -> np.ndarray:
+  """Per-class mean encoder gradient of the BCE of that class's positives
+  (GBG), over a few centre-cropped batches."""
+  import optax
+
+  def class_loss(enc_params, images, y, c):
+    params = {**variables["params"], "encoder": enc_params}
+    (logits, _) = model.apply({"params": params,
+                               "batch_stats": variables["batch_stats"]},
+                              images, train=False)
+    per = optax.sigmoid_binary_cross_entropy(logits, y)[:, c]
+    mask = y[:, c]
+    return (per * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+  grad_fn = jax.jit(jax.grad(class_loss), static_argnums=3)
+  c = labels.shape[1]
+  rng = np.random.default_rng(config.seed)
+  acc = None
+  for _ in range(batches):
+    idx = rng.choice(len(labels), size=min(config.batch_size, len(labels)),
+                     replace=False)
+    x = np.stack([images_lib.center_crop(source[i], config.crop) for i in idx])
+    y = jnp.asarray(labels[idx], jnp.float32)
+    rows = []
+    for k in range(c):
+      g = grad_fn(variables["params"]["encoder"], x, y, k)
+      rows.append(np.concatenate([np.ravel(v) for v in jax.tree.leaves(g)]))
+    rows = np.stack(rows)
+    acc = rows if acc is None else acc + rows
+  return acc / batches

@@ -1,0 +1,128 @@
+"""``report.md`` and plots from a finished run's results and metrics."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+
+
+def _fmt(x) -> str:
+  return "n/a" if x is None or x != x else f"{x:.3f}"
+
+
+def read_metrics(path) -> list[dict]:
+  path = pathlib.Path(path)
+  if not path.exists():
+    return []
+  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+def plot_curves(metrics: list[dict], out: pathlib.Path, title: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  for phase in ("warmup", "teacher", "student"):
+    rows = [m for m in metrics if m.get("phase") == phase and "loss" in m]
+    if rows:
+      ax.plot([m["step"] for m in rows], [m["loss"] for m in rows],
+              label=phase)
+  ax.set_xlabel("step"); ax.set_ylabel("training loss"); ax.set_yscale("log")
+  ax.set_title(title, fontsize=9); ax.legend()
+  fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+
+
+def plot_gradients(metrics: list[dict], class_names, out: pathlib.Path,
+                   title: str) -> None:
+  """Per-class |pos| and neg gradients and w over teacher steps (paper Fig. 6
+  style), with the active group shaded."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = [m for m in metrics if m.get("phase") == "teacher" and "pos" in m]
+  if not rows:
+    return
+  steps = np.array([m["step"] for m in rows])
+  pos = np.abs(np.array([m["pos"] for m in rows]))
+  neg = np.array([m["neg"] for m in rows])
+  w = np.array([m["w"] for m in rows])
+  fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
+  for j, name in enumerate(class_names):
+    axes[0].plot(steps, pos[:, j], label=name)
+    axes[1].plot(steps, neg[:, j], label=name)
+    axes[2].plot(steps, w[:, j], label=name)
+  axes[0].set_ylabel("|pos_j|"); axes[1].set_ylabel("neg_j")
+  axes[2].set_ylabel("w_j"); axes[2].set_xlabel("teacher step")
+  axes[0].set_title(title, fontsize=9)
+  axes[0].legend(ncol=len(class_names), fontsize=7)
+  fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+
+
+def plot_roc(labels, probs_by_model: dict, class_names, out: pathlib.Path,
+             title: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from sklearn.metrics import roc_curve
+  fig, axes = plt.subplots(1, len(probs_by_model),
+                           figsize=(4.2 * len(probs_by_model), 4))
+  axes = np.atleast_1d(axes)
+  for ax, (name, probs) in zip(axes, probs_by_model.items()):
+    for j, c in enumerate(class_names):
+      y = labels[:, j]
+      if 0 < y.sum() < len(y):
+        fpr, tpr, _ = roc_curve(y, probs[:, j])
+        ax.plot(fpr, tpr, label=c, lw=1)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_title(f"{name}: ROC per class", fontsize=9)
+    ax.set_xlabel("FPR"); ax.set_ylabel("TPR"); ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+
+
+def write_report(workdir, results: dict) -> pathlib.Path:
+  workdir = pathlib.Path(workdir)
+  ds = results["dataset"]
+  synth = " (**synthetic**: real ODIR-5K labels, rendered images)" \
+      if results.get("synthetic") else ""
+  lines = [f"# AGT run: {ds}{synth}, fold {results['fold']}", "",
+           f"- preset `{results['config']['preset']}`, model "
+           f"`{results['config']['model']}`, crop {results['config']['crop']}"
+           f", train images {results['train_images']}, test images "
+           f"{results['test_images']}",
+           f"- groups ({results['groups']['strategy']}, features from "
+           f"{results['groups'].get('features', 'n/a')}): "
+           + ", ".join("{" + ",".join(g) + "}"
+                       for g in results["groups"]["names"]),
+           "", "## ODIR score (test fold)", "",
+           "| model | kappa | F1 | AUC | final | macro-AUC | mAP |",
+           "|---|---|---|---|---|---|---|"]
+  for name in ("teacher", "student"):
+    if name in results:
+      r = results[name]
+      o = r["odir"]
+      lines.append(f"| {name} | {_fmt(o['kappa'])} | {_fmt(o['f1'])} | "
+                   f"{_fmt(o['auc'])} | {_fmt(o['final'])} | "
+                   f"{_fmt(r['macro_auc'])} | {_fmt(r['map'])} |")
+  names = results["class_names"]
+  lines += ["", "## Per-class AUC (test fold)", "",
+            "| model | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names)]
+  for name in ("teacher", "student"):
+    if name in results:
+      pc = results[name]["per_class"]
+      lines.append(f"| {name} | " + " | ".join(_fmt(pc[c]["auc"])
+                                                for c in names) + " |")
+  if "throughput" in results:
+    lines += ["", "## Throughput", "", "| phase | images/s | steps |",
+              "|---|---|---|"]
+    for phase, t in results["throughput"].items():
+      lines.append(f"| {phase} | {t['images_per_s']:.1f} | {t['steps']} |")
+  lines += ["", "Plots: `curves.png` (training losses), `gradients.png` "
+            "(per-class |pos|, neg and w over teacher steps), `roc.png`.",
+            "", f"Dataset: {ds}{' (synthetic)' if results.get('synthetic') else ''}."]
+  path = workdir / "report.md"
+  path.write_text("\n".join(lines) + "\n")
+  return path

@@ -1,0 +1,206 @@
+"""Pure, module-level train and eval steps.
+
+State is a plain pytree ``{"params", "batch_stats", "opt_state", "step"}``.
+Static dependencies (model, optimiser, loss options) are bound with
+``functools.partial`` as keyword-only arguments; the result is jitted once with
+the state donated. The active group is ``batch["group"]``, a traced int32, so
+one compiled program serves every group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from agt_jax import losses
+from agt_jax.models import head_name
+
+State = dict
+
+
+@dataclasses.dataclass(frozen=True)
+class LossOptions:
+  """How the teacher's multi-label loss is weighted (paper Table 3/4 axes)."""
+  reweight: str = "gradient"   # gradient | count | none
+  beta: float = 2.0
+
+  def __post_init__(self):
+    if self.reweight not in ("gradient", "count", "none"):
+      raise ValueError(f"reweight must be gradient|count|none, got "
+                       f"{self.reweight!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class KDOptions:
+  kd: str = "cb"               # cb | plain | none
+  temperature: float = 5.0
+  gamma: float = 1.0
+  direction: str = "teacher_student"
+
+  def __post_init__(self):
+    if self.kd not in ("cb", "plain", "none"):
+      raise ValueError(f"kd must be cb|plain|none, got {self.kd!r}.")
+
+
+# -- optimisers ---------------------------------------------------------------
+
+def adam(lr, b1: float, b2: float) -> optax.GradientTransformation:
+  return optax.adam(lr, b1=b1, b2=b2)
+
+
+def teacher_tx(num_groups: int, lr, *, b1: float = 0.9, b2: float = 0.99
+               ) -> optax.GradientTransformationExtraArgs:
+  """Adam for the encoder every step; Adam for head ``g`` only when group
+  ``g`` is active.
+
+  ``optax.partition`` routes each top-level parameter subtree (``encoder``,
+  ``head_g0``, ...) to its own transform. A head's Adam is wrapped in
+  ``optax.conditionally_mask`` on the traced ``group`` extra argument: when
+  its group is inactive the inner Adam does not run at all, so the head's
+  parameters, moments and count stay bit-identical (zeroing the gradient
+  instead would keep moving it through momentum).
+  """
+  def head(g):
+    return optax.conditionally_mask(
+        adam(lr, b1, b2), lambda step, group, **_: group == g,
+        forward_extra_args=True)
+
+  transforms = {"encoder": adam(lr, b1, b2)}
+  transforms.update({head_name(g): head(g) for g in range(num_groups)})
+  labels = {k: k for k in transforms}
+  return optax.partition(transforms, labels)
+
+
+def init_state(model, tx, image_shape: Sequence[int], seed: int) -> State:
+  variables = model.init(jax.random.key(seed), jnp.zeros(
+      (1, *image_shape), jnp.uint8), train=False)
+  params = variables["params"]
+  return {"params": params, "batch_stats": variables.get("batch_stats", {}),
+          "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+# -- losses -------------------------------------------------------------------
+
+def teacher_loss_terms(logits, labels, options: LossOptions):
+  """Per-element `[N, C]` loss and the re-weighting weights `[C]`."""
+  if options.reweight == "gradient":
+    w = losses.gradient_reweight_weights(logits, labels, beta=options.beta)
+  elif options.reweight == "count":
+    w = losses.count_reweight_weights(labels, beta=options.beta)
+  else:
+    w = jnp.ones((logits.shape[-1],), logits.dtype)
+  return losses.reweighted_bce(logits, labels, w), w
+
+
+def _norm(tree) -> jax.Array:
+  return optax.global_norm(tree)
+
+
+# -- steps --------------------------------------------------------------------
+
+def teacher_step(state: State, batch: dict, *, model, tx,
+                 options: LossOptions) -> tuple[State, dict]:
+  """One AGT teacher update (paper Algorithm 4, one mini-batch).
+
+  The logits of **all** heads enter the loss, so inactive heads' logits still
+  train the encoder (§3.4.1); the optimiser updates only the encoder and the
+  active head. The loss is the paper's Eq. 4 summed over classes and averaged
+  over the batch (a constant factor from the paper's double sum, which Adam
+  is invariant to); the statistics ``pos/neg/w`` are over the global batch.
+  """
+  labels = batch["labels"].astype(jnp.float32)
+
+  def loss_fn(params):
+    (logits, _), updates = model.apply(
+        {"params": params, "batch_stats": state["batch_stats"]},
+        batch["image"], train=True, mutable=["batch_stats"])
+    per_element, w = teacher_loss_terms(logits, labels, options)
+    return per_element.sum() / labels.shape[0], (logits, w, updates)
+
+  (loss, (logits, w, updates)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state["params"])
+  deltas, opt_state = tx.update(grads, state["opt_state"], state["params"],
+                                group=batch["group"])
+  params = optax.apply_updates(state["params"], deltas)
+  pos, neg = losses.gradient_ratio_stats(logits, labels)
+  metrics = {"loss": loss, "group": batch["group"], "pos": pos, "neg": neg,
+             "w": w, "grad_norm": _norm(grads), "param_norm": _norm(params),
+             "update_norm": _norm(deltas)}
+  new_state = {"params": params, "batch_stats": updates["batch_stats"],
+               "opt_state": opt_state, "step": state["step"] + 1}
+  return new_state, metrics
+
+
+def plain_step(state: State, batch: dict, *, model, tx) -> tuple[State, dict]:
+  """Plain multi-label BCE on a single-head model (the baseline; also the
+  warm-up run whose features define relational groups)."""
+  labels = batch["labels"].astype(jnp.float32)
+
+  def loss_fn(params):
+    (logits, _), updates = model.apply(
+        {"params": params, "batch_stats": state["batch_stats"]},
+        batch["image"], train=True, mutable=["batch_stats"])
+    loss = optax.sigmoid_binary_cross_entropy(logits, labels).sum(-1).mean()
+    return loss, updates
+
+  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state["params"])
+  deltas, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], deltas)
+  return ({"params": params, "batch_stats": updates["batch_stats"],
+           "opt_state": opt_state, "step": state["step"] + 1},
+          {"loss": loss, "grad_norm": _norm(grads),
+           "param_norm": _norm(params)})
+
+
+def student_step(state: State, batch: dict, teacher_variables: dict, *,
+                 model, teacher_model, tx, class_counts,
+                 options: KDOptions) -> tuple[State, dict]:
+  """One student update: ``L = BCE + gamma * KD`` (paper Eq. 8).
+
+  The frozen teacher runs inside the same jitted step on the very augmented
+  view the student sees (precomputed teacher logits would pin one crop per
+  image and cost a second pass over the data); it is in eval mode and under
+  ``stop_gradient``.
+  """
+  labels = batch["labels"].astype(jnp.float32)
+  teacher_logits, _ = teacher_model.apply(teacher_variables, batch["image"],
+                                          train=False)
+  teacher_logits = jax.lax.stop_gradient(teacher_logits)
+
+  def loss_fn(params):
+    (logits, _), updates = model.apply(
+        {"params": params, "batch_stats": state["batch_stats"]},
+        batch["image"], train=True, mutable=["batch_stats"])
+    bce = optax.sigmoid_binary_cross_entropy(logits, labels).sum(-1).mean()
+    if options.kd == "cb":
+      kd = losses.class_balanced_kd(
+          logits, teacher_logits, labels, class_counts,
+          temperature=options.temperature, direction=options.direction).mean()
+    elif options.kd == "plain":
+      kd = losses.binary_kl_divergence(
+          logits, teacher_logits, temperature=options.temperature,
+          direction=options.direction).sum(-1).mean()
+    else:
+      kd = jnp.zeros(())
+    return bce + options.gamma * kd, (bce, kd, updates)
+
+  (loss, (bce, kd, updates)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state["params"])
+  deltas, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], deltas)
+  return ({"params": params, "batch_stats": updates["batch_stats"],
+           "opt_state": opt_state, "step": state["step"] + 1},
+          {"loss": loss, "bce": bce, "kd": kd, "grad_norm": _norm(grads),
+           "param_norm": _norm(params)})
+
+
+def predict_step(variables: dict, images, *, model) -> tuple[jax.Array,
+                                                             jax.Array]:
+  """Eval mode: ``(probabilities [N, C], features [N, D])``."""
+  logits, features = model.apply(variables, images, train=False)
+  return jax.nn.sigmoid(logits), features
