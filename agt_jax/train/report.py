@@ -85,9 +85,10 @@ def plot_roc(labels, probs_by_model: dict, class_names, out: pathlib.Path,
 def write_report(workdir, results: dict) -> pathlib.Path:
   workdir = pathlib.Path(workdir)
   ds = results["dataset"]
-  synth = " (**synthetic**: real ODIR-5K labels, rendered images)" \
-      if results.get("synthetic") else ""
-  lines = [f"# AGT run: {ds}{synth}, fold {results['fold']}", "",
+  lines = [f"# AGT run: {ds}, fold {results['fold']}", "",
+           *(["**Synthetic data**: real ODIR-5K labels with procedurally "
+              "rendered images; these numbers say nothing about real "
+              "fundus photographs.", ""] if results.get("synthetic") else []),
            f"- preset `{results['config']['preset']}`, model "
            f"`{results['config']['model']}`, crop {results['config']['crop']}"
            f", train images {results['train_images']}, test images "
@@ -122,7 +123,7 @@ def write_report(workdir, results: dict) -> pathlib.Path:
       lines.append(f"| {phase} | {t['images_per_s']:.1f} | {t['steps']} |")
   lines += ["", "Plots: `curves.png` (training losses), `gradients.png` "
             "(per-class |pos|, neg and w over teacher steps), `roc.png`.",
-            "", f"Dataset: {ds}{' (synthetic)' if results.get('synthetic') else ''}."]
+            "", f"Dataset: {ds}."]
   path = workdir / "report.md"
   path.write_text("\n".join(lines) + "\n")
   return path

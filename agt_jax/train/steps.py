@@ -97,7 +97,7 @@ def teacher_loss_terms(logits, labels, options: LossOptions):
 
 
 def _norm(tree) -> jax.Array:
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)
 
 
 # -- steps --------------------------------------------------------------------

@@ -1,0 +1,149 @@
+"""The CLI end to end (smoke preset), kill-and-resume, and clear errors."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OUTPUTS = ("config.json", "folds.json", "groups.json", "metrics.jsonl",
+           "results.json", "report.md", "curves.png", "gradients.png",
+           "roc.png", "checkpoints/teacher", "checkpoints/student")
+
+
+def env(cache):
+  e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  e.update(JAX_PLATFORMS="cpu", AGT_JAX_CACHE=str(cache),
+           PYTHONPATH=str(ROOT))
+  return e
+
+
+def cli(args, cache, **kw):
+  return subprocess.run([sys.executable, "-m", "experiments.odir", *args],
+                        cwd=ROOT, env=env(cache), capture_output=True,
+                        text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("smoke")
+  t0 = time.perf_counter()
+  out = cli(["--fold", "0", "--preset", "smoke", "--workdir",
+             str(root / "run")], root / "cache")
+  assert out.returncode == 0, out.stderr[-3000:]
+  return root, out, time.perf_counter() - t0
+
+
+def test_smoke_writes_every_output(smoke_run):
+  root, out, seconds = smoke_run
+  wd = root / "run"
+  for name in OUTPUTS:
+    assert (wd / name).exists(), name
+  assert out.stdout.splitlines()[0] == "preset: smoke (from --preset)"
+  results = json.loads((wd / "results.json").read_text())
+  assert results["synthetic"] and "synthetic" in results["dataset"]
+  for model in ("teacher", "student"):
+    assert set(results[model]["odir"]) == {"kappa", "f1", "auc", "final"}
+    assert set(results[model]["per_class"]) == set("NDGCAHMO")
+  assert "Synthetic data" in (wd / "report.md").read_text()
+  groups = json.loads((wd / "groups.json").read_text())
+  flat = sorted(c for g in groups["groups"] for c in g)
+  assert flat == list(range(8)) and ["N", "O"] in groups["names"]
+  assert "warm-up" in groups["features"]
+  cfg = json.loads((wd / "config.json").read_text())
+  assert cfg["preset"] == "smoke" and cfg["dataset"] == "odir5k-synth"
+  folds = json.loads((wd / "folds.json").read_text())
+  assert folds["fold"] == 0 and folds["synthetic"]
+  teacher_rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text()
+                  .splitlines() if '"teacher"' in l]
+  assert {"loss", "pos", "neg", "w", "grad_norm", "param_norm",
+          "images_per_s", "group"} <= set(teacher_rows[0])
+  print(f"smoke CLI took {seconds:.1f} s")
+
+
+def test_resume_requires_flag_and_same_config(smoke_run):
+  root, _, _ = smoke_run
+  wd = str(root / "run")
+  out = cli(["--fold", "0", "--preset", "smoke", "--workdir", wd],
+            root / "cache")
+  assert out.returncode == 2 and "pass --resume" in out.stderr
+  out = cli(["--fold", "0", "--preset", "smoke", "--workdir", wd, "--resume",
+             "--set", "alpha=0.25"], root / "cache")
+  assert out.returncode == 2 and "config differs" in out.stderr
+  assert "alpha" in out.stderr
+
+
+def test_unknown_preset_key_and_data(tmp_path):
+  out = cli(["--preset", "fast"], tmp_path)
+  assert out.returncode != 0 and "unknown preset 'fast'" in out.stderr
+  out = cli(["--preset", "smoke", "--set", "alfa=0.2"], tmp_path)
+  assert "unknown config key 'alfa'" in out.stderr
+  out = cli(["--preset", "smoke", "--data", "imagenet"], tmp_path)
+  assert "--data: expected" in out.stderr
+  out = cli(["--preset", "smoke", "--data", f"odir5k:{tmp_path}/none",
+             "--workdir", str(tmp_path / "w")], tmp_path)
+  assert out.returncode == 2 and "odir2019.grand-challenge.org" in out.stderr
+
+
+def _final_state(ckpt_dir):
+  import orbax.checkpoint as ocp
+  steps = sorted(int(p.name) for p in pathlib.Path(ckpt_dir).iterdir()
+                 if p.name.isdigit())
+  return ocp.StandardCheckpointer().restore(
+      pathlib.Path(ckpt_dir) / str(steps[-1]) / "state"), steps[-1]
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path):
+  sets = ["--set", "teacher_steps=12", "--set", "student_steps=4",
+          "--set", "ckpt_every=2", "--set", "log_every=1"]
+  base = ["--fold", "0", "--preset", "smoke", *sets]
+  full = cli([*base, "--workdir", str(tmp_path / "full")], tmp_path / "c")
+  assert full.returncode == 0, full.stderr[-2000:]
+
+  wd = tmp_path / "killed"
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.odir", *base,
+                           "--workdir", str(wd)], cwd=ROOT,
+                          env=env(tmp_path / "c"), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt = wd / "checkpoints" / "teacher"
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    done = [p for p in ckpt.glob("*") if p.name.isdigit()] \
+        if ckpt.exists() else []
+    if any(int(p.name) >= 6 for p in done):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  latest = max(int(p.name) for p in ckpt.glob("*") if p.name.isdigit())
+  assert latest < 12, "the run finished before it could be killed"
+
+  resumed = cli([*base, "--workdir", str(wd), "--resume"], tmp_path / "c")
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  for phase in ("teacher", "student"):
+    a, sa = _final_state(tmp_path / "full" / "checkpoints" / phase)
+    b, sb = _final_state(wd / "checkpoints" / phase)
+    assert sa == sb
+    import jax
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_non_finite_loss_stops_with_checkpoint_kept(tmp_path):
+  # An infinite learning rate: step 1's loss is finite (initial weights),
+  # its update is not, so step 2's loss is NaN.
+  out = cli(["--fold", "0", "--preset", "smoke", "--workdir",
+             str(tmp_path / "w"), "--set", "lr=inf", "--set", "grouping=paper",
+             "--set", "teacher_steps=12", "--set", "ckpt_every=1"],
+            tmp_path / "c")
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert "teacher: non-finite loss (nan) at step 2" in out.stderr
+  assert "last good checkpoint is step 1" in out.stderr
+  assert (tmp_path / "w" / "checkpoints" / "teacher" / "1").exists()
+  assert not (tmp_path / "w" / "checkpoints" / "teacher" / "2").exists()
