@@ -1,0 +1,112 @@
+"""Encoders, Teacher/Student, and weight import."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agt_jax import models
+from agt_jax.models import weights
+
+
+@pytest.mark.parametrize("name,dim", [("resnet_tiny", 16),
+                                      ("densenet_tiny", 16)])
+def test_tiny_encoders(name, dim):
+  enc = models.make_encoder(name)
+  x = jnp.zeros((2, 32, 32, 3), jnp.uint8)
+  v = enc.init(jax.random.key(0), x)
+  f = enc.apply(v, x)
+  assert f.shape == (2, dim) and f.dtype == jnp.float32
+  f2, upd = enc.apply(v, x, train=True, mutable=["batch_stats"])
+  assert "batch_stats" in upd
+
+
+@pytest.mark.parametrize("name,params,dim", [("resnet50", 23_508_032, 2048),
+                                             ("resnet18", 11_176_512, 512),
+                                             ("densenet121", 6_953_856, 1024)])
+def test_full_size_parameter_counts_match_torchvision(name, params, dim):
+  """torchvision's counts without the classifier (fc / classifier)."""
+  enc = models.make_encoder(name)
+  v = jax.eval_shape(enc.init, jax.random.key(0),
+                     jnp.zeros((1, 64, 64, 3), jnp.uint8))
+  assert sum(x.size for x in jax.tree.leaves(v["params"])) == params
+  out = jax.eval_shape(enc.apply, v, jnp.zeros((1, 64, 64, 3), jnp.uint8))
+  assert out.shape == (1, dim)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  enc = models.make_encoder("resnet_tiny", dtype=jnp.bfloat16)
+  x = jnp.zeros((1, 32, 32, 3), jnp.uint8)
+  v = enc.init(jax.random.key(0), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v["params"]))
+  assert enc.apply(v, x).dtype == jnp.float32
+
+
+def test_unknown_model():
+  with pytest.raises(ValueError, match="unknown model"):
+    models.make_encoder("vit")
+
+
+def test_torchvision_import_matches_torch_outputs():
+  torch = pytest.importorskip("torch")
+  tv = pytest.importorskip("torchvision")
+  for name, ctor in (("resnet50", tv.models.resnet50),
+                     ("densenet121", tv.models.densenet121)):
+    torch.manual_seed(0)
+    net = ctor(weights=None).eval()
+    # Non-trivial running statistics.
+    for m in net.modules():
+      if isinstance(m, torch.nn.BatchNorm2d):
+        m.running_mean.uniform_(-0.1, 0.1)
+        m.running_var.uniform_(0.5, 1.5)
+    enc = models.make_encoder(name)
+    x = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), np.uint8)
+    v = enc.init(jax.random.key(0), jnp.asarray(x))
+    p, s = weights.from_torchvision(net.state_dict(), v["params"],
+                                    v["batch_stats"])
+    ours = np.asarray(enc.apply({"params": p, "batch_stats": s}, x))
+    mean = np.array([0.485, 0.456, 0.406]) * 255
+    std = np.array([0.229, 0.224, 0.225]) * 255
+    xt = torch.tensor(((x - mean) / std).transpose(0, 3, 1, 2), dtype=torch.float32)
+    feats = {}
+    if name == "resnet50":
+      net.fc = torch.nn.Identity()
+      ref = net(xt).detach().numpy()
+    else:
+      f = net.features(xt)
+      ref = torch.nn.functional.adaptive_avg_pool2d(
+          torch.relu(f), 1).flatten(1).detach().numpy()
+    # Tolerance: float32 accumulation-order differences through ~50 layers.
+    np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-3)
+    del feats
+
+
+def test_import_rejects_incomplete_state_dict():
+  enc = models.make_encoder("resnet_tiny")
+  v = enc.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.uint8))
+  sd = {"conv1.weight": np.zeros((8, 3, 7, 7), np.float32)}
+  with pytest.raises(KeyError, match="missing"):
+    weights.from_torchvision(sd, v["params"], v["batch_stats"])
+  sd = {"conv1.weight": np.zeros((9, 3, 7, 7), np.float32)}
+  with pytest.raises(ValueError, match="shape"):
+    weights.from_torchvision(sd, v["params"], v["batch_stats"])
+
+
+def test_load_encoder_from_our_checkpoint(tmp_path):
+  import orbax.checkpoint as ocp
+  from agt_jax.train import steps
+  teacher = models.Teacher(models.make_encoder("resnet_tiny"),
+                           groups=((0, 1), (2,)), num_classes=3)
+  tx = steps.teacher_tx(2, 1e-3)
+  state = steps.init_state(teacher, tx, (32, 32, 3), seed=3)
+  ckpt = ocp.CheckpointManager(tmp_path / "teacher")
+  ckpt.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+  ckpt.wait_until_finished()
+  student = models.Student(models.make_encoder("resnet_tiny"), num_classes=3)
+  sstate = steps.init_state(student, steps.adam(1e-3, 0.9, 0.99),
+                            (32, 32, 3), seed=4)
+  p, b = weights.load_encoder(tmp_path / "teacher", sstate)
+  np.testing.assert_array_equal(p["conv1"]["kernel"],
+                                state["params"]["encoder"]["conv1"]["kernel"])
+  with pytest.raises(FileNotFoundError, match="no such"):
+    weights.load_encoder(tmp_path / "nope", sstate)
