@@ -62,7 +62,7 @@ def test_smoke_writes_every_output(smoke_run):
   assert folds["fold"] == 0 and folds["synthetic"]
   teacher_rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text()
                   .splitlines() if '"teacher"' in l]
-  assert {"loss", "pos", "neg", "w", "grad_norm", "param_norm",
+  assert {"loss", "lr", "pos", "neg", "w", "grad_norm", "param_norm",
           "images_per_s", "group"} <= set(teacher_rows[0])
   print(f"smoke CLI took {seconds:.1f} s")
 
@@ -147,3 +147,18 @@ def test_non_finite_loss_stops_with_checkpoint_kept(tmp_path):
   assert "last good checkpoint is step 1" in out.stderr
   assert (tmp_path / "w" / "checkpoints" / "teacher" / "1").exists()
   assert not (tmp_path / "w" / "checkpoints" / "teacher" / "2").exists()
+
+
+def test_summarize_folds_mean_and_std(tmp_path):
+  from agt_jax.train import summarize_folds
+  fake = [{"dataset": "odir5k-synth (synthetic)", "synthetic": True, "fold": k,
+           "teacher": {"odir": {"kappa": 0.1 * k, "f1": 0.5, "auc": 0.8,
+                                "final": 0.4}, "macro_auc": 0.7}}
+          for k in range(3)]
+  path = summarize_folds(fake, tmp_path)
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["models"]["teacher"]["kappa"]["mean"] == pytest.approx(0.1)
+  assert summary["models"]["teacher"]["kappa"]["std"] == pytest.approx(
+      np.std([0.0, 0.1, 0.2]))
+  text = path.read_text()
+  assert "3 folds" in text and "0.100 ± 0.082" in text and "synthetic" in text

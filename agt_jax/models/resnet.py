@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 ModuleDef = Any
@@ -108,9 +109,11 @@ class ResNet(nn.Module):
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 
-# ImageNet statistics, as torchvision's weights expect.
-IMAGENET_MEAN = jnp.array([0.485, 0.456, 0.406]) * 255
-IMAGENET_STD = jnp.array([0.229, 0.224, 0.225]) * 255
+# ImageNet statistics, as torchvision's weights expect. numpy, not jnp: a
+# module-level jnp array would initialise the accelerator in every process
+# that imports this module (e.g. Grain's decode workers).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 
 
 def normalize_images(x, dtype):

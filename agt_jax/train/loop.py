@@ -174,7 +174,7 @@ class _Phase:
         m = jax.device_get(m)
         self._check_finite(s + 1, m["loss"])
         dt = time.perf_counter() - t_last
-        rec = {"phase": self.name, "step": s + 1,
+        rec = {"phase": self.name, "step": s + 1, "lr": cfg.lr,
                "images_per_s": n_last / max(dt, 1e-9),
                **{k: v for k, v in m.items()}}
         self.writer.write(rec)
