@@ -33,3 +33,23 @@ def test_input_pipeline_schema():
   rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
   assert len(rows) == 1 and rows[0]["workers"] == 0
   assert rows[0]["images_per_s"] > 0 and rows[0]["crop"] == 48
+
+
+def test_step_throughput_schema():
+  out = subprocess.run(
+      [sys.executable, str(ROOT / "benchmarks" / "step_throughput.py"),
+       "--model", "tiny", "--image-size", "32", "--steps", "2", "--warmup",
+       "1", "--batch-size", "8", "--dtype", "float32", "--no-torch"],
+      check=True, capture_output=True, text=True, cwd=ROOT,
+      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
+           "PYTHONPATH": str(ROOT)}).stdout
+  rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+  systems = [r for r in rows if "system" in r]
+  assert [r["system"] for r in systems] == ["agt_teacher", "plain", "student"]
+  for r in systems:
+    assert {"images_per_s", "ms_per_step_median", "ms_per_step_p90",
+            "compile_s", "compilations", "peak_memory_bytes",
+            "tflops"} <= set(r)
+    assert r["compilations"] == 1   # the teacher cycled 3 groups
+  assert "agt_over_plain" in rows[-1]["ratios"]
+  assert "| agt_teacher |" in out
