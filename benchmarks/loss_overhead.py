@@ -9,29 +9,13 @@ next to a ResNet-50 step.
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from agt_jax import losses
-
-
-def _time(fn, args, steps: int, warmup: int):
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  times.sort()
-  return compile_s, statistics.median(times), times[int(0.9 * (len(times) - 1))]
+from timing import time_steps
 
 
 def main(argv=None) -> None:
@@ -53,7 +37,7 @@ def main(argv=None) -> None:
   }
   for name, loss in systems.items():
     fn = jax.jit(jax.value_and_grad(loss))
-    compile_s, med, p90 = _time(fn, (z,), a.steps, a.warmup)
+    compile_s, med, p90 = time_steps(lambda t: fn(z), a.steps, a.warmup)
     print(json.dumps({
         "system": name, "batch_size": a.batch_size, "classes": a.classes,
         "dtype": a.dtype, "ms_median": med * 1e3, "ms_p90": p90 * 1e3,

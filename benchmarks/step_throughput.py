@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +26,7 @@ import numpy as np
 
 from agt_jax import grouping, models
 from agt_jax.train import steps
+from timing import time_steps
 
 MODELS = {"resnet50": "resnet50", "densenet121": "densenet121",
           "resnet18": "resnet18", "tiny": "resnet_tiny"}
@@ -49,22 +48,6 @@ def _flops(jitted, *args):
     return float(cost.get("flops", 0.0)) or None
   except Exception:  # noqa: BLE001
     return None
-
-
-def _timed(run, n_steps, warmup):
-  """``run(t)`` performs step t and returns something to block on."""
-  t0 = time.perf_counter()
-  jax.block_until_ready(run(0))
-  compile_s = time.perf_counter() - t0
-  for t in range(1, warmup + 1):
-    jax.block_until_ready(run(t))
-  times = []
-  for t in range(warmup + 1, warmup + 1 + n_steps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(t))
-    times.append(time.perf_counter() - t0)
-  times.sort()
-  return compile_s, statistics.median(times), times[int(0.9 * (len(times) - 1))]
 
 
 def jax_systems(a, batch):
@@ -91,7 +74,7 @@ def jax_systems(a, batch):
   def run_t(t):
     state["s"], m = tjit(state["s"], batches[t % 3])
     return m["loss"]
-  out.append(("agt_teacher", _timed(run_t, a.steps, a.warmup), traces["n"],
+  out.append(("agt_teacher", time_steps(run_t, a.steps, a.warmup), traces["n"],
               flops))
   teacher_vars = {"params": state["s"]["params"],
                   "batch_stats": state["s"]["batch_stats"]}
@@ -111,7 +94,7 @@ def jax_systems(a, batch):
   def run_p(t):
     pstate["s"], m = pjit(pstate["s"], batches[0])
     return m["loss"]
-  out.append(("plain", _timed(run_p, a.steps, a.warmup), ptraces["n"], flops))
+  out.append(("plain", time_steps(run_p, a.steps, a.warmup), ptraces["n"], flops))
 
   counts = jnp.array([3125, 1801, 326, 313, 280, 193, 268, 1200], jnp.float32)
   straces = {"n": 0}
@@ -129,7 +112,7 @@ def jax_systems(a, batch):
   def run_s(t):
     sstate["s"], m = sjit(sstate["s"], batches[0], teacher_vars)
     return m["loss"]
-  out.append(("student", _timed(run_s, a.steps, a.warmup), straces["n"],
+  out.append(("student", time_steps(run_s, a.steps, a.warmup), straces["n"],
               flops))
   return out
 
@@ -205,20 +188,10 @@ def torch_systems(a, batch_np):
     return step
 
   def time_torch(step):
-    t0 = time.perf_counter()
-    step(0); sync()
-    compile_s = time.perf_counter() - t0
-    for t in range(1, a.warmup + 1):
-      step(t)
-    sync()
-    times = []
-    for t in range(a.warmup + 1, a.warmup + 1 + a.steps):
-      t0 = time.perf_counter()
-      step(t); sync()
-      times.append(time.perf_counter() - t0)
-    times.sort()
-    return compile_s, statistics.median(times), \
-        times[int(0.9 * (len(times) - 1))]
+    def synced(loss):
+      sync()
+      return loss
+    return time_steps(step, a.steps, a.warmup, sync=synced)
 
   out = []
   for compiled in (False, True):

@@ -84,10 +84,10 @@ def patient_folds(table: ImageTable, *, num_folds: int = 5, seed: int = 0,
   return patient_fold[inverse]
 
 
-def fold_split(table: ImageTable, fold: int, *, num_folds: int = 5,
-               seed: int = 0, mode: str = "random"
-               ) -> tuple[ImageTable, ImageTable, dict]:
-  """``(train, test, assignment)`` for test fold ``fold``.
+def fold_indices(table: ImageTable, fold: int, *, num_folds: int = 5,
+                 seed: int = 0, mode: str = "random"
+                 ) -> tuple[np.ndarray, np.ndarray, dict]:
+  """``(train_idx, test_idx, assignment)`` for test fold ``fold``.
 
   ``assignment`` records everything needed to rebuild the split (seed, mode,
   and the test patients) and is saved with every run.
@@ -103,7 +103,16 @@ def fold_split(table: ImageTable, fold: int, *, num_folds: int = 5,
       "test_patients": sorted(set(table.patient_ids[test].tolist()),
                               key=lambda p: (len(p), p)),
   }
-  return table.take(~test), table.take(test), assignment
+  return np.flatnonzero(~test), np.flatnonzero(test), assignment
+
+
+def fold_split(table: ImageTable, fold: int, *, num_folds: int = 5,
+               seed: int = 0, mode: str = "random"
+               ) -> tuple[ImageTable, ImageTable, dict]:
+  """``(train, test, assignment)`` tables for test fold ``fold``."""
+  train, test, assignment = fold_indices(table, fold, num_folds=num_folds,
+                                         seed=seed, mode=mode)
+  return table.take(train), table.take(test), assignment
 
 
 def save_assignment(assignment: dict, workdir) -> pathlib.Path:

@@ -293,15 +293,9 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
 
   # --- setup: data, fold, mesh ---
   table, source = load_data(config)
-  fold_of = folds_lib.patient_folds(table, num_folds=config.num_folds,
-                                    seed=config.fold_seed,
-                                    mode=config.fold_mode)
-  train_idx = np.flatnonzero(fold_of != config.fold)
-  test_idx = np.flatnonzero(fold_of == config.fold)
-  _, _, assignment = folds_lib.fold_split(table, config.fold,
-                                          num_folds=config.num_folds,
-                                          seed=config.fold_seed,
-                                          mode=config.fold_mode)
+  train_idx, test_idx, assignment = folds_lib.fold_indices(
+      table, config.fold, num_folds=config.num_folds, seed=config.fold_seed,
+      mode=config.fold_mode)
   (workdir / "folds.json").write_text(json.dumps(
       {**assignment, "synthetic": table.synthetic}, indent=1))
   y_train = table.labels[train_idx]

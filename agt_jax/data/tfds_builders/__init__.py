@@ -8,6 +8,7 @@ Prepare once, then read with ``tfds.data_source(name, data_dir=...)``::
 
 from __future__ import annotations
 
+import io
 import pathlib
 
 
@@ -29,3 +30,14 @@ def prepare(name: str, *, manual_dir, data_dir):
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=str(pathlib.Path(manual_dir).expanduser())))
   return builder
+
+
+def fundus_jpeg(path, size: int = 512) -> bytes:
+  """A fundus file, FOV-cropped and resized to ``size``, as JPEG bytes (what
+  both builders store)."""
+  from PIL import Image
+  from agt_jax.data import images
+  buf = io.BytesIO()
+  Image.fromarray(images.prepare_fundus(path, size=size)).save(
+      buf, format="JPEG", quality=95)
+  return buf.getvalue()

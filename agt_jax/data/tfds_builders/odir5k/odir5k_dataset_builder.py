@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
-from agt_jax.data import images, odir
+from agt_jax.data import odir
+from agt_jax.data.tfds_builders import fundus_jpeg
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
@@ -39,11 +37,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, table):
     for i in range(len(table)):
-      image = images.prepare_fundus(table.paths[i], size=512)
-      buf = io.BytesIO()
-      Image.fromarray(image).save(buf, format="JPEG", quality=95)
       yield str(table.image_ids[i]), {
-          "image": buf.getvalue(), "labels": table.labels[i],
+          "image": fundus_jpeg(table.paths[i]), "labels": table.labels[i],
           "image_id": str(table.image_ids[i]),
           "patient_id": str(table.patient_ids[i]), "eye": str(table.eyes[i]),
           "keywords": str(table.keywords[i])}
