@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 
 import jax
+import numpy as np
 
 
 def time_steps(run: Callable[[int], object], steps: int, warmup: int,
@@ -25,5 +25,4 @@ def time_steps(run: Callable[[int], object], steps: int, warmup: int,
     t0 = time.perf_counter()
     sync(run(t))
     times.append(time.perf_counter() - t0)
-  times.sort()
-  return first, statistics.median(times), times[int(0.9 * (len(times) - 1))]
+  return first, float(np.median(times)), float(np.percentile(times, 90))
