@@ -46,6 +46,7 @@ class Config:
   together: tuple = (("N", "O"),)
   alpha: float = 0.5
   reweight: str = "gradient"        # gradient | count | none
+  loss: str = "agt"                 # agt | focal | cb | cb_focal | db
   beta: float = 2.0
   switch_every: int = 1
   # student

@@ -195,3 +195,42 @@ def test_plain_step_runs():
   s, m = jax.jit(lambda s, b: steps.plain_step(s, b, model=student, tx=tx))(
       s, batch(0))
   assert np.isfinite(m["loss"]) and int(s["step"]) == 1
+
+
+COUNTS = (900, 500, 90, 80, 70, 50, 60, 300)
+
+
+@pytest.mark.parametrize("name", ["focal", "cb", "cb_focal", "db"])
+def test_peer_losses_share_the_step_with_published_reductions(name):
+  model, tx, state = make()
+  b = batch(2)
+  options = steps.LossOptions(loss=name, class_counts=COUNTS,
+                              num_examples=1000)
+  params = host(state["params"])
+  stats = host(state["batch_stats"])
+  _, m = jax.jit(lambda s, bb: steps.teacher_step(
+      s, bb, model=model, tx=tx, options=options))(state, b)
+  (logits, _), _ = model.apply({"params": params, "batch_stats": stats},
+                               b["image"], train=True, mutable=["batch_stats"])
+  y = b["labels"]
+  counts = np.array(COUNTS)
+  expected = {
+      "focal": lambda: losses.sigmoid_focal_loss(logits, y, alpha=0.25).mean(),
+      "cb": lambda: losses.class_balanced_loss(logits, y, counts).sum()
+                    / y.sum(),
+      "cb_focal": lambda: losses.class_balanced_loss(
+          logits, y, counts, gamma=2.0).sum() / y.sum(),
+      "db": lambda: losses.distribution_balanced_loss(logits, y, counts,
+                                                      1000).mean(),
+  }[name]()
+  np.testing.assert_allclose(m["loss"], expected, rtol=1e-5)
+  np.testing.assert_array_equal(m["w"], 1.0)
+
+
+def test_loss_options_errors():
+  with pytest.raises(ValueError, match="loss must be one of"):
+    steps.LossOptions(loss="eqlv3")
+  with pytest.raises(ValueError, match="class_counts"):
+    steps.LossOptions(loss="cb")
+  with pytest.raises(ValueError, match="num_examples"):
+    steps.LossOptions(loss="db", class_counts=COUNTS)

@@ -325,7 +325,10 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
   if config.init:
     tstate = _load_init(config.init, tstate)
   alpha = config.alpha if len(groups) > 1 else 0.0
-  options = steps.LossOptions(reweight=config.reweight, beta=config.beta)
+  options = steps.LossOptions(
+      reweight=config.reweight, beta=config.beta, loss=config.loss,
+      class_counts=tuple(int(c) for c in counts),
+      num_examples=int(len(train_idx)))
 
   def teacher_fn(state, batch):
     return steps.teacher_step(state, batch, model=teacher, tx=ttx,

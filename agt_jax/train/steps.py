@@ -24,14 +24,34 @@ State = dict
 
 @dataclasses.dataclass(frozen=True)
 class LossOptions:
-  """How the teacher's multi-label loss is weighted (paper Table 3/4 axes)."""
-  reweight: str = "gradient"   # gradient | count | none
+  """The multi-label loss of the (teacher) step.
+
+  ``loss="agt"`` is the paper's BCE with negative terms weighted per
+  ``reweight`` (Table 3/4 axes). The peers share the same step, each with its
+  published reduction: ``focal`` (alpha 0.25, gamma 2; mean over N*C),
+  ``cb``/``cb_focal`` (effective number, beta 0.9999; sum over positive
+  labels), ``db`` (COCO configuration; mean over N*C). They need the
+  training split's ``class_counts`` (and ``num_examples`` for ``db``).
+  """
+  reweight: str = "gradient"   # gradient | count | none  (loss="agt")
   beta: float = 2.0
+  loss: str = "agt"            # agt | focal | cb | cb_focal | db
+  class_counts: tuple | None = None
+  num_examples: int | None = None
 
   def __post_init__(self):
     if self.reweight not in ("gradient", "count", "none"):
       raise ValueError(f"reweight must be gradient|count|none, got "
                        f"{self.reweight!r}.")
+    if self.loss not in LOSSES:
+      raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
+    if self.loss in ("cb", "cb_focal", "db") and self.class_counts is None:
+      raise ValueError(f"loss={self.loss!r} needs the training class_counts.")
+    if self.loss == "db" and self.num_examples is None:
+      raise ValueError("loss='db' needs num_examples (training-set size).")
+
+
+LOSSES = ("agt", "focal", "cb", "cb_focal", "db")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +116,27 @@ def teacher_loss_terms(logits, labels, options: LossOptions):
   return losses.reweighted_bce(logits, labels, w), w
 
 
+def teacher_loss(logits, labels, options: LossOptions):
+  """``(scalar loss, w [C])`` with each loss's published reduction (``w`` is
+  the AGT negative weight, ones for the peers)."""
+  ones = jnp.ones((logits.shape[-1],), logits.dtype)
+  n = labels.shape[0]
+  if options.loss == "agt":
+    per_element, w = teacher_loss_terms(logits, labels, options)
+    return per_element.sum() / n, w
+  if options.loss == "focal":
+    return losses.sigmoid_focal_loss(logits, labels, alpha=0.25,
+                                     gamma=2.0).mean(), ones
+  counts = jnp.asarray(options.class_counts, jnp.float32)
+  if options.loss in ("cb", "cb_focal"):
+    per = losses.class_balanced_loss(
+        logits, labels, counts, gamma=2.0 if options.loss == "cb_focal" else 0.0)
+    return per.sum() / jnp.maximum(labels.sum(), 1.0), ones
+  per = losses.distribution_balanced_loss(logits, labels, counts,
+                                          options.num_examples)
+  return per.mean(), ones
+
+
 def _norm(tree) -> jax.Array:
   return optax.tree.norm(tree)
 
@@ -118,8 +159,8 @@ def teacher_step(state: State, batch: dict, *, model, tx,
     (logits, _), updates = model.apply(
         {"params": params, "batch_stats": state["batch_stats"]},
         batch["image"], train=True, mutable=["batch_stats"])
-    per_element, w = teacher_loss_terms(logits, labels, options)
-    return per_element.sum() / labels.shape[0], (logits, w, updates)
+    loss, w = teacher_loss(logits, labels, options)
+    return loss, (logits, w, updates)
 
   (loss, (logits, w, updates)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state["params"])
