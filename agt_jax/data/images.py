@@ -123,3 +123,16 @@ class ArrayImageSource:
 
   def __getitem__(self, i: int) -> np.ndarray:
     return np.asarray(self.array[int(i)])
+
+
+@dataclasses.dataclass(frozen=True)
+class SubsetSource:
+  """Index ``i`` of a split -> image ``indices[i]`` of the full source."""
+  source: object
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    return self.source[int(self.indices[int(i)])]

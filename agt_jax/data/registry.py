@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 
+import numpy as np
+
 from agt_jax.data import cifar, images, odir, rfmid, synth
 
 NAMES = ("odir5k-synth", "odir5k", "rfmid", "cifar100-lt-100",
@@ -13,18 +15,31 @@ NAMES = ("odir5k-synth", "odir5k", "rfmid", "cifar100-lt-100",
 def load_dataset(name: str, *, data_dir=None, cache_dir=None,
                  image_size: int = 512, seed: int = 0,
                  ignorable_policy: str = "as_normal", workers=None,
-                 progress: bool = True):
+                 progress: bool = True, max_images: int | None = None):
   """``(table, image_source)`` for a dataset name.
 
   * ``odir5k-synth`` (the offline default): rendered into ``cache_dir`` once;
   * ``odir5k`` / ``rfmid``: real data under ``data_dir``;
   * ``cifar100-lt-{100,50,10}``: the training split of CIFAR100-LT (use
     :func:`agt_jax.data.cifar.load_cifar100_lt` for the test split).
+
+  ``max_images`` keeps the first N images (rows are ordered by patient, so
+  patients stay whole up to one boundary); for odir5k-synth only those are
+  rendered.
   """
   if name == "odir5k-synth":
     return synth.load_synth(cache_dir, size=image_size, seed=seed,
                             ignorable_policy=ignorable_policy, workers=workers,
-                            progress=progress)
+                            progress=progress, max_images=max_images)
+  table, source = _load_real(name, data_dir=data_dir, image_size=image_size,
+                             seed=seed, ignorable_policy=ignorable_policy)
+  if max_images:
+    keep = np.arange(min(max_images, len(table)))
+    table, source = table.take(keep), images.SubsetSource(source, keep)
+  return table, source
+
+
+def _load_real(name, *, data_dir, image_size, seed, ignorable_policy):
   if name in ("odir5k", "rfmid") and data_dir is None:
     raise ValueError(f"dataset {name!r} needs --data-dir (the folder with the "
                      f"real data); the offline default is 'odir5k-synth'.")

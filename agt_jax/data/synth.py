@@ -256,10 +256,13 @@ def open_cache(table: ImageTable, cache_dir=None, *, size: int = 512,
 def load_synth(cache_dir=None, *, size: int = 512, seed: int = 0,
                ignorable_policy: str = "as_normal", build: bool = True,
                workers: int | None = None, progress: bool = True,
-               visibility: Mapping | None = None):
-  """``(table, ArrayImageSource)`` of odir5k-synth, building the cache first
-  when needed."""
+               visibility: Mapping | None = None,
+               max_images: int | None = None):
+  """``(table, ArrayImageSource)`` of odir5k-synth (its first ``max_images``
+  rows if given), building the cache first when needed."""
   table = synth_table(ignorable_policy=ignorable_policy)
+  if max_images:
+    table = table.take(np.arange(min(max_images, len(table))))
   if build:
     build_cache(table, cache_dir, size=size, seed=seed, workers=workers,
                 progress=progress, visibility=visibility)

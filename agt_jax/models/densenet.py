@@ -9,7 +9,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from agt_jax.models.resnet import normalize_images
+from agt_jax.models.resnet import conv_and_norm, normalize_images
 
 
 class DenseLayer(nn.Module):
@@ -53,10 +53,7 @@ class DenseNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(self.norm, use_running_average=not train,
-                             momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                             axis_name=self.axis_name)
+    conv, norm = conv_and_norm(self, train)
     x = normalize_images(x, self.dtype)
     x = conv(self.num_init_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
              name="conv0")(x)

@@ -91,10 +91,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
-    norm = functools.partial(self.norm, use_running_average=not train,
-                             momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                             axis_name=self.axis_name)
+    conv, norm = conv_and_norm(self, train)
     x = normalize_images(x, self.dtype)
     x = conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
              name="conv1")(x)
@@ -114,6 +111,16 @@ class ResNet(nn.Module):
 # that imports this module (e.g. Grain's decode workers).
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+
+
+def conv_and_norm(module, train: bool):
+  """Bias-free conv and BatchNorm (torchvision's momentum/epsilon) partials
+  in the module's dtype; BatchNorm syncs over ``module.axis_name``."""
+  conv = functools.partial(module.conv, use_bias=False, dtype=module.dtype)
+  norm = functools.partial(module.norm, use_running_average=not train,
+                           momentum=0.9, epsilon=1e-5, dtype=module.dtype,
+                           axis_name=module.axis_name)
+  return conv, norm
 
 
 def normalize_images(x, dtype):

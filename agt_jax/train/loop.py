@@ -41,19 +41,6 @@ class ConfigMismatchError(ValueError):
 
 # -- small helpers ------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class SubsetSource:
-  """Index ``i`` of a split -> image ``indices[i]`` of the full source."""
-  source: Any
-  indices: np.ndarray
-
-  def __len__(self) -> int:
-    return len(self.indices)
-
-  def __getitem__(self, i: int) -> np.ndarray:
-    return self.source[int(self.indices[int(i)])]
-
-
 class MetricWriter:
   """Appends one JSON line per call to ``metrics.jsonl``."""
 
@@ -96,27 +83,12 @@ def _replicate(tree, mesh):
 # -- data ---------------------------------------------------------------------
 
 def load_data(config: Config):
-  """``(table, source)`` for the configured dataset (synthetic rendered into
-  the cache at ``image_size``)."""
-  if config.dataset == "odir5k-synth":
-    from agt_jax.data import synth
-    table = synth.synth_table()
-    if config.max_images:
-      table = table.take(np.arange(min(config.max_images, len(table))))
-    synth.build_cache(table, config.cache_dir, size=config.image_size,
-                      seed=config.seed)
-    source = images_lib.ArrayImageSource(synth.open_cache(
-        table, config.cache_dir, size=config.image_size, seed=config.seed))
-    return table, source
+  """``(table, source)`` for the configured dataset."""
   from agt_jax.data import registry
-  table, source = registry.load_dataset(
+  return registry.load_dataset(
       config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
-      image_size=config.image_size, seed=config.seed)
-  if config.max_images:
-    keep = np.arange(min(config.max_images, len(table)))
-    table = table.take(keep)
-    source = SubsetSource(source, keep)
-  return table, source
+      image_size=config.image_size, seed=config.seed,
+      max_images=config.max_images)
 
 
 # -- phases ---------------------------------------------------------------------
@@ -218,7 +190,7 @@ def _predict(model, variables, source, indices, labels, config, mesh,
   ds = pipeline.with_images(
       pipeline.eval_batches(len(indices), labels,
                             batch_size=config.eval_batch_size),
-      SubsetSource(source, indices), crop=config.crop, train=False)
+      images_lib.SubsetSource(source, indices), crop=config.crop, train=False)
   fn = jax.jit(lambda v, x: steps.predict_step(v, x, model=model))
   variables = _replicate(variables, mesh)
   n_dev = mesh.devices.size
@@ -303,7 +275,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
   names = list(table.class_names)
   counts = y_train.sum(0)
   mesh = make_mesh(config.batch_size)
-  train_source = SubsetSource(source, train_idx)
+  train_source = images_lib.SubsetSource(source, train_idx)
   encoder = models.make_encoder(config.model, dtype=_dtype(config.dtype))
   image_shape = (config.crop, config.crop, 3)
   throughput = {}
