@@ -209,3 +209,53 @@ def mgda_reference(vecs, tol=1e-5, max_iter=250):
       return x, nd
     x = nx
   return x, nd
+
+
+def ib_loss(z, y, h, counts, alpha=1000.0, eps=1e-3):
+  """Multi-label IB, one sample at a time."""
+  z, y, h = (np.asarray(a, np.float64) for a in (z, y, h))
+  inv = 1.0 / np.asarray(counts, np.float64)
+  lam = inv * len(inv) / inv.sum()
+  out = np.zeros_like(z)
+  for i in range(len(z)):
+    infl = np.abs(sigmoid(z[i]) - y[i]).sum() * np.abs(h[i]).sum()
+    ib = alpha / (infl + eps)
+    for j in range(z.shape[1]):
+      v = lam[j] if y[i, j] else 1.0
+      out[i, j] = ib * v * bce(z[i, j], y[i, j])
+  return out
+
+
+def ride_multilabel(zs, y, counts, s=30.0, max_m=0.5, div=-0.2, T=1.0,
+                    w=None):
+  zs, y = np.asarray(zs, np.float64), np.asarray(y, np.float64)
+  m = np.asarray(counts, np.float64) ** -0.25
+  m = m * max_m / m.max() * s
+  w = np.ones(zs.shape[2]) if w is None else np.asarray(w, np.float64)
+  mean = zs.mean(0)
+  total = 0.0
+  for e in range(len(zs)):
+    for i in range(zs.shape[1]):
+      for j in range(zs.shape[2]):
+        zm = zs[e, i, j] - (m[j] if y[i, j] else 0.0)
+        total += (-log_sigmoid(zm) if y[i, j]
+                  else -w[j] * log_sigmoid(-zm)) / zs.shape[1]
+        pt = sigmoid(mean[i, j] / T)
+        ps = sigmoid(zs[e, i, j] / T)
+        kl = pt * np.log(pt / ps) + (1 - pt) * np.log((1 - pt) / (1 - ps))
+        total += div * T * T * kl / zs.shape[1]
+  return total
+
+
+def bags_all_kept(z, o, y, groups):
+  """BAGS multi-label loss with every "others" row kept."""
+  z, o, y = (np.asarray(a, np.float64) for a in (z, o, y))
+  total = 0.0
+  for g, cls in enumerate(groups):
+    n = len(z)
+    for i in range(n):
+      fg = y[i, list(cls)].sum() > 0
+      total += bce(o[i, g], 0.0 if fg else 1.0) / n
+      for c in cls:
+        total += bce(z[i, c], y[i, c]) / n
+  return total

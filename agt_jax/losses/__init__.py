@@ -11,20 +11,26 @@ Peers, with their published conventions:
   sigmoid_focal_loss (optax's own; torchvision's defaults are alpha=0.25,
   gamma=2), class_balanced_weights, class_balanced_loss,
   distribution_balanced_loss, eqlv2_init, eqlv2_loss, EQLv2State, ride_loss,
-  ldam_margins.
+  ldam_margins; multi-label adaptations (documented in each docstring):
+  influence_balanced_loss, influence_balanced_weights, ride_multilabel_loss,
+  bags_loss, subset_kd_weights (the multi-teacher baseline's KD).
 """
 
 from optax.losses import sigmoid_focal_loss
 
+from agt_jax.losses._bags import bags_loss
 from agt_jax.losses._class_balanced import class_balanced_loss
 from agt_jax.losses._class_balanced import class_balanced_weights
 from agt_jax.losses._distillation import binary_kl_divergence
 from agt_jax.losses._distillation import class_balanced_kd
 from agt_jax.losses._distillation import class_balanced_kd_weights
+from agt_jax.losses._distillation import subset_kd_weights
 from agt_jax.losses._distribution_balanced import distribution_balanced_loss
 from agt_jax.losses._eqlv2 import EQLv2State
 from agt_jax.losses._eqlv2 import eqlv2_init
 from agt_jax.losses._eqlv2 import eqlv2_loss
+from agt_jax.losses._influence_balanced import influence_balanced_loss
+from agt_jax.losses._influence_balanced import influence_balanced_weights
 from agt_jax.losses._reweighting import count_reweight_weights
 from agt_jax.losses._reweighting import gradient_ratio_stats
 from agt_jax.losses._reweighting import gradient_reweight_weights
@@ -32,9 +38,11 @@ from agt_jax.losses._reweighting import gradient_reweighted_bce
 from agt_jax.losses._reweighting import reweighted_bce
 from agt_jax.losses._ride import ldam_margins
 from agt_jax.losses._ride import ride_loss
+from agt_jax.losses._ride import ride_multilabel_loss
 
 __all__ = [
     "EQLv2State",
+    "bags_loss",
     "binary_kl_divergence",
     "class_balanced_kd",
     "class_balanced_kd_weights",
@@ -47,8 +55,12 @@ __all__ = [
     "gradient_ratio_stats",
     "gradient_reweight_weights",
     "gradient_reweighted_bce",
+    "influence_balanced_loss",
+    "influence_balanced_weights",
     "ldam_margins",
     "reweighted_bce",
     "ride_loss",
+    "ride_multilabel_loss",
     "sigmoid_focal_loss",
+    "subset_kd_weights",
 ]

@@ -156,3 +156,33 @@ def class_balanced_kd(
                             temperature=temperature, direction=direction)
   w = class_balanced_kd_weights(labels, class_counts).astype(kl.dtype)
   return w * jnp.sum(kl, axis=-1)
+
+
+def subset_kd_weights(groups, labels_or_counts: ArrayLike) -> jax.Array:
+  r"""Per-class weights of the multi-teacher baseline's weighted KD.
+
+  Subset :math:`g` (one teacher) gets
+  :math:`\lambda_g = \frac{P}{G\,P_g}`, the inverse of its share of the
+  training positives normalised to mean 1 over subsets; every class of the
+  subset carries its subset's weight.
+
+  Args:
+    groups: `G` disjoint class-index lists.
+    labels_or_counts: `[C]` training positives per class.
+
+  Returns:
+    `[C]` weights.
+
+  References:
+    Ju et al., *Relational Subsets Knowledge Distillation for Long-tailed
+    Retinal Diseases Recognition*, MICCAI 2021 (one teacher per subset and a
+    weighted KD; no code is public, so this weighting is this library's
+    choice).
+  """
+  counts = jnp.asarray(labels_or_counts, jnp.float32)
+  per_group = jnp.stack([counts[jnp.asarray(list(g))].sum() for g in groups])
+  lam = counts.sum() / (len(groups) * jnp.maximum(per_group, 1.0))
+  out = jnp.zeros_like(counts)
+  for g, classes in enumerate(groups):
+    out = out.at[jnp.asarray(list(classes))].set(lam[g])
+  return out
