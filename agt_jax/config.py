@@ -43,15 +43,23 @@ class Config:
   # AGT
   grouping: str = "relational"      # relational | paper | shot | gradient | single
   n_groups: int = 3
+  shot_many: int = 0                # shot grouping: head > many, tail < few
+  shot_few: int = 0                 #   (0, 0: count tertiles)
   together: tuple = (("N", "O"),)
   alpha: float = 0.5
   reweight: str = "gradient"        # gradient | count | none
-  loss: str = "agt"                 # agt | focal | cb | cb_focal | db
+  # agt | focal | cb | cb_focal | db | eqlv2 | ib | ride | bags
+  loss: str = "agt"
   beta: float = 2.0
   switch_every: int = 1
+  schedule: str = "alternate"       # alternate (AGT) | joint (all heads)
+  teacher: str = "shared"           # shared encoder | multi (one per group)
+  experts: int = 3                  # RIDE experts per head (loss=ride)
+  ib_start: float = 0.5             # IB: fraction of teacher steps on BCE
+  eval_every: int = 0               # >0: evaluate the teacher every N steps
   # student
   student: bool = True
-  kd: str = "cb"                    # cb | plain | none
+  kd: str = "cb"                    # cb | plain | subset | none
   temperature: float = 5.0
   gamma: float = 1.0
   kd_direction: str = "teacher_student"

@@ -178,7 +178,8 @@ def gradient_groups(class_gradients, *, n_groups: int, seed: int = 0
 def make_groups(strategy: str, *, num_classes: int, class_names=None,
                 class_counts=None, class_features=None, class_gradients=None,
                 n_groups: int = 3, together=(("N", "O"),), dataset="odir",
-                seed: int = 0):
+                seed: int = 0, many: int | None = None,
+                few: int | None = None):
   """A grouping by name: ``relational``, ``shot``, ``gradient``, ``paper``,
   or ``single`` (one group of all classes, i.e. no alternation)."""
   if strategy == "relational":
@@ -186,7 +187,7 @@ def make_groups(strategy: str, *, num_classes: int, class_names=None,
                              together=together, class_names=class_names,
                              seed=seed)
   if strategy == "shot":
-    return shot_groups(class_counts)
+    return shot_groups(class_counts, many=many, few=few)
   if strategy == "gradient":
     return gradient_groups(class_gradients, n_groups=n_groups, seed=seed)
   if strategy == "paper":

@@ -89,13 +89,24 @@ def fold_indices(table: ImageTable, fold: int, *, num_folds: int = 5,
                  ) -> tuple[np.ndarray, np.ndarray, dict]:
   """``(train_idx, test_idx, assignment)`` for test fold ``fold``.
 
+  ``mode="official"`` uses the table's own ``splits`` column instead (RFMiD,
+  CIFAR): train = ``train`` + ``val``, test = ``test``; ``fold`` must be 0.
   ``assignment`` records everything needed to rebuild the split (seed, mode,
   and the test patients) and is saved with every run.
   """
-  if not 0 <= fold < num_folds:
+  if mode == "official":
+    if table.splits is None or not np.any(table.splits == "test"):
+      raise ValueError(f"{table.name}: fold mode 'official' needs a table "
+                       "with an official 'test' split.")
+    if fold != 0:
+      raise ValueError(f"fold mode 'official' has a single split (fold 0), "
+                       f"got fold {fold}.")
+    test = table.splits == "test"
+  elif not 0 <= fold < num_folds:
     raise ValueError(f"fold must be in [0, {num_folds}), got {fold}.")
-  folds = patient_folds(table, num_folds=num_folds, seed=seed, mode=mode)
-  test = folds == fold
+  else:
+    folds = patient_folds(table, num_folds=num_folds, seed=seed, mode=mode)
+    test = folds == fold
   assignment = {
       "dataset": table.name, "num_folds": num_folds, "fold": fold,
       "seed": seed, "mode": mode, "num_train_images": int((~test).sum()),

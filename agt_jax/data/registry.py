@@ -7,6 +7,7 @@ import pathlib
 import numpy as np
 
 from agt_jax.data import cifar, images, odir, rfmid, synth
+from agt_jax.data.table import ImageTable
 
 NAMES = ("odir5k-synth", "odir5k", "rfmid", "cifar100-lt-100",
          "cifar100-lt-50", "cifar100-lt-10")
@@ -20,8 +21,10 @@ def load_dataset(name: str, *, data_dir=None, cache_dir=None,
 
   * ``odir5k-synth`` (the offline default): rendered into ``cache_dir`` once;
   * ``odir5k`` / ``rfmid``: real data under ``data_dir``;
-  * ``cifar100-lt-{100,50,10}``: the training split of CIFAR100-LT (use
-    :func:`agt_jax.data.cifar.load_cifar100_lt` for the test split).
+  * ``cifar100-lt-{100,50,10}``: CIFAR100-LT's long-tailed training split
+    followed by the balanced test split, told apart by ``table.splits``
+    (train with ``fold_mode="official"``); ``meta["shots"]`` holds the
+    head/medium/tail classes.
 
   ``max_images`` keeps the first N images (rows are ordered by patient, so
   patients stay whole up to one boundary); for odir5k-synth only those are
@@ -51,6 +54,18 @@ def _load_real(name, *, data_dir, image_size, seed, ignorable_policy):
     return t, images.FileImageSource(tuple(t.paths), size=image_size)
   if name.startswith("cifar100-lt-"):
     factor = int(name.rsplit("-", 1)[1])
-    return cifar.load_cifar100_lt(pathlib.Path(data_dir), imbalance_factor=factor,
-                                  seed=seed)["train"]
+    if data_dir is None:
+      raise ValueError(f"dataset {name!r} needs --data-dir (a folder with "
+                       "cifar-100-python.tar.gz or a prepared tfds cifar100).")
+    parts = cifar.load_cifar100_lt(pathlib.Path(data_dir),
+                                   imbalance_factor=factor, seed=seed)
+    (tr, xtr), (te, xte) = parts["train"], parts["test"]
+    table = ImageTable(
+        name=tr.name, class_names=tr.class_names,
+        image_ids=np.concatenate([tr.image_ids, te.image_ids]),
+        labels=np.concatenate([tr.labels, te.labels]),
+        patient_ids=np.concatenate([tr.patient_ids, te.patient_ids]),
+        splits=np.concatenate([tr.splits, te.splits]), meta=tr.meta)
+    return table, images.ArrayImageSource(
+        np.concatenate([xtr.array, xte.array]))
   raise ValueError(f"unknown dataset {name!r}; known: {', '.join(NAMES)}.")

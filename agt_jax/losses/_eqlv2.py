@@ -44,8 +44,9 @@ def eqlv2_init(num_classes: int, *, dtype=jnp.float32) -> EQLv2State:
   References:
     Tan et al., *Equalization Loss v2*, CVPR 2021.
   """
-  zeros = jnp.zeros((num_classes,), dtype)
-  return EQLv2State(pos_grad=zeros, neg_grad=zeros,
+  # Separate buffers: a donated train state must not alias two leaves.
+  return EQLv2State(pos_grad=jnp.zeros((num_classes,), dtype),
+                    neg_grad=jnp.zeros((num_classes,), dtype),
                     pos_neg=jnp.full((num_classes,), 100.0, dtype))
 
 

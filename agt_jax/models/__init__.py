@@ -6,7 +6,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from agt_jax.models.densenet import DenseNet121, DenseNetTiny
-from agt_jax.models.heads import Student, Teacher, head_name
+from agt_jax.models.heads import (GroupHead, MultiTeacher, NormedDense,
+                                   Student, Teacher, encoder_name, head_name)
 from agt_jax.models.resnet import ResNet18, ResNet50, ResNetSmall, ResNetTiny
 
 ENCODERS = {
@@ -21,4 +22,5 @@ def make_encoder(name: str, *, dtype=jnp.float32, axis_name=None):
   return ENCODERS[name](dtype=dtype, axis_name=axis_name)
 
 
-__all__ = ["ENCODERS", "Student", "Teacher", "head_name", "make_encoder"]
+__all__ = ["ENCODERS", "GroupHead", "MultiTeacher", "NormedDense", "Student",
+           "Teacher", "encoder_name", "head_name", "make_encoder"]

@@ -99,7 +99,7 @@ class _Phase:
 
   def __init__(self, name, *, step_fn, state, batches, source, config,
                workdir, mesh, total_steps, resume, extra_args=(),
-               save: bool = True):
+               save: bool = True, evaluate=None):
     self.name, self.config, self.mesh = name, config, mesh
     self.total = total_steps
     self.writer = MetricWriter(workdir / "metrics.jsonl")
@@ -124,6 +124,7 @@ class _Phase:
       self.start = latest
     self.step = jax.jit(step_fn, donate_argnums=0)
     self.extra_args = extra_args
+    self.evaluate = evaluate
     self.sharding = pipeline.data_sharding(mesh)
 
   def run(self) -> dict:
@@ -153,6 +154,9 @@ class _Phase:
         t_last, n_last = time.perf_counter(), 0
         if bar is not None:
           bar.set_postfix(loss=f"{float(m['loss']):.4f}")
+      if self.evaluate is not None and ((s + 1) % cfg.eval_every == 0
+                                        or s + 1 == self.total):
+        self.writer.write(self.evaluate(self.state, s + 1))
       if self.ckpt is not None and ((s + 1) % cfg.ckpt_every == 0
                                     or s + 1 == self.total):
         self._check_finite(s + 1, m["loss"])
@@ -185,17 +189,18 @@ class _Phase:
 
 
 def _predict(model, variables, source, indices, labels, config, mesh,
-             desc) -> tuple[np.ndarray, np.ndarray]:
+             desc, fn=None) -> tuple[np.ndarray, np.ndarray]:
   """Eval-mode probabilities and features for ``indices`` (centre crops)."""
   ds = pipeline.with_images(
       pipeline.eval_batches(len(indices), labels,
                             batch_size=config.eval_batch_size),
       images_lib.SubsetSource(source, indices), crop=config.crop, train=False)
-  fn = jax.jit(lambda v, x: steps.predict_step(v, x, model=model))
+  if fn is None:
+    fn = jax.jit(lambda v, x: steps.predict_step(v, x, model=model))
   variables = _replicate(variables, mesh)
   n_dev = mesh.devices.size
   probs, feats = [], []
-  bar = _progress(len(ds), 0, desc)
+  bar = _progress(len(ds), 0, desc) if desc else None
   for t in range(len(ds)):
     b = ds[t]
     x = b["image"]
@@ -226,11 +231,16 @@ def _evaluate(probs, labels, class_names, train_counts) -> dict:
 
 def _load_init(path: str, state: dict) -> dict:
   """Copies encoder weights from ``path`` into ``state`` (our checkpoint
-  folder, or a torchvision ``.pth`` state dict)."""
+  folder, or a torchvision ``.pth`` state dict); a multi-teacher's
+  ``encoder_g*`` all start from the same weights."""
   from agt_jax.models import weights
-  enc_params, enc_stats = weights.load_encoder(path, state)
-  params = {**state["params"], "encoder": enc_params}
-  stats = {**state["batch_stats"], "encoder": enc_stats}
+  keys = [k for k in state["params"] if k == "encoder"
+          or k.startswith("encoder_g")]
+  params, stats = dict(state["params"]), dict(state["batch_stats"])
+  for k in keys:
+    view = {"params": {"encoder": params[k]},
+            "batch_stats": {"encoder": stats.get(k, {})}}
+    params[k], stats[k] = weights.load_encoder(path, view)
   return {**state, "params": params, "batch_stats": stats}
 
 
@@ -291,28 +301,31 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
   groups = tuple(tuple(g) for g in groups_info["groups"])
 
   # --- teacher ---
-  teacher = models.Teacher(encoder, groups=groups, num_classes=len(names))
-  ttx = steps.teacher_tx(len(groups), config.lr, b1=config.b1, b2=config.b2)
-  tstate = steps.init_state(teacher, ttx, image_shape, config.seed)
+  teacher, ttx, options, joint = _teacher_parts(config, encoder, groups,
+                                                counts, len(train_idx))
+  tstate = steps.init_state(
+      teacher, ttx, image_shape, config.seed,
+      loss_state=steps.initial_loss_state(options, len(names)))
   if config.init:
     tstate = _load_init(config.init, tstate)
-  alpha = config.alpha if len(groups) > 1 else 0.0
-  options = steps.LossOptions(
-      reweight=config.reweight, beta=config.beta, loss=config.loss,
-      class_counts=tuple(int(c) for c in counts),
-      num_examples=int(len(train_idx)))
+  alpha = config.alpha if len(groups) > 1 and not joint else 0.0
+  batch_groups = (tuple(range(len(names))),) if joint else groups
 
   def teacher_fn(state, batch):
     return steps.teacher_step(state, batch, model=teacher, tx=ttx,
                               options=options)
 
+  evaluate = None
+  if config.eval_every:
+    evaluate = _periodic_eval(teacher, source, test_idx, y_test, config, mesh)
   phase = _Phase("teacher", step_fn=teacher_fn, state=tstate,
                  batches=samplers.group_mixed_batches(
-                     y_train, groups, batch_size=config.batch_size,
+                     y_train, batch_groups, batch_size=config.batch_size,
                      alpha=alpha, seed=config.seed,
                      switch_every=config.switch_every),
                  source=train_source, config=config, workdir=workdir,
-                 mesh=mesh, total_steps=config.teacher_steps, resume=resume)
+                 mesh=mesh, total_steps=config.teacher_steps, resume=resume,
+                 evaluate=evaluate)
   throughput["teacher"] = phase.run()
   tvars = {"params": phase.state["params"],
            "batch_stats": phase.state["batch_stats"]}
@@ -335,7 +348,8 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
     if config.init:
       sstate = _load_init(config.init, sstate)
     kd = steps.KDOptions(kd=config.kd, temperature=config.temperature,
-                         gamma=config.gamma, direction=config.kd_direction)
+                         gamma=config.gamma, direction=config.kd_direction,
+                         groups=groups if config.kd == "subset" else None)
     class_counts = jnp.asarray(counts, jnp.float32)
 
     def student_fn(state, batch, teacher_variables):
@@ -371,6 +385,73 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
   report_lib.plot_roc(y_test, probs, names, workdir / "roc.png", title)
   report_lib.write_report(workdir, results)
   return results
+
+
+def _teacher_parts(config: Config, encoder, groups, counts, num_train):
+  """``(model, optimiser, loss options, joint)`` of the teacher phase.
+
+  AGT alternates groups (``teacher_tx`` updates only the active head);
+  BAGS and the multi-teacher baseline train every head each step on
+  instance-balanced batches (``joint``).
+  """
+  joint = (config.schedule == "joint" or config.teacher == "multi"
+           or config.loss == "bags")
+  c = len(counts)
+  if config.schedule not in ("alternate", "joint"):
+    raise ValueError(f"schedule must be alternate|joint, got "
+                     f"{config.schedule!r}.")
+  if config.teacher == "multi":
+    model = models.MultiTeacher(encoder, groups=groups, num_classes=c)
+  elif config.teacher == "shared":
+    ride = config.loss == "ride"
+    if ride and config.experts < 2:
+      raise ValueError(f"loss='ride' needs experts >= 2, got "
+                       f"{config.experts}.")
+    model = models.Teacher(encoder, groups=groups, num_classes=c,
+                           experts=config.experts if ride else 1,
+                           expert_scale=30.0 if ride else None,
+                           others=config.loss == "bags")
+  else:
+    raise ValueError(f"teacher must be shared|multi, got {config.teacher!r}.")
+  if joint:
+    tx = steps.joint_tx(config.lr, b1=config.b1, b2=config.b2)
+  else:
+    tx = steps.teacher_tx(len(groups), config.lr, b1=config.b1, b2=config.b2)
+  options = steps.LossOptions(
+      reweight=config.reweight, beta=config.beta, loss=config.loss,
+      class_counts=tuple(int(x) for x in counts), num_examples=int(num_train),
+      groups=tuple(tuple(int(x) for x in g) for g in groups),
+      ib_start_step=int(round(config.ib_start * config.teacher_steps)),
+      seed=config.seed)
+  return model, tx, options, joint
+
+
+def _periodic_eval(model, source, test_idx, y_test, config, mesh):
+  """A callback ``(state, step) -> record``: per-class AP (and top-1 recall
+  for single-label data) of ``model`` on the test split."""
+  from sklearn.metrics import average_precision_score
+  fn = jax.jit(lambda v, x: steps.predict_step(v, x, model=model))
+  single_label = bool(np.all(y_test.sum(1) == 1))
+
+  def evaluate(state, step):
+    variables = {"params": state["params"],
+                 "batch_stats": state["batch_stats"]}
+    probs, _ = _predict(model, variables, source, test_idx, y_test, config,
+                        mesh, None, fn=fn)
+    # None (JSON null) where a class has no test positive.
+    ap = [float(average_precision_score(y_test[:, c], probs[:, c]))
+          if y_test[:, c].any() else None for c in range(y_test.shape[1])]
+    rec = {"phase": "eval_teacher", "step": step, "ap": ap,
+           "map": float(np.nanmean(np.array(ap, dtype=float)))}
+    if single_label:
+      hit = probs.argmax(1) == y_test.argmax(1)
+      rec["top1_per_class"] = [float(hit[y_test[:, c] > 0].mean())
+                               if y_test[:, c].any() else None
+                               for c in range(y_test.shape[1])]
+      rec["top1"] = float(hit.mean())
+    return rec
+
+  return evaluate
 
 
 def _make_groups(config, encoder, train_source, y_train, names, counts, mesh,
@@ -433,7 +514,9 @@ def _make_groups(config, encoder, train_source, y_train, names, counts, mesh,
       groups = grouping_lib.gradient_groups(grads, n_groups=config.n_groups,
                                             seed=config.seed)
   else:
-    groups = grouping_lib.make_groups(strategy, **kwargs)
+    groups = grouping_lib.make_groups(
+        strategy, **kwargs, many=config.shot_many or None,
+        few=config.shot_few or None)
     info["features"] = "not used"
   samplers.validate_groups(groups, len(names), names)
   info["groups"] = [list(map(int, g)) for g in groups]

@@ -30,14 +30,24 @@ class LossOptions:
   ``reweight`` (Table 3/4 axes). The peers share the same step, each with its
   published reduction: ``focal`` (alpha 0.25, gamma 2; mean over N*C),
   ``cb``/``cb_focal`` (effective number, beta 0.9999; sum over positive
-  labels), ``db`` (COCO configuration; mean over N*C). They need the
-  training split's ``class_counts`` (and ``num_examples`` for ``db``).
+  labels), ``db`` (COCO configuration; mean over N*C), ``eqlv2`` (statistics
+  carried in ``state["loss_state"]``; sum / N), ``ib`` (plain BCE until step
+  ``ib_start_step``, then influence-balanced; sum over classes, mean over N),
+  ``ride`` (multi-expert heads; ``reweight`` weights the negatives, so
+  ``reweight="gradient"`` is "Ours + RIDE") and ``bags`` (heads with an
+  "others" output; others subsampled 8:1 with a key from ``seed`` and the
+  step). The class-count based ones need the training split's
+  ``class_counts`` (and ``num_examples`` for ``db``); ``bags`` needs the
+  ``groups``.
   """
-  reweight: str = "gradient"   # gradient | count | none  (loss="agt")
+  reweight: str = "gradient"   # gradient | count | none  (loss agt | ride)
   beta: float = 2.0
-  loss: str = "agt"            # agt | focal | cb | cb_focal | db
+  loss: str = "agt"
   class_counts: tuple | None = None
   num_examples: int | None = None
+  groups: tuple | None = None
+  ib_start_step: int = 0
+  seed: int = 0
 
   def __post_init__(self):
     if self.reweight not in ("gradient", "count", "none"):
@@ -45,25 +55,32 @@ class LossOptions:
                        f"{self.reweight!r}.")
     if self.loss not in LOSSES:
       raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
-    if self.loss in ("cb", "cb_focal", "db") and self.class_counts is None:
+    if self.loss in ("cb", "cb_focal", "db", "ib", "ride") \
+        and self.class_counts is None:
       raise ValueError(f"loss={self.loss!r} needs the training class_counts.")
     if self.loss == "db" and self.num_examples is None:
       raise ValueError("loss='db' needs num_examples (training-set size).")
+    if self.loss == "bags" and not self.groups:
+      raise ValueError("loss='bags' needs the class groups.")
 
 
-LOSSES = ("agt", "focal", "cb", "cb_focal", "db")
+LOSSES = ("agt", "focal", "cb", "cb_focal", "db", "eqlv2", "ib", "ride",
+          "bags")
 
 
 @dataclasses.dataclass(frozen=True)
 class KDOptions:
-  kd: str = "cb"               # cb | plain | none
+  kd: str = "cb"               # cb | plain | subset | none
   temperature: float = 5.0
   gamma: float = 1.0
   direction: str = "teacher_student"
+  groups: tuple | None = None  # kd="subset": the teachers' class subsets
 
   def __post_init__(self):
-    if self.kd not in ("cb", "plain", "none"):
-      raise ValueError(f"kd must be cb|plain|none, got {self.kd!r}.")
+    if self.kd not in ("cb", "plain", "subset", "none"):
+      raise ValueError(f"kd must be cb|plain|subset|none, got {self.kd!r}.")
+    if self.kd == "subset" and not self.groups:
+      raise ValueError("kd='subset' needs the teachers' class groups.")
 
 
 # -- optimisers ---------------------------------------------------------------
@@ -95,12 +112,32 @@ def teacher_tx(num_groups: int, lr, *, b1: float = 0.9, b2: float = 0.99
   return optax.partition(transforms, labels)
 
 
-def init_state(model, tx, image_shape: Sequence[int], seed: int) -> State:
+def joint_tx(lr, *, b1: float = 0.9, b2: float = 0.99
+             ) -> optax.GradientTransformationExtraArgs:
+  """Adam over every parameter every step (heads trained jointly: BAGS, the
+  multi-teacher baseline); accepts and ignores the ``group`` argument."""
+  return optax.with_extra_args_support(adam(lr, b1, b2))
+
+
+def init_state(model, tx, image_shape: Sequence[int], seed: int,
+               loss_state: dict | None = None) -> State:
+  """``{"params", "batch_stats", "opt_state", "step"}`` (plus
+  ``"loss_state"`` for stateful losses such as EQLv2)."""
   variables = model.init(jax.random.key(seed), jnp.zeros(
       (1, *image_shape), jnp.uint8), train=False)
   params = variables["params"]
-  return {"params": params, "batch_stats": variables.get("batch_stats", {}),
-          "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  state = {"params": params, "batch_stats": variables.get("batch_stats", {}),
+           "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  if loss_state:
+    state["loss_state"] = loss_state
+  return state
+
+
+def initial_loss_state(options: "LossOptions", num_classes: int) -> dict | None:
+  """The explicit statistics a stateful loss carries (EQLv2), else None."""
+  if options.loss == "eqlv2":
+    return losses.eqlv2_init(num_classes)._asdict()
+  return None
 
 
 # -- losses -------------------------------------------------------------------
@@ -116,25 +153,47 @@ def teacher_loss_terms(logits, labels, options: LossOptions):
   return losses.reweighted_bce(logits, labels, w), w
 
 
-def teacher_loss(logits, labels, options: LossOptions):
-  """``(scalar loss, w [C])`` with each loss's published reduction (``w`` is
-  the AGT negative weight, ones for the peers)."""
+def teacher_loss(logits, labels, options: LossOptions, *, features=None,
+                 aux=None, loss_state=None, step=None):
+  """``(scalar loss, w [C], new loss_state)`` with each loss's published
+  reduction (``w`` is the AGT negative weight, ones where unused)."""
   ones = jnp.ones((logits.shape[-1],), logits.dtype)
   n = labels.shape[0]
-  if options.loss == "agt":
-    per_element, w = teacher_loss_terms(logits, labels, options)
-    return per_element.sum() / n, w
+  if options.loss in ("agt", "ride"):
+    if options.loss == "agt":
+      per_element, w = teacher_loss_terms(logits, labels, options)
+      return per_element.sum() / n, w, loss_state
+    _, w = teacher_loss_terms(logits, labels, options)
+    return losses.ride_multilabel_loss(
+        aux["expert_logits"], labels, jnp.asarray(options.class_counts),
+        negative_weights=w), w, loss_state
   if options.loss == "focal":
     return losses.sigmoid_focal_loss(logits, labels, alpha=0.25,
-                                     gamma=2.0).mean(), ones
+                                     gamma=2.0).mean(), ones, loss_state
+  if options.loss == "eqlv2":
+    per, new = losses.eqlv2_loss(logits, labels,
+                                 losses.EQLv2State(**loss_state))
+    return per.sum() / n, ones, new._asdict()
+  if options.loss == "bags":
+    key = jax.random.fold_in(jax.random.key(options.seed), step)
+    per_c, per_o = losses.bags_loss(logits, aux["others_logits"], labels,
+                                    options.groups, key=key)
+    return per_c.sum() + per_o.sum(), ones, loss_state
   counts = jnp.asarray(options.class_counts, jnp.float32)
+  if options.loss == "ib":
+    ib = losses.influence_balanced_loss(logits, labels,
+                                        features.astype(jnp.float32), counts)
+    bce = optax.sigmoid_binary_cross_entropy(logits, labels)
+    loss = jnp.where(step >= options.ib_start_step, ib.sum(-1).mean(),
+                     bce.sum(-1).mean())
+    return loss, ones, loss_state
   if options.loss in ("cb", "cb_focal"):
     per = losses.class_balanced_loss(
         logits, labels, counts, gamma=2.0 if options.loss == "cb_focal" else 0.0)
-    return per.sum() / jnp.maximum(labels.sum(), 1.0), ones
+    return per.sum() / jnp.maximum(labels.sum(), 1.0), ones, loss_state
   per = losses.distribution_balanced_loss(logits, labels, counts,
                                           options.num_examples)
-  return per.mean(), ones
+  return per.mean(), ones, loss_state
 
 
 def _norm(tree) -> jax.Array:
@@ -154,15 +213,19 @@ def teacher_step(state: State, batch: dict, *, model, tx,
   is invariant to); the statistics ``pos/neg/w`` are over the global batch.
   """
   labels = batch["labels"].astype(jnp.float32)
+  loss_state = state.get("loss_state")
 
   def loss_fn(params):
-    (logits, _), updates = model.apply(
+    (logits, features), updates = model.apply(
         {"params": params, "batch_stats": state["batch_stats"]},
-        batch["image"], train=True, mutable=["batch_stats"])
-    loss, w = teacher_loss(logits, labels, options)
-    return loss, (logits, w, updates)
+        batch["image"], train=True, mutable=["batch_stats", "aux"])
+    aux = {k: v[0] for k, v in updates.get("aux", {}).items()}
+    loss, w, new_loss_state = teacher_loss(
+        logits, labels, options, features=features, aux=aux,
+        loss_state=loss_state, step=state["step"])
+    return loss, (logits, w, updates, new_loss_state)
 
-  (loss, (logits, w, updates)), grads = jax.value_and_grad(
+  (loss, (logits, w, updates, new_loss_state)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state["params"])
   deltas, opt_state = tx.update(grads, state["opt_state"], state["params"],
                                 group=batch["group"])
@@ -173,6 +236,8 @@ def teacher_step(state: State, batch: dict, *, model, tx,
              "update_norm": _norm(deltas)}
   new_state = {"params": params, "batch_stats": updates["batch_stats"],
                "opt_state": opt_state, "step": state["step"] + 1}
+  if loss_state is not None:
+    new_state["loss_state"] = new_loss_state
   return new_state, metrics
 
 
@@ -226,6 +291,11 @@ def student_step(state: State, batch: dict, teacher_variables: dict, *,
       kd = losses.binary_kl_divergence(
           logits, teacher_logits, temperature=options.temperature,
           direction=options.direction).sum(-1).mean()
+    elif options.kd == "subset":
+      lam = losses.subset_kd_weights(options.groups, class_counts)
+      kd = (lam * losses.binary_kl_divergence(
+          logits, teacher_logits, temperature=options.temperature,
+          direction=options.direction)).sum(-1).mean()
     else:
       kd = jnp.zeros(())
     return bce + options.gamma * kd, (bce, kd, updates)

@@ -1,0 +1,173 @@
+"""Shared machinery of the reproduction experiments.
+
+A grid is a list of :class:`Run` s (a name, config overrides, which model's
+score counts) times folds. Every run lives in ``workdir/<name>/fold<k>``;
+finished runs (a ``results.json``) are skipped on re-launch, interrupted ones
+resume from their checkpoints. Each finished run appends one JSON line to
+``workdir/results.jsonl`` (de-duplicated by run and fold when read back),
+and :func:`write_table` renders mean ± std tables into ``report.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+METRICS = ("kappa", "f1", "auc", "final", "macro_auc")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  overrides: dict
+  model: str = "student"          # which model's score the table reports
+  extra: dict = dataclasses.field(default_factory=dict)   # row columns
+
+
+def add_common_args(p, *, folds=(0, 1, 2), preset="quick"):
+  p.add_argument("--preset", default=preset, help="paper | quick | smoke")
+  p.add_argument("--folds", nargs="+", default=[str(f) for f in folds],
+                 help="fold numbers, or 'all'")
+  p.add_argument("--workdir", type=pathlib.Path, default=None)
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override any config field for every run")
+
+
+def parse_folds(values: Sequence[str], num_folds: int = 5) -> list[int]:
+  if list(values) == ["all"]:
+    return list(range(num_folds))
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    raise SystemExit(f"--folds: expected integers or 'all', got {values}."
+                     ) from None
+
+
+def row_of(run: Run, fold: int, preset: str, results: dict) -> dict:
+  m = results[run.model]
+  return {"run": run.name, "fold": fold, "model": run.model, "preset": preset,
+          "dataset": results["dataset"], "synthetic": results["synthetic"],
+          **run.extra, **{k: m["odir"][k] for k in ("kappa", "f1", "auc",
+                                                   "final")},
+          "macro_auc": m["macro_auc"],
+          "seconds": sum(v.get("seconds", 0.0)
+                         for v in results.get("throughput", {}).values())}
+
+
+def run_grid(runs: Sequence[Run], *, preset: str, folds: Sequence[int],
+             base: dict, workdir: pathlib.Path) -> list[dict]:
+  """Trains every (run, fold) not finished yet; returns all rows."""
+  from agt_jax import config as config_lib
+  from agt_jax.train import train_and_evaluate
+  workdir.mkdir(parents=True, exist_ok=True)
+  rows = []
+  total = len(runs) * len(folds)
+  for i, run in enumerate(runs):
+    for j, fold in enumerate(folds):
+      wd = workdir / run.name / f"fold{fold}"
+      k = i * len(folds) + j + 1
+      if (wd / "results.json").exists():
+        print(f"[{k}/{total}] {run.name} fold {fold}: finished, skipped",
+              flush=True)
+        results = json.loads((wd / "results.json").read_text())
+      else:
+        print(f"[{k}/{total}] {run.name} fold {fold}", flush=True)
+        cfg = config_lib.get_config(preset, **{**base, **run.overrides,
+                                                "fold": fold})
+        results = train_and_evaluate(cfg, wd,
+                                     resume=(wd / "config.json").exists())
+      row = row_of(run, fold, preset, results)
+      rows.append(row)
+      append_row(workdir, row)
+  return rows
+
+
+def append_row(workdir: pathlib.Path, row: dict) -> None:
+  with open(workdir / "results.jsonl", "a") as f:
+    f.write(json.dumps(row) + "\n")
+
+
+def read_rows(workdir: pathlib.Path) -> list[dict]:
+  """``results.jsonl``, the last line per (run, fold, extra keys) kept."""
+  path = pathlib.Path(workdir) / "results.jsonl"
+  if not path.exists():
+    return []
+  out: dict[Any, dict] = {}
+  for line in path.read_text().splitlines():
+    if line.strip():
+      r = json.loads(line)
+      out[(r["run"], r["fold"], r.get("preset"))] = r
+  return list(out.values())
+
+
+def mean_std(values) -> str:
+  v = np.asarray(values, np.float64)
+  return f"{v.mean():.3f} ± {v.std():.3f}"
+
+
+def dataset_line(rows: Sequence[dict]) -> list[str]:
+  if not rows:
+    return ["No finished runs yet.", ""]
+  folds = sorted({r["fold"] for r in rows})
+  lines = [f"Dataset: **{rows[0]['dataset']}**; folds {folds} "
+           f"({len(folds)} fold(s)); preset `{rows[0]['preset']}`; "
+           "mean ± std over folds (population std).", ""]
+  if rows[0]["synthetic"]:
+    lines += ["**Synthetic data**: real ODIR-5K labels with procedurally "
+              "rendered images; these numbers say nothing about real fundus "
+              "photographs.", ""]
+  return lines
+
+
+def write_table(rows: Sequence[dict], *, names: Sequence[str],
+                labels: dict | None = None, key: str = "run") -> list[str]:
+  """Markdown rows ``| label | model | kappa | F1 | AUC | final | macro-AUC
+  | folds |`` for each name present, in the given order."""
+  labels = labels or {}
+  lines = ["| method | model | kappa | F1 | AUC | final | macro-AUC | folds |",
+           "|---|---|---|---|---|---|---|---|"]
+  for name in names:
+    sub = [r for r in rows if r[key] == name]
+    if not sub:
+      continue
+    cells = [mean_std([r[m] for r in sub]) for m in METRICS]
+    lines.append(f"| {labels.get(name, name)} | {sub[0]['model']} | "
+                 + " | ".join(cells) + f" | {len(sub)} |")
+  return lines + [""]
+
+
+def bar_plot(rows: Sequence[dict], names: Sequence[str], out: pathlib.Path,
+             title: str, labels: dict | None = None, key: str = "run",
+             metric: str = "kappa") -> pathlib.Path | None:
+  """Mean ± std of ``metric`` per name as a bar chart."""
+  names = [n for n in names if any(r[key] == n for r in rows)]
+  if not names:
+    return None
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  labels = labels or {}
+  vals = [np.array([r[metric] for r in rows if r[key] == n]) for n in names]
+  fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names)), 3.2))
+  ax.bar(range(len(names)), [v.mean() for v in vals],
+         yerr=[v.std() for v in vals], capsize=3, color="#4477aa")
+  ax.set_xticks(range(len(names)))
+  ax.set_xticklabels([labels.get(n, n) for n in names], rotation=30,
+                     ha="right", fontsize=8)
+  ax.set_ylabel(metric)
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
+def fail(e: Exception) -> int:
+  print(f"error: {e}", file=sys.stderr)
+  return 2
