@@ -67,15 +67,25 @@ def run(argv=None) -> int:
   return 0
 
 
+def tiers(run_dir) -> dict[str, list[int]]:
+  """Head (> 100 training images), medium (20-100) and tail (< 20)."""
+  import json
+  counts = np.array(json.loads((pathlib.Path(run_dir) / "results.json"
+                                ).read_text())["train_class_counts"])
+  return {"head": np.flatnonzero(counts > 100).tolist(),
+          "medium": np.flatnonzero((counts >= 20) & (counts <= 100)).tolist(),
+          "tail": np.flatnonzero(counts < 20).tolist()}
+
+
 def tier_curves(run_dir) -> dict:
-  """``{"step", "head", "medium", "tail", "all", "map"}`` from evaluations."""
-  groups = _curves.groups_of(run_dir)
+  """``{"step", "head", "medium", "tail", "all", "map"}`` from evaluations
+  (a tier without classes, possible on tiny data, is all NaN)."""
   evals = _curves.eval_records(run_dir)
   out = {"step": [e["step"] for e in evals],
          "all": [e["top1"] for e in evals], "map": [e["map"] for e in evals]}
-  for tier, classes in zip(("head", "medium", "tail"), groups["groups"]):
+  for tier, classes in tiers(run_dir).items():
     out[tier] = [float(np.nanmean(np.array(e["top1_per_class"], float)[classes]))
-                 for e in evals]
+                 if classes else float("nan") for e in evals]
   return out
 
 
@@ -106,7 +116,7 @@ def write_report(workdir, block) -> pathlib.Path:
         f"{_curves.fluctuation(c['all']):.3f} | "
         f"{_curves.fluctuation(c['tail']):.3f} |")
     _curves.shade_groups(ax, _curves.teacher_records(run_dir),
-                         names=("head", "medium", "tail"))
+                         names=[t for t, c in tiers(run_dir).items() if c])
     for k, style in (("head", "-"), ("medium", "-"), ("tail", "-"),
                      ("all", "--"), ("map", ":")):
       ax.plot(c["step"], c[k], style, label=k if k != "map" else "mAP")

@@ -162,26 +162,3 @@ def test_summarize_folds_mean_and_std(tmp_path):
       np.std([0.0, 0.1, 0.2]))
   text = path.read_text()
   assert "3 folds" in text and "0.100 ± 0.082" in text and "synthetic" in text
-
-
-def test_ablation_smoke_runs_table3_and_skips_finished(tmp_path):
-  args = [sys.executable, "-m", "experiments.odir_ablation", "--preset",
-          "smoke", "--folds", "0", "--table", "3", "--workdir",
-          str(tmp_path / "abl")]
-  out = subprocess.run(args, cwd=ROOT, env=env(tmp_path / "c"),
-                       capture_output=True, text=True)
-  assert out.returncode == 0, out.stderr[-2000:]
-  report = (tmp_path / "abl" / "report.md").read_text()
-  assert "Synthetic data" in report and "## Table 3" in report
-  for name in ("baseline", "agt_kd", "agt_rw_kd"):
-    assert f"| {name} |" in report
-  rows = [json.loads(l) for l in
-          (tmp_path / "abl" / "results.jsonl").read_text().splitlines()]
-  assert [r["variant"] for r in rows] == ["baseline", "agt_kd", "agt_rw_kd"]
-  cfg = json.loads((tmp_path / "abl" / "baseline" / "fold0" /
-                    "config.json").read_text())
-  assert cfg["grouping"] == "single" and cfg["student"] is False
-  again = subprocess.run(args, cwd=ROOT, env=env(tmp_path / "c"),
-                         capture_output=True, text=True)
-  assert again.returncode == 0
-  assert again.stdout.count("finished") == 3

@@ -132,3 +132,14 @@ def test_subset_kd_weights_inverse_share_mean_one():
   lam = share.sum() / (3 * share)
   np.testing.assert_allclose(w, np.repeat(lam, [2, 3, 3]), rtol=1e-6)
   np.testing.assert_allclose(lam.mean(), np.mean(lam))
+
+
+def test_ride_multilabel_finite_with_an_empty_class():
+  rng = np.random.default_rng(7)
+  zs = (rng.normal(size=(3, 16, 8)) * 5).astype(np.float32)
+  _, y = batch()
+  y[:, 7] = 0
+  counts = COUNTS.copy()
+  counts[7] = 0
+  assert np.isfinite(float(losses.ride_multilabel_loss(zs, y, counts)))
+  np.testing.assert_allclose(losses.ldam_margins(counts)[7], 0.5)

@@ -18,7 +18,7 @@ def ldam_margins(class_counts: ArrayLike, *, max_margin: float = 0.5
     m_c = m_{max} \frac{n_c^{-1/4}}{\max_k n_k^{-1/4}}
 
   Args:
-    class_counts: `[C]` training examples per class.
+    class_counts: `[C]` training examples per class (0 is treated as 1).
     max_margin: :math:`m_{max}`, the margin of the rarest class.
 
   Returns:
@@ -28,7 +28,8 @@ def ldam_margins(class_counts: ArrayLike, *, max_margin: float = 0.5
     Cao et al., *Learning Imbalanced Datasets with Label-Distribution-Aware
     Margin Loss*, NeurIPS 2019.
   """
-  m = jnp.asarray(class_counts, jnp.float32) ** -0.25
+  # A class without training examples gets the largest margin, not inf.
+  m = jnp.maximum(jnp.asarray(class_counts, jnp.float32), 1.0) ** -0.25
   return m * (max_margin / jnp.max(m))
 
 

@@ -335,6 +335,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
       "dataset": table.name + (" (synthetic)" if table.synthetic else ""),
       "synthetic": table.synthetic, "fold": config.fold,
       "class_names": names, "train_images": int(len(train_idx)),
+      "train_class_counts": [int(x) for x in counts],
       "test_images": int(len(test_idx)),
       "config": json.loads(config.to_json()), "groups": groups_info,
       "teacher": _evaluate(teacher_probs, y_test, names, counts)}

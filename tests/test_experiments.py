@@ -1,0 +1,168 @@
+"""Every reproduction experiment end to end on tiny data (smoke preset):
+outputs, resumability (finished runs skipped), and what the tables say."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments import _harness as h
+from experiments import cifar_forgetting, odir_table1
+from tests import fixtures
+from tests.test_experiments_odir import ROOT, env
+
+
+def run_cli(module, args, cache, **kw):
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
+                        env=env(cache), capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("synth-cache")
+
+
+def rows(workdir):
+  return [json.loads(l) for l in
+          (workdir / "results.jsonl").read_text().splitlines()]
+
+
+def test_table1_smoke_every_method_then_skips(tmp_path, cache):
+  wd = tmp_path / "t1"
+  args = ["--preset", "smoke", "--folds", "0", "--backbones", "resnet_tiny",
+          "--workdir", str(wd)]
+  out = run_cli("experiments.odir_table1", args, cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  got = rows(wd)
+  assert [r["method"] for r in got] == list(odir_table1.METHODS)
+  report = (wd / "report.md").read_text()
+  assert "Synthetic data" in report and "1 fold(s)" in report
+  for label, _, _ in odir_table1.METHODS.values():
+    assert f"| {label} |" in report, label
+  assert (wd / "table1_resnet_tiny.png").stat().st_size > 1000
+  cfg = lambda m: json.loads((wd / f"{m}@resnet_tiny" / "fold0" /
+                              "config.json").read_text())
+  assert cfg("eqlv2")["loss"] == "eqlv2" and cfg("ride")["experts"] == 3
+  assert cfg("multi_teacher_kd")["teacher"] == "multi"
+  # EQLv2 carried its statistics through the run (in the checkpoint).
+  assert (wd / "eqlv2@resnet_tiny" / "fold0" / "checkpoints" / "teacher"
+          ).exists()
+  again = run_cli("experiments.odir_table1",
+                  args + ["--methods", "bce", "ours"], cache)
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert again.stdout.count("finished, skipped") == 2
+
+
+def test_table1_densenet_column(tmp_path, cache):
+  wd = tmp_path / "t1d"
+  out = run_cli("experiments.odir_table1",
+                ["--preset", "smoke", "--folds", "0", "--methods", "ours",
+                 "--backbones", "densenet_tiny", "--workdir", str(wd)], cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "## Backbone: densenet_tiny" in (wd / "report.md").read_text()
+
+
+def test_ablation_smoke_runs_table3_and_skips_finished(tmp_path, cache):
+  wd = tmp_path / "abl"
+  args = ["--preset", "smoke", "--folds", "0", "--table", "3", "--workdir",
+          str(wd)]
+  out = run_cli("experiments.odir_ablation", args, cache)
+  assert out.returncode == 0, out.stderr[-2000:]
+  report = (wd / "report.md").read_text()
+  assert "Synthetic data" in report and "## Table 3" in report
+  for label in ("baseline (plain BCE)", "AGT + KD", "AGT + RW + KD (ours)"):
+    assert f"| {label} |" in report
+  assert "## Paper ordering" in report and "hold" in report
+  assert [r["run"] for r in rows(wd)] == ["baseline", "agt_kd", "agt_rw_kd"]
+  cfg = json.loads((wd / "baseline" / "fold0" / "config.json").read_text())
+  assert cfg["grouping"] == "single" and cfg["student"] is False
+  again = run_cli("experiments.odir_ablation", args, cache)
+  assert again.returncode == 0
+  assert again.stdout.count("finished, skipped") == 3
+
+
+def test_rfmid_smoke_official_split(tmp_path, cache):
+  fixtures.make_rfmid(tmp_path / "rfmid",
+                      sizes={"train": 24, "val": 8, "test": 12})
+  wd = tmp_path / "rf"
+  out = run_cli("experiments.rfmid",
+                ["--data-dir", str(tmp_path / "rfmid"), "--preset", "smoke",
+                 "--methods", "bce", "ours_ride", "--backbones",
+                 "resnet_tiny", "--workdir", str(wd)], cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = (wd / "report.md").read_text()
+  assert "Table 2 (RFMiD, official split)" in report
+  assert "Synthetic" not in report and "rfmid" in report
+  folds = json.loads((wd / "ours_ride@resnet_tiny" / "fold0" / "folds.json"
+                      ).read_text())
+  assert folds["mode"] == "official" and folds["num_test_images"] == 12
+  res = json.loads((wd / "ours_ride@resnet_tiny" / "fold0" / "results.json"
+                    ).read_text())
+  assert len(res["class_names"]) == 29
+
+
+def test_rfmid_missing_data_is_a_clear_error(tmp_path, cache):
+  out = run_cli("experiments.rfmid", ["--data-dir", str(tmp_path / "none"),
+                                      "--preset", "smoke", "--workdir",
+                                      str(tmp_path / "w")], cache)
+  assert out.returncode == 2
+  assert "RFMiD" in out.stderr and str(tmp_path / "none") in out.stderr
+
+
+def test_cifar_forgetting_smoke_on_tfds_mock_data(tmp_path):
+  (tmp_path / "cifar100").mkdir()
+  wd = tmp_path / "c5"
+  with tfds.testing.mock_data(num_examples=400, data_dir=str(tmp_path)):
+    code = cifar_forgetting.run(["--data-dir", str(tmp_path), "--preset",
+                                 "smoke", "--workdir", str(wd)])
+  assert code == 0
+  report = (wd / "report.md").read_text()
+  assert "cifar100-lt-100" in report and "Synthetic" not in report
+  assert "| no_others |" in report and "| with_others |" in report
+  assert (wd / "fig5.png").stat().st_size > 1000
+  curves = cifar_forgetting.tier_curves(wd / "with_others" / "fold0")
+  assert curves["step"] == list(range(1, 13))  # 12 steps, eval every 1
+  assert all(0.0 <= a <= 1.0 for a in curves["all"])
+  cfg = json.loads((wd / "no_others" / "fold0" / "config.json").read_text())
+  assert cfg["alpha"] == 0.0 and cfg["shot_many"] == 100
+
+
+def test_gradient_dynamics_smoke(tmp_path, cache):
+  wd = tmp_path / "g6"
+  out = run_cli("experiments.gradient_dynamics",
+                ["--preset", "smoke", "--workdir", str(wd)], cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = (wd / "report.md").read_text()
+  assert "| no_rw |" in report and "| rw |" in report
+  assert "Synthetic data" in report
+  assert (wd / "fig6.png").stat().st_size > 1000
+  from experiments import gradient_dynamics
+  d = gradient_dynamics.tail_dynamics(wd / "rw" / "fold0")
+  assert len(d["pos"]) == 6 and len(d["tail_map"]) == 3
+
+
+def test_sweeps_smoke(tmp_path, cache):
+  wd = tmp_path / "s7"
+  out = run_cli("experiments.sweeps",
+                ["--preset", "smoke", "--folds", "0", "--alphas", "0", "0.5",
+                 "--temperatures", "5", "--workdir", str(wd)], cache)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = (wd / "report.md").read_text()
+  assert "## alpha sweep" in report and "## T sweep" in report
+  assert "Best mean kappa at alpha" in report
+  assert (wd / "fig7.png").stat().st_size > 1000
+  assert {r["run"] for r in rows(wd)} == {"alpha_0", "alpha_0.5", "T_5"}
+
+
+def test_harness_read_rows_keeps_last_line_per_run(tmp_path):
+  for k in (0.1, 0.2):
+    h.append_row(tmp_path, {"run": "a", "fold": 0, "preset": "smoke",
+                            "kappa": k})
+  h.append_row(tmp_path, {"run": "a", "fold": 1, "preset": "smoke",
+                          "kappa": 0.3})
+  got = sorted(h.read_rows(tmp_path), key=lambda r: r["fold"])
+  assert [r["kappa"] for r in got] == [0.2, 0.3]
+  assert h.mean_std([0.2, 0.3]) == "0.250 ± 0.050"
+  assert h.parse_folds(["all"]) == [0, 1, 2, 3, 4]
