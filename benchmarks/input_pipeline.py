@@ -28,13 +28,47 @@ def make_jpegs(folder: pathlib.Path, n: int, size: int) -> list[str]:
   paths = []
   for i in range(n):
     img = np.zeros((size, size, 3), np.uint8)
-    tex = rng.normal(0, 20, size=(size // 8, size // 8, 3))
-    tex = np.kron(tex, np.ones((8, 8, 1)))
+    tex = rng.normal(0, 20, size=(size // 8 + 1, size // 8 + 1, 3))
+    tex = np.kron(tex, np.ones((8, 8, 1)))[:size, :size]
     img[disc] = np.clip(np.array([180, 80, 40]) + tex[disc], 0, 255)
     p = folder / f"{i}.jpg"
     Image.fromarray(img).save(p, quality=90)
     paths.append(str(p))
   return paths
+
+
+def measure(*, workers: int, batch_size: int, image_size: int, crop: int,
+            batches: int, warmup: int, num_images: int,
+            image_dir: pathlib.Path | None = None) -> dict:
+  """Images/s of the training pipeline with ``workers`` decode processes."""
+  table = odir.packaged_label_table()
+  with tempfile.TemporaryDirectory() as tmp:
+    paths = make_jpegs(pathlib.Path(image_dir or tmp), num_images, image_size)
+    # Image i of the label table reads JPEG i mod num_images.
+    src = images.FileImageSource(
+        tuple(paths[i % len(paths)] for i in range(len(table))),
+        size=image_size, fov=False)
+    ds = pipeline.with_images(
+        samplers.group_mixed_batches(
+            table.labels, (("D", "A", "H", "M"), ("G", "C"), ("N", "O")),
+            batch_size=batch_size, alpha=0.5, seed=0,
+            class_names=table.class_names),
+        src, crop=crop, train=True)
+    it = pipeline.to_iterator(ds, workers=workers, prefetch=4)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+      next(it)
+    startup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(batches):
+      b = next(it)
+    dt = time.perf_counter() - t0
+    assert b["image"].shape == (batch_size, crop, crop, 3)
+    del it
+  return {"system": "input_pipeline", "workers": workers,
+          "images_per_s": batches * batch_size / dt, "batches": batches,
+          "batch_size": batch_size, "image_size": image_size, "crop": crop,
+          "startup_s": startup, "host_cpus": os.cpu_count()}
 
 
 def main(argv=None):
@@ -49,42 +83,11 @@ def main(argv=None):
   p.add_argument("--num-images", type=int, default=256)
   p.add_argument("--image-dir", type=pathlib.Path, default=None)
   a = p.parse_args(argv)
-
-  table = odir.packaged_label_table()
-  tmp = None
-  if a.image_dir is None:
-    tmp = tempfile.TemporaryDirectory()
-    a.image_dir = pathlib.Path(tmp.name)
-  paths = make_jpegs(a.image_dir, a.num_images, a.image_size)
-  # Image i of the label table reads JPEG i mod num_images.
-  src = images.FileImageSource(
-      tuple(paths[i % len(paths)] for i in range(len(table))),
-      size=a.image_size, fov=False)
-  batches = samplers.group_mixed_batches(
-      table.labels, (("D", "A", "H", "M"), ("G", "C"), ("N", "O")),
-      batch_size=a.batch_size, alpha=0.5, seed=0,
-      class_names=table.class_names)
-  ds = pipeline.with_images(batches, src, crop=a.crop, train=True)
   for workers in a.workers:
-    it = pipeline.to_iterator(ds, workers=workers, prefetch=4)
-    t0 = time.perf_counter()
-    for _ in range(a.warmup):
-      next(it)
-    startup = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(a.batches):
-      b = next(it)
-    dt = time.perf_counter() - t0
-    assert b["image"].shape == (a.batch_size, a.crop, a.crop, 3)
-    print(json.dumps({
-        "system": "input_pipeline", "workers": workers,
-        "images_per_s": a.batches * a.batch_size / dt,
-        "batches": a.batches, "batch_size": a.batch_size,
-        "image_size": a.image_size, "crop": a.crop,
-        "startup_s": startup, "host_cpus": os.cpu_count()}), flush=True)
-    del it
-  if tmp is not None:
-    tmp.cleanup()
+    print(json.dumps(measure(
+        workers=workers, batch_size=a.batch_size, image_size=a.image_size,
+        crop=a.crop, batches=a.batches, warmup=a.warmup,
+        num_images=a.num_images, image_dir=a.image_dir)), flush=True)
 
 
 if __name__ == "__main__":

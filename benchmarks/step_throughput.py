@@ -9,16 +9,25 @@ student update), and when torch is importable ``torch_agt_eager``,
 Each reports images/s, ms/step (median, p90), compile seconds, the number of
 compilations while groups cycle, peak device memory and achieved TFLOP/s
 (XLA cost analysis for JAX; null for torch). A markdown table and the ratios
-follow.
+follow. The Grain training pipeline (JPEG decode at 512/448 of the crop,
+random crop + flip) is measured with ``--pipeline-workers`` processes and
+reported against the teacher step's demand (``pipeline_over_agt_step``);
+``--profile-steps N`` traces N teacher steps and prints the top ops.
 
   python benchmarks/step_throughput.py --model resnet50 --image-size 448 \\
-      --batch-size 64 --dtype bfloat16 --steps 100
+      --batch-size 64 --dtype bfloat16 --steps 100 --profile-steps 10
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
 import json
+import os
+import pathlib
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +36,7 @@ import numpy as np
 from agt_jax import grouping, models
 from agt_jax.train import steps
 from timing import time_steps
+import input_pipeline
 
 MODELS = {"resnet50": "resnet50", "densenet121": "densenet121",
           "resnet18": "resnet18", "tiny": "resnet_tiny"}
@@ -48,6 +58,35 @@ def _flops(jitted, *args):
     return float(cost.get("flops", 0.0)) or None
   except Exception:  # noqa: BLE001
     return None
+
+
+# Host-side runtime and Python frames, not the work itself.
+_NOT_OPS = ("$", "PjitFunction", "CommonPjRt", "Allocate", "Handle inputs",
+            "ParseArguments", "PythonRefManager", "SlinkyThreadPool",
+            "ThreadpoolListener", "TfrtCpu", "PjRt", "Thunk")
+
+
+def profile_top_ops(run, n_steps: int, top: int = 12) -> list[dict]:
+  """Runs ``n_steps`` under ``jax.profiler`` and sums the traced op
+  durations by name (device kernels on GPU, fusions on CPU)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp, create_perfetto_trace=True):
+      for t in range(n_steps):
+        jax.block_until_ready(run(t))
+    files = glob.glob(os.path.join(tmp, "**", "perfetto_trace.json.gz"),
+                      recursive=True)
+    if not files:
+      return []
+    with gzip.open(files[0]) as f:
+      trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  total = collections.Counter()
+  for e in events:
+    if e.get("ph") == "X" and not str(e.get("name", "")).startswith(_NOT_OPS):
+      total[e["name"]] += e.get("dur", 0.0)
+  s = sum(total.values()) or 1.0
+  return [{"name": k, "ms_per_step": v / 1e3 / n_steps, "share": v / s}
+          for k, v in total.most_common(top)]
 
 
 def jax_systems(a, batch):
@@ -76,6 +115,10 @@ def jax_systems(a, batch):
     return m["loss"]
   out.append(("agt_teacher", time_steps(run_t, a.steps, a.warmup), traces["n"],
               flops))
+  if a.profile_steps:
+    print(json.dumps({"profile": "agt_teacher", "steps": a.profile_steps,
+                      "top_ops": profile_top_ops(run_t, a.profile_steps)}),
+          flush=True)
   teacher_vars = {"params": state["s"]["params"],
                   "batch_stats": state["s"]["batch_stats"]}
 
@@ -234,6 +277,10 @@ def main(argv=None) -> None:
   p.add_argument("--steps", type=int, default=50)
   p.add_argument("--warmup", type=int, default=5)
   p.add_argument("--no-torch", action="store_true")
+  p.add_argument("--pipeline-workers", type=int, default=os.cpu_count(),
+                 help="Grain decode processes for the pipeline check "
+                      "(-1 skips it)")
+  p.add_argument("--profile-steps", type=int, default=0)
   a = p.parse_args(argv)
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 255, (a.batch_size, a.image_size,
@@ -271,6 +318,15 @@ def main(argv=None) -> None:
   if "plain" in by:
     ratios["agt_over_plain"] = by["agt_teacher"] / by["plain"]
     ratios["student_over_plain"] = by["student"] / by["plain"]
+  if a.pipeline_workers >= 0:
+    src_size = max(a.image_size, round(a.image_size * 512 / 448))
+    pipe = input_pipeline.measure(
+        workers=a.pipeline_workers, batch_size=a.batch_size,
+        image_size=src_size, crop=a.image_size, batches=max(4, a.steps // 2),
+        warmup=2, num_images=64)
+    print(json.dumps(pipe), flush=True)
+    ratios["pipeline_over_agt_step"] = pipe["images_per_s"] / \
+        by["agt_teacher"]
   if "torch_agt_compile" in by:
     ratios["agt_over_torch_agt_compile"] = by["agt_teacher"] / \
         by["torch_agt_compile"]
