@@ -234,3 +234,142 @@ def test_loss_options_errors():
     steps.LossOptions(loss="cb")
   with pytest.raises(ValueError, match="num_examples"):
     steps.LossOptions(loss="db", class_counts=COUNTS)
+
+
+def _variant(name):
+  """(model, tx, state, options) of a baseline that shares the step."""
+  enc = models.make_encoder("resnet_tiny")
+  opts = dict(class_counts=COUNTS, num_examples=1000, groups=GROUPS)
+  if name == "eqlv2":
+    model, tx, state = make()
+    options = steps.LossOptions(loss="eqlv2", **opts)
+    state = steps.init_state(model, tx, (32, 32, 3), 0,
+                             loss_state=steps.initial_loss_state(options, 8))
+  elif name in ("ride", "ours_ride"):
+    model = models.Teacher(enc, groups=GROUPS, num_classes=8, experts=3,
+                           expert_scale=30.0)
+    tx = steps.teacher_tx(len(GROUPS), 1e-2)
+    state = steps.init_state(model, tx, (32, 32, 3), 0)
+    options = steps.LossOptions(
+        loss="ride", reweight="gradient" if name == "ours_ride" else "none",
+        **opts)
+  elif name == "bags":
+    model = models.Teacher(enc, groups=GROUPS, num_classes=8, others=True)
+    tx = steps.joint_tx(1e-2)
+    state = steps.init_state(model, tx, (32, 32, 3), 0)
+    options = steps.LossOptions(loss="bags", **opts)
+  elif name == "multi":
+    model = models.MultiTeacher(enc, groups=GROUPS, num_classes=8)
+    tx = steps.joint_tx(1e-2)
+    state = steps.init_state(model, tx, (32, 32, 3), 0)
+    options = steps.LossOptions(loss="agt", reweight="none", **opts)
+  else:  # ib
+    model, tx, state = make()
+    options = steps.LossOptions(loss="ib", ib_start_step=2, **opts)
+  return model, tx, state, options
+
+
+@pytest.mark.parametrize("name", ["eqlv2", "ib", "ride", "ours_ride", "bags",
+                                  "multi"])
+def test_baselines_compile_once_over_groups_and_learn(name):
+  model, tx, state, options = _variant(name)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(s, b):
+    return steps.teacher_step(s, b, model=model, tx=tx, options=options)
+
+  chex.clear_trace_counter()
+  losses_seen = []
+  for t in range(6):
+    state, m = step(state, batch(t % 3))
+    losses_seen.append(float(m["loss"]))
+  assert np.all(np.isfinite(losses_seen))
+  assert int(state["step"]) == 6
+
+
+def test_eqlv2_step_carries_the_library_statistics():
+  model, tx, state, options = _variant("eqlv2")
+  fn = jax.jit(lambda s, b: steps.teacher_step(s, b, model=model, tx=tx,
+                                               options=options))
+  stats = losses.eqlv2_init(8)
+  for t in range(3):
+    b = batch(t)
+    variables = {"params": host(state["params"]),
+                 "batch_stats": host(state["batch_stats"])}
+    (logits, _), _ = model.apply(variables, b["image"], train=True,
+                                 mutable=["batch_stats"])
+    per, stats = losses.eqlv2_loss(logits, b["labels"], stats)
+    state, m = fn(state, b)
+    np.testing.assert_allclose(m["loss"], per.sum() / 16, rtol=1e-5)
+    for k, v in stats._asdict().items():
+      np.testing.assert_allclose(state["loss_state"][k], v, rtol=1e-5,
+                                 err_msg=k)
+  assert float(np.asarray(state["loss_state"]["pos_grad"]).sum()) > 0
+
+
+def test_ib_switches_from_bce_at_its_start_step():
+  model, tx, state, options = _variant("ib")
+  fn = jax.jit(lambda s, b: steps.teacher_step(s, b, model=model, tx=tx,
+                                               options=options))
+  for t in range(3):
+    b = batch(t)
+    variables = {"params": host(state["params"]),
+                 "batch_stats": host(state["batch_stats"])}
+    (logits, feats), _ = model.apply(variables, b["image"], train=True,
+                                     mutable=["batch_stats"])
+    y = b["labels"]
+    if t < 2:
+      want = optax.sigmoid_binary_cross_entropy(logits, y).sum(-1).mean()
+    else:
+      want = losses.influence_balanced_loss(logits, y, feats,
+                                            np.array(COUNTS)).sum(-1).mean()
+    state, m = fn(state, b)
+    np.testing.assert_allclose(m["loss"], want, rtol=1e-4)
+
+
+def test_ours_ride_updates_only_the_active_heads_experts():
+  model, tx, state, options = _variant("ours_ride")
+  before = host(state["params"])
+  state, _ = jax.jit(lambda s, b: steps.teacher_step(
+      s, b, model=model, tx=tx, options=options))(state, batch(1))
+  after = host(state["params"])
+  for g in (0, 2):
+    chex.assert_trees_all_equal(before[f"head_g{g}"], after[f"head_g{g}"])
+  assert not np.array_equal(before["head_g1"]["expert0"]["kernel"],
+                            after["head_g1"]["expert0"]["kernel"])
+  assert set(before["head_g1"]) == {"expert0", "expert1", "expert2"}
+
+
+def test_multi_teacher_encoders_learn_only_their_subset():
+  model, tx, state, options = _variant("multi")
+  b = batch(0)
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+  def loss_of_class(params, c):
+    (logits, _), _ = model.apply({**variables, "params": params}, b["image"],
+                                 train=True, mutable=["batch_stats"])
+    return optax.sigmoid_binary_cross_entropy(logits[:, c],
+                                              b["labels"][:, c]).sum()
+
+  g = jax.grad(loss_of_class)(state["params"], 2)   # class 2 is in group 1
+  norms = {k: float(optax.tree.norm(v)) for k, v in g.items()}
+  assert norms["encoder_g1"] > 0
+  assert norms["encoder_g0"] == 0 and norms["encoder_g2"] == 0
+
+
+def test_subset_kd_student_step():
+  model, _, state = make()
+  teacher_vars = {"params": state["params"],
+                  "batch_stats": state["batch_stats"]}
+  student = models.Student(models.make_encoder("resnet_tiny"), num_classes=8)
+  tx = steps.adam(1e-3, 0.9, 0.99)
+  s = steps.init_state(student, tx, (32, 32, 3), 1)
+  kd = steps.KDOptions(kd="subset", groups=GROUPS)
+  _, m = steps.student_step(s, batch(0), teacher_vars, model=student,
+                            teacher_model=model, tx=tx,
+                            class_counts=jnp.asarray(COUNTS, jnp.float32),
+                            options=kd)
+  assert float(m["kd"]) > 0
+  with pytest.raises(ValueError, match="groups"):
+    steps.KDOptions(kd="subset")
