@@ -124,6 +124,8 @@ def write_report(workdir, block) -> pathlib.Path:
     ax.set_xlabel("step")
   axes[0].set_ylabel("validation top-1 accuracy / mAP")
   axes[1].legend(fontsize=7, loc="upper left")
+  if rows:
+    fig.suptitle(rows[0]["dataset"], fontsize=9)
   fig.tight_layout()
   fig.savefig(workdir / "fig5.png", dpi=110)
   plt.close(fig)

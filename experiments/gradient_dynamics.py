@@ -110,6 +110,8 @@ def write_report(workdir, fold: int = 0) -> pathlib.Path:
       ax.legend(handles[0] + h2[0], handles[1] + h2[1], fontsize=7,
                 loc="upper right")
   axes[0].set_ylabel("mean gradient magnitude")
+  if rows:
+    fig.suptitle(rows[0]["dataset"], fontsize=9)
   fig.tight_layout()
   fig.savefig(workdir / "fig6.png", dpi=110)
   plt.close(fig)
