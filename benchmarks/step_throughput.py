@@ -27,6 +27,7 @@ import gzip
 import json
 import os
 import pathlib
+import re
 import tempfile
 
 import jax
@@ -66,9 +67,10 @@ _NOT_OPS = ("$", "PjitFunction", "CommonPjRt", "Allocate", "Handle inputs",
             "ThreadpoolListener", "TfrtCpu", "PjRt", "Thunk")
 
 
-def profile_top_ops(run, n_steps: int, top: int = 12) -> list[dict]:
+def profile_top_ops(run, n_steps: int, top: int = 12) -> dict:
   """Runs ``n_steps`` under ``jax.profiler`` and sums the traced op
-  durations by name (device kernels on GPU, fusions on CPU)."""
+  durations by name (device kernels on GPU, fusions on CPU): ``top_ops``
+  per op and ``top_kinds`` per op kind (the name without its ``.N``)."""
   with tempfile.TemporaryDirectory() as tmp:
     with jax.profiler.trace(tmp, create_perfetto_trace=True):
       for t in range(n_steps):
@@ -76,7 +78,7 @@ def profile_top_ops(run, n_steps: int, top: int = 12) -> list[dict]:
     files = glob.glob(os.path.join(tmp, "**", "perfetto_trace.json.gz"),
                       recursive=True)
     if not files:
-      return []
+      return {"top_ops": [], "top_kinds": []}
     with gzip.open(files[0]) as f:
       trace = json.load(f)
   events = trace["traceEvents"] if isinstance(trace, dict) else trace
@@ -84,9 +86,15 @@ def profile_top_ops(run, n_steps: int, top: int = 12) -> list[dict]:
   for e in events:
     if e.get("ph") == "X" and not str(e.get("name", "")).startswith(_NOT_OPS):
       total[e["name"]] += e.get("dur", 0.0)
+  kinds = collections.Counter()
+  for k, v in total.items():
+    kinds[re.sub(r"[._]\d+$", "", k)] += v
   s = sum(total.values()) or 1.0
-  return [{"name": k, "ms_per_step": v / 1e3 / n_steps, "share": v / s}
-          for k, v in total.most_common(top)]
+
+  def rows(counter):
+    return [{"name": k, "ms_per_step": v / 1e3 / n_steps, "share": v / s}
+            for k, v in counter.most_common(top)]
+  return {"top_ops": rows(total), "top_kinds": rows(kinds)}
 
 
 def jax_systems(a, batch):
@@ -117,7 +125,7 @@ def jax_systems(a, batch):
               flops))
   if a.profile_steps:
     print(json.dumps({"profile": "agt_teacher", "steps": a.profile_steps,
-                      "top_ops": profile_top_ops(run_t, a.profile_steps)}),
+                      **profile_top_ops(run_t, a.profile_steps)}),
           flush=True)
   teacher_vars = {"params": state["s"]["params"],
                   "batch_stats": state["s"]["batch_stats"]}

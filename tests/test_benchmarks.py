@@ -60,7 +60,7 @@ def test_step_throughput_schema():
       [r for r in rows if r.get("system") == "input_pipeline"]
   assert pipe and pipe[0]["crop"] == 32
   prof = [r for r in rows if "profile" in r]
-  assert prof and prof[0]["top_ops"], "profile found no ops"
+  assert prof and prof[0]["top_ops"] and prof[0]["top_kinds"], "no ops"
   assert all(o["ms_per_step"] >= 0 and 0 <= o["share"] <= 1
              for o in prof[0]["top_ops"])
   assert "| agt_teacher |" in out
