@@ -63,7 +63,8 @@ def test_smoke_writes_every_output(smoke_run):
   teacher_rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text()
                   .splitlines() if '"teacher"' in l]
   assert {"loss", "lr", "pos", "neg", "w", "grad_norm", "param_norm",
-          "images_per_s", "group"} <= set(teacher_rows[0])
+          "images_per_s", "group", "loss_mean", "grad_norm_mean"} <= set(
+              teacher_rows[0])
   print(f"smoke CLI took {seconds:.1f} s")
 
 
@@ -162,3 +163,27 @@ def test_summarize_folds_mean_and_std(tmp_path):
       np.std([0.0, 0.1, 0.2]))
   text = path.read_text()
   assert "3 folds" in text and "0.100 ± 0.082" in text and "synthetic" in text
+
+
+def test_logged_interval_means_are_exact(tmp_path, monkeypatch):
+  """``loss_mean`` over a log interval of 3 equals the mean of the three
+  per-step losses of an identical run that logs every step."""
+  from agt_jax import config as config_lib
+  from agt_jax.train import train_and_evaluate
+  from agt_jax.train.report import read_metrics
+  monkeypatch.setenv("AGT_JAX_CACHE", str(tmp_path / "cache"))
+  base = dict(grouping="single", reweight="none", student=False,
+              warmup_steps=0, teacher_steps=6, ckpt_every=6)
+  losses = {}
+  for every in (1, 3):
+    wd = tmp_path / f"every{every}"
+    train_and_evaluate(config_lib.get_config("smoke", log_every=every,
+                                             **base), wd)
+    losses[every] = [m for m in read_metrics(wd / "metrics.jsonl")
+                     if m.get("phase") == "teacher"]
+  per_step = [m["loss"] for m in losses[1]]
+  np.testing.assert_allclose([m["loss_mean"] for m in losses[1]], per_step,
+                             rtol=1e-6)
+  np.testing.assert_allclose([m["loss_mean"] for m in losses[3]],
+                             [np.mean(per_step[:3]), np.mean(per_step[3:])],
+                             rtol=1e-5)

@@ -93,6 +93,11 @@ def load_data(config: Config):
 
 # -- phases ---------------------------------------------------------------------
 
+# Scalars logged as their mean over the log interval (``<name>_mean``), next
+# to the last step's value (``<name>``).
+_MEANS = ("loss", "bce", "kd", "grad_norm")
+
+
 class _Phase:
   """Shared machinery of a training phase: jitted step, sharded feed,
   logging, checkpoints, non-finite guard, progress bar."""
@@ -134,6 +139,8 @@ class _Phase:
     t_last, n_last = time.perf_counter(), 0
     prev = None   # (step, loss) of the previous step, checked one step late
     t0, done_steps = time.perf_counter(), 0
+    # Interval means as on-device (sum, count) pairs: no host sync per step.
+    acc: dict = {}
     config_dict = json.loads(cfg.to_json())
     for s in range(self.start, self.total):
       batch = next(feed)
@@ -141,15 +148,20 @@ class _Phase:
       if prev is not None:
         self._check_finite(*prev)
       prev = (s + 1, m["loss"])
+      acc = metrics_lib.merge_metrics(acc, {
+          k: metrics_lib.mean_metric(m[k]) for k in _MEANS if k in m})
       done_steps += 1
       n_last += cfg.batch_size
       if (s + 1) % cfg.log_every == 0 or s + 1 == self.total:
         m = jax.device_get(m)
         self._check_finite(s + 1, m["loss"])
         dt = time.perf_counter() - t_last
+        means = metrics_lib.finalize_metrics(jax.device_get(acc))
+        acc = {}
         rec = {"phase": self.name, "step": s + 1, "lr": cfg.lr,
                "images_per_s": n_last / max(dt, 1e-9),
-               **{k: v for k, v in m.items()}}
+               **{k: v for k, v in m.items()},
+               **{f"{k}_mean": v for k, v in means.items()}}
         self.writer.write(rec)
         t_last, n_last = time.perf_counter(), 0
         if bar is not None:
@@ -375,6 +387,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
 
   # --- results, report, plots ---
   results["throughput"] = throughput
+  results["teacher_schedule"] = "joint" if joint else "alternate"
   results["device"] = str(jax.devices()[0].device_kind)
   (workdir / "results.json").write_text(json.dumps(results, indent=1))
   np.savez_compressed(workdir / "test_predictions.npz", labels=y_test,
