@@ -415,6 +415,9 @@ def _teacher_parts(config: Config, encoder, groups, counts, num_train):
     raise ValueError(f"schedule must be alternate|joint, got "
                      f"{config.schedule!r}.")
   if config.teacher == "multi":
+    if config.loss in ("ride", "bags"):
+      raise ValueError(f"loss={config.loss!r} needs the shared-encoder "
+                       "teacher's expert/others heads; use teacher=shared.")
     model = models.MultiTeacher(encoder, groups=groups, num_classes=c)
   elif config.teacher == "shared":
     ride = config.loss == "ride"
