@@ -373,3 +373,22 @@ def test_subset_kd_student_step():
   assert float(m["kd"]) > 0
   with pytest.raises(ValueError, match="groups"):
     steps.KDOptions(kd="subset")
+
+
+def test_teacher_parts_choose_schedule_and_reject_bad_combinations():
+  from agt_jax import config as config_lib
+  from agt_jax.train.loop import _teacher_parts
+  enc = models.make_encoder("resnet_tiny")
+  parts = lambda **kw: _teacher_parts(config_lib.get_config("smoke", **kw),
+                                      enc, GROUPS, np.array(COUNTS), 1000)
+  assert parts()[3] is False                      # AGT alternates
+  assert parts(loss="bags")[3] is True            # BAGS trains heads jointly
+  model, _, _, joint = parts(teacher="multi")
+  assert joint and isinstance(model, models.MultiTeacher)
+  assert parts(loss="ride")[0].experts == 3
+  with pytest.raises(ValueError, match="shared-encoder"):
+    parts(teacher="multi", loss="ride")
+  with pytest.raises(ValueError, match="experts >= 2"):
+    parts(loss="ride", experts=1)
+  with pytest.raises(ValueError, match="schedule"):
+    parts(schedule="random")
