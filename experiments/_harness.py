@@ -171,3 +171,35 @@ def bar_plot(rows: Sequence[dict], names: Sequence[str], out: pathlib.Path,
 def fail(e: Exception) -> int:
   print(f"error: {e}", file=sys.stderr)
   return 2
+
+
+def run_and_report(runs, *, preset: str, folds, base, workdir, report) -> int:
+  """``run_grid`` then ``report()``; clear errors exit with status 2.
+
+  ``base`` is a callable so that bad ``--data``/``--set`` values are caught
+  like any other input error.
+  """
+  try:
+    run_grid(runs, preset=preset, folds=folds, base=base(), workdir=workdir)
+  except (FileNotFoundError, ValueError, FloatingPointError) as e:
+    return fail(e)
+  print(f"report: {report()}", flush=True)
+  return 0
+
+
+def save_figure(fig, rows, path: pathlib.Path) -> pathlib.Path:
+  """Titles the figure with the dataset (which says "synthetic" where it
+  is), saves it and closes it."""
+  import matplotlib.pyplot as plt
+  if rows:
+    fig.suptitle(rows[0]["dataset"], fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def write_report_md(workdir, lines) -> pathlib.Path:
+  path = pathlib.Path(workdir) / "report.md"
+  path.write_text("\n".join(lines))
+  return path

@@ -57,14 +57,10 @@ def run(argv=None) -> int:
           "log_every": max(1, block // 4), "together": ()}
   runs = [h.Run(k, {"alpha": v}, "teacher", {"alpha": v})
           for k, v in ALPHAS.items()]
-  try:
-    base.update(config_lib.parse_sets(a.set))
-    h.run_grid(runs, preset=a.preset, folds=[0], base=base, workdir=workdir)
-  except (FileNotFoundError, ValueError, FloatingPointError) as e:
-    return h.fail(e)
-  path = write_report(workdir, block)
-  print(f"report: {path}")
-  return 0
+  return h.run_and_report(
+      runs, preset=a.preset, folds=[0], workdir=workdir,
+      base=lambda: {**base, **config_lib.parse_sets(a.set)},
+      report=lambda: write_report(workdir, block))
 
 
 def tiers(run_dir) -> dict[str, list[int]]:
@@ -124,15 +120,9 @@ def write_report(workdir, block) -> pathlib.Path:
     ax.set_xlabel("step")
   axes[0].set_ylabel("validation top-1 accuracy / mAP")
   axes[1].legend(fontsize=7, loc="upper left")
-  if rows:
-    fig.suptitle(rows[0]["dataset"], fontsize=9)
-  fig.tight_layout()
-  fig.savefig(workdir / "fig5.png", dpi=110)
-  plt.close(fig)
+  h.save_figure(fig, rows, workdir / "fig5.png")
   lines += ["", "![Fig. 5](fig5.png)", ""]
-  path = workdir / "report.md"
-  path.write_text("\n".join(lines))
-  return path
+  return h.write_report_md(workdir, lines)
 
 
 if __name__ == "__main__":

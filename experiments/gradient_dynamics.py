@@ -45,15 +45,12 @@ def run(argv=None) -> int:
           "eval_every": eval_every, "switch_every": switch}
   runs = [h.Run(k, {"reweight": v}, "teacher", {"reweight": v})
           for k, v in RUNS.items()]
-  try:
-    base.update({**_data_overrides(a.data), **config_lib.parse_sets(a.set)})
-    h.run_grid(runs, preset=a.preset, folds=h.parse_folds(a.folds),
-               base=base, workdir=workdir)
-  except (FileNotFoundError, ValueError, FloatingPointError) as e:
-    return h.fail(e)
-  path = write_report(workdir, h.parse_folds(a.folds)[0])
-  print(f"report: {path}")
-  return 0
+  folds = h.parse_folds(a.folds)
+  return h.run_and_report(
+      runs, preset=a.preset, folds=folds, workdir=workdir,
+      base=lambda: {**base, **_data_overrides(a.data),
+                    **config_lib.parse_sets(a.set)},
+      report=lambda: write_report(workdir, folds[0]))
 
 
 def tail_dynamics(run_dir) -> dict:
@@ -110,15 +107,9 @@ def write_report(workdir, fold: int = 0) -> pathlib.Path:
       ax.legend(handles[0] + h2[0], handles[1] + h2[1], fontsize=7,
                 loc="upper right")
   axes[0].set_ylabel("mean gradient magnitude")
-  if rows:
-    fig.suptitle(rows[0]["dataset"], fontsize=9)
-  fig.tight_layout()
-  fig.savefig(workdir / "fig6.png", dpi=110)
-  plt.close(fig)
+  h.save_figure(fig, rows, workdir / "fig6.png")
   lines += ["", "![Fig. 6](fig6.png)", ""]
-  path = workdir / "report.md"
-  path.write_text("\n".join(lines))
-  return path
+  return h.write_report_md(workdir, lines)
 
 
 if __name__ == "__main__":

@@ -58,16 +58,11 @@ def run(argv=None) -> int:
   from agt_jax import config as config_lib
   from experiments.odir import _data_overrides
   workdir = a.workdir or pathlib.Path("runs/odir_ablation")
-  try:
-    base = {**_data_overrides(a.data), **config_lib.parse_sets(a.set)}
-    runs = runs_for(a.table, a.init)
-    h.run_grid(runs, preset=a.preset, folds=h.parse_folds(a.folds), base=base,
-               workdir=workdir)
-  except (FileNotFoundError, ValueError, FloatingPointError) as e:
-    return h.fail(e)
-  path = write_report(h.read_rows(workdir), workdir)
-  print(f"report: {path}")
-  return 0
+  return h.run_and_report(
+      runs_for(a.table, a.init), preset=a.preset,
+      folds=h.parse_folds(a.folds), workdir=workdir,
+      base=lambda: {**_data_overrides(a.data), **config_lib.parse_sets(a.set)},
+      report=lambda: write_report(h.read_rows(workdir), workdir))
 
 
 def write_report(rows, workdir) -> pathlib.Path:
@@ -86,9 +81,7 @@ def write_report(rows, workdir) -> pathlib.Path:
       lines += [f"![Table {table}]({png.name})", ""]
   if any(r.get("table") == 3 for r in rows):
     lines += _ordering(rows)
-  path = workdir / "report.md"
-  path.write_text("\n".join(lines))
-  return path
+  return h.write_report_md(workdir, lines)
 
 
 def _ordering(rows) -> list[str]:

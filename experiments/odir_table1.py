@@ -70,15 +70,12 @@ def run(argv=None) -> int:
   from experiments.odir import _data_overrides
   workdir = a.workdir or pathlib.Path("runs/odir_table1")
   backbones = a.backbones or BACKBONES.get(a.preset, BACKBONES["paper"])
-  try:
-    base = {**_data_overrides(a.data), **config_lib.parse_sets(a.set)}
-    h.run_grid(runs_for(a.methods, backbones), preset=a.preset,
-               folds=h.parse_folds(a.folds), base=base, workdir=workdir)
-  except (FileNotFoundError, ValueError, FloatingPointError) as e:
-    return h.fail(e)
-  path = write_report(h.read_rows(workdir), workdir, title="Table 1")
-  print(f"report: {path}")
-  return 0
+  return h.run_and_report(
+      runs_for(a.methods, backbones), preset=a.preset,
+      folds=h.parse_folds(a.folds), workdir=workdir,
+      base=lambda: {**_data_overrides(a.data), **config_lib.parse_sets(a.set)},
+      report=lambda: write_report(h.read_rows(workdir), workdir,
+                                  title="Table 1"))
 
 
 def write_report(rows, workdir, *, title) -> pathlib.Path:
@@ -98,9 +95,7 @@ def write_report(rows, workdir, *, title) -> pathlib.Path:
       lines += [f"![{b}]({png.name})", ""]
   lines += ["Multi-label adaptations (IB, EQLv2, RIDE, BAGS, multi-teacher "
             "KD) are documented in `agt_jax.losses` and README.md.", ""]
-  path = workdir / "report.md"
-  path.write_text("\n".join(lines))
-  return path
+  return h.write_report_md(workdir, lines)
 
 
 if __name__ == "__main__":

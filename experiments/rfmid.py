@@ -40,18 +40,15 @@ def run(argv=None) -> int:
   workdir = a.workdir or pathlib.Path("runs/rfmid")
   backbones = a.backbones or odir_table1.BACKBONES.get(
       a.preset, odir_table1.BACKBONES["paper"])
-  try:
-    base = {"dataset": "rfmid", "data_dir": a.data_dir,
-            "fold_mode": "official", "together": (),
-            **config_lib.parse_sets(a.set)}
-    h.run_grid(odir_table1.runs_for(a.methods, backbones), preset=a.preset,
-               folds=h.parse_folds(a.folds), base=base, workdir=workdir)
-  except (FileNotFoundError, ValueError, FloatingPointError) as e:
-    return h.fail(e)
-  path = odir_table1.write_report(h.read_rows(workdir), workdir,
-                                  title="Table 2 (RFMiD, official split)")
-  print(f"report: {path}")
-  return 0
+  return h.run_and_report(
+      odir_table1.runs_for(a.methods, backbones), preset=a.preset,
+      folds=h.parse_folds(a.folds), workdir=workdir,
+      base=lambda: {"dataset": "rfmid", "data_dir": a.data_dir,
+                    "fold_mode": "official", "together": (),
+                    **config_lib.parse_sets(a.set)},
+      report=lambda: odir_table1.write_report(
+          h.read_rows(workdir), workdir,
+          title="Table 2 (RFMiD, official split)"))
 
 
 if __name__ == "__main__":

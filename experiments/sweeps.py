@@ -46,15 +46,11 @@ def run(argv=None) -> int:
   from agt_jax import config as config_lib
   from experiments.odir import _data_overrides
   workdir = a.workdir or pathlib.Path("runs/sweeps")
-  try:
-    base = {**_data_overrides(a.data), **config_lib.parse_sets(a.set)}
-    h.run_grid(runs_for(a.sweep, a.alphas, a.temperatures), preset=a.preset,
-               folds=h.parse_folds(a.folds), base=base, workdir=workdir)
-  except (FileNotFoundError, ValueError, FloatingPointError) as e:
-    return h.fail(e)
-  path = write_report(h.read_rows(workdir), workdir)
-  print(f"report: {path}")
-  return 0
+  return h.run_and_report(
+      runs_for(a.sweep, a.alphas, a.temperatures), preset=a.preset,
+      folds=h.parse_folds(a.folds), workdir=workdir,
+      base=lambda: {**_data_overrides(a.data), **config_lib.parse_sets(a.set)},
+      report=lambda: write_report(h.read_rows(workdir), workdir))
 
 
 def write_report(rows, workdir) -> pathlib.Path:
@@ -89,14 +85,9 @@ def write_report(rows, workdir) -> pathlib.Path:
     ax.set_ylabel("student kappa")
     ax.set_title(f"{symbol} sweep ({len({r['fold'] for r in sub})} fold(s))",
                  fontsize=9)
-  fig.suptitle(rows[0]["dataset"] if rows else "", fontsize=9)
-  fig.tight_layout()
-  fig.savefig(workdir / "fig7.png", dpi=110)
-  plt.close(fig)
+  h.save_figure(fig, rows, workdir / "fig7.png")
   lines += ["![Fig. 7](fig7.png)", ""]
-  path = workdir / "report.md"
-  path.write_text("\n".join(lines))
-  return path
+  return h.write_report_md(workdir, lines)
 
 
 if __name__ == "__main__":
