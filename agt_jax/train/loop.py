@@ -200,6 +200,12 @@ class _Phase:
           "(--set lr=...) and --resume.")
 
 
+def predictor(model):
+  """The jitted eval-mode ``(variables, images) -> (probs, features)``; build
+  it once per model and pass it to every :func:`_predict` of that model."""
+  return jax.jit(lambda v, x: steps.predict_step(v, x, model=model))
+
+
 def _predict(model, variables, source, indices, labels, config, mesh,
              desc, fn=None) -> tuple[np.ndarray, np.ndarray]:
   """Eval-mode probabilities and features for ``indices`` (centre crops)."""
@@ -207,8 +213,7 @@ def _predict(model, variables, source, indices, labels, config, mesh,
       pipeline.eval_batches(len(indices), labels,
                             batch_size=config.eval_batch_size),
       images_lib.SubsetSource(source, indices), crop=config.crop, train=False)
-  if fn is None:
-    fn = jax.jit(lambda v, x: steps.predict_step(v, x, model=model))
+  fn = fn or predictor(model)
   variables = _replicate(variables, mesh)
   n_dev = mesh.devices.size
   probs, feats = [], []
@@ -327,9 +332,11 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
     return steps.teacher_step(state, batch, model=teacher, tx=ttx,
                               options=options)
 
+  teacher_predict = predictor(teacher)   # periodic and final evaluation
   evaluate = None
   if config.eval_every:
-    evaluate = _periodic_eval(teacher, source, test_idx, y_test, config, mesh)
+    evaluate = _periodic_eval(teacher, source, test_idx, y_test, config, mesh,
+                              teacher_predict)
   phase = _Phase("teacher", step_fn=teacher_fn, state=tstate,
                  batches=samplers.group_mixed_batches(
                      y_train, batch_groups, batch_size=config.batch_size,
@@ -342,7 +349,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
   tvars = {"params": phase.state["params"],
            "batch_stats": phase.state["batch_stats"]}
   teacher_probs, _ = _predict(teacher, tvars, source, test_idx, y_test, config,
-                              mesh, "eval teacher")
+                              mesh, "eval teacher", fn=teacher_predict)
   results: dict[str, Any] = {
       "dataset": table.name + (" (synthetic)" if table.synthetic else ""),
       "synthetic": table.synthetic, "fold": config.fold,
@@ -443,11 +450,10 @@ def _teacher_parts(config: Config, encoder, groups, counts, num_train):
   return model, tx, options, joint
 
 
-def _periodic_eval(model, source, test_idx, y_test, config, mesh):
+def _periodic_eval(model, source, test_idx, y_test, config, mesh, fn):
   """A callback ``(state, step) -> record``: per-class AP (and top-1 recall
   for single-label data) of ``model`` on the test split."""
   from sklearn.metrics import average_precision_score
-  fn = jax.jit(lambda v, x: steps.predict_step(v, x, model=model))
   single_label = bool(np.all(y_test.sum(1) == 1))
 
   def evaluate(state, step):

@@ -142,14 +142,18 @@ def initial_loss_state(options: "LossOptions", num_classes: int) -> dict | None:
 
 # -- losses -------------------------------------------------------------------
 
+def negative_weights(logits, labels, options: LossOptions):
+  """AGT's `[C]` weights on the negative BCE terms, per ``reweight``."""
+  if options.reweight == "gradient":
+    return losses.gradient_reweight_weights(logits, labels, beta=options.beta)
+  if options.reweight == "count":
+    return losses.count_reweight_weights(labels, beta=options.beta)
+  return jnp.ones((logits.shape[-1],), logits.dtype)
+
+
 def teacher_loss_terms(logits, labels, options: LossOptions):
   """Per-element `[N, C]` loss and the re-weighting weights `[C]`."""
-  if options.reweight == "gradient":
-    w = losses.gradient_reweight_weights(logits, labels, beta=options.beta)
-  elif options.reweight == "count":
-    w = losses.count_reweight_weights(labels, beta=options.beta)
-  else:
-    w = jnp.ones((logits.shape[-1],), logits.dtype)
+  w = negative_weights(logits, labels, options)
   return losses.reweighted_bce(logits, labels, w), w
 
 
@@ -163,7 +167,7 @@ def teacher_loss(logits, labels, options: LossOptions, *, features=None,
     if options.loss == "agt":
       per_element, w = teacher_loss_terms(logits, labels, options)
       return per_element.sum() / n, w, loss_state
-    _, w = teacher_loss_terms(logits, labels, options)
+    w = negative_weights(logits, labels, options)
     return losses.ride_multilabel_loss(
         aux["expert_logits"], labels, jnp.asarray(options.class_counts),
         negative_weights=w), w, loss_state
