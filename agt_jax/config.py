@@ -24,6 +24,8 @@ class Config:
   num_folds: int = 5
   fold_seed: int = 0
   fold_mode: str = "random"         # random | stratified
+  val_fraction: float = 0.1         # patients of the training fold held out
+                                    # for model selection (0: none)
   image_size: int = 512             # resize (cache) size
   crop: int = 448                   # random crop (train) / centre crop (eval)
   workers: int = 0                  # Grain decode workers
@@ -47,19 +49,21 @@ class Config:
   shot_few: int = 0                 #   (0, 0: count tertiles)
   together: tuple = (("N", "O"),)
   alpha: float = 0.5
-  reweight: str = "gradient"        # gradient | count | none
+  reweight: str = "gradient"        # gradient (paper) | feedback | count | none
   # agt | focal | cb | cb_focal | db | eqlv2 | ib | ride | bags
   loss: str = "agt"
   beta: float = 2.0
+  rw_decay: float = 0.99            # reweight=feedback: statistics' decay
   switch_every: int = 1
   schedule: str = "alternate"       # alternate (AGT) | joint (all heads)
   teacher: str = "shared"           # shared encoder | multi (one per group)
   experts: int = 3                  # RIDE experts per head (loss=ride)
   ib_start: float = 0.5             # IB: fraction of teacher steps on BCE
-  eval_every: int = 0               # >0: evaluate the teacher every N steps
+  eval_every: int = 0               # >0: score on validation every N steps
+  select: str = "best"              # best (validation final score) | last
   # student
   student: bool = True
-  kd: str = "cb"                    # cb | plain | subset | none
+  kd: str = "cb"                    # cb (per image) | eq7 | plain | subset | none
   temperature: float = 5.0
   gamma: float = 1.0
   kd_direction: str = "teacher_student"
@@ -79,17 +83,57 @@ PRESETS: dict[str, dict[str, Any]] = {
     # batch 64, alpha 0.5, beta 2, T 5, gamma 1.
     "paper": dict(model="resnet50", image_size=512, crop=448, batch_size=64,
                   dtype="bfloat16", warmup_steps=300, teacher_steps=6000,
-                  student_steps=6000, log_every=50, ckpt_every=500),
+                  student_steps=6000, log_every=50, ckpt_every=500,
+                  eval_every=500),
     # One fold on 2 CPU cores in under 15 minutes, still learning.
     "quick": dict(model="resnet_small", image_size=112, crop=96, batch_size=32,
                   eval_batch_size=128, warmup_steps=150, teacher_steps=700,
                   student_steps=700, log_every=25, ckpt_every=200,
-                  lr=2e-3),
+                  eval_every=100, lr=2e-3),
     # End to end in under a minute on 2 cores (tests).
     "smoke": dict(model="resnet_tiny", image_size=40, crop=32, batch_size=16,
                   eval_batch_size=64, max_images=240, warmup_steps=4,
-                  teacher_steps=6, student_steps=6, log_every=2, ckpt_every=3),
+                  teacher_steps=6, student_steps=6, log_every=2, ckpt_every=3,
+                  eval_every=3),
 }
+
+
+CHOICES = {
+    "fold_mode": ("random", "stratified", "official"),
+    "grouping": ("relational", "paper", "shot", "gradient", "single", "none"),
+    "reweight": ("gradient", "feedback", "count", "none"),
+    "loss": ("agt", "focal", "cb", "cb_focal", "db", "eqlv2", "ib", "ride",
+             "bags"),
+    "schedule": ("alternate", "joint"),
+    "teacher": ("shared", "multi"),
+    "select": ("best", "last"),
+    "kd": ("cb", "eq7", "plain", "subset", "none"),
+    "kd_direction": ("teacher_student", "student_teacher"),
+    "dtype": ("float32", "bfloat16"),
+}
+
+
+def validate(config: Config) -> Config:
+  """Checks every field with a fixed set of values or a range before any
+  compute, so a typo fails in a second rather than after the warm-up."""
+  for key, allowed in CHOICES.items():
+    if getattr(config, key) not in allowed:
+      raise ValueError(f"{key}={getattr(config, key)!r} is not one of "
+                       f"{allowed}.")
+  if not 0.0 <= config.val_fraction < 1.0:
+    raise ValueError(f"val_fraction must be in [0, 1), got "
+                     f"{config.val_fraction}.")
+  if not 0.0 <= config.alpha < 1.0:
+    raise ValueError(f"alpha must be in [0, 1), got {config.alpha}.")
+  if not 0.0 <= config.rw_decay < 1.0:
+    raise ValueError(f"rw_decay must be in [0, 1), got {config.rw_decay}.")
+  if config.beta <= 0:
+    raise ValueError(f"beta must be > 0, got {config.beta}.")
+  if config.select == "best" and config.val_fraction > 0 \
+      and config.eval_every <= 0:
+    raise ValueError("select=best needs eval_every > 0 (how often the "
+                     "validation split is scored).")
+  return config
 
 
 def get_config(preset: str = "paper", **overrides) -> Config:

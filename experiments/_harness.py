@@ -50,41 +50,56 @@ def parse_folds(values: Sequence[str], num_folds: int = 5) -> list[int]:
 
 
 def row_of(run: Run, fold: int, preset: str, results: dict) -> dict:
+  """One table row: the test metrics of the run's reported model, and its
+  validation scores (``val_*``, what defaults are chosen on)."""
   m = results[run.model]
+  sel = results.get("selection", {}).get(run.model, {})
+  val = {f"val_{k}": v for k, v in sel.get("val", {}).items()}
+  if "val_macro_auc" in sel:
+    val["val_macro_auc"] = sel["val_macro_auc"]
   return {"run": run.name, "fold": fold, "model": run.model, "preset": preset,
           "dataset": results["dataset"], "synthetic": results["synthetic"],
           **run.extra, **{k: m["odir"][k] for k in ("kappa", "f1", "auc",
                                                    "final")},
-          "macro_auc": m["macro_auc"],
+          "macro_auc": m["macro_auc"], **val,
+          "selected_step": sel.get("step"),
+          "collapsed": any(w.startswith(f"The {run.model} collapsed")
+                           for w in results.get("warnings", [])),
           "seconds": sum(v.get("seconds", 0.0)
                          for v in results.get("throughput", {}).values())}
 
 
 def run_grid(runs: Sequence[Run], *, preset: str, folds: Sequence[int],
-             base: dict, workdir: pathlib.Path) -> list[dict]:
-  """Trains every (run, fold) not finished yet; returns all rows."""
+             base: dict, workdir: pathlib.Path,
+             fold_major: bool = False) -> list[dict]:
+  """Trains every (run, fold) not finished yet; returns all rows.
+
+  ``fold_major`` runs every variant on a fold before the next fold, so an
+  interrupted grid holds complete folds (paired comparisons) rather than
+  complete variants.
+  """
   from agt_jax import config as config_lib
   from agt_jax.train import train_and_evaluate
   workdir.mkdir(parents=True, exist_ok=True)
   rows = []
   total = len(runs) * len(folds)
-  for i, run in enumerate(runs):
-    for j, fold in enumerate(folds):
-      wd = workdir / run.name / f"fold{fold}"
-      k = i * len(folds) + j + 1
-      if (wd / "results.json").exists():
-        print(f"[{k}/{total}] {run.name} fold {fold}: finished, skipped",
-              flush=True)
-        results = json.loads((wd / "results.json").read_text())
-      else:
-        print(f"[{k}/{total}] {run.name} fold {fold}", flush=True)
-        cfg = config_lib.get_config(preset, **{**base, **run.overrides,
-                                                "fold": fold})
-        results = train_and_evaluate(cfg, wd,
-                                     resume=(wd / "config.json").exists())
-      row = row_of(run, fold, preset, results)
-      rows.append(row)
-      append_row(workdir, row)
+  pairs = ([(run, fold) for fold in folds for run in runs] if fold_major
+           else [(run, fold) for run in runs for fold in folds])
+  for k, (run, fold) in enumerate(pairs, start=1):
+    wd = workdir / run.name / f"fold{fold}"
+    if (wd / "results.json").exists():
+      print(f"[{k}/{total}] {run.name} fold {fold}: finished, skipped",
+            flush=True)
+      results = json.loads((wd / "results.json").read_text())
+    else:
+      print(f"[{k}/{total}] {run.name} fold {fold}", flush=True)
+      cfg = config_lib.get_config(preset, **{**base, **run.overrides,
+                                              "fold": fold})
+      results = train_and_evaluate(cfg, wd,
+                                   resume=(wd / "config.json").exists())
+    row = row_of(run, fold, preset, results)
+    rows.append(row)
+    append_row(workdir, row)
   return rows
 
 
@@ -173,14 +188,16 @@ def fail(e: Exception) -> int:
   return 2
 
 
-def run_and_report(runs, *, preset: str, folds, base, workdir, report) -> int:
+def run_and_report(runs, *, preset: str, folds, base, workdir, report,
+                   fold_major: bool = False) -> int:
   """``run_grid`` then ``report()``; clear errors exit with status 2.
 
   ``base`` is a callable so that bad ``--data``/``--set`` values are caught
   like any other input error.
   """
   try:
-    run_grid(runs, preset=preset, folds=folds, base=base(), workdir=workdir)
+    run_grid(runs, preset=preset, folds=folds, base=base(), workdir=workdir,
+             fold_major=fold_major)
   except (FileNotFoundError, ValueError, FloatingPointError) as e:
     return fail(e)
   print(f"report: {report()}", flush=True)

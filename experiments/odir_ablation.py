@@ -19,26 +19,45 @@ import pathlib
 
 from experiments import _harness as h
 
-# variant -> (table, config overrides, which model's score the table reports)
+# variant -> (table, config overrides, which model's score the table reports).
+# Every AGT variant names its re-weighting rule and KD reading explicitly, so
+# a variant means the same thing whatever the library defaults are.
+_AGT = {"grouping": "relational", "loss": "agt", "kd": "cb"}
 VARIANTS = {
     "baseline": (3, {"grouping": "single", "reweight": "none",
                      "student": False}, "teacher"),
-    "agt_kd": (3, {"reweight": "none"}, "student"),
-    "agt_rw_kd": (3, {}, "student"),
-    "shot_grouping": (4, {"grouping": "shot"}, "student"),
-    "count_rw": (4, {"reweight": "count"}, "student"),
-    "unweighted_kd": (4, {"kd": "plain"}, "student"),
+    "agt_kd": (3, {**_AGT, "reweight": "none"}, "student"),
+    "agt_rw_kd": (3, {**_AGT, "reweight": "gradient", "beta": 2.0},
+                  "student"),
+    "agt_frw_kd": (3, {**_AGT, "reweight": "feedback", "beta": 2.0},
+                   "student"),
+    "agt_eqlv2_kd": (3, {**_AGT, "loss": "eqlv2", "reweight": "none"},
+                     "student"),
+    # Table 4: one change at a time from AGT + stable RW + KD.
+    "count_rw": (4, {**_AGT, "reweight": "count", "beta": 2.0}, "student"),
+    "paper_rw_beta05": (4, {**_AGT, "reweight": "gradient", "beta": 0.5},
+                        "student"),
+    "shot_grouping": (4, {**_AGT, "reweight": "feedback", "grouping": "shot"},
+                      "student"),
+    "eq7_kd": (4, {**_AGT, "reweight": "feedback", "kd": "eq7"}, "student"),
+    "unweighted_kd": (4, {**_AGT, "reweight": "feedback", "kd": "plain"},
+                      "student"),
 }
 LABELS = {"baseline": "baseline (plain BCE)", "agt_kd": "AGT + KD",
-          "agt_rw_kd": "AGT + RW + KD (ours)",
+          "agt_rw_kd": "AGT + paper RW (beta 2) + KD",
+          "agt_frw_kd": "AGT + stable RW (feedback) + KD",
+          "agt_eqlv2_kd": "AGT + EQLv2 + KD",
           "agt_rw_kd_pretrained": "AGT + RW + KD + pretraining",
-          "shot_grouping": "shot-based grouping",
-          "count_rw": "count-based RW", "unweighted_kd": "unweighted KD"}
+          "count_rw": "count-based RW (beta 2)",
+          "paper_rw_beta05": "paper RW, beta 0.5",
+          "shot_grouping": "shot-based grouping (stable RW)",
+          "eq7_kd": "Eq. 7 KD (stable RW)",
+          "unweighted_kd": "unweighted KD (stable RW)"}
 
 
-def runs_for(tables, init=None) -> list[h.Run]:
+def runs_for(tables, init=None, only=None) -> list[h.Run]:
   runs = [h.Run(k, o, m, {"table": t}) for k, (t, o, m) in VARIANTS.items()
-          if t in tables]
+          if t in tables and (not only or k in only)]
   if init and 3 in tables:
     runs.insert(3, h.Run("agt_rw_kd_pretrained", {"init": init}, "student",
                          {"table": 3}))
@@ -53,13 +72,18 @@ def run(argv=None) -> int:
                  default=[3, 4])
   p.add_argument("--data", default="odir5k-synth")
   p.add_argument("--init", default=None)
+  p.add_argument("--variants", nargs="+", default=None,
+                 choices=sorted(VARIANTS), help="only these variants")
+  p.add_argument("--fold-major", action="store_true",
+                 help="every variant on a fold before the next fold")
   a = p.parse_args(argv)
 
   from agt_jax import config as config_lib
   from experiments.odir import _data_overrides
   workdir = a.workdir or pathlib.Path("runs/odir_ablation")
   return h.run_and_report(
-      runs_for(a.table, a.init), preset=a.preset,
+      runs_for(a.table, a.init, a.variants), preset=a.preset,
+      fold_major=a.fold_major,
       folds=h.parse_folds(a.folds), workdir=workdir,
       base=lambda: {**_data_overrides(a.data), **config_lib.parse_sets(a.set)},
       report=lambda: write_report(h.read_rows(workdir), workdir))

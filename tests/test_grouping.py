@@ -8,44 +8,69 @@ from agt_jax import grouping
 NAMES = list("NDGCAHMO")
 
 
-def clustered_features(seed=0):
-  """Classes D,A,H,M near one centre and G,C near another."""
+def clustered_images(seed=0, n=600, dim=64):
+  """Per-image features and labels: images of D, A, H, M share one pattern,
+  images of G, C another, N and O a third; multi-label images mix theirs."""
   rng = np.random.default_rng(seed)
-  centres = rng.normal(size=(2, 64)) * 5
-  f = rng.normal(size=(8, 64)) * 0.3
-  for c in "DAHM":
-    f[NAMES.index(c)] += centres[0]
-  for c in "GC":
-    f[NAMES.index(c)] += centres[1]
-  return f
+  patterns = rng.normal(size=(3, dim)) * 4
+  family = {c: 0 for c in "DAHM"} | {c: 1 for c in "GC"} | {"N": 2, "O": 2}
+  labels = np.zeros((n, 8), np.float32)
+  feats = rng.normal(size=(n, dim))
+  for i in range(n):
+    classes = rng.choice(8, size=1 + (rng.random() < 0.2), replace=False)
+    labels[i, classes] = 1
+    for c in classes:
+      # Each class: its family's pattern plus a small class-specific offset.
+      feats[i] += patterns[family[NAMES[c]]] + 0.5 * np.sin(c + np.arange(dim))
+  return feats, labels
 
 
 def test_relational_recovers_structure_and_keeps_pairs():
-  g = grouping.relational_groups(clustered_features(), n_groups=3,
-                                 class_names=NAMES)
+  x, y = clustered_images()
+  g = grouping.relational_groups(x, y, n_groups=3, class_names=NAMES)
   named = sorted(sorted(NAMES[c] for c in grp) for grp in g)
   assert named == sorted([sorted("DAHM"), sorted("GC"), ["N", "O"]])
-  assert g == grouping.paper_groups("odir", NAMES) or \
-      sorted(g) == sorted(grouping.paper_groups("odir", NAMES))
+  assert sorted(g) == sorted(grouping.paper_groups("odir", NAMES))
 
 
-def test_stability_report():
-  s = grouping.grouping_stability(clustered_features(), n_groups=3,
-                                  class_names=NAMES, seeds=range(3))
-  assert s["mean_ari"] == 1.0 and len(s["runs"]) == 12
-  noisy = grouping.grouping_stability(
-      np.random.default_rng(1).normal(size=(8, 64)), n_groups=4,
-      class_names=NAMES, seeds=range(3))
-  assert 0 <= noisy["min_ari"] <= noisy["mean_ari"] <= 1
+def test_pca_is_fitted_on_images_and_keeps_95_percent():
+  x, y = clustered_images()
+  pca = grouping.fit_pca(x, variance=0.95)
+  ratio = np.cumsum(pca.explained_variance_ratio_)
+  # The smallest number of components reaching 95%, checked independently
+  # from the eigenvalues of the image covariance.
+  ev = np.sort(np.linalg.eigvalsh(np.cov(x.T)))[::-1]
+  k = int(np.searchsorted(np.cumsum(ev) / ev.sum(), 0.95) + 1)
+  assert pca.n_components_ == k and ratio[-1] >= 0.95
+  assert pca.n_samples_ == len(x)
+  reps = grouping.class_representations(x, y, pca)
+  assert reps.shape == (8, k)
+  np.testing.assert_allclose(reps[1], pca.transform(x[y[:, 1] > 0]).mean(0))
+
+
+def test_stability_varies_pca_size_and_seed():
+  x, y = clustered_images()
+  s = grouping.grouping_stability(x, y, n_groups=3, class_names=NAMES,
+                                  seeds=range(10))
+  assert len(s["runs"]) == 40
+  assert sorted({r["pca"] for r in s["runs"]}) == [30, 50, 64]  # capped at D
+  assert {r["seed"] for r in s["runs"]} == set(range(10))
+  assert s["mean_ari"] == 1.0 and 0 < s["n_components"] <= 64
+  # Noise features: the groupings change with the PCA size or seed.
+  rng = np.random.default_rng(1)
+  noisy = grouping.grouping_stability(rng.normal(size=(300, 40)), y[:300],
+                                      n_groups=4, class_names=NAMES,
+                                      seeds=range(10))
+  assert 0 <= noisy["min_ari"] <= noisy["mean_ari"] < 1
 
 
 def test_relational_errors():
+  x, y = clustered_images(n=100)
   with pytest.raises(ValueError, match="unknown classes"):
-    grouping.relational_groups(clustered_features(), n_groups=3,
-                               together=(("N", "X"),), class_names=NAMES)
-  with pytest.raises(ValueError, match="cannot make"):
-    grouping.relational_groups(clustered_features(), n_groups=9,
+    grouping.relational_groups(x, y, n_groups=3, together=(("N", "X"),),
                                class_names=NAMES)
+  with pytest.raises(ValueError, match="cannot make"):
+    grouping.relational_groups(x, y, n_groups=9, class_names=NAMES)
 
 
 def test_shot_groups():

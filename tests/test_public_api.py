@@ -12,8 +12,10 @@ LOSSES_API = [
     "binary_kl_divergence", "class_balanced_kd_weights", "class_balanced_kd",
     "sigmoid_focal_loss", "class_balanced_weights", "class_balanced_loss",
     "distribution_balanced_loss", "eqlv2_init", "eqlv2_loss", "ride_loss",
+    "feedback_reweight_init", "feedback_reweight_weights",
+    "feedback_reweighted_bce", "eq7_kd_weights", "eq7_class_balanced_kd",
 ]
-DOCUMENTED = ([getattr(losses, n) for n in losses.__all__ if n != "EQLv2State"]
+DOCUMENTED = ([getattr(losses, n) for n in losses.__all__ if n not in ("EQLv2State", "FeedbackState")]
               + [mgda.min_norm_weights, mgda.gradient_normalizers,
                  metrics.odir_score])
 

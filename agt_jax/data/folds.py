@@ -131,3 +131,34 @@ def save_assignment(assignment: dict, workdir) -> pathlib.Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(assignment, indent=1))
   return path
+
+
+def validation_split(table: ImageTable, train_idx, *, fraction: float = 0.1,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """``(fit_idx, val_idx)``: a patient-level validation split carved from a
+  training fold.
+
+  The training fold's patients are permuted with ``seed`` and the first
+  ``round(fraction * patients)`` (at least one when ``fraction > 0``) form
+  the validation split; both eyes of a patient stay on one side. The test
+  fold is not touched. ``fraction=0`` gives an empty validation split.
+  """
+  if not 0.0 <= fraction < 1.0:
+    raise ValueError(f"validation fraction must be in [0, 1), got "
+                     f"{fraction}.")
+  train_idx = np.asarray(train_idx)
+  if fraction == 0.0:
+    return train_idx, train_idx[:0]
+  patients, inverse = np.unique(table.patient_ids[train_idx],
+                                return_inverse=True)
+  n_val = max(1, int(round(fraction * len(patients))))
+  if n_val >= len(patients):
+    raise ValueError(f"{table.name}: a validation split of {fraction:.0%} "
+                     f"leaves no training patient ({len(patients)} in the "
+                     "training fold).")
+  # Seeded apart from the fold assignment so the two never coincide.
+  rng = np.random.default_rng([seed, 1])
+  is_val = np.zeros(len(patients), bool)
+  is_val[rng.permutation(len(patients))[:n_val]] = True
+  val = is_val[inverse]
+  return train_idx[~val], train_idx[val]

@@ -4,8 +4,12 @@ reduction inside unless stated.
 
 AGT (Jian et al., Sci. Rep. 2026):
   gradient_ratio_stats, gradient_reweight_weights, count_reweight_weights,
-  reweighted_bce, gradient_reweighted_bce, binary_kl_divergence,
-  class_balanced_kd_weights, class_balanced_kd.
+  reweighted_bce, gradient_reweighted_bce (the paper's rule, exactly);
+  feedback_reweight_init, feedback_reweight_weights, feedback_reweighted_bce,
+  FeedbackState (its stable form: statistics of the weighted gradient);
+  binary_kl_divergence, class_balanced_kd_weights, class_balanced_kd
+  (per-sample reading), eq7_kd_weights, eq7_class_balanced_kd (Eq. 7 as
+  written).
 
 Peers, with their published conventions:
   sigmoid_focal_loss (optax's own; torchvision's defaults are alpha=0.25,
@@ -24,11 +28,17 @@ from agt_jax.losses._class_balanced import class_balanced_weights
 from agt_jax.losses._distillation import binary_kl_divergence
 from agt_jax.losses._distillation import class_balanced_kd
 from agt_jax.losses._distillation import class_balanced_kd_weights
+from agt_jax.losses._distillation import eq7_class_balanced_kd
+from agt_jax.losses._distillation import eq7_kd_weights
 from agt_jax.losses._distillation import subset_kd_weights
 from agt_jax.losses._distribution_balanced import distribution_balanced_loss
 from agt_jax.losses._eqlv2 import EQLv2State
 from agt_jax.losses._eqlv2 import eqlv2_init
 from agt_jax.losses._eqlv2 import eqlv2_loss
+from agt_jax.losses._feedback_reweighting import FeedbackState
+from agt_jax.losses._feedback_reweighting import feedback_reweight_init
+from agt_jax.losses._feedback_reweighting import feedback_reweight_weights
+from agt_jax.losses._feedback_reweighting import feedback_reweighted_bce
 from agt_jax.losses._influence_balanced import influence_balanced_loss
 from agt_jax.losses._influence_balanced import influence_balanced_weights
 from agt_jax.losses._reweighting import count_reweight_weights
@@ -42,6 +52,7 @@ from agt_jax.losses._ride import ride_multilabel_loss
 
 __all__ = [
     "EQLv2State",
+    "FeedbackState",
     "bags_loss",
     "binary_kl_divergence",
     "class_balanced_kd",
@@ -50,8 +61,13 @@ __all__ = [
     "class_balanced_weights",
     "count_reweight_weights",
     "distribution_balanced_loss",
+    "eq7_class_balanced_kd",
+    "eq7_kd_weights",
     "eqlv2_init",
     "eqlv2_loss",
+    "feedback_reweight_init",
+    "feedback_reweight_weights",
+    "feedback_reweighted_bce",
     "gradient_ratio_stats",
     "gradient_reweight_weights",
     "gradient_reweighted_bce",

@@ -54,3 +54,44 @@ class Checkpoints:
   def close(self) -> None:
     self._mngr.wait_until_finished()
     self._mngr.close()
+
+
+class BestCheckpoint:
+  """The validation-selected variables of a phase and their scores.
+
+  One orbax checkpoint (``max_to_keep=1``) of ``{variables, meta}``, where
+  ``meta`` holds the step and the validation scores; rewritten whenever the
+  validation score improves, read back on resume and at the end of the
+  phase.
+  """
+
+  def __init__(self, directory):
+    self.directory = pathlib.Path(directory).absolute()
+    self._mngr = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True))
+
+  def step(self) -> int | None:
+    return self._mngr.latest_step()
+
+  def save(self, step: int, variables, meta: dict) -> None:
+    self._mngr.save(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardSave(variables),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def meta(self) -> dict | None:
+    step = self.step()
+    if step is None:
+      return None
+    return self._mngr.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore(self, variables_like) -> dict:
+    self._mngr.wait_until_finished()
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, variables_like)
+    return self._mngr.restore(self.step(), args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(abstract)))["variables"]
+
+  def close(self) -> None:
+    self._mngr.wait_until_finished()
+    self._mngr.close()

@@ -60,6 +60,34 @@ def plot_gradients(metrics: list[dict], class_names, out: pathlib.Path,
   fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
 
 
+def plot_validation(metrics: list[dict], out: pathlib.Path, title: str
+                    ) -> None:
+  """Validation ODIR final score and kappa over steps per phase, with the
+  selected step marked."""
+  rows = [m for m in metrics if str(m.get("phase", "")).startswith("eval_")
+          and "final" in m]
+  if not rows:
+    return
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  for phase in sorted({m["phase"] for m in rows}):
+    sub = [m for m in rows if m["phase"] == phase]
+    name = phase[len("eval_"):]
+    line, = ax.plot([m["step"] for m in sub], [m["final"] for m in sub],
+                    marker="o", ms=3, label=f"{name}: final")
+    ax.plot([m["step"] for m in sub], [m["kappa"] for m in sub], ls="--",
+            color=line.get_color(), label=f"{name}: kappa")
+    best = sub[-1].get("best_step")
+    if best is not None:
+      ax.axvline(best, color=line.get_color(), lw=0.8, ls=":")
+  ax.set_xlabel("step"); ax.set_ylabel("validation score")
+  ax.set_title(f"{title}: validation (dotted: selected step)", fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+
+
 def plot_roc(labels, probs_by_model: dict, class_names, out: pathlib.Path,
              title: str) -> None:
   import matplotlib
@@ -82,6 +110,21 @@ def plot_roc(labels, probs_by_model: dict, class_names, out: pathlib.Path,
   fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
 
 
+def _pca_lines(groups: dict) -> list[str]:
+  out = []
+  if "pca" in groups:
+    p = groups["pca"]
+    out.append(f"- PCA on {p['fitted_on']}: {p['n_components']} components "
+               f"keep {p['explained_variance']:.1%} of the variance; classes "
+               f"as {p['class_representation']}")
+  if "stability" in groups:
+    s = groups["stability"]
+    out.append(f"- stability over PCA sizes {s['pca_sizes']} x "
+               f"{s.get('seeds', '?')} K-Means seeds: adjusted Rand index "
+               f"mean {s['mean_ari']:.3f}, min {s['min_ari']:.3f}")
+  return out
+
+
 def write_report(workdir, results: dict) -> pathlib.Path:
   workdir = pathlib.Path(workdir)
   ds = results["dataset"]
@@ -97,16 +140,41 @@ def write_report(workdir, results: dict) -> pathlib.Path:
            f"{results['groups'].get('features', 'n/a')}): "
            + ", ".join("{" + ",".join(g) + "}"
                        for g in results["groups"]["names"]),
-           "", "## ODIR score (test fold)", "",
-           "| model | kappa | F1 | AUC | final | macro-AUC | mAP |",
-           "|---|---|---|---|---|---|---|"]
+           *_pca_lines(results["groups"]),
+           f"- teacher loss: {results.get('reweight_rule', 'n/a')}",
+           f"- validation: {results.get('validation_images', 0)} images "
+           "carved from the training fold (patient level); the test fold is "
+           "scored once, at the end", ""]
+  for w in results.get("warnings", []):
+    lines += [f"> **Warning.** {w}", ""]
+  lines += ["## ODIR score (test fold, official `> 0.5`)", "",
+            "| model | checkpoint | kappa | F1 | AUC | final | macro-AUC "
+            "| mAP |", "|---|---|---|---|---|---|---|---|"]
   for name in ("teacher", "student"):
-    if name in results:
-      r = results[name]
-      o = r["odir"]
-      lines.append(f"| {name} | {_fmt(o['kappa'])} | {_fmt(o['f1'])} | "
+    for key in (name, f"{name}_last"):
+      if key in results:
+        r = results[key]
+        o = r["odir"]
+        sel = results.get("selection", {}).get(name, {})
+        which = ("last" if key.endswith("_last") or sel.get("select") ==
+                 "last" else f"best on validation (step {sel.get('step')})")
+        lines.append(f"| {name} | {which} | {_fmt(o['kappa'])} | "
+                     f"{_fmt(o['f1'])} | {_fmt(o['auc'])} | "
+                     f"{_fmt(o['final'])} | {_fmt(r['macro_auc'])} | "
+                     f"{_fmt(r['map'])} |")
+  tuned = [n for n in ("teacher", "student") if "tuned" in results.get(n, {})]
+  if tuned:
+    lines += ["", "Beside the headline: the selected checkpoints with "
+              "per-class thresholds tuned for F1 on the validation split "
+              "(not the official metric).", "",
+              "| model | kappa | F1 | AUC | final | thresholds |",
+              "|---|---|---|---|---|---|"]
+    for n in tuned:
+      o = results[n]["tuned"]
+      th = results["selection"][n].get("thresholds", [])
+      lines.append(f"| {n} | {_fmt(o['kappa'])} | {_fmt(o['f1'])} | "
                    f"{_fmt(o['auc'])} | {_fmt(o['final'])} | "
-                   f"{_fmt(r['macro_auc'])} | {_fmt(r['map'])} |")
+                   + " ".join(f"{t:.2f}" for t in th) + " |")
   names = results["class_names"]
   lines += ["", "## Per-class AUC (test fold)", "",
             "| model | " + " | ".join(names) + " |",
@@ -122,7 +190,9 @@ def write_report(workdir, results: dict) -> pathlib.Path:
     for phase, t in results["throughput"].items():
       lines.append(f"| {phase} | {t['images_per_s']:.1f} | {t['steps']} |")
   lines += ["", "Plots: `curves.png` (training losses), `gradients.png` "
-            "(per-class |pos|, neg and w over teacher steps), `roc.png`.",
+            "(per-class |pos|, neg and w over teacher steps), "
+            "`validation.png` (validation scores and the selected steps), "
+            "`roc.png`.",
             "", f"Dataset: {ds}."]
   path = workdir / "report.md"
   path.write_text("\n".join(lines) + "\n")

@@ -40,8 +40,9 @@ class LossOptions:
   ``class_counts`` (and ``num_examples`` for ``db``); ``bags`` needs the
   ``groups``.
   """
-  reweight: str = "gradient"   # gradient | count | none  (loss agt | ride)
+  reweight: str = "gradient"   # gradient | feedback | count | none
   beta: float = 2.0
+  decay: float = 0.99          # reweight="feedback": moving-average decay
   loss: str = "agt"
   class_counts: tuple | None = None
   num_examples: int | None = None
@@ -50,8 +51,8 @@ class LossOptions:
   seed: int = 0
 
   def __post_init__(self):
-    if self.reweight not in ("gradient", "count", "none"):
-      raise ValueError(f"reweight must be gradient|count|none, got "
+    if self.reweight not in REWEIGHTS:
+      raise ValueError(f"reweight must be one of {REWEIGHTS}, got "
                        f"{self.reweight!r}.")
     if self.loss not in LOSSES:
       raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
@@ -64,21 +65,28 @@ class LossOptions:
       raise ValueError("loss='bags' needs the class groups.")
 
 
+REWEIGHTS = ("gradient", "feedback", "count", "none")
 LOSSES = ("agt", "focal", "cb", "cb_focal", "db", "eqlv2", "ib", "ride",
           "bags")
 
 
+# cb: one class-balanced weight per image on the KL of every class (the
+# per-sample reading of §3.5); eq7: Eq. 7 as written, the KL of each positive
+# class weighted by its share of the image's sampling probability.
+KD_MODES = ("cb", "eq7", "plain", "subset", "none")
+
+
 @dataclasses.dataclass(frozen=True)
 class KDOptions:
-  kd: str = "cb"               # cb | plain | subset | none
+  kd: str = "cb"               # cb | eq7 | plain | subset | none
   temperature: float = 5.0
   gamma: float = 1.0
   direction: str = "teacher_student"
   groups: tuple | None = None  # kd="subset": the teachers' class subsets
 
   def __post_init__(self):
-    if self.kd not in ("cb", "plain", "subset", "none"):
-      raise ValueError(f"kd must be cb|plain|subset|none, got {self.kd!r}.")
+    if self.kd not in KD_MODES:
+      raise ValueError(f"kd must be one of {KD_MODES}, got {self.kd!r}.")
     if self.kd == "subset" and not self.groups:
       raise ValueError("kd='subset' needs the teachers' class groups.")
 
@@ -134,16 +142,23 @@ def init_state(model, tx, image_shape: Sequence[int], seed: int,
 
 
 def initial_loss_state(options: "LossOptions", num_classes: int) -> dict | None:
-  """The explicit statistics a stateful loss carries (EQLv2), else None."""
+  """The explicit statistics a stateful loss carries (EQLv2, the feedback
+  re-weighting), else None."""
   if options.loss == "eqlv2":
     return losses.eqlv2_init(num_classes)._asdict()
+  if options.loss in ("agt", "ride") and options.reweight == "feedback":
+    return losses.feedback_reweight_init(num_classes)._asdict()
   return None
 
 
 # -- losses -------------------------------------------------------------------
 
-def negative_weights(logits, labels, options: LossOptions):
-  """AGT's `[C]` weights on the negative BCE terms, per ``reweight``."""
+def negative_weights(logits, labels, options: LossOptions, loss_state=None):
+  """AGT's `[C]` weights on the negative BCE terms, per ``reweight``
+  (``feedback`` reads them from the carried ``loss_state``)."""
+  if options.reweight == "feedback":
+    return losses.feedback_reweight_weights(
+        losses.FeedbackState(**loss_state), beta=options.beta)
   if options.reweight == "gradient":
     return losses.gradient_reweight_weights(logits, labels, beta=options.beta)
   if options.reweight == "count":
@@ -164,10 +179,21 @@ def teacher_loss(logits, labels, options: LossOptions, *, features=None,
   ones = jnp.ones((logits.shape[-1],), logits.dtype)
   n = labels.shape[0]
   if options.loss in ("agt", "ride"):
-    if options.loss == "agt":
+    if options.reweight == "feedback":
+      # Weights from the statistics before this step; the statistics are
+      # those of the (ensemble) logits, weighted as the loss weights them.
+      w = negative_weights(logits, labels, options, loss_state)
+      per_element, new = losses.feedback_reweighted_bce(
+          logits, labels, losses.FeedbackState(**loss_state),
+          beta=options.beta, decay=options.decay)
+      loss_state = new._asdict()
+      if options.loss == "agt":
+        return per_element.sum() / n, w, loss_state
+    elif options.loss == "agt":
       per_element, w = teacher_loss_terms(logits, labels, options)
       return per_element.sum() / n, w, loss_state
-    w = negative_weights(logits, labels, options)
+    else:
+      w = negative_weights(logits, labels, options)
     return losses.ride_multilabel_loss(
         aux["expert_logits"], labels, jnp.asarray(options.class_counts),
         negative_weights=w), w, loss_state
@@ -291,6 +317,11 @@ def student_step(state: State, batch: dict, teacher_variables: dict, *,
       kd = losses.class_balanced_kd(
           logits, teacher_logits, labels, class_counts,
           temperature=options.temperature, direction=options.direction).mean()
+    elif options.kd == "eq7":
+      kd = losses.eq7_class_balanced_kd(
+          logits, teacher_logits, labels, class_counts,
+          temperature=options.temperature,
+          direction=options.direction).sum(-1).mean()
     elif options.kd == "plain":
       kd = losses.binary_kl_divergence(
           logits, teacher_logits, temperature=options.temperature,

@@ -1,0 +1,134 @@
+"""Evaluation of a trained model: eval-mode predictions over a split, the
+metric report, thresholds tuned on validation, and the collapse check."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from agt_jax import grouping as grouping_lib
+from agt_jax import metrics as metrics_lib
+from agt_jax.data import images as images_lib
+from agt_jax.data import pipeline
+from agt_jax.train import steps
+from agt_jax.train.phase import progress, replicate
+
+
+def predictor(model):
+  """The jitted eval-mode ``(variables, images) -> (probs, features)``; build
+  it once per model and pass it to every :func:`predict` of that model."""
+  return jax.jit(lambda v, x: steps.predict_step(v, x, model=model))
+
+
+def predict(model, variables, source, indices, labels, config, mesh,
+            desc, fn=None) -> tuple[np.ndarray, np.ndarray]:
+  """Eval-mode probabilities and features for ``indices`` (centre crops)."""
+  ds = pipeline.with_images(
+      pipeline.eval_batches(len(indices), labels,
+                            batch_size=config.eval_batch_size),
+      images_lib.SubsetSource(source, indices), crop=config.crop, train=False)
+  fn = fn or predictor(model)
+  variables = replicate(variables, mesh)
+  n_dev = mesh.devices.size
+  probs, feats = [], []
+  bar = progress(len(ds), 0, desc) if desc else None
+  for t in range(len(ds)):
+    b = ds[t]
+    x = b["image"]
+    pad = (-len(x)) % n_dev
+    if pad:
+      x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    p, f = fn(variables, jax.device_put(x, pipeline.data_sharding(mesh)))
+    keep = b["valid"]
+    probs.append(np.asarray(p)[:len(keep)][keep])
+    feats.append(np.asarray(f)[:len(keep)][keep])
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  return np.concatenate(probs), np.concatenate(feats)
+
+
+def report(probs, labels, class_names, train_counts) -> dict:
+  """:func:`agt_jax.metrics.multilabel_report` with shot tiers from the
+  training counts."""
+  tiers = grouping_lib.shot_groups(train_counts)
+  counts = np.asarray(train_counts)
+  many = int(counts[list(tiers[0])].min()) - 1 if len(tiers) == 3 else 100
+  few = int(counts[list(tiers[1])].min()) if len(tiers) == 3 else 20
+  return metrics_lib.multilabel_report(labels, probs, list(class_names),
+                                       class_counts=counts, many=many,
+                                       few=few)
+
+
+def tune_thresholds(labels, probs) -> np.ndarray:
+  """`[C]` per-class thresholds maximising each class's F1 on ``labels``.
+
+  Candidates are the observed probabilities; a class without a positive (or
+  without a negative) keeps 0.5. Tune on validation, apply to test.
+  """
+  labels, probs = np.asarray(labels) > 0, np.asarray(probs, np.float64)
+  out = np.full(labels.shape[1], 0.5)
+  for j in range(labels.shape[1]):
+    y, p = labels[:, j], probs[:, j]
+    if not 0 < y.sum() < len(y):
+      continue
+    order = np.argsort(-p, kind="stable")
+    tp = np.cumsum(y[order])
+    k = np.arange(1, len(p) + 1)
+    f1 = 2 * tp / (k + y.sum())
+    # A threshold between the best cut and the next probability below it.
+    best = int(np.argmax(f1))
+    nxt = p[order[best + 1]] if best + 1 < len(p) else 0.0
+    out[j] = (p[order[best]] + nxt) / 2
+  return out
+
+
+def tuned_score(labels, probs, thresholds) -> dict:
+  """The ODIR score with per-class thresholds (the AUC is unchanged)."""
+  labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
+  # odir_score thresholds at > 0.5: shift each column so its threshold
+  # lands there, preserving the order of probabilities within a class.
+  shifted = np.clip(probs - np.asarray(thresholds)[None] + 0.5, 0.0, 1.0)
+  out = metrics_lib.odir_score(labels, shifted)
+  out["auc"] = metrics_lib.odir_score(labels, probs)["auc"]
+  out["final"] = (out["kappa"] + out["f1"] + out["auc"]) / 3
+  return out
+
+
+def negative_probabilities(labels, probs) -> np.ndarray:
+  """`[C]` mean predicted probability on each class's negatives (NaN for a
+  class without negatives)."""
+  labels, probs = np.asarray(labels) > 0, np.asarray(probs, np.float64)
+  neg = ~labels
+  with np.errstate(invalid="ignore"):
+    return np.where(neg.any(0), (probs * neg).sum(0) / neg.sum(0), np.nan)
+
+
+def collapse_message(p_neg, class_names, model: str, config,
+                     split: str) -> str | None:
+  """One sentence when more than half of the classes have mean p > 0.5 on
+  their negatives (the model calls nearly everything positive), else None."""
+  p_neg = np.asarray(p_neg, np.float64)
+  bad = [c for c, v in zip(class_names, p_neg) if np.isfinite(v) and v > 0.5]
+  if len(bad) * 2 <= len(class_names):
+    return None
+  if config.loss in ("agt", "ride") and config.reweight == "gradient" \
+      and config.beta >= 1 and model == "teacher":
+    cause = (f"the paper's per-batch re-weighting (reweight=gradient, beta="
+             f"{config.beta:g}) runs every class towards positive for beta "
+             ">= 1 (docs/reweighting.md); rerun with --set reweight=feedback")
+  elif config.loss in ("agt", "ride") and config.reweight == "count" \
+      and model == "teacher":
+    cause = ("batch-count re-weighting (reweight=count) removes the "
+             "negatives' pull; rerun with --set reweight=feedback")
+  elif model == "student":
+    cause = ("the student distils a collapsed teacher or trains too "
+             "briefly; check the teacher's line above, or raise "
+             "--set student_steps=...")
+  else:
+    cause = "the learning rate may be too high; try --set lr=..."
+  return (f"The {model} collapsed: {len(bad)} of {len(class_names)} classes "
+          f"({', '.join(bad)}) have mean p > 0.5 on their negatives "
+          f"({split}), so it calls nearly every image positive; likely "
+          f"cause: {cause}.")
