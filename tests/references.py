@@ -259,3 +259,28 @@ def bags_all_kept(z, o, y, groups):
       for c in cls:
         total += bce(z[i, c], y[i, c]) / n
   return total
+
+
+def feedback_step(z, y, pos, neg, count, beta=2.0, decay=0.99, eps=1e-8):
+  """Float64 loop reference of the feedback re-weighting: weights from the
+  statistics before the step, then the moving averages of sum_pos (1 - p)
+  and of the weighted sum_neg p."""
+  z = np.asarray(z, np.float64); y = np.asarray(y, np.float64)
+  n, c = z.shape
+  w = np.ones(c)
+  if count > 0:
+    for j in range(c):
+      w[j] = min(1.0, (pos[j] / (neg[j] + eps)) ** beta)
+  loss = np.zeros((n, c))
+  new_pos, new_neg = np.zeros(c), np.zeros(c)
+  for i in range(n):
+    for j in range(c):
+      p = 1 / (1 + np.exp(-z[i, j]))
+      if y[i, j]:
+        loss[i, j] = -np.log(p)
+        new_pos[j] += 1 - p
+      else:
+        loss[i, j] = -w[j] * np.log(1 - p)
+        new_neg[j] += p
+  return (loss, w, decay * pos + (1 - decay) * new_pos,
+          decay * neg + (1 - decay) * w * new_neg, count + 1)

@@ -55,3 +55,27 @@ def test_fold_split_and_saved_assignment(table, tmp_path):
   assert sorted(test2.image_ids) == sorted(test.image_ids)
   with pytest.raises(ValueError, match="fold must be"):
     folds.fold_split(table, 5)
+
+
+def test_validation_split_is_patient_level_and_inside_the_training_fold(table):
+  train, test, _ = folds.fold_indices(table, 2)
+  fit, val = folds.validation_split(table, train, fraction=0.1, seed=0)
+  assert set(fit) | set(val) == set(train)
+  assert not set(fit) & set(val) and not set(val) & set(test)
+  fit_p = set(table.patient_ids[fit]); val_p = set(table.patient_ids[val])
+  assert not fit_p & val_p
+  n_train_patients = len(set(table.patient_ids[train]))
+  assert len(val_p) == round(0.1 * n_train_patients)
+  again = folds.validation_split(table, train, fraction=0.1, seed=0)
+  np.testing.assert_array_equal(val, again[1])
+  other = folds.validation_split(table, train, fraction=0.1, seed=1)[1]
+  assert set(other) != set(val)
+
+
+def test_validation_split_edges(table):
+  train, _, _ = folds.fold_indices(table, 0)
+  fit, val = folds.validation_split(table, train, fraction=0.0)
+  np.testing.assert_array_equal(fit, train) and len(val) == 0
+  assert len(val) == 0
+  with pytest.raises(ValueError, match="fraction"):
+    folds.validation_split(table, train, fraction=1.0)

@@ -118,3 +118,48 @@ def test_kd_bad_input():
     losses.class_balanced_kd_weights(np.ones((16, 8)), np.ones(3))
   with pytest.raises(TypeError, match=r"`student_logits` must have a floating"):
     losses.binary_kl_divergence(zs.astype(np.int32), zt)
+
+
+# -- Eq. 7 as written ----------------------------------------------------------
+
+def test_eq7_weights_paper_example_and_loop_reference():
+  counts = np.array([1000.0, 200.0, 50.0])
+  y = np.array([[0, 1, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]], np.float32)
+  w = np.asarray(losses.eq7_kd_weights(y, counts))
+  # Paper: an image of classes 2 and 3 -> class 3 term weighted 0.8.
+  np.testing.assert_allclose(w[0], [0, 0.2, 0.8], rtol=1e-6)
+  np.testing.assert_allclose(w[1], [0, 0, 1], rtol=1e-6)
+  inv = 1 / counts
+  np.testing.assert_allclose(w[2], inv / inv.sum(), rtol=1e-6)
+  np.testing.assert_array_equal(w[3], 0)
+  # Each image's weights sum to 1 over its positives.
+  np.testing.assert_allclose(w[:3].sum(1), 1, rtol=1e-6)
+
+
+def test_eq7_kd_matches_loop_reference_and_grads():
+  rng = np.random.default_rng(0)
+  zs = (rng.normal(size=(6, 3)) * 3).astype(np.float32)
+  zt = (rng.normal(size=(6, 3)) * 3).astype(np.float32)
+  y = (rng.random((6, 3)) < 0.5).astype(np.float32)
+  y[0] = [1, 0, 0]
+  counts = np.array([300.0, 40.0, 9.0])
+  got = np.asarray(losses.eq7_class_balanced_kd(zs, zt, y, counts,
+                                                temperature=5.0))
+  want = np.zeros((6, 3))
+  for i in range(6):
+    pos = [k for k in range(3) if y[i, k]]
+    for j in pos:
+      ws = (1 / counts[j]) / sum(1 / counts[k] for k in pos)
+      qt = 1 / (1 + np.exp(-zt[i, j] / 5.0))
+      qs = 1 / (1 + np.exp(-zs[i, j] / 5.0))
+      kl = qt * np.log(qt / qs) + (1 - qt) * np.log((1 - qt) / (1 - qs))
+      want[i, j] = 25.0 * kl * ws
+  # float32 KL of nearly equal distributions: absolute error ~1e-6.
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=5e-6)
+  # It differs from the per-image reading (which also distils negatives).
+  per_image = np.asarray(losses.class_balanced_kd(zs, zt, y, counts))
+  assert not np.allclose(got.sum(1), per_image)
+  with jax.enable_x64(True):
+    check_grads(lambda a: losses.eq7_class_balanced_kd(
+        a, jnp.asarray(zt, jnp.float64), y, counts).sum(),
+        (jnp.asarray(zs, jnp.float64),), order=1, modes=("fwd", "rev"))

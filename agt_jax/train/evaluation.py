@@ -124,10 +124,10 @@ def collapse_message(p_neg, class_names, model: str, config,
              "negatives' pull; rerun with --set reweight=feedback")
   elif model == "student":
     cause = ("the student distils a collapsed teacher or trains too "
-             "briefly; check the teacher's line above, or raise "
-             "--set student_steps=...")
+             "briefly; check the teacher's warning, or raise "
+             "--set student_steps=N")
   else:
-    cause = "the learning rate may be too high; try --set lr=..."
+    cause = "the learning rate may be too high; try a smaller --set lr=X"
   return (f"The {model} collapsed: {len(bad)} of {len(class_names)} classes "
           f"({', '.join(bad)}) have mean p > 0.5 on their negatives "
           f"({split}), so it calls nearly every image positive; likely "

@@ -1,0 +1,56 @@
+"""Evaluation helpers: validation-tuned thresholds, p on negatives, the
+collapse message."""
+
+import numpy as np
+
+from agt_jax import config as config_lib
+from agt_jax import metrics
+from agt_jax.train import evaluation
+
+NAMES = list("NDGCAHMO")
+
+
+def test_tune_thresholds_maximises_f1_per_class():
+  rng = np.random.default_rng(0)
+  y = (rng.random((200, 3)) < [0.5, 0.2, 0.05]).astype(int)
+  p = np.clip(0.3 * y + rng.random((200, 3)) * 0.6, 0, 1)
+  th = evaluation.tune_thresholds(y, p)
+  for j in range(3):
+    f1 = lambda t: metrics.multilabel_report(
+        y[:, [j]], (p[:, [j]] > t).astype(float), ["c"])["macro_f1"]
+    # No threshold on a fine grid beats the tuned one.
+    best_grid = max(f1(t) for t in np.linspace(0, 1, 401))
+    assert f1(th[j]) >= best_grid - 1e-12
+  # A class without a positive keeps 0.5.
+  y[:, 2] = 0
+  assert evaluation.tune_thresholds(y, p)[2] == 0.5
+
+
+def test_tuned_score_with_half_thresholds_is_the_official_score():
+  rng = np.random.default_rng(1)
+  y = (rng.random((50, 8)) < 0.3).astype(int)
+  p = rng.random((50, 8))
+  got = evaluation.tuned_score(y, p, np.full(8, 0.5))
+  want = metrics.odir_score(y, p)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k])
+  # Thresholds at 0: everything positive, kappa 0.
+  assert abs(evaluation.tuned_score(y, p, np.zeros(8))["kappa"]) < 1e-12
+
+
+def test_negative_probabilities_and_collapse_message():
+  y = np.array([[1, 0], [0, 0], [0, 1]])
+  p = np.array([[0.9, 0.8], [0.4, 0.6], [0.2, 0.1]])
+  np.testing.assert_allclose(evaluation.negative_probabilities(y, p),
+                             [0.3, 0.7])
+  cfg = config_lib.get_config("smoke", reweight="gradient")
+  collapsed = np.full(8, 0.9)
+  msg = evaluation.collapse_message(collapsed, NAMES, "teacher", cfg,
+                                    "validation split")
+  assert msg.startswith("The teacher collapsed: 8 of 8 classes")
+  assert "reweight=feedback" in msg and msg.endswith(".")
+  # Half of the classes or fewer above 0.5: no message.
+  assert evaluation.collapse_message(np.r_[np.full(4, .9), np.full(4, .1)],
+                                     NAMES, "teacher", cfg, "x") is None
+  msg = evaluation.collapse_message(collapsed, NAMES, "student", cfg, "x")
+  assert "teacher" in msg
