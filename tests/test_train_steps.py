@@ -133,14 +133,18 @@ def test_ablation_losses(reweight):
     steps.LossOptions(reweight="eql")
 
 
-def test_eight_devices_match_one_device(n_devices):
+@pytest.mark.parametrize("reweight", ["gradient", "feedback"])
+def test_eight_devices_match_one_device(n_devices, reweight):
   assert n_devices == 8
   model, tx, state0 = make()
+  options = steps.LossOptions(reweight=reweight)
+  loss_state = steps.initial_loss_state(options, 8)
+  if loss_state:
+    state0 = {**state0, "loss_state": loss_state}
   host0 = host(state0)
 
   def step(s, b):
-    return steps.teacher_step(s, b, model=model, tx=tx,
-                              options=steps.LossOptions())
+    return steps.teacher_step(s, b, model=model, tx=tx, options=options)
 
   single = jax.jit(step)
   s1 = jax.device_put(host0, jax.devices()[0])
@@ -166,6 +170,41 @@ def test_eight_devices_match_one_device(n_devices):
   chex.assert_trees_all_close(host(s8["batch_stats"]),
                               host(s1["batch_stats"]), rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(m8["w"], m1["w"], rtol=1e-5, atol=1e-7)
+  if reweight == "feedback":
+    # The statistics are over the global batch on both.
+    chex.assert_trees_all_close(host(s8["loss_state"]),
+                                host(s1["loss_state"]), rtol=1e-5)
+
+
+def test_feedback_step_compiles_once_and_carries_the_library_statistics():
+  model, tx, state = make()
+  options = steps.LossOptions(reweight="feedback", decay=0.9)
+  state["loss_state"] = steps.initial_loss_state(options, 8)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(s, b):
+    return steps.teacher_step(s, b, model=model, tx=tx, options=options)
+
+  chex.clear_trace_counter()
+  stats = losses.feedback_reweight_init(8)
+  for t in range(4):
+    b = batch(t)
+    variables = {"params": host(state["params"]),
+                 "batch_stats": host(state["batch_stats"])}
+    (logits, _), _ = model.apply(variables, b["image"], train=True,
+                                 mutable=["batch_stats"])
+    w = losses.feedback_reweight_weights(stats)
+    per, stats = losses.feedback_reweighted_bce(logits, b["labels"], stats,
+                                                decay=0.9)
+    state, m = step(state, b)
+    np.testing.assert_allclose(m["loss"], per.sum() / 16, rtol=1e-5)
+    np.testing.assert_allclose(m["w"], w, rtol=1e-5, atol=1e-7)
+    for k, v in stats._asdict().items():
+      np.testing.assert_allclose(state["loss_state"][k], v, rtol=1e-5,
+                                 err_msg=k)
+  assert int(state["loss_state"]["count"]) == 4
+  assert float(np.min(m["w"])) < 1.0
 
 
 def test_student_step_kd_options():
@@ -176,7 +215,7 @@ def test_student_step_kd_options():
   tv = {"params": tstate["params"], "batch_stats": tstate["batch_stats"]}
   counts = jnp.array([900, 500, 90, 80, 70, 50, 60, 300], jnp.float32)
   out = {}
-  for kd in ("cb", "plain", "none"):
+  for kd in ("cb", "eq7", "plain", "none"):
     fn = jax.jit(lambda s, b, v, kd=kd: steps.student_step(
         s, b, v, model=student, teacher_model=teacher, tx=stx,
         class_counts=counts, options=steps.KDOptions(kd=kd)))
@@ -186,6 +225,8 @@ def test_student_step_kd_options():
   assert float(out["none"]["kd"]) == 0.0
   # Class-balanced weights are <= 1, so CB-KD <= plain KD.
   assert 0 < float(out["cb"]["kd"]) <= float(out["plain"]["kd"])
+  # Eq. 7 distils only positive classes, with weights summing to 1 per image.
+  assert 0 < float(out["eq7"]["kd"]) < float(out["plain"]["kd"])
 
 
 def test_plain_step_runs():
@@ -391,4 +432,4 @@ def test_teacher_parts_choose_schedule_and_reject_bad_combinations():
   with pytest.raises(ValueError, match="experts >= 2"):
     parts(loss="ride", experts=1)
   with pytest.raises(ValueError, match="schedule"):
-    parts(schedule="random")
+    config_lib.validate(config_lib.get_config("smoke", schedule="random"))
