@@ -4,8 +4,8 @@ during alternate group training, without and with gradient re-weighting.
 The teacher alternates over shot-based head / medium / tail groups (as in the
 figure) with "others" sampled; the per-class batch statistics
 ``pos_j = mean y(p - 1)`` and ``neg_j = mean (1 - y) p`` of the real train
-step are logged every ``log_every`` steps and the test split is scored every
-``eval_every`` steps.
+step are logged every ``log_every`` steps and tail mAP is scored every
+``eval_every`` steps (the validation split carved from the training fold).
 
   python -m experiments.gradient_dynamics --preset quick
   python -m experiments.gradient_dynamics --data odir5k:/data/odir5k --preset paper
