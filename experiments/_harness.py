@@ -157,6 +157,55 @@ def write_table(rows: Sequence[dict], *, names: Sequence[str],
   return lines + [""]
 
 
+VAL_METRICS = ("val_kappa", "val_f1", "val_auc", "val_final", "val_macro_auc")
+
+
+def validation_table(rows: Sequence[dict], *, names: Sequence[str],
+                     labels: dict | None = None, key: str = "run"
+                     ) -> list[str]:
+  """Markdown rows of the validation scores (the split carved from each
+  training fold, on which defaults are chosen), mean ± std over folds."""
+  labels = labels or {}
+  lines = ["| method | model | val kappa | val F1 | val AUC | val final | "
+           "val macro-AUC | collapsed | folds |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for name in names:
+    sub = [r for r in rows if r[key] == name and "val_final" in r]
+    if not sub:
+      continue
+    cells = [mean_std([r[m] for r in sub]) for m in VAL_METRICS]
+    collapsed = sum(bool(r.get("collapsed")) for r in sub)
+    lines.append(f"| {labels.get(name, name)} | {sub[0]['model']} | "
+                 + " | ".join(cells) + f" | {collapsed} | {len(sub)} |")
+  return lines + [""]
+
+
+def paired_table(rows: Sequence[dict], *, names: Sequence[str],
+                 reference: str, labels: dict | None = None,
+                 key: str = "run") -> list[str]:
+  """Per-fold differences ``variant - reference`` on the test folds both
+  finished: mean ± std, and on how many folds the variant is ahead."""
+  labels = labels or {}
+  ref = {r["fold"]: r for r in rows if r[key] == reference}
+  lines = [f"| method − {labels.get(reference, reference)} | Δ kappa | Δ F1 "
+           "| Δ AUC | Δ final | Δ macro-AUC | folds ahead (kappa) |",
+           "|---|---|---|---|---|---|---|"]
+  for name in names:
+    if name == reference:
+      continue
+    sub = [r for r in rows if r[key] == name and r["fold"] in ref]
+    if not sub:
+      continue
+    cells = []
+    for m in METRICS:
+      d = np.array([r[m] - ref[r["fold"]][m] for r in sub])
+      cells.append(f"{d.mean():+.3f} ± {d.std():.3f}")
+    ahead = sum(r["kappa"] > ref[r["fold"]]["kappa"] for r in sub)
+    lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells)
+                 + f" | {ahead}/{len(sub)} |")
+  return lines + [""]
+
+
 def bar_plot(rows: Sequence[dict], names: Sequence[str], out: pathlib.Path,
              title: str, labels: dict | None = None, key: str = "run",
              metric: str = "kappa") -> pathlib.Path | None:

@@ -67,15 +67,21 @@ def test_table1_densenet_column(tmp_path, cache):
 def test_ablation_smoke_runs_table3_and_skips_finished(tmp_path, cache):
   wd = tmp_path / "abl"
   args = ["--preset", "smoke", "--folds", "0", "--table", "3", "--workdir",
-          str(wd)]
+          str(wd), "--variants", "baseline", "agt_kd", "agt_frw_kd"]
   out = run_cli("experiments.odir_ablation", args, cache)
   assert out.returncode == 0, out.stderr[-2000:]
   report = (wd / "report.md").read_text()
   assert "Synthetic data" in report and "## Table 3" in report
-  for label in ("baseline (plain BCE)", "AGT + KD", "AGT + RW + KD (ours)"):
+  for label in ("baseline (plain BCE)", "AGT + KD",
+                "AGT + stable RW (feedback) + KD"):
     assert f"| {label} |" in report
+  assert "Validation (what defaults are chosen on)" in report
+  assert "| AGT + KD | " in report.split("Paired per-fold")[1]
   assert "## Paper ordering" in report and "hold" in report
-  assert [r["run"] for r in rows(wd)] == ["baseline", "agt_kd", "agt_rw_kd"]
+  assert [r["run"] for r in rows(wd)] == ["baseline", "agt_kd", "agt_frw_kd"]
+  assert all("val_final" in r for r in rows(wd))
+  cfg = json.loads((wd / "agt_frw_kd" / "fold0" / "config.json").read_text())
+  assert cfg["reweight"] == "feedback" and cfg["kd"] == "cb"
   cfg = json.loads((wd / "baseline" / "fold0" / "config.json").read_text())
   assert cfg["grouping"] == "single" and cfg["student"] is False
   again = run_cli("experiments.odir_ablation", args, cache)

@@ -14,7 +14,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUTPUTS = ("config.json", "folds.json", "groups.json", "metrics.jsonl",
            "results.json", "report.md", "curves.png", "gradients.png",
-           "roc.png", "checkpoints/teacher", "checkpoints/student")
+           "roc.png", "validation.png", "checkpoints/teacher",
+           "checkpoints/student", "checkpoints/teacher_best",
+           "checkpoints/student_best")
 
 
 def env(cache):
@@ -60,6 +62,29 @@ def test_smoke_writes_every_output(smoke_run):
   assert cfg["preset"] == "smoke" and cfg["dataset"] == "odir5k-synth"
   folds = json.loads((wd / "folds.json").read_text())
   assert folds["fold"] == 0 and folds["synthetic"]
+  # The validation split: patients of the training fold, none in the test.
+  assert folds["num_validation_images"] > 0
+  assert not set(folds["validation_patients"]) & set(folds["test_patients"])
+  # Selection on validation, test metrics for the selected and last models.
+  for model in ("teacher", "student"):
+    sel = results["selection"][model]
+    assert sel["select"].startswith("best validation")
+    assert 1 <= sel["step"] <= 6 and set(sel["val"]) == {"kappa", "f1",
+                                                         "auc", "final"}
+    assert len(sel["thresholds"]) == 8 and len(sel["p_neg_last"]) == 8
+    assert set(results[model]["tuned"]) == {"kappa", "f1", "auc", "final"}
+  evals = [json.loads(l) for l in (wd / "metrics.jsonl").read_text()
+           .splitlines() if '"eval_teacher"' in l]
+  assert [e["step"] for e in evals] == [3, 6]
+  assert all(e["split"] == "validation" for e in evals)
+  best = max(evals, key=lambda e: e["final"])
+  assert results["selection"]["teacher"]["step"] == best["step"]
+  report = (wd / "report.md").read_text()
+  assert "teacher loss: reweight=" in report and "PCA on" in report
+  assert results["reweight_rule"].startswith("reweight=")
+  groups = json.loads((wd / "groups.json").read_text())
+  assert groups["pca"]["n_components"] >= 1
+  assert groups["stability"]["seeds"] == 10
   teacher_rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text()
                   .splitlines() if '"teacher"' in l]
   assert {"loss", "lr", "pos", "neg", "w", "grad_norm", "param_norm",
