@@ -80,6 +80,9 @@ def main(argv=None) -> int:
       print(f"error: {e}", file=sys.stderr)
       return 2
     r = results[-1]
+    print(f"fold {k}: groups "
+          + " ".join("{" + ",".join(g) + "}" for g in r["groups"]["names"])
+          + f"; teacher loss {r['reweight_rule']}", flush=True)
     for name in ("teacher", "student"):
       if name in r:
         o = r[name]["odir"]

@@ -126,8 +126,11 @@ def _final_state(ckpt_dir):
 
 
 def test_kill_and_resume_is_bit_identical(tmp_path):
+  # The feedback rule: its statistics live in the train state and must come
+  # back with it.
   sets = ["--set", "teacher_steps=12", "--set", "student_steps=4",
-          "--set", "ckpt_every=2", "--set", "log_every=1"]
+          "--set", "ckpt_every=2", "--set", "log_every=1",
+          "--set", "reweight=feedback"]
   base = ["--fold", "0", "--preset", "smoke", *sets]
   full = cli([*base, "--workdir", str(tmp_path / "full")], tmp_path / "c")
   assert full.returncode == 0, full.stderr[-2000:]
@@ -152,13 +155,21 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
 
   resumed = cli([*base, "--workdir", str(wd), "--resume"], tmp_path / "c")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
+  import jax
   for phase in ("teacher", "student"):
     a, sa = _final_state(tmp_path / "full" / "checkpoints" / phase)
     b, sb = _final_state(wd / "checkpoints" / phase)
     assert sa == sb
-    import jax
+    if phase == "teacher":
+      assert "loss_state" in a and int(a["loss_state"]["count"]) == 12
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # The same selected checkpoints and test metrics.
+  ra = json.loads((tmp_path / "full" / "results.json").read_text())
+  rb = json.loads((wd / "results.json").read_text())
+  assert ra["selection"] == rb["selection"]
+  assert ra["teacher"]["odir"] == rb["teacher"]["odir"]
+  assert ra["student"]["odir"] == rb["student"]["odir"]
 
 
 def test_non_finite_loss_stops_with_checkpoint_kept(tmp_path):
