@@ -39,7 +39,7 @@ METHODS = {
     "multi_teacher_kd": ("Multi-teacher KD (RSKD-style, shot subsets)",
                          {"teacher": "multi", "grouping": "shot",
                           "reweight": "none", "kd": "subset"}, "student"),
-    "ours": ("Ours (AGT + RW + CB-KD)", {}, "student"),
+    "ours": ("Ours (AGT + CB-KD, library defaults)", {}, "student"),
     "ours_ride": ("Ours + RIDE (3 experts)", {"loss": "ride", "experts": 3},
                   "student"),
 }

@@ -117,11 +117,12 @@ def collapse_message(p_neg, class_names, model: str, config,
       and config.beta >= 1 and model == "teacher":
     cause = (f"the paper's per-batch re-weighting (reweight=gradient, beta="
              f"{config.beta:g}) runs every class towards positive for beta "
-             ">= 1 (docs/reweighting.md); rerun with --set reweight=feedback")
+             ">= 1 (docs/reweighting.md); rerun with the default "
+             "--set reweight=none or the stable --set reweight=feedback")
   elif config.loss in ("agt", "ride") and config.reweight == "count" \
       and model == "teacher":
     cause = ("batch-count re-weighting (reweight=count) removes the "
-             "negatives' pull; rerun with --set reweight=feedback")
+             "negatives' pull; rerun with the default --set reweight=none")
   elif model == "student":
     cause = ("the student distils a collapsed teacher or trains too "
              "briefly; check the teacher's warning, or raise "
