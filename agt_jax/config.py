@@ -52,7 +52,7 @@ class Config:
   # gradient (the paper's Eqs. 1-4) | feedback (its stable form) | count |
   # none. The default is the AGT variant with the best mean validation ODIR
   # final score over 5 folds of odir5k-synth (quick preset): none 0.763,
-  # feedback 0.751, EQLv2 0.720, gradient 0.375 (README, "Does AGT help?").
+  # feedback 0.751, EQLv2 0.719, gradient 0.375 (README, "Does AGT help?").
   reweight: str = "none"
   # agt | focal | cb | cb_focal | db | eqlv2 | ib | ride | bags
   loss: str = "agt"
