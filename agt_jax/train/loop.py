@@ -339,7 +339,7 @@ def reweight_rule(config: Config) -> str:
           "feedback": f"fed-back gradient statistics (beta {config.beta:g}, "
                       f"decay {config.rw_decay:g})",
           "count": f"batch-count rule, Table 4 (beta {config.beta:g})",
-          "none": "none (plain BCE)"}[config.reweight]
+          "none": "no re-weighting (plain BCE on every head)"}[config.reweight]
   return f"reweight={config.reweight}: {rule}"
 
 
