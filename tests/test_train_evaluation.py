@@ -43,7 +43,7 @@ def test_negative_probabilities_and_collapse_message():
   p = np.array([[0.9, 0.8], [0.4, 0.6], [0.2, 0.1]])
   np.testing.assert_allclose(evaluation.negative_probabilities(y, p),
                              [0.3, 0.7])
-  cfg = config_lib.get_config("smoke", reweight="gradient")
+  cfg = config_lib.get_config("smoke", reweight="gradient", beta=2.0)
   collapsed = np.full(8, 0.9)
   msg = evaluation.collapse_message(collapsed, NAMES, "teacher", cfg,
                                     "validation split")
