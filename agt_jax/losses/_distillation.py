@@ -73,6 +73,17 @@ def binary_kl_divergence(
   return (temperature ** 2) * kl
 
 
+def _inverse_counts_on_positives(labels, class_counts) -> jax.Array:
+  """`[N, C]`: :math:`1/N_c` where image i has class c, else 0 (the
+  class-balanced sampling probability of each (image, class) up to 1/C); a
+  count of 0 is treated as 1."""
+  labels = jnp.asarray(labels)
+  _checks.check_rank(labels, 2, "labels", "[N, C]")
+  _checks.check_class_vector(class_counts, "class_counts", labels.shape[1])
+  inv = 1.0 / jnp.maximum(jnp.asarray(class_counts, jnp.float32), 1.0)
+  return jnp.where(labels > 0, inv[None, :], 0.0)
+
+
 def class_balanced_kd_weights(
     labels: ArrayLike,
     class_counts: ArrayLike,
@@ -104,12 +115,7 @@ def class_balanced_kd_weights(
     using alternate group training and gradient-based re-weighting*,
     Sci. Rep. 2026, §3.5 and its worked example.
   """
-  labels = jnp.asarray(labels)
-  _checks.check_rank(labels, 2, "labels", "[N, C]")
-  _checks.check_class_vector(class_counts, "class_counts", labels.shape[1])
-  inv = 1.0 / jnp.maximum(jnp.asarray(class_counts, jnp.float32), 1.0)
-  pos = labels > 0
-  inv_pos = jnp.where(pos, inv[None, :], 0.0)
+  inv_pos = _inverse_counts_on_positives(labels, class_counts)
   total = jnp.sum(inv_pos, axis=1)
   best = jnp.max(inv_pos, axis=1)
   w = jnp.where(total > 0, best / jnp.where(total > 0, total, 1.0), 1.0)
@@ -220,11 +226,7 @@ def eq7_kd_weights(
     using alternate group training and gradient-based re-weighting*,
     Sci. Rep. 2026, Eq. 7.
   """
-  labels = jnp.asarray(labels)
-  _checks.check_rank(labels, 2, "labels", "[N, C]")
-  _checks.check_class_vector(class_counts, "class_counts", labels.shape[1])
-  inv = 1.0 / jnp.maximum(jnp.asarray(class_counts, jnp.float32), 1.0)
-  inv_pos = jnp.where(labels > 0, inv[None, :], 0.0)
+  inv_pos = _inverse_counts_on_positives(labels, class_counts)
   total = jnp.sum(inv_pos, axis=1, keepdims=True)
   return jax.lax.stop_gradient(inv_pos / jnp.where(total > 0, total, 1.0))
 

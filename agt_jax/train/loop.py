@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agt_jax import config as config_lib
+from agt_jax import metrics as metrics_lib
 from agt_jax import models
 from agt_jax.config import Config, from_json
 from agt_jax.data import folds as folds_lib
@@ -377,7 +378,6 @@ def evaluate_models(config, data: FoldData, trained: dict, groups_info,
       probs[f"{name}_last"] = p_last
     if "val_probs" in t.selection:
       pv, pv_last = t.selection["val_probs"], t.selection["val_probs_last"]
-      from agt_jax import metrics as metrics_lib
       sel["val"] = metrics_lib.odir_score(y_val, pv)
       sel["val_last"] = metrics_lib.odir_score(y_val, pv_last)
       sel["val_macro_auc"] = evaluation.report(pv, y_val, names,
