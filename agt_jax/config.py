@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 import typing
 from typing import Any
+
+from agt_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +23,8 @@ class Config:
   data_dir: str | None = None
   cache_dir: str | None = None
   max_images: int | None = None     # first N images (patients kept whole)
+  skip_bad_images: bool = False     # real data: drop files that do not
+                                    # decode (listed in the workdir)
   fold: int = 0
   num_folds: int = 5
   fold_seed: int = 0
@@ -121,31 +126,76 @@ CHOICES = {
 
 
 def validate(config: Config) -> Config:
-  """Checks every field with a fixed set of values or a range before any
-  compute, so a typo fails in a second rather than after the warm-up."""
-  for key, allowed in CHOICES.items():
-    if getattr(config, key) not in allowed:
-      raise ValueError(f"{key}={getattr(config, key)!r} is not one of "
-                       f"{allowed}.")
-  if not 0.0 <= config.val_fraction < 1.0:
-    raise ValueError(f"val_fraction must be in [0, 1), got "
-                     f"{config.val_fraction}.")
-  if not 0.0 <= config.alpha < 1.0:
-    raise ValueError(f"alpha must be in [0, 1), got {config.alpha}.")
-  if not 0.0 <= config.rw_decay < 1.0:
-    raise ValueError(f"rw_decay must be in [0, 1), got {config.rw_decay}.")
-  if config.beta <= 0:
-    raise ValueError(f"beta must be > 0, got {config.beta}.")
-  if config.select == "best" and config.val_fraction > 0 \
-      and config.eval_every <= 0:
-    raise ValueError("select=best needs eval_every > 0 (how often the "
-                     "validation split is scored).")
+  """Checks the whole config before any compute, so a typo or an
+  inconsistent combination fails in a second rather than after the warm-up.
+
+  Raises :class:`~agt_jax.errors.ConfigError` naming the field.
+  """
+  from agt_jax.data.registry import NAMES as DATASETS
+  from agt_jax.models import ENCODERS
+  c = config
+  choices = {**CHOICES, "dataset": DATASETS, "model": tuple(sorted(ENCODERS))}
+  for key, allowed in choices.items():
+    if getattr(c, key) not in allowed:
+      raise ConfigError(f"{key}={getattr(c, key)!r} is not one of "
+                        f"{tuple(allowed)}.")
+  ranges = {
+      "val_fraction": (0.0, 1.0, True), "alpha": (0.0, 1.0, True),
+      "rw_decay": (0.0, 1.0, True), "ib_start": (0.0, 1.0, False)}
+  for key, (lo, hi, open_hi) in ranges.items():
+    v = getattr(c, key)
+    if not (lo <= v < hi if open_hi else lo <= v <= hi):
+      raise ConfigError(f"{key} must be in [{lo:g}, {hi:g}"
+                        f"{')' if open_hi else ']'}, got {v}.")
+  positive = ("batch_size", "eval_batch_size", "image_size", "crop",
+              "log_every", "ckpt_every", "keep_checkpoints", "n_groups",
+              "num_folds", "beta", "temperature")
+  for key in positive:
+    if not getattr(c, key) > 0:
+      raise ConfigError(f"{key} must be > 0, got {getattr(c, key)}.")
+  for key in ("warmup_steps", "teacher_steps", "student_steps",
+              "eval_every", "gamma", "workers", "seed", "fold_seed"):
+    if getattr(c, key) < 0:
+      raise ConfigError(f"{key} must be >= 0, got {getattr(c, key)}.")
+  if not c.lr > 0:  # inf is allowed: it is how divergence is provoked
+    raise ConfigError(f"lr must be > 0, got {c.lr}.")
+  if c.max_images is not None and c.max_images < 1:
+    raise ConfigError(f"max_images must be >= 1 or none, got "
+                      f"{c.max_images}.")
+  if c.crop > c.image_size:
+    raise ConfigError(f"crop={c.crop} is larger than image_size="
+                      f"{c.image_size}.")
+  folds = 1 if c.fold_mode == "official" else c.num_folds
+  if not 0 <= c.fold < folds:
+    raise ConfigError(f"fold={c.fold} is out of range: fold_mode="
+                      f"{c.fold_mode!r} has folds 0-{folds - 1}.")
+  if c.select == "best" and c.val_fraction > 0 and c.eval_every <= 0:
+    raise ConfigError("select=best needs eval_every > 0 (how often the "
+                      "validation split is scored).")
+  if c.teacher == "multi" and c.loss in ("ride", "bags"):
+    raise ConfigError(f"loss={c.loss!r} needs the shared-encoder teacher's "
+                      "expert/others heads; use teacher=shared.")
+  if c.loss == "ride" and c.experts < 2:
+    raise ConfigError(f"loss='ride' needs experts >= 2, got {c.experts}.")
+  if c.dataset != "odir5k-synth" and not c.data_dir:
+    raise ConfigError(f"dataset {c.dataset!r} is read from a local folder: "
+                      f"pass --data {_data_name(c.dataset)}:PATH (data_dir= "
+                      "in Python); the offline default is 'odir5k-synth'.")
+  if c.init and not pathlib.Path(c.init).expanduser().exists():
+    raise ConfigError(f"init={c.init!r}: no such file or folder (a "
+                      "checkpoint folder of this project or a torchvision "
+                      ".pth).")
   return config
+
+
+def _data_name(dataset: str) -> str:
+  return "cifar100" if dataset.startswith("cifar100") else dataset
 
 
 def get_config(preset: str = "paper", **overrides) -> Config:
   if preset not in PRESETS:
-    raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}.")
+    raise ConfigError(f"unknown preset {preset!r}; known: "
+                      f"{sorted(PRESETS)}.")
   return replace(Config(preset=preset, **PRESETS[preset]), **overrides)
 
 
@@ -164,13 +214,13 @@ def _coerce(name: str, value: Any, hint) -> Any:
       return True
     if value.lower() in ("0", "false", "no"):
       return False
-    raise ValueError(f"--set {name}={value}: expected true/false.")
+    raise ConfigError(f"--set {name}={value}: expected true/false.")
   if target in (int, float, str):
     try:
       return target(value)
     except ValueError:
-      raise ValueError(f"--set {name}={value}: expected {target.__name__}."
-                       ) from None
+      raise ConfigError(f"--set {name}={value}: expected "
+                        f"{target.__name__}.") from None
   if target is tuple or typing.get_origin(target) is tuple:
     return tuple(tuple(p.split("+")) for p in value.split(",") if p)
   return value
@@ -184,7 +234,7 @@ def replace(config: Config, **overrides) -> Config:
   for k, v in overrides.items():
     if k not in fields:
       close = [f for f in fields if k.split("_")[0] in f]
-      raise ValueError(f"unknown config key {k!r}"
+      raise ConfigError(f"unknown config key {k!r}"
                        + (f" (did you mean {close}?)" if close else "")
                        + f"; keys: {sorted(fields)}.")
     clean[k] = _coerce(k, v, hints[k])
@@ -195,7 +245,7 @@ def parse_sets(pairs) -> dict[str, str]:
   out = {}
   for p in pairs or ():
     if "=" not in p:
-      raise ValueError(f"--set expects key=value, got {p!r}.")
+      raise ConfigError(f"--set expects key=value, got {p!r}.")
     k, v = p.split("=", 1)
     out[k.strip()] = v.strip()
   return out

@@ -22,6 +22,8 @@ from sklearn.cluster import KMeans, spectral_clustering
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 
+from agt_jax.errors import InputError
+
 STRATEGIES = ("relational", "shot", "gradient", "paper", "single", "none")
 
 PAPER_GROUPS = {"odir": (("D", "A", "H", "M"), ("G", "C"), ("N", "O"))}
@@ -35,7 +37,7 @@ def paper_groups(dataset: str = "odir", class_names: Sequence[str] = (
     "N", "D", "G", "C", "A", "H", "M", "O")) -> tuple[tuple[int, ...], ...]:
   """The paper's subsets as class indices."""
   if dataset not in PAPER_GROUPS:
-    raise ValueError(f"no published grouping for {dataset!r}; known: "
+    raise InputError(f"no published grouping for {dataset!r}; known: "
                      f"{sorted(PAPER_GROUPS)}.")
   return _names_to_index(PAPER_GROUPS[dataset], list(class_names))
 
@@ -68,7 +70,7 @@ def fit_pca(image_features, *, variance: float = 0.95,
   """
   x = np.asarray(image_features, np.float64)
   if x.ndim != 2 or x.shape[0] < 2:
-    raise ValueError(f"`image_features` must be [n >= 2, D], got {x.shape}.")
+    raise InputError(f"`image_features` must be [n >= 2, D], got {x.shape}.")
   cap = min(x.shape)
   if n_components is not None:
     return PCA(n_components=min(n_components, cap), random_state=seed).fit(x)
@@ -94,16 +96,16 @@ def _forced_and_free(c, together, class_names, n_groups):
   forced = []
   for pair in together or ():
     if names is None:
-      raise ValueError("`class_names` is needed to resolve `together`.")
+      raise InputError("`class_names` is needed to resolve `together`.")
     missing = [p for p in pair if p not in names]
     if missing:
-      raise ValueError(f"`together` names unknown classes {missing}.")
+      raise InputError(f"`together` names unknown classes {missing}.")
     forced.append(tuple(names.index(p) for p in pair))
   fixed = {i for g in forced for i in g}
   free = [i for i in range(c) if i not in fixed]
   k = n_groups - len(forced)
   if k < 1 or k > len(free):
-    raise ValueError(f"cannot make {n_groups} groups from {len(free)} free "
+    raise InputError(f"cannot make {n_groups} groups from {len(free)} free "
                      f"classes and {len(forced)} forced groups.")
   return forced, free, k
 
@@ -279,4 +281,4 @@ def make_groups(strategy: str, *, num_classes: int, class_names=None,
     return paper_groups(dataset, class_names)
   if strategy in ("single", "none"):
     return (tuple(range(num_classes)),)
-  raise ValueError(f"unknown grouping {strategy!r}; known: {STRATEGIES}.")
+  raise InputError(f"unknown grouping {strategy!r}; known: {STRATEGIES}.")

@@ -2,8 +2,9 @@
 
 A grid is a list of :class:`Run` s (a name, config overrides, which model's
 score counts) times folds. Every run lives in ``workdir/<name>/fold<k>``;
-finished runs (a ``results.json``) are skipped on re-launch, interrupted ones
-resume from their checkpoints. Each finished run appends one JSON line to
+finished runs (a ``done.json`` marker holding the same config) are skipped on
+re-launch, interrupted ones resume from their checkpoints, and a run finished
+with another config is refused with the keys that differ. Each finished run appends one JSON line to
 ``workdir/results.jsonl`` (de-duplicated by run and fold when read back),
 and :func:`write_table` renders mean ± std tables into ``report.md``.
 """
@@ -30,7 +31,11 @@ class Run:
   extra: dict = dataclasses.field(default_factory=dict)   # row columns
 
 
-def add_common_args(p, *, folds=(0, 1, 2), preset="quick"):
+def add_common_args(p, *, folds=(0, 1, 2), preset="quick",
+                    data: str | None = "odir5k-synth",
+                    example: str = "odir5k:/data/odir5k"):
+  from experiments import _cli
+  _cli.add_data_arg(p, default=data, example=example)
   p.add_argument("--preset", default=preset, help="paper | quick | smoke")
   p.add_argument("--folds", nargs="+", default=[str(f) for f in folds],
                  help="fold numbers, or 'all'")
@@ -80,27 +85,53 @@ def run_grid(runs: Sequence[Run], *, preset: str, folds: Sequence[int],
   """
   from agt_jax import config as config_lib
   from agt_jax.train import train_and_evaluate
-  workdir.mkdir(parents=True, exist_ok=True)
   rows = []
   total = len(runs) * len(folds)
   pairs = ([(run, fold) for fold in folds for run in runs] if fold_major
            else [(run, fold) for run in runs for fold in folds])
-  for k, (run, fold) in enumerate(pairs, start=1):
+  # Every config is checked before the first run trains.
+  configs = [config_lib.validate(config_lib.get_config(
+      preset, **{**base, **run.overrides, "fold": fold}))
+      for run, fold in pairs]
+  workdir.mkdir(parents=True, exist_ok=True)
+  for k, ((run, fold), cfg) in enumerate(zip(pairs, configs), start=1):
     wd = workdir / run.name / f"fold{fold}"
-    if (wd / "results.json").exists():
+    if finished(wd, cfg):
       print(f"[{k}/{total}] {run.name} fold {fold}: finished, skipped",
             flush=True)
       results = json.loads((wd / "results.json").read_text())
     else:
       print(f"[{k}/{total}] {run.name} fold {fold}", flush=True)
-      cfg = config_lib.get_config(preset, **{**base, **run.overrides,
-                                              "fold": fold})
       results = train_and_evaluate(cfg, wd,
                                    resume=(wd / "config.json").exists())
     row = row_of(run, fold, preset, results)
     rows.append(row)
     append_row(workdir, row)
   return rows
+
+
+def finished(wd: pathlib.Path, config) -> bool:
+  """Whether ``wd`` holds a run finished with ``config``.
+
+  A run finishes when its ``done.json`` marker is written (last, after every
+  result file); a ``results.json`` without it is a run that stopped while
+  writing and is resumed. A run finished with another config is refused:
+  its results would silently stand for this one.
+  """
+  from agt_jax.errors import ConfigMismatchError
+  from agt_jax.train.outputs import read_done
+  done = read_done(wd)
+  if done is None:
+    return False
+  want = json.loads(config.to_json())
+  if done["config"] != want:
+    diff = sorted(k for k in set(want) | set(done["config"])
+                  if want.get(k) != done["config"].get(k))
+    raise ConfigMismatchError(
+        f"{wd} holds a run finished with another config (differs in "
+        f"{diff}); delete that folder to rerun it, or pass another "
+        "--workdir.")
+  return True
 
 
 def append_row(workdir: pathlib.Path, row: dict) -> None:
@@ -115,9 +146,11 @@ def read_rows(workdir: pathlib.Path) -> list[dict]:
     return []
   out: dict[Any, dict] = {}
   for line in path.read_text().splitlines():
-    if line.strip():
+    try:
       r = json.loads(line)
-      out[(r["run"], r["fold"], r.get("preset"))] = r
+    except json.JSONDecodeError:   # empty, or torn by a crash
+      continue
+    out[(r["run"], r["fold"], r.get("preset"))] = r
   return list(out.values())
 
 
@@ -232,25 +265,23 @@ def bar_plot(rows: Sequence[dict], names: Sequence[str], out: pathlib.Path,
   return out
 
 
-def fail(e: Exception) -> int:
-  print(f"error: {e}", file=sys.stderr)
-  return 2
-
-
 def run_and_report(runs, *, preset: str, folds, base, workdir, report,
-                   fold_major: bool = False) -> int:
-  """``run_grid`` then ``report()``; clear errors exit with status 2.
+                   prog: str, argv, fold_major: bool = False) -> int:
+  """``run_grid`` then ``report()``, with the project's errors as one line
+  (exit 2) and interrupts as one line with the resume command (130/143).
 
   ``base`` is a callable so that bad ``--data``/``--set`` values are caught
   like any other input error.
   """
-  try:
+  from experiments import _cli
+
+  def go() -> int:
     run_grid(runs, preset=preset, folds=folds, base=base(), workdir=workdir,
              fold_major=fold_major)
-  except (FileNotFoundError, ValueError, FloatingPointError) as e:
-    return fail(e)
-  print(f"report: {report()}", flush=True)
-  return 0
+    print(f"report: {report()}", flush=True)
+    return 0
+  # Relaunching the same command resumes: finished runs are skipped.
+  return _cli.guarded(go, prog=prog, argv=argv)
 
 
 def save_figure(fig, rows, path: pathlib.Path) -> pathlib.Path:

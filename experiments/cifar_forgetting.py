@@ -7,9 +7,9 @@ once with "others" sampled (alpha 0.5). The balanced test split is scored
 every ``--block / 2`` steps; per-tier top-1 accuracy and mAP show the
 fluctuation (Fig. 5a) and its damping (Fig. 5b).
 
-  python -m experiments.cifar_forgetting --data-dir /data/cifar100 --preset quick
+  python -m experiments.cifar_forgetting --data cifar100:/data/cifar100 --preset quick
 
-``--data-dir`` holds ``cifar-100-python.tar.gz`` (or the extracted folder,
+``--data cifar100:PATH`` names a folder with ``cifar-100-python.tar.gz`` (or the extracted folder,
 or a prepared tfds ``cifar100``); nothing is downloaded. Resumable;
 ``results.jsonl``, ``report.md`` and ``fig5.png``.
 """
@@ -35,8 +35,8 @@ LABELS = {"no_others": "(a) AGT without sampling others (alpha 0)",
 def run(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.cifar_forgetting",
                               description=__doc__.split("\n")[0])
-  h.add_common_args(p, folds=(0,))
-  p.add_argument("--data-dir", required=True)
+  h.add_common_args(p, folds=(0,), data=None,
+                    example="cifar100:/data/cifar100")
   p.add_argument("--imbalance-factor", type=int, default=100,
                  choices=[10, 50, 100])
   p.add_argument("--block", type=int, default=None,
@@ -44,11 +44,11 @@ def run(argv=None) -> int:
   a = p.parse_args(argv)
 
   from agt_jax import config as config_lib
+  from agt_jax.data.registry import parse_data_spec
   workdir = a.workdir or pathlib.Path("runs/cifar_forgetting")
   model, batch, steps, block = SETTINGS.get(a.preset, SETTINGS["paper"])
   block = a.block or block
-  base = {"dataset": f"cifar100-lt-{a.imbalance_factor}",
-          "data_dir": a.data_dir, "fold_mode": "official", "model": model,
+  base = {"fold_mode": "official", "model": model,
           "image_size": 32, "crop": 32, "batch_size": batch,
           "eval_batch_size": 256, "teacher_steps": steps, "warmup_steps": 0,
           "max_images": None, "grouping": "shot", "shot_many": 100,
@@ -59,8 +59,22 @@ def run(argv=None) -> int:
           for k, v in ALPHAS.items()]
   return h.run_and_report(
       runs, preset=a.preset, folds=[0], workdir=workdir,
-      base=lambda: {**base, **config_lib.parse_sets(a.set)},
+      prog="experiments.cifar_forgetting", argv=argv,
+      base=lambda: {**base, **_cifar_data(a.data, a.imbalance_factor),
+                    **config_lib.parse_sets(a.set)},
       report=lambda: write_report(workdir, block))
+
+
+def _cifar_data(spec: str, imbalance_factor: int) -> dict:
+  """``--data cifar100:PATH``; ``--imbalance-factor`` picks the LT
+  profile."""
+  from agt_jax.data.registry import parse_data_spec
+  from agt_jax.errors import ConfigError
+  out = parse_data_spec(spec)
+  if not out["dataset"].startswith("cifar100-lt-"):
+    raise ConfigError(f"--data: this experiment runs on CIFAR-100; pass "
+                      f"--data cifar100:PATH, got {spec!r}.")
+  return {**out, "dataset": f"cifar100-lt-{imbalance_factor}"}
 
 
 def tiers(run_dir) -> dict[str, list[int]]:

@@ -34,11 +34,10 @@ def run(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.gradient_dynamics",
                               description=__doc__.split("\n")[0])
   h.add_common_args(p, folds=(0,))
-  p.add_argument("--data", default="odir5k-synth")
   a = p.parse_args(argv)
 
   from agt_jax import config as config_lib
-  from experiments.odir import _data_overrides
+  from agt_jax.data.registry import parse_data_spec
   workdir = a.workdir or pathlib.Path("runs/gradient_dynamics")
   log_every, eval_every, switch = CADENCE.get(a.preset, CADENCE["paper"])
   base = {"grouping": "shot", "student": False, "log_every": log_every,
@@ -48,7 +47,8 @@ def run(argv=None) -> int:
   folds = h.parse_folds(a.folds)
   return h.run_and_report(
       runs, preset=a.preset, folds=folds, workdir=workdir,
-      base=lambda: {**base, **_data_overrides(a.data),
+      prog="experiments.gradient_dynamics", argv=argv,
+      base=lambda: {**base, **parse_data_spec(a.data),
                     **config_lib.parse_sets(a.set)},
       report=lambda: write_report(workdir, folds[0]))
 

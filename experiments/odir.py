@@ -6,7 +6,8 @@
   python -m experiments.odir --fold 0 --set alpha=0.3 --set reweight=none
 
 Thin entry point: parse flags, build the config (written to the workdir), call
-``agt_jax.train.train_and_evaluate``.
+``agt_jax.train.train_and_evaluate``. Ctrl-C (or SIGTERM) checkpoints the
+current step and prints the command that resumes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
+
+from experiments import _cli
+
+PROG = "experiments.odir"
 
 
 def _default_preset() -> tuple[str, str]:
@@ -25,24 +29,13 @@ def _default_preset() -> tuple[str, str]:
   return "quick", "only a CPU backend is present"
 
 
-def _data_overrides(spec: str) -> dict:
-  if spec == "odir5k-synth":
-    return {"dataset": "odir5k-synth"}
-  name, _, path = spec.partition(":")
-  if name in ("odir5k", "odir5k-kaggle", "rfmid") and path:
-    return {"dataset": "rfmid" if name == "rfmid" else "odir5k",
-            "data_dir": path}
-  raise SystemExit(f"--data: expected odir5k-synth, odir5k:PATH, "
-                   f"odir5k-kaggle:PATH or rfmid:PATH, got {spec!r}.")
-
-
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m experiments.odir",
+  p = argparse.ArgumentParser(prog=f"python -m {PROG}",
                               description=__doc__.split("\n")[0])
   g = p.add_mutually_exclusive_group()
   g.add_argument("--fold", type=int, default=None, help="test fold 0-4")
   g.add_argument("--folds", choices=["all"], default=None)
-  p.add_argument("--data", default="odir5k-synth")
+  _cli.add_data_arg(p)
   p.add_argument("--preset", default=None, help="paper | quick | smoke")
   p.add_argument("--workdir", type=pathlib.Path, default=None)
   p.add_argument("--resume", action="store_true")
@@ -51,34 +44,35 @@ def main(argv=None) -> int:
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="override any config field (repeatable)")
   a = p.parse_args(argv)
+  return _cli.guarded(lambda: _run(a), prog=PROG, argv=argv,
+                      resume_flag="--resume")
 
+
+def _run(a) -> int:
   from agt_jax import config as config_lib
+  from agt_jax.data.registry import parse_data_spec
   if a.preset is None:
     preset, why = _default_preset()
     print(f"preset: {preset} (no --preset given and {why})", flush=True)
   else:
     preset = a.preset
     print(f"preset: {preset} (from --preset)", flush=True)
-  try:
-    overrides = {**_data_overrides(a.data), **config_lib.parse_sets(a.set)}
-    if a.init:
-      overrides["init"] = a.init
-    base = config_lib.get_config(preset, **overrides)
-  except ValueError as e:
-    raise SystemExit(f"error: {e}") from None
+  overrides = {**parse_data_spec(a.data), **config_lib.parse_sets(a.set)}
+  if a.init:
+    overrides["init"] = a.init
+  base = config_lib.get_config(preset, **overrides)
+  # Every fold's config is checked before the first one trains.
+  folds = range(base.num_folds) if a.folds == "all" else [a.fold or 0]
+  configs = [config_lib.validate(config_lib.replace(base, fold=k))
+             for k in folds]
 
   from agt_jax.train import train_and_evaluate
-  folds = range(base.num_folds) if a.folds == "all" else [a.fold or 0]
   workdir = a.workdir or pathlib.Path("runs") / f"odir-{base.dataset}-{preset}"
   results = []
-  for k in folds:
-    cfg = config_lib.replace(base, fold=k)
+  for cfg in configs:
+    k = cfg.fold
     wd = workdir / f"fold{k}" if a.folds == "all" else workdir
-    try:
-      results.append(train_and_evaluate(cfg, wd, resume=a.resume))
-    except (FileNotFoundError, ValueError, FloatingPointError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 2
+    results.append(train_and_evaluate(cfg, wd, resume=a.resume))
     r = results[-1]
     print(f"fold {k}: groups "
           + " ".join("{" + ",".join(g) + "}" for g in r["groups"]["names"])

@@ -70,7 +70,6 @@ def run(argv=None) -> int:
   h.add_common_args(p)
   p.add_argument("--table", type=int, choices=[3, 4], nargs="+",
                  default=[3, 4])
-  p.add_argument("--data", default="odir5k-synth")
   p.add_argument("--init", default=None)
   p.add_argument("--variants", nargs="+", default=None,
                  choices=sorted(VARIANTS), help="only these variants")
@@ -79,13 +78,14 @@ def run(argv=None) -> int:
   a = p.parse_args(argv)
 
   from agt_jax import config as config_lib
-  from experiments.odir import _data_overrides
+  from agt_jax.data.registry import parse_data_spec
   workdir = a.workdir or pathlib.Path("runs/odir_ablation")
   return h.run_and_report(
       runs_for(a.table, a.init, a.variants), preset=a.preset,
+      prog="experiments.odir_ablation", argv=argv,
       fold_major=a.fold_major,
       folds=h.parse_folds(a.folds), workdir=workdir,
-      base=lambda: {**_data_overrides(a.data), **config_lib.parse_sets(a.set)},
+      base=lambda: {**parse_data_spec(a.data), **config_lib.parse_sets(a.set)},
       report=lambda: write_report(h.read_rows(workdir), workdir))
 
 

@@ -59,7 +59,6 @@ def run(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.odir_table1",
                               description=__doc__.split("\n")[0])
   h.add_common_args(p)
-  p.add_argument("--data", default="odir5k-synth")
   p.add_argument("--methods", nargs="+", default=list(METHODS),
                  choices=list(METHODS))
   p.add_argument("--backbones", nargs="+", default=None,
@@ -67,13 +66,14 @@ def run(argv=None) -> int:
   a = p.parse_args(argv)
 
   from agt_jax import config as config_lib
-  from experiments.odir import _data_overrides
+  from agt_jax.data.registry import parse_data_spec
   workdir = a.workdir or pathlib.Path("runs/odir_table1")
   backbones = a.backbones or BACKBONES.get(a.preset, BACKBONES["paper"])
   return h.run_and_report(
       runs_for(a.methods, backbones), preset=a.preset,
+      prog="experiments.odir_table1", argv=argv,
       folds=h.parse_folds(a.folds), workdir=workdir,
-      base=lambda: {**_data_overrides(a.data), **config_lib.parse_sets(a.set)},
+      base=lambda: {**parse_data_spec(a.data), **config_lib.parse_sets(a.set)},
       report=lambda: write_report(h.read_rows(workdir), workdir,
                                   title="Table 1"))
 

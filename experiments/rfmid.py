@@ -2,10 +2,10 @@
 main conditions, OTHER), trained on the official train + validation sets and
 scored on the official test set.
 
-  python -m experiments.rfmid --data-dir /data/RFMiD --preset paper
-  python -m experiments.rfmid --data-dir /data/RFMiD --methods ride ours ours_ride
+  python -m experiments.rfmid --data rfmid:/data/RFMiD --preset paper
+  python -m experiments.rfmid --data rfmid:/data/RFMiD --methods ride ours ours_ride
 
-RFMiD cannot be downloaded at run time: ``--data-dir`` is the folder of the
+RFMiD cannot be downloaded at run time: ``--data rfmid:PATH`` names the folder of the
 IEEE DataPort release (either layout; see ``agt_jax.data.rfmid``). There is
 no ODIR "N with O" pair on RFMiD, so relational grouping runs without
 forced pairs. Resumable like every experiment (``results.jsonl``,
@@ -28,23 +28,23 @@ DEFAULT_METHODS = ("bce", "focal", "db", "ride", "multi_teacher_kd", "ours",
 def run(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.rfmid",
                               description=__doc__.split("\n")[0])
-  h.add_common_args(p, folds=(0,))
-  p.add_argument("--data-dir", required=True,
-                 help="the RFMiD release folder")
+  h.add_common_args(p, folds=(0,), data=None,
+                    example="rfmid:/data/RFMiD")
   p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                  choices=list(odir_table1.METHODS))
   p.add_argument("--backbones", nargs="+", default=None)
   a = p.parse_args(argv)
 
   from agt_jax import config as config_lib
+  from agt_jax.data.registry import parse_data_spec
   workdir = a.workdir or pathlib.Path("runs/rfmid")
   backbones = a.backbones or odir_table1.BACKBONES.get(
       a.preset, odir_table1.BACKBONES["paper"])
   return h.run_and_report(
       odir_table1.runs_for(a.methods, backbones), preset=a.preset,
+      prog="experiments.rfmid", argv=argv,
       folds=h.parse_folds(a.folds), workdir=workdir,
-      base=lambda: {"dataset": "rfmid", "data_dir": a.data_dir,
-                    "fold_mode": "official", "together": (),
+      base=lambda: {**parse_data_spec(a.data), "fold_mode": "official", "together": (),
                     **config_lib.parse_sets(a.set)},
       report=lambda: odir_table1.write_report(
           h.read_rows(workdir), workdir,

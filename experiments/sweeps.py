@@ -35,7 +35,6 @@ def run(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.sweeps",
                               description=__doc__.split("\n")[0])
   h.add_common_args(p)
-  p.add_argument("--data", default="odir5k-synth")
   p.add_argument("--sweep", nargs="+", choices=["alpha", "temperature"],
                  default=["alpha", "temperature"])
   p.add_argument("--alphas", type=float, nargs="+", default=list(ALPHAS))
@@ -44,12 +43,13 @@ def run(argv=None) -> int:
   a = p.parse_args(argv)
 
   from agt_jax import config as config_lib
-  from experiments.odir import _data_overrides
+  from agt_jax.data.registry import parse_data_spec
   workdir = a.workdir or pathlib.Path("runs/sweeps")
   return h.run_and_report(
       runs_for(a.sweep, a.alphas, a.temperatures), preset=a.preset,
+      prog="experiments.sweeps", argv=argv,
       folds=h.parse_folds(a.folds), workdir=workdir,
-      base=lambda: {**_data_overrides(a.data), **config_lib.parse_sets(a.set)},
+      base=lambda: {**parse_data_spec(a.data), **config_lib.parse_sets(a.set)},
       report=lambda: write_report(h.read_rows(workdir), workdir))
 
 

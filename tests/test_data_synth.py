@@ -156,7 +156,7 @@ def test_registry_names_and_errors():
   assert "odir5k-synth" in registry.NAMES
   with pytest.raises(ValueError, match="unknown dataset"):
     registry.load_dataset("imagenet")
-  with pytest.raises(ValueError, match="needs --data-dir"):
+  with pytest.raises(ValueError, match="pass --data odir5k:PATH"):
     registry.load_dataset("odir5k")
 
 

@@ -77,8 +77,13 @@ def test_ablation_smoke_runs_table3_and_skips_finished(tmp_path, cache):
     assert f"| {label} |" in report
   assert "Validation (what defaults are chosen on)" in report
   assert "| AGT + KD | " in report.split("Paired per-fold")[1]
-  assert "## Paper ordering" in report and "hold" in report
   assert [r["run"] for r in rows(wd)] == ["baseline", "agt_kd", "agt_frw_kd"]
+  kappa = {r["run"]: r["kappa"] for r in rows(wd)}
+  holds = kappa["baseline"] < kappa["agt_kd"] < kappa["agt_frw_kd"]
+  assert "## Paper ordering" in report
+  assert (f"AGT + stable RW (feedback) + KD {kappa['agt_frw_kd']:.3f}. The "
+          "paper's ordering baseline < AGT + KD < AGT + RW + KD "
+          + ("**holds**" if holds else "**does not hold**")) in report
   assert all("val_final" in r for r in rows(wd))
   cfg = json.loads((wd / "agt_frw_kd" / "fold0" / "config.json").read_text())
   assert cfg["reweight"] == "feedback" and cfg["kd"] == "cb"
@@ -89,12 +94,25 @@ def test_ablation_smoke_runs_table3_and_skips_finished(tmp_path, cache):
   assert again.stdout.count("finished, skipped") == 3
 
 
+def test_ablation_ordering_verdict_both_ways():
+  from experiments import odir_ablation
+  row = lambda run, k: {"run": run, "kappa": k}
+  up = odir_ablation._ordering([row("baseline", 0.1), row("agt_kd", 0.2),
+                                row("agt_frw_kd", 0.3)])
+  down = odir_ablation._ordering([row("baseline", 0.3), row("agt_kd", 0.2),
+                                  row("agt_frw_kd", 0.1)])
+  assert len(up) == len(down) == 4
+  assert up[2].endswith("**holds** here.")
+  assert down[2].endswith("**does not hold** here.")
+  assert "baseline 0.100, AGT + KD 0.200" in up[2]
+
+
 def test_rfmid_smoke_official_split(tmp_path, cache):
   fixtures.make_rfmid(tmp_path / "rfmid",
                       sizes={"train": 24, "val": 8, "test": 12})
   wd = tmp_path / "rf"
   out = run_cli("experiments.rfmid",
-                ["--data-dir", str(tmp_path / "rfmid"), "--preset", "smoke",
+                ["--data", f"rfmid:{tmp_path / 'rfmid'}", "--preset", "smoke",
                  "--methods", "bce", "ours_ride", "--backbones",
                  "resnet_tiny", "--workdir", str(wd)], cache)
   assert out.returncode == 0, out.stderr[-3000:]
@@ -110,7 +128,7 @@ def test_rfmid_smoke_official_split(tmp_path, cache):
 
 
 def test_rfmid_missing_data_is_a_clear_error(tmp_path, cache):
-  out = run_cli("experiments.rfmid", ["--data-dir", str(tmp_path / "none"),
+  out = run_cli("experiments.rfmid", ["--data", f"rfmid:{tmp_path / 'none'}",
                                       "--preset", "smoke", "--workdir",
                                       str(tmp_path / "w")], cache)
   assert out.returncode == 2
@@ -121,7 +139,7 @@ def test_cifar_forgetting_smoke_on_tfds_mock_data(tmp_path):
   (tmp_path / "cifar100").mkdir()
   wd = tmp_path / "c5"
   with tfds.testing.mock_data(num_examples=400, data_dir=str(tmp_path)):
-    code = cifar_forgetting.run(["--data-dir", str(tmp_path), "--preset",
+    code = cifar_forgetting.run(["--data", f"cifar100:{tmp_path}", "--preset",
                                  "smoke", "--workdir", str(wd)])
   assert code == 0
   report = (wd / "report.md").read_text()

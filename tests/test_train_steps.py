@@ -322,11 +322,16 @@ def test_baselines_compile_once_over_groups_and_learn(name):
 
   chex.clear_trace_counter()
   losses_seen = []
-  for t in range(6):
+  for t in range(12):
     state, m = step(state, batch(t % 3))
     losses_seen.append(float(m["loss"]))
   assert np.all(np.isfinite(losses_seen))
-  assert int(state["step"]) == 6
+  assert int(state["step"]) == 12
+  # It learns: the loss on the same batch (steps 3, 6, 9: batch 0, group 0,
+  # each before that step's update) falls. Step 0 is skipped because IB
+  # switches its loss form at step 2.
+  same_batch = [losses_seen[t] for t in (3, 6, 9)]
+  assert same_batch[2] < same_batch[0], same_batch
 
 
 def test_eqlv2_step_carries_the_library_statistics():

@@ -13,7 +13,7 @@ import tarfile
 
 import numpy as np
 
-from agt_jax.data.errors import DatasetNotFoundError
+from agt_jax.data.errors import DatasetNotFoundError, UnsafePickleError
 from agt_jax.data.images import ArrayImageSource
 from agt_jax.data.table import ImageTable
 
@@ -22,7 +22,8 @@ INSTRUCTIONS = """
 CIFAR-100 cannot be downloaded at run time. Copy the python version
 (cifar-100-python.tar.gz, from https://www.cs.toronto.edu/~kriz/cifar.html) into
 the root, or its extracted cifar-100-python/ folder, or a tfds data_dir that
-holds a prepared cifar100/ dataset; then pass that root.
+holds a prepared cifar100/ dataset; then pass that root, e.g.
+`--data cifar100:/data/cifar100`.
 """
 
 
@@ -53,16 +54,67 @@ def lt_indices(labels, imbalance_factor: float, *, seed: int = 0
   return np.concatenate(keep)
 
 
-def _unpickle(blob: bytes) -> dict:
-  return pickle.loads(blob, encoding="bytes")
+def _numpy_global(name: str):
+  try:
+    from numpy._core import multiarray
+  except ImportError:  # numpy 1
+    from numpy.core import multiarray
+  return getattr(multiarray, name)
+
+
+# Everything the CIFAR python pickles (and numpy arrays pickled by numpy 1
+# or 2, protocols 2-5) refer to: array reconstruction, dtypes, and the
+# latin-1 bytes encoding of protocol 2. Nothing that runs other code.
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_global(
+        "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_global(
+        "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"): lambda: _numpy_global("scalar"),
+    ("numpy._core.multiarray", "scalar"): lambda: _numpy_global("scalar"),
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: __import__("codecs").encode,
+}
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+  """Admits dicts, lists, bytes, numbers and numpy arrays; any other global
+  (``os.system``, a class with ``__reduce__``...) is refused before it is
+  looked up, so a crafted file cannot run code."""
+
+  def __init__(self, file, *, name: str):
+    super().__init__(file, encoding="bytes")
+    self.name = name
+
+  def find_class(self, module, name):
+    make = _ALLOWED.get((module, name))
+    if make is None:
+      raise UnsafePickleError(
+          f"{self.name}: refused to unpickle {module}.{name}; a CIFAR-100 "
+          "python file holds only arrays, lists and numbers, so this file "
+          "is not one (replace it with the original from "
+          "https://www.cs.toronto.edu/~kriz/cifar.html).")
+    return make()
+
+
+def _unpickle(blob: bytes, name: str = "pickle") -> dict:
+  import io
+  try:
+    return _DataOnlyUnpickler(io.BytesIO(blob), name=name).load()
+  except UnsafePickleError:
+    raise
+  except Exception as e:  # truncated or not a pickle at all
+    raise UnsafePickleError(f"{name}: not a readable CIFAR-100 python "
+                            f"pickle ({type(e).__name__}: {e}).") from None
 
 
 def _from_python(files: dict[str, bytes]):
-  meta = _unpickle(files["meta"])
+  meta = _unpickle(files["meta"], "cifar-100-python/meta")
   names = [n.decode() for n in meta[b"fine_label_names"]]
   out = {}
   for split in ("train", "test"):
-    d = _unpickle(files[split])
+    d = _unpickle(files[split], f"cifar-100-python/{split}")
     x = np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32)
     out[split] = (x.transpose(0, 2, 3, 1), np.asarray(d[b"fine_labels"]))
   return out, names

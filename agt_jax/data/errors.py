@@ -1,7 +1,9 @@
 """Errors that tell the user what went wrong with their data and how to fix it."""
 
+from agt_jax.errors import AgtError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(AgtError, FileNotFoundError):
   """A dataset root, or a file inside it, is missing.
 
   The message lists every place that was searched and how to get the data.
@@ -14,9 +16,19 @@ class DatasetNotFoundError(FileNotFoundError):
         f"How to get it:\n{instructions.strip()}")
 
 
-class LabelFileError(ValueError):
+class LabelFileError(AgtError, ValueError):
   """A label file has missing columns or a bad value; names file/row/column."""
 
 
-class ImageReadError(OSError):
+class ImageReadError(AgtError, OSError):
   """An image file could not be decoded; names the file."""
+
+
+class BadImagesError(AgtError, ValueError):
+  """Some referenced image files are missing or do not decode; the message
+  gives their count and up to 20 paths."""
+
+
+class UnsafePickleError(AgtError, ValueError):
+  """A pickle asked for something other than the plain data its format
+  holds (a crafted file); it was refused before anything ran."""

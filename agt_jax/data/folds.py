@@ -8,6 +8,7 @@ import pathlib
 import numpy as np
 
 from agt_jax.data.table import ImageTable
+from agt_jax.errors import InputError
 
 MODES = ("random", "stratified")
 
@@ -68,10 +69,10 @@ def patient_folds(table: ImageTable, *, num_folds: int = 5, seed: int = 0,
     `[n]` int fold of each image.
   """
   if mode not in MODES:
-    raise ValueError(f"fold mode must be one of {MODES}, got {mode!r}.")
+    raise InputError(f"fold mode must be one of {MODES}, got {mode!r}.")
   patients, inverse, union = _patient_label_union(table)
   if len(patients) < num_folds:
-    raise ValueError(f"{table.name}: {len(patients)} patients cannot make "
+    raise InputError(f"{table.name}: {len(patients)} patients cannot make "
                      f"{num_folds} folds.")
   rng = np.random.default_rng(seed)
   if mode == "random":
@@ -96,17 +97,24 @@ def fold_indices(table: ImageTable, fold: int, *, num_folds: int = 5,
   """
   if mode == "official":
     if table.splits is None or not np.any(table.splits == "test"):
-      raise ValueError(f"{table.name}: fold mode 'official' needs a table "
+      raise InputError(f"{table.name}: fold mode 'official' needs a table "
                        "with an official 'test' split.")
     if fold != 0:
-      raise ValueError(f"fold mode 'official' has a single split (fold 0), "
+      raise InputError(f"fold mode 'official' has a single split (fold 0), "
                        f"got fold {fold}.")
     test = table.splits == "test"
   elif not 0 <= fold < num_folds:
-    raise ValueError(f"fold must be in [0, {num_folds}), got {fold}.")
+    raise InputError(f"fold must be in [0, {num_folds}), got {fold}.")
   else:
     folds = patient_folds(table, num_folds=num_folds, seed=seed, mode=mode)
     test = folds == fold
+  if not test.any() or test.all():
+    raise InputError(
+        f"{table.name}: test fold {fold} of {num_folds} holds "
+        f"{int(test.sum())} of {len(test)} images "
+        f"({len(np.unique(table.patient_ids))} patients), so its "
+        f"{'test' if not test.any() else 'training'} split is empty; use "
+        "more images or fewer folds.")
   assignment = {
       "dataset": table.name, "num_folds": num_folds, "fold": fold,
       "seed": seed, "mode": mode, "num_train_images": int((~test).sum()),
@@ -144,7 +152,7 @@ def validation_split(table: ImageTable, train_idx, *, fraction: float = 0.1,
   fold is not touched. ``fraction=0`` gives an empty validation split.
   """
   if not 0.0 <= fraction < 1.0:
-    raise ValueError(f"validation fraction must be in [0, 1), got "
+    raise InputError(f"validation fraction must be in [0, 1), got "
                      f"{fraction}.")
   train_idx = np.asarray(train_idx)
   if fraction == 0.0:
@@ -153,7 +161,7 @@ def validation_split(table: ImageTable, train_idx, *, fraction: float = 0.1,
                                 return_inverse=True)
   n_val = max(1, int(round(fraction * len(patients))))
   if n_val >= len(patients):
-    raise ValueError(f"{table.name}: a validation split of {fraction:.0%} "
+    raise InputError(f"{table.name}: a validation split of {fraction:.0%} "
                      f"leaves no training patient ({len(patients)} in the "
                      "training fold).")
   # Seeded apart from the fold assignment so the two never coincide.

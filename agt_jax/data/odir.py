@@ -44,7 +44,7 @@ contains ONE of:
 or (Kaggle)
   ODIR-5K/ODIR-5K/data.xlsx + ODIR-5K/ODIR-5K/Training Images/0_left.jpg ...
   full_df.csv + preprocessed_images/ (or the Training Images folder)
-Then pass that root, e.g. `--data-dir /data/odir5k`. Without real data, use
+Then pass that root, e.g. `--data odir5k:/data/odir5k`. Without real data, use
 the offline synthetic dataset `odir5k-synth`.
 """
 

@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 
 import numpy as np
 
-from agt_jax.data import cifar, images, odir, rfmid, synth
+from agt_jax.data import cifar, images, odir, rfmid, synth, verify
 from agt_jax.data.table import ImageTable
+from agt_jax.errors import ConfigError
 
 NAMES = ("odir5k-synth", "odir5k", "rfmid", "cifar100-lt-100",
          "cifar100-lt-50", "cifar100-lt-10")
+# ``--data`` names that are not dataset names.
+ALIASES = {"odir5k-kaggle": "odir5k", "cifar100": "cifar100-lt-100"}
+DATA_FLAG_HELP = ("odir5k-synth (offline default), or NAME:PATH for data in "
+                  "a local folder: odir5k:PATH, rfmid:PATH, cifar100:PATH")
+
+
+def parse_data_spec(spec: str) -> dict:
+  """``--data`` (the one data flag of every entry point) -> config
+  overrides ``{"dataset", "data_dir"}``.
+
+  ``odir5k-synth`` needs no path; every other dataset is ``NAME:PATH``
+  (``odir5k``, ``rfmid``, ``cifar100`` or a ``cifar100-lt-<IF>`` name).
+  """
+  name, sep, path = spec.partition(":")
+  dataset = ALIASES.get(name, name)
+  if dataset == "odir5k-synth" and not sep:
+    return {"dataset": dataset, "data_dir": None}
+  if dataset in NAMES and dataset != "odir5k-synth" and path:
+    return {"dataset": dataset, "data_dir": path}
+  raise ConfigError(f"--data: expected {DATA_FLAG_HELP}; got {spec!r}.")
 
 
 def load_dataset(name: str, *, data_dir=None, cache_dir=None,
                  image_size: int = 512, seed: int = 0,
                  ignorable_policy: str = "as_normal", workers=None,
-                 progress: bool = True, max_images: int | None = None):
+                 progress: bool = True, max_images: int | None = None,
+                 skip_bad_images: bool = False):
   """``(table, image_source)`` for a dataset name.
 
   * ``odir5k-synth`` (the offline default): rendered into ``cache_dir`` once;
@@ -29,6 +52,12 @@ def load_dataset(name: str, *, data_dir=None, cache_dir=None,
   ``max_images`` keeps the first N images (rows are ordered by patient, so
   patients stay whole up to one boundary); for odir5k-synth only those are
   rendered.
+
+  Real image datasets have every file checked first
+  (:mod:`agt_jax.data.verify`, cached in ``cache_dir``): bad files raise
+  :class:`~agt_jax.data.errors.BadImagesError` naming them, or with
+  ``skip_bad_images`` are dropped and listed in
+  ``table.meta["skipped_images"]``.
   """
   if name == "odir5k-synth":
     return synth.load_synth(cache_dir, size=image_size, seed=seed,
@@ -36,6 +65,14 @@ def load_dataset(name: str, *, data_dir=None, cache_dir=None,
                             progress=progress, max_images=max_images)
   table, source = _load_real(name, data_dir=data_dir, image_size=image_size,
                              seed=seed, ignorable_policy=ignorable_policy)
+  if table.paths is not None:
+    root = str(pathlib.Path(data_dir).expanduser().absolute())
+    cache = (pathlib.Path(cache_dir or synth.default_cache_dir()).expanduser()
+             / "image_checks" /
+             f"{name}-{hashlib.sha1(root.encode()).hexdigest()[:12]}.json")
+    table = verify.verified(table, name, skip_bad=skip_bad_images,
+                            cache_file=cache, progress=progress)
+    source = images.FileImageSource(tuple(table.paths), size=image_size)
   if max_images:
     keep = np.arange(min(max_images, len(table)))
     table, source = table.take(keep), images.SubsetSource(source, keep)
@@ -44,8 +81,9 @@ def load_dataset(name: str, *, data_dir=None, cache_dir=None,
 
 def _load_real(name, *, data_dir, image_size, seed, ignorable_policy):
   if name in ("odir5k", "rfmid") and data_dir is None:
-    raise ValueError(f"dataset {name!r} needs --data-dir (the folder with the "
-                     f"real data); the offline default is 'odir5k-synth'.")
+    raise ConfigError(f"dataset {name!r} is read from a local folder: pass "
+                      f"--data {name}:PATH (data_dir= in Python); the offline "
+                      "default is 'odir5k-synth'.")
   if name == "odir5k":
     t = odir.load_odir5k(data_dir, ignorable_policy=ignorable_policy)
     return t, images.FileImageSource(tuple(t.paths), size=image_size)
@@ -55,8 +93,10 @@ def _load_real(name, *, data_dir, image_size, seed, ignorable_policy):
   if name.startswith("cifar100-lt-"):
     factor = int(name.rsplit("-", 1)[1])
     if data_dir is None:
-      raise ValueError(f"dataset {name!r} needs --data-dir (a folder with "
-                       "cifar-100-python.tar.gz or a prepared tfds cifar100).")
+      raise ConfigError(f"dataset {name!r} is read from a local folder: "
+                        "pass --data cifar100:PATH (a folder with "
+                        "cifar-100-python.tar.gz or a prepared tfds "
+                        "cifar100).")
     parts = cifar.load_cifar100_lt(pathlib.Path(data_dir),
                                    imbalance_factor=factor, seed=seed)
     (tr, xtr), (te, xte) = parts["train"], parts["test"]
@@ -68,4 +108,4 @@ def _load_real(name, *, data_dir, image_size, seed, ignorable_policy):
         splits=np.concatenate([tr.splits, te.splits]), meta=tr.meta)
     return table, images.ArrayImageSource(
         np.concatenate([xtr.array, xte.array]))
-  raise ValueError(f"unknown dataset {name!r}; known: {', '.join(NAMES)}.")
+  raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(NAMES)}.")

@@ -66,7 +66,7 @@ and unpack it so that the root holds either the challenge tree
 or the DataPort tree
   2. Groundtruths/a. RFMiD_Training_Labels.csv ...
   1. Original Images/a. Training Set/1.png ...
-Then pass the root, e.g. `--data-dir /data/rfmid`.
+Then pass the root, e.g. `--data rfmid:/data/rfmid`.
 """
 
 

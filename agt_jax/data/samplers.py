@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
+from agt_jax.errors import InputError
+
 _INFINITE_STEPS = 1 << 40
 
 
@@ -34,20 +36,20 @@ def validate_groups(groups: Sequence[Sequence[int | str]], num_classes: int,
   out, seen = [], {}
   for gi, group in enumerate(groups):
     if len(group) == 0:
-      raise ValueError(f"group {gi} is empty.")
+      raise InputError(f"group {gi} is empty.")
     members = []
     for c in group:
       if isinstance(c, str):
         if class_names is None or c not in class_names:
-          raise ValueError(f"group {gi}: unknown class {c!r} (classes: "
+          raise InputError(f"group {gi}: unknown class {c!r} (classes: "
                            f"{list(class_names or [])}).")
         c = list(class_names).index(c)
       c = int(c)
       if not 0 <= c < num_classes:
-        raise ValueError(f"group {gi}: class index {c} outside "
+        raise InputError(f"group {gi}: class index {c} outside "
                          f"[0, {num_classes}).")
       if c in seen:
-        raise ValueError(f"class {c} is in group {seen[c]} and group {gi}; "
+        raise InputError(f"class {c} is in group {seen[c]} and group {gi}; "
                          "each class must be in exactly one group.")
       seen[c] = gi
       members.append(c)
@@ -55,7 +57,7 @@ def validate_groups(groups: Sequence[Sequence[int | str]], num_classes: int,
   missing = sorted(set(range(num_classes)) - set(seen))
   if missing:
     names = [class_names[c] for c in missing] if class_names else missing
-    raise ValueError(f"classes {names} are in no group; groups must cover "
+    raise InputError(f"classes {names} are in no group; groups must cover "
                      f"all {num_classes} classes.")
   return tuple(out)
 
@@ -79,10 +81,10 @@ class RoundRobinSchedule:
 
 def make_schedule(schedule: str, num_groups: int, switch_every: int = 1):
   if schedule != "round_robin":
-    raise ValueError(f"unknown schedule {schedule!r}; supported: 'round_robin' "
+    raise InputError(f"unknown schedule {schedule!r}; supported: 'round_robin' "
                      "(use switch_every > 1 for blocks).")
   if switch_every < 1:
-    raise ValueError(f"switch_every must be >= 1, got {switch_every}.")
+    raise InputError(f"switch_every must be >= 1, got {switch_every}.")
   return RoundRobinSchedule(num_groups, switch_every)
 
 
@@ -160,11 +162,11 @@ def _members(labels: np.ndarray, classes) -> tuple[np.ndarray, ...]:
 def _check_labels(labels) -> np.ndarray:
   labels = np.asarray(labels)
   if labels.ndim != 2:
-    raise ValueError(f"labels must be [n, C], got shape {labels.shape}.")
+    raise InputError(f"labels must be [n, C], got shape {labels.shape}.")
   bad = ~np.isin(labels, (0, 1))
   if bad.any():
     r, c = np.argwhere(bad)[0]
-    raise ValueError(f"labels must be 0/1; row {r}, column {c} is "
+    raise InputError(f"labels must be 0/1; row {r}, column {c} is "
                      f"{labels[r, c]!r}.")
   return labels.astype(np.uint8)
 
@@ -172,7 +174,7 @@ def _check_labels(labels) -> np.ndarray:
 def group_sizes(batch_size: int, alpha: float) -> tuple[int, int]:
   """``(b - round(alpha b), round(alpha b))``: active-group and others slots."""
   if not 0.0 <= alpha <= 1.0:
-    raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
+    raise InputError(f"alpha must be in [0, 1], got {alpha}.")
   b_other = int(round(alpha * batch_size))
   return batch_size - b_other, b_other
 
@@ -222,13 +224,13 @@ def group_mixed_batches(labels, groups, *, batch_size: int, alpha: float,
     idx = np.flatnonzero(labels[:, list(classes)].any(1))
     if b_group and len(idx) == 0:
       names = [class_names[c] for c in classes] if class_names else classes
-      raise ValueError(f"group {g} {names} has no training image.")
+      raise InputError(f"group {g} {names} has no training image.")
     parents.append(grain.MapDataset.source(idx).seed(seed * 7919 + g)
                    .shuffle().repeat())
     outside = [c for c in range(labels.shape[1])
                if c not in classes and labels[:, c].any()]
     if b_other and not outside:
-      raise ValueError(f"group {g}: no class outside it has images to draw "
+      raise InputError(f"group {g}: no class outside it has images to draw "
                        "'others' from; use alpha=0 or more groups.")
     pick = _ClassThenImage(np.array(outside), np.full(len(outside),
                                                       1 / max(len(outside), 1)),
@@ -377,7 +379,7 @@ def gac_batches(labels, groups, *, batch_size: int, seed: int,
   groups = validate_groups(groups, labels.shape[1], class_names)
   per_group = int(np.ceil(fraction * batch_size))
   if per_group * len(groups) > batch_size:
-    raise ValueError(f"{len(groups)} groups x {per_group} do not fit a batch "
+    raise InputError(f"{len(groups)} groups x {per_group} do not fit a batch "
                      f"of {batch_size}.")
   counts = labels.sum(0).astype(np.float64)
   logc = np.log(np.maximum(counts, 1))
@@ -390,7 +392,7 @@ def gac_batches(labels, groups, *, batch_size: int, seed: int,
   for classes in groups:
     cls = np.array([c for c in classes if counts[c] > 0])
     if len(cls) == 0:
-      raise ValueError(f"group {list(classes)} has no training image.")
+      raise InputError(f"group {list(classes)} has no training image.")
     p = rho[cls] / rho[cls].sum()
     picks.append(_ClassThenImage(cls, p, _members(labels, cls)))
   fn = _GroupAwareCompletion(labels, groups, batch_size, per_group, seed,
@@ -415,6 +417,6 @@ class _HostRows:
   def __call__(self, batch: dict) -> dict:
     b = len(batch["index"])
     if b % self.count:
-      raise ValueError(f"batch {b} does not split over {self.count} hosts.")
+      raise InputError(f"batch {b} does not split over {self.count} hosts.")
     lo, hi = self.index * b // self.count, (self.index + 1) * b // self.count
     return {k: (v[lo:hi] if np.ndim(v) else v) for k, v in batch.items()}

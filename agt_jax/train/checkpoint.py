@@ -22,6 +22,7 @@ class Checkpoints:
     self._mngr = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, create=True))
+    self._closed = False
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -33,7 +34,8 @@ class Checkpoints:
         config=ocp.args.JsonSave(config)))
 
   def wait(self) -> None:
-    self._mngr.wait_until_finished()
+    if not self._closed:
+      self._mngr.wait_until_finished()
 
   def restore(self, step: int, state_like, iterator) -> tuple[dict, dict]:
     """Restores into the structure/shardings of ``state_like`` and moves
@@ -52,6 +54,11 @@ class Checkpoints:
     return out["state"]
 
   def close(self) -> None:
+    """Waits for the in-flight async save, then releases the manager
+    (idempotent)."""
+    if self._closed:
+      return
+    self._closed = True
     self._mngr.wait_until_finished()
     self._mngr.close()
 
@@ -93,5 +100,8 @@ class BestCheckpoint:
         variables=ocp.args.StandardRestore(abstract)))["variables"]
 
   def close(self) -> None:
+    if getattr(self, "_closed", False):
+      return
+    self._closed = True
     self._mngr.wait_until_finished()
     self._mngr.close()

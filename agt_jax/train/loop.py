@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 import sys
 from typing import Any
 
@@ -26,11 +27,10 @@ from agt_jax.config import Config, from_json
 from agt_jax.data import folds as folds_lib
 from agt_jax.data import images as images_lib
 from agt_jax.data import samplers
-from agt_jax.train import evaluation, group_features, steps
-from agt_jax.train.outputs import write_outputs
-from agt_jax.train.phase import (ConfigMismatchError, MetricWriter,
-                                 NonFiniteLossError, TrainingPhase,
-                                 make_mesh, replicate)
+from agt_jax.errors import ConfigMismatchError, NonFiniteLossError
+from agt_jax.train import evaluation, group_features, interrupts, steps
+from agt_jax.train.outputs import atomic_write_text, write_outputs
+from agt_jax.train.phase import TrainingPhase, make_mesh, replicate
 from agt_jax.train.selection import ValidationScorer
 
 __all__ = ["ConfigMismatchError", "NonFiniteLossError", "train_and_evaluate"]
@@ -87,16 +87,31 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
                        ) -> dict:
   """Runs one fold and writes every artefact into ``workdir``.
 
+  Everything that can be checked before compute is checked first (the whole
+  config, the workdir, the data and its image files, the device mesh);
+  ``config.json`` is written only then, so a run that fails on bad input
+  leaves a workdir that a corrected rerun may use. SIGINT/SIGTERM during
+  training checkpoint the current step and raise
+  :class:`~agt_jax.errors.Interrupted`.
+
   Returns the ``results.json`` dictionary.
   """
   config = config_lib.validate(config)
   workdir = pathlib.Path(workdir)
-  _claim_workdir(config, workdir, resume)
-  data = load_fold(config, workdir)
-  mesh = make_mesh(config.batch_size)
+  with interrupts.handle_signals():
+    resume = _check_workdir(config, workdir, resume)
+    interrupts.set_stage("while loading the data (nothing written yet)")
+    data = load_fold(config)
+    mesh = make_mesh(config.batch_size, config.eval_batch_size)
+    _claim_workdir(config, workdir, resume, data)
+    return _train_and_evaluate(config, workdir, resume, data, mesh)
+
+
+def _train_and_evaluate(config, workdir, resume, data, mesh) -> dict:
   encoder = models.make_encoder(config.model, dtype=_dtype(config.dtype))
   throughput: dict = {}
-
+  interrupts.set_stage("while choosing the class groups (the warm-up is "
+                       "not checkpointed: it reruns)")
   groups_info = _groups(config, data, encoder, mesh, workdir, resume,
                         throughput)
   groups = tuple(tuple(g) for g in groups_info["groups"])
@@ -106,7 +121,8 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
   if config.student:
     trained["student"] = train_student(config, data, encoder, groups,
                                        teacher, mesh, workdir, resume)
-
+  interrupts.set_stage("while evaluating the test fold (training is "
+                       "checkpointed; a resume only re-evaluates)")
   results, probs = evaluate_models(config, data, trained, groups_info, mesh)
   results["throughput"] = {**throughput, **{
       k: v for t in trained.values() for k, v in t.throughput.items()}}
@@ -116,28 +132,56 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
   return results
 
 
-# -- data ---------------------------------------------------------------------
+# -- workdir and data -----------------------------------------------------------
 
-def _claim_workdir(config: Config, workdir: pathlib.Path, resume: bool):
-  workdir.mkdir(parents=True, exist_ok=True)
+def _has_checkpoint(workdir: pathlib.Path) -> bool:
+  root = workdir / "checkpoints"
+  return root.is_dir() and any(p.name.isdigit() for d in root.iterdir()
+                               if d.is_dir() for p in d.iterdir())
+
+
+def _check_workdir(config: Config, workdir: pathlib.Path, resume: bool
+                   ) -> bool:
+  """Refuses a workdir holding another run; writes nothing. Returns whether
+  the run resumes: a workdir whose run stopped before its first checkpoint
+  (bad data path, bad fold, a crash in the warm-up) is started afresh."""
   cfg_path = workdir / "config.json"
-  if cfg_path.exists():
-    saved = from_json(cfg_path.read_text())
-    if not resume:
-      raise ConfigMismatchError(
-          f"{workdir} already holds a run (config.json); pass --resume to "
-          "continue it or choose another --workdir.")
-    if saved != config:
-      diff = {k: (getattr(saved, k), getattr(config, k))
-              for k in json.loads(config.to_json())
-              if getattr(saved, k) != getattr(config, k)}
-      raise ConfigMismatchError(
-          f"cannot resume {workdir}: its config differs in {diff} "
-          "(saved, requested).")
-  cfg_path.write_text(config.to_json())
-  writer = MetricWriter(workdir / "metrics.jsonl")
-  if not resume and writer.path.exists():
-    writer.path.unlink()
+  if not cfg_path.exists():
+    return False
+  if not _has_checkpoint(workdir) and not (workdir / "results.json").exists():
+    return False
+  saved = from_json(cfg_path.read_text())
+  if not resume:
+    raise ConfigMismatchError(
+        f"{workdir} already holds a run (config.json and checkpoints); pass "
+        "--resume to continue it or choose another --workdir.")
+  if saved != config:
+    diff = {k: (getattr(saved, k), getattr(config, k))
+            for k in json.loads(config.to_json())
+            if getattr(saved, k) != getattr(config, k)}
+    raise ConfigMismatchError(
+        f"cannot resume {workdir}: its config differs in {diff} "
+        "(saved, requested).")
+  return True
+
+
+def _claim_workdir(config: Config, workdir: pathlib.Path, resume: bool,
+                   data: "FoldData") -> None:
+  """Writes ``config.json``, ``folds.json`` (and the skipped images); a
+  fresh start clears what a run that never checkpointed left behind."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  if not resume and not _has_checkpoint(workdir):
+    for name in ("metrics.jsonl", "groups.json", "results.json",
+                 "done.json"):
+      (workdir / name).unlink(missing_ok=True)
+    shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
+  atomic_write_text(workdir / "config.json", config.to_json())
+  atomic_write_text(workdir / "folds.json", json.dumps(
+      {**data.assignment, "synthetic": data.table.synthetic}, indent=1))
+  bad = data.table.meta.get("skipped_images")
+  if bad:
+    atomic_write_text(workdir / "skipped_images.json",
+                      json.dumps(bad, indent=1))
 
 
 def load_data(config: Config):
@@ -146,12 +190,12 @@ def load_data(config: Config):
   return registry.load_dataset(
       config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
       image_size=config.image_size, seed=config.seed,
-      max_images=config.max_images)
+      max_images=config.max_images, skip_bad_images=config.skip_bad_images)
 
 
-def load_fold(config: Config, workdir: pathlib.Path) -> FoldData:
-  """The dataset and this fold's fit / validation / test split (recorded in
-  ``folds.json``)."""
+def load_fold(config: Config) -> FoldData:
+  """The dataset and this fold's fit / validation / test split (written to
+  ``folds.json`` when the run claims its workdir)."""
   table, source = load_data(config)
   train_idx, test_idx, assignment = folds_lib.fold_indices(
       table, config.fold, num_folds=config.num_folds, seed=config.fold_seed,
@@ -164,8 +208,6 @@ def load_fold(config: Config, workdir: pathlib.Path) -> FoldData:
                 "validation_patients": sorted(
                     set(table.patient_ids[val_idx].tolist()),
                     key=lambda p: (len(p), p))}
-  (workdir / "folds.json").write_text(json.dumps(
-      {**assignment, "synthetic": table.synthetic}, indent=1))
   return FoldData(table, source, fit_idx, val_idx, test_idx, assignment)
 
 
@@ -213,24 +255,30 @@ def _run_phase(name, *, model, step_fn, state, batches, config, data, mesh,
     scorer = ValidationScorer(name, model, fn, data.source, data.val_idx,
                               data.y_val, config, mesh,
                               workdir / "checkpoints" / f"{name}_best")
-  phase = TrainingPhase(name, step_fn=step_fn, state=state, batches=batches,
-                        source=data.fit_source, config=config,
-                        workdir=workdir, mesh=mesh, total_steps=total_steps,
-                        resume=resume, extra_args=extra_args,
-                        evaluate=scorer)
-  throughput = {name: phase.run()}
-  last = phase.variables()
-  selection: dict[str, Any] = {"select": "last", "step": total_steps}
-  selected = last
-  if scorer is not None:
-    if config.select == "best" and scorer.best_step is not None:
-      selected = scorer.best_variables(last)
-      selection = {"select": "best validation ODIR final score",
-                   "step": int(scorer.best_step)}
-    selection["val_probs"] = scorer.probs(selected)
-    selection["val_probs_last"] = (selection["val_probs"]
-                                   if selected is last else scorer.probs(last))
-    scorer.close()
+  try:
+    phase = TrainingPhase(name, step_fn=step_fn, state=state,
+                          batches=batches, source=data.fit_source,
+                          config=config, workdir=workdir, mesh=mesh,
+                          total_steps=total_steps, resume=resume,
+                          extra_args=extra_args, evaluate=scorer)
+    throughput = {name: phase.run()}
+    interrupts.set_stage(f"after the {name} (checkpointed), while scoring "
+                         "its validation split")
+    last = phase.variables()
+    selection: dict[str, Any] = {"select": "last", "step": total_steps}
+    selected = last
+    if scorer is not None:
+      if config.select == "best" and scorer.best_step is not None:
+        selected = scorer.best_variables(last)
+        selection = {"select": "best validation ODIR final score",
+                     "step": int(scorer.best_step)}
+      selection["val_probs"] = scorer.probs(selected)
+      selection["val_probs_last"] = (selection["val_probs"]
+                                     if selected is last
+                                     else scorer.probs(last))
+  finally:
+    if scorer is not None:
+      scorer.close()
   return Trained(model, fn, selected, last, selection, throughput)
 
 
@@ -301,16 +349,10 @@ def _teacher_parts(config: Config, encoder, groups, counts, num_train):
   joint = (config.schedule == "joint" or config.teacher == "multi"
            or config.loss == "bags")
   c = len(counts)
-  if config.teacher == "multi":
-    if config.loss in ("ride", "bags"):
-      raise ValueError(f"loss={config.loss!r} needs the shared-encoder "
-                       "teacher's expert/others heads; use teacher=shared.")
+  if config.teacher == "multi":   # combinations checked by config.validate
     model = models.MultiTeacher(encoder, groups=groups, num_classes=c)
   else:
     ride = config.loss == "ride"
-    if ride and config.experts < 2:
-      raise ValueError(f"loss='ride' needs experts >= 2, got "
-                       f"{config.experts}.")
     model = models.Teacher(encoder, groups=groups, num_classes=c,
                            experts=config.experts if ride else 1,
                            expert_scale=30.0 if ride else None,

@@ -1,21 +1,50 @@
 """What a finished run leaves in its workdir: ``results.json``, test
-predictions, plots and ``report.md``."""
+predictions, plots, ``report.md`` and, last, the ``done.json`` marker.
+
+Result files are written atomically (a temporary file renamed into place),
+so a crash leaves the previous file or none, never half of one; ``done.json``
+holds the run's config and is written after everything else, so its
+presence means the run finished with that config.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import numpy as np
 
 from agt_jax.train import report as report_lib
 
+DONE = "done.json"
+
+
+def atomic_write_text(path: pathlib.Path, text: str) -> None:
+  """Writes ``text`` to ``path`` via a temporary file and ``os.replace``."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp")
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_done(workdir) -> dict | None:
+  """The finished marker (``{"config": ...}``), or None if the run in
+  ``workdir`` has not finished."""
+  path = pathlib.Path(workdir) / DONE
+  return json.loads(path.read_text()) if path.exists() else None
+
 
 def write_outputs(workdir: pathlib.Path, results: dict, probs: dict,
                   y_test, test_idx) -> None:
-  (workdir / "results.json").write_text(json.dumps(results, indent=1))
-  np.savez_compressed(workdir / "test_predictions.npz", labels=y_test,
-                      index=test_idx, **probs)
+  (workdir / DONE).unlink(missing_ok=True)
+  atomic_write_text(workdir / "results.json", json.dumps(results, indent=1))
+  tmp = workdir / ".test_predictions.tmp.npz"
+  np.savez_compressed(tmp, labels=y_test, index=test_idx, **probs)
+  os.replace(tmp, workdir / "test_predictions.npz")
   metrics = report_lib.read_metrics(workdir / "metrics.jsonl")
   names = results["class_names"]
   title = f"{results['dataset']} fold {results['fold']}"
@@ -24,3 +53,7 @@ def write_outputs(workdir: pathlib.Path, results: dict, probs: dict,
   report_lib.plot_validation(metrics, workdir / "validation.png", title)
   report_lib.plot_roc(y_test, probs, names, workdir / "roc.png", title)
   report_lib.write_report(workdir, results)
+  atomic_write_text(workdir / DONE, json.dumps(
+      {"config": results["config"], "files": ["results.json",
+                                              "test_predictions.npz",
+                                              "report.md"]}, indent=1))

@@ -4,24 +4,25 @@ feed, interval metrics, validation scoring, checkpoints, progress bar."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from agt_jax import metrics as metrics_lib
 from agt_jax.data import pipeline
+from agt_jax.errors import (CheckpointWriteError, ConfigError,
+                            ConfigMismatchError, Interrupted,
+                            NonFiniteLossError)
+from agt_jax.train import interrupts
 from agt_jax.train.checkpoint import Checkpoints
 
-
-class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN/inf loss; the last good checkpoint is kept."""
-
-
-class ConfigMismatchError(ValueError):
-  """A resume found a workdir whose saved config differs."""
+__all__ = ["ConfigMismatchError", "MetricWriter", "NonFiniteLossError",
+           "TrainingPhase", "make_mesh", "replicate"]
 
 
 class MetricWriter:
@@ -36,6 +37,25 @@ class MetricWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps(clean) + "\n")
 
+  def truncate(self, phase: str, step: int) -> None:
+    """Drops ``phase`` (and ``eval_<phase>``) records after ``step``: a
+    resumed phase rewrites the steps it lost, and they must not appear
+    twice. Rewritten atomically."""
+    if not self.path.exists():
+      return
+    keep = []
+    for line in self.path.read_text().splitlines():
+      if not line.strip():
+        continue
+      r = json.loads(line)
+      if r.get("phase") in (phase, f"eval_{phase}") \
+          and r.get("step", 0) > step:
+        continue
+      keep.append(line)
+    tmp = self.path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(l + "\n" for l in keep))
+    os.replace(tmp, self.path)
+
 
 def progress(total: int, initial: int, desc: str):
   try:
@@ -46,13 +66,24 @@ def progress(total: int, initial: int, desc: str):
     return None
 
 
-def make_mesh(batch_size: int) -> jax.sharding.Mesh:
-  """A 1-D ``data`` mesh over as many devices as divide the batch."""
+def make_mesh(batch_size: int, eval_batch_size: int | None = None
+              ) -> jax.sharding.Mesh:
+  """A 1-D ``data`` mesh over every device.
+
+  Raises :class:`ConfigError` when a batch does not split evenly over the
+  devices (rather than silently leaving some idle), naming sizes that do.
+  """
   n = jax.device_count()
-  while batch_size % n:
-    n -= 1
+  for key, size in (("batch_size", batch_size),
+                    ("eval_batch_size", eval_batch_size)):
+    if size is not None and size % n:
+      lower, upper = max(n, size - size % n), size - size % n + n
+      raise ConfigError(
+          f"{key}={size} does not split over the {n} devices; use a "
+          f"multiple of {n} (e.g. --set {key}={lower} or {upper}), or "
+          "expose fewer devices (CUDA_VISIBLE_DEVICES).")
   return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,),
-                       devices=jax.devices()[:n])
+                       devices=jax.devices())
 
 
 def replicate(tree, mesh):
@@ -64,6 +95,13 @@ def replicate(tree, mesh):
 _MEANS = ("loss", "bce", "kd", "grad_norm")
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 class TrainingPhase:
   """Shared machinery of a training phase.
 
@@ -71,6 +109,12 @@ class TrainingPhase:
   ``config.eval_every`` steps and at the last step; its record goes to
   ``metrics.jsonl`` (the validation scorer of :mod:`agt_jax.train.selection`
   also keeps the best variables).
+
+  Faults: a non-finite loss stops the phase (checked one step late, so the
+  host never waits on the step in flight); the whole state is checked for
+  finiteness before every save, so a diverged state is never written; a
+  SIGINT/SIGTERM (:mod:`agt_jax.train.interrupts`) ends the step, saves it
+  and raises :class:`~agt_jax.errors.Interrupted`.
   """
 
   def __init__(self, name, *, step_fn, state, batches, source, config,
@@ -98,21 +142,37 @@ class TrainingPhase:
         raise ConfigMismatchError(f"checkpoint config in {self.ckpt.directory}"
                                   " differs from this run's config.")
       self.start = latest
+    self.saved_step = self.start if latest is not None else None
+    # The steps after the restored one are rerun: drop their old records.
+    self.writer.truncate(name, self.start)
     self.step = jax.jit(step_fn, donate_argnums=0)
     self.extra_args = extra_args
     self.evaluate = evaluate
     self.sharding = pipeline.data_sharding(mesh)
 
   def run(self) -> dict:
+    """Trains from the restored step to ``total_steps``; closes the
+    checkpoint manager (every async save finished) however it ends."""
+    bar = progress(self.total, self.start,
+                   f"{self.name} fold {self.config.fold}")
+    try:
+      with interrupts.deferred():
+        return self._loop(bar)
+    finally:
+      if bar is not None:
+        bar.close()
+      if self.ckpt is not None:
+        self._close_checkpoints()
+
+  def _loop(self, bar) -> dict:
     cfg = self.config
-    bar = progress(self.total, self.start, f"{self.name} fold {cfg.fold}")
     feed = pipeline.device_batches(self.iterator, self.sharding)
     t_last, n_last = time.perf_counter(), 0
     prev = None   # (step, loss) of the previous step, checked one step late
     t0, done_steps = time.perf_counter(), 0
     # Interval means as on-device (sum, count) pairs: no host sync per step.
     acc: dict = {}
-    config_dict = json.loads(cfg.to_json())
+    self._config_dict = json.loads(cfg.to_json())
     for s in range(self.start, self.total):
       batch = next(feed)
       self.state, m = self.step(self.state, batch, *self.extra_args)
@@ -140,19 +200,17 @@ class TrainingPhase:
       if self.evaluate is not None and cfg.eval_every > 0 and (
           (s + 1) % cfg.eval_every == 0 or s + 1 == self.total):
         self.writer.write(self.evaluate(self.state, s + 1))
-      if self.ckpt is not None and ((s + 1) % cfg.ckpt_every == 0
-                                    or s + 1 == self.total):
+      if (s + 1) % cfg.ckpt_every == 0 or s + 1 == self.total:
         self._check_finite(s + 1, m["loss"])
-        self.ckpt.save(s + 1, self.state, self.iterator, config_dict)
+        self._save(s + 1)
       if bar is not None:
         bar.update(1)
+      if interrupts.pending() is not None and s + 1 < self.total:
+        self._check_finite(s + 1, m["loss"])
+        self._stop(s + 1)
     if prev is not None:
       self._check_finite(*prev)
-    if bar is not None:
-      bar.close()
     elapsed = time.perf_counter() - t0
-    if self.ckpt is not None:
-      self.ckpt.close()
     return {"steps": done_steps, "seconds": elapsed,
             "images_per_s": done_steps * cfg.batch_size / max(elapsed, 1e-9)}
 
@@ -160,16 +218,69 @@ class TrainingPhase:
     return {"params": self.state["params"],
             "batch_stats": self.state["batch_stats"]}
 
+  # -- faults -------------------------------------------------------------
+
+  def _last_good(self) -> str:
+    last = None
+    if self.ckpt is not None:
+      try:
+        self.ckpt.wait()
+      except OSError:
+        pass  # the failing save is reported by the caller
+      last = self.ckpt.latest_step()
+    return (f"the last good checkpoint is step {last} in "
+            f"{self.ckpt.directory}" if last is not None
+            else "no checkpoint was written yet")
+
   def _check_finite(self, step, loss) -> None:
     if not np.isfinite(np.asarray(loss)):
-      last = None
-      if self.ckpt is not None:
-        self.ckpt.wait()
-        last = self.ckpt.latest_step()
-      where = (f"the last good checkpoint is step {last} in "
-               f"{self.ckpt.directory}" if last is not None
-               else "no checkpoint was written yet")
       raise NonFiniteLossError(
           f"{self.name}: non-finite loss ({float(np.asarray(loss))}) at step "
-          f"{step}; training stopped, {where}. Lower the learning rate "
+          f"{step}; training stopped, {self._last_good()}. Lower the "
+          "learning rate (--set lr=...) and --resume.")
+
+  def _save(self, step: int) -> None:
+    """Writes a checkpoint of the state after ``step`` (async), after
+    checking that every parameter, statistic and optimiser moment is finite:
+    the loss is computed before the update, so a finite loss can still
+    leave NaN parameters."""
+    if self.ckpt is None:
+      return
+    if not bool(_all_finite(self.state)):
+      raise NonFiniteLossError(
+          f"{self.name}: the state after step {step} is not finite (NaN/inf "
+          "parameters or optimiser moments) although its loss was; nothing "
+          f"was saved, {self._last_good()}. Lower the learning rate "
           "(--set lr=...) and --resume.")
+    try:
+      self.ckpt.save(step, self.state, self.iterator, self._config_dict)
+    except OSError as e:
+      raise CheckpointWriteError(
+          f"{self.name}: could not write the checkpoint of step {step} to "
+          f"{self.ckpt.directory} ({e}); {self._last_good()}. Free space "
+          "and --resume.") from None
+    self.saved_step = step
+
+  def _stop(self, step: int):
+    """A SIGINT/SIGTERM arrived: checkpoint this step, then stop."""
+    signum = interrupts.pending()
+    interrupts.clear()
+    if self.ckpt is None:
+      where = (f"at step {step} of the {self.name} (not checkpointed: it "
+               "reruns on resume)")
+    else:
+      if self.saved_step != step:
+        self._save(step)
+      self._close_checkpoints()
+      where = (f"at step {step} of the {self.name} (checkpoint saved in "
+               f"{self.ckpt.directory})")
+    raise Interrupted(signum, where)
+
+  def _close_checkpoints(self) -> None:
+    try:
+      self.ckpt.close()
+    except OSError as e:
+      raise CheckpointWriteError(
+          f"{self.name}: a checkpoint could not be written to "
+          f"{self.ckpt.directory} ({e}); {self._last_good()}. Free space "
+          "and --resume.") from None

@@ -13,10 +13,25 @@ def _fmt(x) -> str:
 
 
 def read_metrics(path) -> list[dict]:
+  """``metrics.jsonl`` as records in step order per phase.
+
+  Robust to what a crash can leave: a torn last line is skipped, and a
+  ``(phase, step)`` written twice (a resume from an older file) keeps its
+  last record.
+  """
   path = pathlib.Path(path)
   if not path.exists():
     return []
-  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+  out: dict = {}
+  for k, line in enumerate(path.read_text().splitlines()):
+    try:
+      r = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    key = (r.get("phase"), r["step"]) if "step" in r else ("line", k)
+    out.pop(key, None)     # a rewrite moves to where it was written
+    out[key] = r
+  return list(out.values())
 
 
 def plot_curves(metrics: list[dict], out: pathlib.Path, title: str) -> None:
@@ -195,5 +210,6 @@ def write_report(workdir, results: dict) -> pathlib.Path:
             "`roc.png`.",
             "", f"Dataset: {ds}."]
   path = workdir / "report.md"
-  path.write_text("\n".join(lines) + "\n")
+  from agt_jax.train.outputs import atomic_write_text
+  atomic_write_text(path, "\n".join(lines) + "\n")
   return path
