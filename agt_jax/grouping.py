@@ -30,6 +30,10 @@ PAPER_GROUPS = {"odir": (("D", "A", "H", "M"), ("G", "C"), ("N", "O"))}
 
 
 def _names_to_index(groups, class_names):
+  missing = [c for g in groups for c in g if c not in class_names]
+  if missing:
+    raise InputError(f"the grouping names classes {missing} that this "
+                     f"dataset does not have (its classes: {class_names}).")
   return tuple(tuple(class_names.index(c) for c in g) for g in groups)
 
 
@@ -108,6 +112,14 @@ def _forced_and_free(c, together, class_names, n_groups):
     raise InputError(f"cannot make {n_groups} groups from {len(free)} free "
                      f"classes and {len(forced)} forced groups.")
   return forced, free, k
+
+
+def check_together(num_classes: int, together, class_names, n_groups: int
+                   ) -> None:
+  """Raises :class:`~agt_jax.errors.InputError` if ``together`` names an
+  unknown class or ``n_groups`` cannot be formed (checked before any
+  features are computed)."""
+  _forced_and_free(num_classes, together, class_names, n_groups)
 
 
 def cluster_classes(class_reps, *, n_groups: int,

@@ -54,24 +54,26 @@ def lt_indices(labels, imbalance_factor: float, *, seed: int = 0
   return np.concatenate(keep)
 
 
-def _numpy_global(name: str):
+def _numpy_global(module: str, name: str):
+  import importlib
   try:
-    from numpy._core import multiarray
+    mod = importlib.import_module(f"numpy._core.{module}")
   except ImportError:  # numpy 1
-    from numpy.core import multiarray
-  return getattr(multiarray, name)
+    mod = importlib.import_module(f"numpy.core.{module}")
+  return getattr(mod, name)
 
 
 # Everything the CIFAR python pickles (and numpy arrays pickled by numpy 1
-# or 2, protocols 2-5) refer to: array reconstruction, dtypes, and the
-# latin-1 bytes encoding of protocol 2. Nothing that runs other code.
+# or 2, protocols 2-5) refer to: array reconstruction (``_reconstruct``,
+# ``_frombuffer``), scalars, dtypes, and the latin-1 bytes encoding of
+# protocol 2. Nothing that runs other code.
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): lambda: _numpy_global(
-        "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"): lambda: _numpy_global(
-        "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"): lambda: _numpy_global("scalar"),
-    ("numpy._core.multiarray", "scalar"): lambda: _numpy_global("scalar"),
+    **{(f"numpy.{core}.{module}", name): (
+        lambda module=module, name=name: _numpy_global(module, name))
+       for core in ("core", "_core")
+       for module, name in (("multiarray", "_reconstruct"),
+                            ("multiarray", "scalar"),
+                            ("numeric", "_frombuffer"))},
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
     ("_codecs", "encode"): lambda: __import__("codecs").encode,

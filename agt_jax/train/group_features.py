@@ -25,13 +25,8 @@ def make_groups(config, encoder, train_source, y_train, names, counts, mesh,
   strategy = config.grouping
   info: dict[str, Any] = {"strategy": strategy}
   if strategy not in ("relational", "gradient"):
-    groups = grouping_lib.make_groups(
-        strategy, num_classes=len(names), class_names=names,
-        class_counts=counts, n_groups=config.n_groups,
-        together=config.together, seed=config.seed,
-        many=config.shot_many or None, few=config.shot_few or None)
     info["features"] = "not used"
-    return _finish(info, groups, names)
+    return _finish(info, _fixed_groups(config, names, counts), names)
 
   student = models.Student(encoder, num_classes=len(names))
   tx = steps.adam(config.lr, config.b1, config.b2)
@@ -90,6 +85,26 @@ def make_groups(config, encoder, train_source, y_train, names, counts, mesh,
               "95%-variance grouping; PCA sizes are capped by the number of "
               "images and the feature size"}
   return _finish(info, groups, names)
+
+
+def check_grouping(config, names, counts) -> None:
+  """What can be checked of the grouping before any compute: a fixed
+  grouping is built and must partition the classes; ``together`` must name
+  known classes. Raises :class:`~agt_jax.errors.InputError`."""
+  if config.grouping == "relational":
+    grouping_lib.check_together(len(names), config.together, names,
+                                config.n_groups)
+  elif config.grouping != "gradient":
+    samplers.validate_groups(_fixed_groups(config, names, counts),
+                             len(names), names)
+
+
+def _fixed_groups(config, names, counts):
+  return grouping_lib.make_groups(
+      config.grouping, num_classes=len(names), class_names=names,
+      class_counts=counts, n_groups=config.n_groups,
+      together=config.together, seed=config.seed,
+      many=config.shot_many or None, few=config.shot_few or None)
 
 
 def _finish(info, groups, names) -> dict:

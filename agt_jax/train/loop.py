@@ -102,6 +102,7 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
     resume = _check_workdir(config, workdir, resume)
     interrupts.set_stage("while loading the data (nothing written yet)")
     data = load_fold(config)
+    group_features.check_grouping(config, data.names, data.counts)
     mesh = make_mesh(config.batch_size, config.eval_batch_size)
     _claim_workdir(config, workdir, resume, data)
     return _train_and_evaluate(config, workdir, resume, data, mesh)
