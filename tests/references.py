@@ -284,3 +284,61 @@ def feedback_step(z, y, pos, neg, count, beta=2.0, decay=0.99, eps=1e-8):
         new_neg[j] += p
   return (loss, w, decay * pos + (1 - decay) * new_pos,
           decay * neg + (1 - decay) * w * new_neg, count + 1)
+
+
+# -- inputs shared with the PyTorch reference script --------------------------
+# (tests/torch_references/make_torch_references.py): numpy only, seeded, so
+# the script and the tests build the very same arrays.
+
+PEER_COUNTS = np.array([1000, 500, 250, 120, 60, 30, 15, 8])
+PEER_N_TRAIN = 2000
+
+
+def peer_batch(n=16, seed=0):
+  """Logits and multi-hot labels for the peer-loss tests."""
+  rng = np.random.default_rng(seed)
+  z = (rng.normal(size=(n, 8)) * 2).astype(np.float32)
+  y = (rng.random((n, 8)) < PEER_COUNTS / 1200).astype(np.float32)
+  y[0] = 0  # one sample without positives
+  y[1, 0] = y[1, 7] = 1  # one multi-label sample with head + tail
+  return z, y
+
+
+def ride_inputs(seed=0, n=12, e=3):
+  """Expert logits ``[e, n, 8]`` and single-label targets for RIDE."""
+  rng = np.random.default_rng(seed)
+  z = (rng.normal(size=(e, n, 8)) * 5).astype(np.float32)
+  t = rng.integers(0, 8, size=n)
+  return z, t
+
+
+def torchvision_like_state(spec: dict, seed: int = 0) -> dict:
+  """A state dict with the keys and shapes of ``spec`` (a torchvision
+  model's, in order) and seeded values: He-normal convolutions, batch-norm
+  scales near 1, small shifts and non-trivial running statistics."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for key, shape in spec.items():
+    leaf = key.rpartition(".")[2]
+    if leaf == "num_batches_tracked":
+      out[key] = np.zeros(shape, np.int64)
+    elif leaf == "weight" and len(shape) == 4:
+      fan_in = int(np.prod(shape[1:]))
+      out[key] = rng.normal(0, np.sqrt(2 / fan_in), shape).astype(np.float32)
+    elif leaf == "weight" and len(shape) == 2:
+      out[key] = rng.normal(0, 0.01, shape).astype(np.float32)
+    elif leaf == "weight":
+      out[key] = rng.uniform(0.8, 1.2, shape).astype(np.float32)
+    elif leaf in ("bias", "running_mean"):
+      out[key] = rng.uniform(-0.1, 0.1, shape).astype(np.float32)
+    elif leaf == "running_var":
+      out[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    else:
+      raise KeyError(f"unexpected state-dict entry {key}")
+  return out
+
+
+def imagenet_input(n=2, size=64, seed=0):
+  """uint8 ``[n, size, size, 3]`` images for the encoder import check."""
+  return np.random.default_rng(seed).integers(0, 255, (n, size, size, 3),
+                                              np.uint8)

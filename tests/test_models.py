@@ -1,5 +1,7 @@
 """Encoders, Teacher/Student, and weight import."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,37 +50,24 @@ def test_unknown_model():
 
 
 def test_torchvision_import_matches_torch_outputs():
-  torch = pytest.importorskip("torch")
-  tv = pytest.importorskip("torchvision")
-  for name, ctor in (("resnet50", tv.models.resnet50),
-                     ("densenet121", tv.models.densenet121)):
-    torch.manual_seed(0)
-    net = ctor(weights=None).eval()
-    # Non-trivial running statistics.
-    for m in net.modules():
-      if isinstance(m, torch.nn.BatchNorm2d):
-        m.running_mean.uniform_(-0.1, 0.1)
-        m.running_var.uniform_(0.5, 1.5)
+  """Seeded torchvision-shaped weights (tests/references.py), imported,
+  give the features torch computed from the same weights and images
+  (tests/torch_references, made by make_torch_references.py)."""
+  import json
+  from tests import references as ref
+  here = pathlib.Path(__file__).parent / "torch_references"
+  specs = json.loads((here / "torchvision_specs.json").read_text())
+  want = np.load(here / "torch_references.npz")
+  x = ref.imagenet_input()
+  for name in ("resnet50", "densenet121"):
     enc = models.make_encoder(name)
-    x = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), np.uint8)
     v = enc.init(jax.random.key(0), jnp.asarray(x))
-    p, s = weights.from_torchvision(net.state_dict(), v["params"],
-                                    v["batch_stats"])
+    state = ref.torchvision_like_state(specs[name])
+    p, s = weights.from_torchvision(state, v["params"], v["batch_stats"])
     ours = np.asarray(enc.apply({"params": p, "batch_stats": s}, x))
-    mean = np.array([0.485, 0.456, 0.406]) * 255
-    std = np.array([0.229, 0.224, 0.225]) * 255
-    xt = torch.tensor(((x - mean) / std).transpose(0, 3, 1, 2), dtype=torch.float32)
-    feats = {}
-    if name == "resnet50":
-      net.fc = torch.nn.Identity()
-      ref = net(xt).detach().numpy()
-    else:
-      f = net.features(xt)
-      ref = torch.nn.functional.adaptive_avg_pool2d(
-          torch.relu(f), 1).flatten(1).detach().numpy()
     # Tolerance: float32 accumulation-order differences through ~50 layers.
-    np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-3)
-    del feats
+    np.testing.assert_allclose(ours, want[f"{name}_features"], rtol=1e-3,
+                               atol=1e-3)
 
 
 def test_import_rejects_incomplete_state_dict():

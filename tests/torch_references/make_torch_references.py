@@ -1,0 +1,114 @@
+"""Regenerates the PyTorch reference outputs that CI compares against
+without PyTorch.
+
+  pip install -e '.[torch]'         # any env with torch + torchvision + numpy
+  python tests/torch_references/make_torch_references.py
+
+Writes, next to this file:
+  torch_references.npz   RIDE and distribution-balanced loss gradients by
+                         torch autograd (float64); ResNet-50 and DenseNet-121
+                         pooled features of seeded weights and inputs
+  torchvision_specs.json the two models' state-dict keys and shapes
+  versions.json          the torch / torchvision / numpy that made them
+
+Inputs and weights come from ``tests/references.py`` (numpy, seeded), so the
+tests rebuild exactly what was fed to torch here.
+"""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import torch
+import torchvision
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+from tests import references as ref  # noqa: E402
+
+F = torch.nn.functional
+
+
+def ride_gradient() -> np.ndarray:
+  """d/dz of the RIDE loss with re-weighting: per expert LDAM-margin CE
+  (scale 30) with class-balanced weights, and the diversity KL to the
+  experts' mean at temperature T (weight -0.2)."""
+  z, t = ref.ride_inputs()
+  counts = torch.tensor(ref.PEER_COUNTS, dtype=torch.float64)
+  m = counts ** -0.25
+  m = m * (0.5 / m.max())
+  cw = torch.tensor(ref.cb_weights(ref.PEER_COUNTS, 0.9999))
+  f = counts / counts.sum()
+  tt = 8 * f * 0.05 + 0.95
+  temp = tt / tt.max()
+  tgt = torch.as_tensor(t)
+  zt = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+  mean = zt.mean(0)
+  total = 0.0
+  for k in range(zt.shape[0]):
+    x = zt[k] - F.one_hot(tgt, 8) * (30 * m)[None, :]
+    total = total + F.cross_entropy(x, tgt, weight=cw)
+    with torch.no_grad():
+      target = F.softmax(mean / temp, dim=1)
+    total = total + (-0.2) * temp.mean() ** 2 * F.kl_div(
+        F.log_softmax(zt[k] / temp, dim=1), target, reduction="batchmean")
+  total.backward()
+  return zt.grad.numpy()
+
+
+def db_gradient() -> np.ndarray:
+  """d/dz of the mean distribution-balanced loss (rebalancing weights,
+  negative-tolerant regularisation, focal gamma 2)."""
+  zb, yb = ref.peer_batch()
+  counts = torch.tensor(ref.PEER_COUNTS, dtype=torch.float64)
+  zt = torch.tensor(zb, dtype=torch.float64, requires_grad=True)
+  yt = torch.tensor(yb, dtype=torch.float64)
+  freq_inv = 1 / counts
+  w = torch.sigmoid(10 * (freq_inv[None] / (yt * freq_inv).sum(1, keepdim=True)
+                          - 0.2)) + 0.1
+  x = zt - torch.log(ref.PEER_N_TRAIN / counts - 1) * 0.05 / 2
+  x = x * (1 - yt) * 2 + x * yt
+  w = w / 2 * (1 - yt) + w * yt
+  bce = F.binary_cross_entropy_with_logits(x, yt, reduction="none")
+  pt = torch.exp(-bce)
+  (2 * (1 - pt) ** 2 * w * bce).mean().backward()
+  return zt.grad.numpy()
+
+
+def encoder_features(name, ctor):
+  net = ctor(weights=None).eval()
+  spec = {k: list(v.shape) for k, v in net.state_dict().items()}
+  state = ref.torchvision_like_state(spec)
+  net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+  x = ref.imagenet_input()
+  mean = np.array([0.485, 0.456, 0.406]) * 255
+  std = np.array([0.229, 0.224, 0.225]) * 255
+  xt = torch.tensor(((x - mean) / std).transpose(0, 3, 1, 2),
+                    dtype=torch.float32)
+  with torch.no_grad():
+    if name == "resnet50":
+      net.fc = torch.nn.Identity()
+      out = net(xt)
+    else:
+      out = F.adaptive_avg_pool2d(torch.relu(net.features(xt)), 1).flatten(1)
+  return spec, out.numpy()
+
+
+def main():
+  torch.manual_seed(0)
+  arrays = {"ride_grad": ride_gradient(), "db_grad": db_gradient()}
+  specs = {}
+  for name, ctor in (("resnet50", torchvision.models.resnet50),
+                     ("densenet121", torchvision.models.densenet121)):
+    specs[name], arrays[f"{name}_features"] = encoder_features(name, ctor)
+  np.savez_compressed(HERE / "torch_references.npz", **arrays)
+  (HERE / "torchvision_specs.json").write_text(json.dumps(specs))
+  (HERE / "versions.json").write_text(json.dumps(
+      {"torch": torch.__version__, "torchvision": torchvision.__version__,
+       "numpy": np.__version__, "python": sys.version.split()[0]}, indent=1))
+  print({k: v.shape for k, v in arrays.items()})
+
+
+if __name__ == "__main__":
+  main()
