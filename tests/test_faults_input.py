@@ -170,6 +170,41 @@ def test_bad_image_files_are_one_error_line_in_the_cli(tmp_path):
   assert all(str(p) in lines[0] for p in bad.values())
 
 
+def _drop_age_column(path):
+  import openpyxl
+  wb = openpyxl.load_workbook(path)
+  wb.active.delete_cols(2)
+  wb.save(path)
+
+
+def _label_two(path):
+  import openpyxl
+  wb = openpyxl.load_workbook(path)
+  wb.active.cell(row=3, column=9).value = 2   # column "D" of patient 305
+  wb.save(path)
+
+
+@pytest.mark.parametrize("damage,says", [
+    (_drop_age_column, r"V2\.xlsx: .*missing \['Patient Age'\]"),
+    (_label_two, r"V2\.xlsx: row 3, column 'D': label value 2")])
+def test_bad_label_files_are_one_error_line(damage, says, tmp_path,
+                                            monkeypatch):
+  import re
+  from experiments import odir as odir_cli
+  monkeypatch.setenv("AGT_JAX_CACHE", str(tmp_path / "cache"))
+  root = fixtures.make_odir_challenge(tmp_path / "odir")
+  damage(root / "ODIR-5K_Training_Annotations(Updated)_V2.xlsx")
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err), \
+      contextlib.redirect_stdout(io.StringIO()):
+    code = odir_cli.main(["--preset", "smoke", "--data", f"odir5k:{root}",
+                          "--workdir", str(tmp_path / "w")])
+  assert code == 2
+  lines = err.getvalue().strip().splitlines()
+  assert len(lines) == 1 and re.search(says, lines[0]), lines
+  assert not (tmp_path / "w" / "config.json").exists()
+
+
 def test_skipped_images_are_written_to_the_workdir(tmp_path):
   from agt_jax.data import registry
   from agt_jax.train import loop
