@@ -40,14 +40,15 @@ class MetricWriter:
   def truncate(self, phase: str, step: int) -> None:
     """Drops ``phase`` (and ``eval_<phase>``) records after ``step``: a
     resumed phase rewrites the steps it lost, and they must not appear
-    twice. Rewritten atomically."""
+    twice. A torn line is dropped. Rewritten atomically."""
     if not self.path.exists():
       return
     keep = []
     for line in self.path.read_text().splitlines():
-      if not line.strip():
-        continue
-      r = json.loads(line)
+      try:
+        r = json.loads(line)
+      except json.JSONDecodeError:
+        continue         # a line torn by a kill mid-write
       if r.get("phase") in (phase, f"eval_{phase}") \
           and r.get("step", 0) > step:
         continue
