@@ -21,6 +21,29 @@ def add_data_arg(p, *, default: str | None = "odir5k-synth",
                  help=f"{DATA_FLAG_HELP} (e.g. {example})")
 
 
+def add_distributed_args(p) -> None:
+  """Flags that join a multi-process run (see README "Many machines")."""
+  g = p.add_argument_group(
+      "many processes", "JAX's distributed runtime; automatic under srun "
+      "(Slurm), mpirun (Open MPI) or with JAX_COORDINATOR_ADDRESS set")
+  g.add_argument("--distributed", action="store_true",
+                 help="join a multi-process run even when no launcher is "
+                 "detected (JAX's own cluster detection)")
+  g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                 help="process 0's address, the same for every process")
+  g.add_argument("--num-processes", type=int, default=None, metavar="N")
+  g.add_argument("--process-id", type=int, default=None, metavar="I")
+
+
+def start_distributed(a) -> None:
+  """Joins the run the flags or the environment describe; call before
+  anything touches a device."""
+  from agt_jax import distributed
+  distributed.initialize(distributed.detect(
+      coordinator=a.coordinator, num_processes=a.num_processes,
+      process_id=a.process_id, force=a.distributed))
+
+
 def resume_command(prog: str, argv: Sequence[str], *,
                    resume_flag: str | None) -> str:
   """The command that continues an interrupted run: the same arguments,

@@ -4,6 +4,7 @@
   python -m experiments.odir --folds all --preset quick
   python -m experiments.odir --fold 0 --data odir5k:/data/odir5k --preset paper
   python -m experiments.odir --fold 0 --set alpha=0.3 --set reweight=none
+  srun python -m experiments.odir --fold 0 --data odir5k:/data/odir5k
 
 Thin entry point: parse flags, build the config (written to the workdir), call
 ``agt_jax.train.train_and_evaluate``. Ctrl-C (or SIGTERM) checkpoints the
@@ -43,6 +44,7 @@ def main(argv=None) -> int:
                  "folder or torchvision .pth")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="override any config field (repeatable)")
+  _cli.add_distributed_args(p)
   a = p.parse_args(argv)
   return _cli.guarded(lambda: _run(a), prog=PROG, argv=argv,
                       resume_flag="--resume")
@@ -50,7 +52,9 @@ def main(argv=None) -> int:
 
 def _run(a) -> int:
   from agt_jax import config as config_lib
+  from agt_jax import distributed
   from agt_jax.data.registry import parse_data_spec
+  _cli.start_distributed(a)
   if a.preset is None:
     preset, why = _default_preset()
     print(f"preset: {preset} (no --preset given and {why})", flush=True)
@@ -74,6 +78,8 @@ def _run(a) -> int:
     wd = workdir / f"fold{k}" if a.folds == "all" else workdir
     results.append(train_and_evaluate(cfg, wd, resume=a.resume))
     r = results[-1]
+    if not distributed.is_primary():
+      continue     # process 0 prints the results
     print(f"fold {k}: groups "
           + " ".join("{" + ",".join(g) + "}" for g in r["groups"]["names"])
           + f"; teacher loss {r['reweight_rule']}", flush=True)
@@ -84,6 +90,8 @@ def _run(a) -> int:
                           **{m: round(o[m], 4) for m in o},
                           "macro_auc": round(r[name]["macro_auc"], 4)}),
               flush=True)
+  if not distributed.is_primary():
+    return 0
   if a.folds == "all":
     from agt_jax.train import summarize_folds
     path = summarize_folds(results, workdir)

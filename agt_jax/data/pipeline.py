@@ -24,6 +24,9 @@ class LoadAndAugment:
   """``batch -> batch + {"image": uint8 [b, crop, crop, 3]}``.
 
   ``train=True``: random crop + horizontal flip; otherwise a centre crop.
+  A host's slice of a batch (:func:`agt_jax.data.samplers.host_slice`)
+  carries each row's global ``"slot"``, which seeds its augmentation and is
+  dropped here.
   """
   source: object  # FileImageSource / ArrayImageSource / any index -> image
   crop: int
@@ -32,10 +35,13 @@ class LoadAndAugment:
 
   def __call__(self, step: int, batch: dict) -> dict:
     out = []
-    for slot, i in enumerate(np.asarray(batch["index"])):
+    index = np.asarray(batch["index"])
+    batch = dict(batch)
+    slots = batch.pop("slot", np.arange(len(index)))
+    for slot, i in zip(slots, index):
       image = self.source[int(i)]
       if self.train:
-        rng = np.random.default_rng((self.seed, int(step), slot))
+        rng = np.random.default_rng((self.seed, int(step), int(slot)))
         out.append(images.random_crop_flip(image, self.crop, rng))
       else:
         out.append(images.center_crop(image, self.crop))
@@ -86,11 +92,30 @@ def data_sharding(mesh: jax.sharding.Mesh, axis: str = "data"
   return NamedSharding(mesh, P(axis))
 
 
+def host_batches(batches: grain.MapDataset, *, process_index: int | None = None,
+                 process_count: int | None = None) -> grain.MapDataset:
+  """This process's rows of every global batch (all of them on one
+  process), taken before images are attached: a host decodes only its own
+  images."""
+  from agt_jax.data import samplers
+  n = jax.process_count() if process_count is None else process_count
+  if n == 1:
+    return batches
+  i = jax.process_index() if process_index is None else process_index
+  return samplers.host_slice(batches, process_index=i, process_count=n)
+
+
 def device_batches(iterator: Iterator[dict], sharding: NamedSharding
                    ) -> Iterator[dict]:
-  """Puts each batch's arrays on the devices, split along the batch axis;
-  scalars (e.g. ``group``) are replicated."""
-  replicated = NamedSharding(sharding.mesh, P())
+  """Makes each host batch part of a global batch on the mesh: arrays are
+  split along the batch axis (this process's rows, see
+  :func:`host_batches`), scalars (e.g. ``group``) replicated."""
   for batch in iterator:
-    yield {k: jax.device_put(v, sharding if np.ndim(v) else replicated)
-           for k, v in batch.items()}
+    yield global_batch(batch, sharding)
+
+
+def global_batch(batch: dict, sharding: NamedSharding) -> dict:
+  replicated = NamedSharding(sharding.mesh, P())
+  return {k: jax.make_array_from_process_local_data(
+      sharding if np.ndim(v) else replicated, np.asarray(v))
+          for k, v in batch.items()}

@@ -405,7 +405,8 @@ def host_slice(ds: grain.MapDataset, *, process_index: int,
                process_count: int) -> grain.MapDataset:
   """This host's contiguous rows of every batch (the global batch is the
   concatenation over hosts, as ``jax.make_array_from_process_local_data``
-  expects)."""
+  expects). Each row keeps its position in the global batch as ``"slot"``,
+  so its augmentation is the one it gets on a single host."""
   return ds.map(_HostRows(process_index, process_count))
 
 
@@ -419,4 +420,5 @@ class _HostRows:
     if b % self.count:
       raise InputError(f"batch {b} does not split over {self.count} hosts.")
     lo, hi = self.index * b // self.count, (self.index + 1) * b // self.count
-    return {k: (v[lo:hi] if np.ndim(v) else v) for k, v in batch.items()}
+    out = {k: (v[lo:hi] if np.ndim(v) else v) for k, v in batch.items()}
+    return {**out, "slot": np.arange(lo, hi)}

@@ -33,6 +33,22 @@ class Checkpoints:
         data=grain.checkpoint.CheckpointSave(iterator),
         config=ocp.args.JsonSave(config)))
 
+  def check_process_count(self, step: int) -> None:
+    """Raises when checkpoint ``step`` was written by another number of
+    processes: each process saved its own data-iterator position, so a
+    resume needs the same process count."""
+    from agt_jax.errors import ConfigMismatchError
+    files = sorted((self.directory / str(step) / "data").glob(
+        "process_*-of-*.json"))
+    counts = {int(f.stem.rsplit("-of-", 1)[1]) for f in files}
+    n = jax.process_count()
+    if counts and counts != {n}:
+      (saved,) = counts if len(counts) == 1 else (sorted(counts),)
+      raise ConfigMismatchError(
+          f"checkpoint {step} in {self.directory} was written by {saved} "
+          f"process(es) and this run has {n}: resume with {saved} "
+          f"process(es) (--num-processes {saved}).")
+
   def wait(self) -> None:
     if not self._closed:
       self._mngr.wait_until_finished()

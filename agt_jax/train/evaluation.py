@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from agt_jax import distributed
 from agt_jax import grouping as grouping_lib
 from agt_jax import metrics as metrics_lib
 from agt_jax.data import images as images_lib
@@ -22,26 +23,27 @@ def predictor(model):
 
 def predict(model, variables, source, indices, labels, config, mesh,
             desc, fn=None) -> tuple[np.ndarray, np.ndarray]:
-  """Eval-mode probabilities and features for ``indices`` (centre crops)."""
-  ds = pipeline.with_images(
-      pipeline.eval_batches(len(indices), labels,
-                            batch_size=config.eval_batch_size),
-      images_lib.SubsetSource(source, indices), crop=config.crop, train=False)
+  """Eval-mode probabilities and features for ``indices`` (centre crops).
+
+  Each process decodes its rows of every batch; the predictions are
+  gathered, so every process returns all of them.
+  """
+  batches = pipeline.eval_batches(len(indices), labels,
+                                  batch_size=config.eval_batch_size)
+  ds = pipeline.with_images(pipeline.host_batches(batches),
+                            images_lib.SubsetSource(source, indices),
+                            crop=config.crop, train=False)
   fn = fn or predictor(model)
   variables = replicate(variables, mesh)
-  n_dev = mesh.devices.size
+  sharding = pipeline.data_sharding(mesh)
   probs, feats = [], []
   bar = progress(len(ds), 0, desc) if desc else None
   for t in range(len(ds)):
-    b = ds[t]
-    x = b["image"]
-    pad = (-len(x)) % n_dev
-    if pad:
-      x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-    p, f = fn(variables, jax.device_put(x, pipeline.data_sharding(mesh)))
-    keep = b["valid"]
-    probs.append(np.asarray(p)[:len(keep)][keep])
-    feats.append(np.asarray(f)[:len(keep)][keep])
+    x = pipeline.global_batch({"image": ds[t]["image"]}, sharding)["image"]
+    p, f = fn(variables, x)
+    keep = batches[t]["valid"]     # the global batch's padding mask
+    probs.append(distributed.to_host(p)[keep])
+    feats.append(distributed.to_host(f)[keep])
     if bar is not None:
       bar.update(1)
   if bar is not None:

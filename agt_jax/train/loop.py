@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agt_jax import config as config_lib
+from agt_jax import distributed
 from agt_jax import metrics as metrics_lib
 from agt_jax import models
 from agt_jax.config import Config, from_json
@@ -101,10 +102,17 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
   with interrupts.handle_signals():
     resume = _check_workdir(config, workdir, resume)
     interrupts.set_stage("while loading the data (nothing written yet)")
+    # Process 0 fills the shared caches (rendering, image checks) first.
+    if not distributed.is_primary():
+      distributed.barrier("agt_jax: data loaded by process 0")
     data = load_fold(config)
+    if distributed.is_primary():
+      distributed.barrier("agt_jax: data loaded by process 0")
     group_features.check_grouping(config, data.names, data.counts)
     mesh = make_mesh(config.batch_size, config.eval_batch_size)
-    _claim_workdir(config, workdir, resume, data)
+    if distributed.is_primary():
+      _claim_workdir(config, workdir, resume, data)
+    distributed.barrier("agt_jax: workdir claimed")
     return _train_and_evaluate(config, workdir, resume, data, mesh)
 
 
@@ -127,9 +135,11 @@ def _train_and_evaluate(config, workdir, resume, data, mesh) -> dict:
   results, probs = evaluate_models(config, data, trained, groups_info, mesh)
   results["throughput"] = {**throughput, **{
       k: v for t in trained.values() for k, v in t.throughput.items()}}
-  for line in results["warnings"]:
-    print(f"warning: {line}", file=sys.stderr, flush=True)
-  write_outputs(workdir, results, probs, data.y_test, data.test_idx)
+  if distributed.is_primary():   # the others hold the same results
+    for line in results["warnings"]:
+      print(f"warning: {line}", file=sys.stderr, flush=True)
+    write_outputs(workdir, results, probs, data.y_test, data.test_idx)
+  distributed.barrier("agt_jax: outputs written")
   return results
 
 
@@ -241,7 +251,8 @@ def _groups(config, data: FoldData, encoder, mesh, workdir, resume,
   info = group_features.make_groups(
       config, encoder, data.fit_source, data.y_fit, data.names, data.counts,
       mesh, (config.crop, config.crop, 3), workdir, throughput, _load_init)
-  path.write_text(json.dumps(info, indent=1))
+  if distributed.is_primary():
+    atomic_write_text(path, json.dumps(info, indent=1))
   return info
 
 
@@ -440,4 +451,6 @@ def evaluate_models(config, data: FoldData, trained: dict, groups_info,
       results["warnings"].append(msg)
   results["teacher_schedule"] = trained["teacher"].selection["schedule"]
   results["device"] = str(jax.devices()[0].device_kind)
+  results["devices"] = {"count": jax.device_count(),
+                        "processes": jax.process_count()}
   return results, probs

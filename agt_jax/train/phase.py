@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
 import time
 
 import jax
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from agt_jax import distributed
 from agt_jax import metrics as metrics_lib
 from agt_jax.data import pipeline
 from agt_jax.errors import (CheckpointWriteError, ConfigError,
@@ -26,12 +28,16 @@ __all__ = ["ConfigMismatchError", "MetricWriter", "NonFiniteLossError",
 
 
 class MetricWriter:
-  """Appends one JSON line per call to ``metrics.jsonl``."""
+  """Appends one JSON line per call to ``metrics.jsonl``; only process 0
+  of a multi-process run writes (every process calls it)."""
 
-  def __init__(self, path: pathlib.Path):
+  def __init__(self, path: pathlib.Path, *, primary: bool | None = None):
     self.path = path
+    self.primary = distributed.is_primary() if primary is None else primary
 
   def write(self, record: dict) -> None:
+    if not self.primary:
+      return
     clean = {k: (np.asarray(v).tolist() if hasattr(v, "shape") else v)
              for k, v in record.items()}
     with open(self.path, "a") as f:
@@ -41,7 +47,7 @@ class MetricWriter:
     """Drops ``phase`` (and ``eval_<phase>``) records after ``step``: a
     resumed phase rewrites the steps it lost, and they must not appear
     twice. A torn line is dropped. Rewritten atomically."""
-    if not self.path.exists():
+    if not self.primary or not self.path.exists():
       return
     keep = []
     for line in self.path.read_text().splitlines():
@@ -59,6 +65,12 @@ class MetricWriter:
 
 
 def progress(total: int, initial: int, desc: str):
+  """A progress bar with ETA on process 0; other processes print one line
+  instead (and get ``None``)."""
+  if not distributed.is_primary():
+    print(f"process {jax.process_index()} of {jax.process_count()}: {desc} "
+          f"from step {initial} of {total}", flush=True)
+    return None
   try:
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, desc=desc, unit="step",
@@ -69,10 +81,12 @@ def progress(total: int, initial: int, desc: str):
 
 def make_mesh(batch_size: int, eval_batch_size: int | None = None
               ) -> jax.sharding.Mesh:
-  """A 1-D ``data`` mesh over every device.
+  """A 1-D ``data`` mesh over every device of every process.
 
   Raises :class:`ConfigError` when a batch does not split evenly over the
   devices (rather than silently leaving some idle), naming sizes that do.
+  Devices are listed process by process, so each process feeds a
+  contiguous block of rows (:func:`agt_jax.distributed.host_rows`).
   """
   n = jax.device_count()
   for key, size in (("batch_size", batch_size),
@@ -83,8 +97,9 @@ def make_mesh(batch_size: int, eval_batch_size: int | None = None
           f"{key}={size} does not split over the {n} devices; use a "
           f"multiple of {n} (e.g. --set {key}={lower} or {upper}), or "
           "expose fewer devices (CUDA_VISIBLE_DEVICES).")
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,),
-                       devices=jax.devices())
+                       devices=devices)
 
 
 def replicate(tree, mesh):
@@ -124,8 +139,8 @@ class TrainingPhase:
     self.name, self.config, self.mesh = name, config, mesh
     self.total = total_steps
     self.writer = MetricWriter(workdir / "metrics.jsonl")
-    ds = pipeline.with_images(batches, source, crop=config.crop, train=True,
-                              seed=config.seed)
+    ds = pipeline.with_images(pipeline.host_batches(batches), source,
+                              crop=config.crop, train=True, seed=config.seed)
     self.iterator = pipeline.to_iterator(ds, workers=config.workers)
     self.ckpt = Checkpoints(workdir / "checkpoints" / name,
                             max_to_keep=config.keep_checkpoints) \
@@ -138,6 +153,7 @@ class TrainingPhase:
         raise ConfigMismatchError(
             f"{workdir} already holds {name} checkpoints; pass --resume to "
             "continue that run or use another --workdir.")
+      self.ckpt.check_process_count(latest)
       self.state, saved = self.ckpt.restore(latest, self.state, self.iterator)
       if saved != json.loads(config.to_json()):
         raise ConfigMismatchError(f"checkpoint config in {self.ckpt.directory}"
@@ -206,7 +222,7 @@ class TrainingPhase:
         self._save(s + 1)
       if bar is not None:
         bar.update(1)
-      if interrupts.pending() is not None and s + 1 < self.total:
+      if self._should_stop(s + 1):
         self._check_finite(s + 1, m["loss"])
         self._stop(s + 1)
     if prev is not None:
@@ -262,9 +278,21 @@ class TrainingPhase:
           "and --resume.") from None
     self.saved_step = step
 
+  def _should_stop(self, step: int) -> bool:
+    """Whether a SIGINT/SIGTERM asks to stop after ``step``. With several
+    processes they must stop at the same step, so they agree at the steps
+    that log (a collective, where the host syncs anyway)."""
+    if step >= self.total:
+      return False
+    if jax.process_count() == 1:
+      return interrupts.pending() is not None
+    if step % self.config.log_every:
+      return False
+    return distributed.any_process(interrupts.pending() is not None)
+
   def _stop(self, step: int):
     """A SIGINT/SIGTERM arrived: checkpoint this step, then stop."""
-    signum = interrupts.pending()
+    signum = interrupts.pending() or signal.SIGTERM  # another process's
     interrupts.clear()
     if self.ckpt is None:
       where = (f"at step {step} of the {self.name} (not checkpointed: it "
