@@ -121,8 +121,16 @@ def _final_state(ckpt_dir):
   import orbax.checkpoint as ocp
   steps = sorted(int(p.name) for p in pathlib.Path(ckpt_dir).iterdir()
                  if p.name.isdigit())
-  return ocp.StandardCheckpointer().restore(
-      pathlib.Path(ckpt_dir) / str(steps[-1]) / "state"), steps[-1]
+  path = pathlib.Path(ckpt_dir) / str(steps[-1]) / "state"
+  # Onto this process's first device, whatever topology wrote it (a
+  # multi-process run's checkpoint names devices this process lacks).
+  import jax
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  meta = ocp.StandardCheckpointer().metadata(path)
+  meta = getattr(meta, "item_metadata", meta)
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
+  return ocp.StandardCheckpointer().restore(path, target), steps[-1]
 
 
 def test_kill_and_resume_is_bit_identical(tmp_path):

@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import signal
+import sys
 import time
 
 import jax
@@ -69,7 +70,7 @@ def progress(total: int, initial: int, desc: str):
   instead (and get ``None``)."""
   if not distributed.is_primary():
     print(f"process {jax.process_index()} of {jax.process_count()}: {desc} "
-          f"from step {initial} of {total}", flush=True)
+          f"from step {initial} of {total}", file=sys.stderr, flush=True)
     return None
   try:
     from tqdm.auto import tqdm
