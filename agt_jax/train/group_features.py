@@ -119,6 +119,8 @@ def class_gradients(model, variables, source, labels, config,
   """Per-class mean encoder gradient of the BCE of that class's positives
   (GBG), over a few centre-cropped batches."""
   import optax
+  # A host copy: every process computes the same small gradients locally.
+  variables = jax.device_get(variables)
 
   def class_loss(enc_params, images, y, c):
     params = {**variables["params"], "encoder": enc_params}
