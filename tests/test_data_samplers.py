@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from agt_jax.data import odir, samplers
+from agt_jax.errors import InputError
 
 GROUPS = (("D", "A", "H", "M"), ("G", "C"), ("N", "O"))  # paper preset
 
@@ -160,15 +161,51 @@ def test_class_aware_samplers(table):
   assert len(np.unique(first)) == len(first)
 
 
-def test_gac_every_group_present(table):
-  ds = samplers.gac_batches(table.labels, GROUPS, batch_size=32, seed=0,
+def test_gac_composition_is_exact(table):
+  """Replays each batch's random stream: ``b - G m`` uniform draws, ``m``
+  class-balanced draws for each group missing from them (and only those),
+  then uniform draws to ``b``."""
+  b, m = 32, 4                                  # m = ceil(0.1 * 32)
+  ds = samplers.gac_batches(table.labels, GROUPS, batch_size=b, seed=5,
                             class_names=table.class_names)
   groups = samplers.validate_groups(GROUPS, 8, table.class_names)
-  for t in range(50):
-    y = table.labels[ds[t]["index"]]
-    assert len(ds[t]["index"]) == 32
-    for g in groups:
-      assert y[:, list(g)].any(1).sum() >= 4  # ceil(0.1 * 32)
+  probs = samplers.gac_class_probabilities(table.labels.sum(0), groups)
+  n, topped = len(table.labels), 0
+  for t in range(60):
+    rng = np.random.default_rng((5, t))
+    want = list(rng.integers(n, size=b - m * len(groups)))
+    y = table.labels[want]
+    for g, p in zip(groups, probs):
+      if not y[:, list(g)].any():
+        topped += 1
+        for _ in range(m):
+          cls = np.asarray(g)[p > 0][rng.choice(int((p > 0).sum()),
+                                                p=p[p > 0])]
+          members = np.flatnonzero(table.labels[:, cls])
+          want.append(int(members[rng.integers(len(members))]))
+    want += list(rng.integers(n, size=b - len(want)))
+    got = ds[t]["index"]
+    np.testing.assert_array_equal(got, want)
+    y = table.labels[got]
+    assert all(y[:, list(g)].any() for g in groups)   # every group present
+  assert topped > 0                                  # the rule was exercised
+
+
+def test_gac_class_probabilities_by_hand():
+  # One group of 100, 10 and 1 images: beta = 0.9999 + 1e-5 ln(100).
+  (p,) = samplers.gac_class_probabilities([100, 10, 1], [(0, 1, 2)])
+  beta = 0.9999 + 1e-5 * 4.605170185988092
+  raw = np.array([(1 - beta) / (1 - beta ** 100),
+                  (1 - beta) / (1 - beta ** 10), 1.0])
+  np.testing.assert_allclose(p, raw / raw.sum(), rtol=1e-12)
+  # Near 1, the class-balanced term is about 1/N: the rare class dominates.
+  np.testing.assert_allclose(raw[:2], [1 / 100, 1 / 10], rtol=1e-2)
+  # Each group gets its own beta; a class without images gets nothing; a
+  # one-class group is drawn with certainty.
+  q = samplers.gac_class_probabilities([5, 0, 7, 9], [(0, 1), (2,), (3,)])
+  assert q[0].tolist() == [1.0, 0.0] and q[1].tolist() == [1.0]
+  with pytest.raises(InputError, match="has no training image"):
+    samplers.gac_class_probabilities([5, 0], [(0,), (1,)])
 
 
 def test_mp_prefetch_workers_match_in_process(ds):

@@ -349,31 +349,66 @@ class _GroupAwareCompletion:
 
   def __call__(self, step: int, _) -> np.ndarray:
     rng = np.random.default_rng((self.seed, step))
-    n = len(self.labels)
-    out = list(rng.integers(n, size=self.batch_size - self.per_group *
-                            len(self.groups)))
+    n, m = len(self.labels), self.per_group
+    out = list(rng.integers(n, size=self.batch_size - m * len(self.groups)))
+    drawn = self.labels[np.asarray(out, np.int64)]
     for g, classes in enumerate(self.groups):
-      present = int(self.labels[np.array(out, np.int64)][:, list(classes)]
-                    .any(1).sum()) if out else 0
-      need = max(0, self.per_group - present)
-      out += [self.picks[g](None, rng) for _ in range(need)]
+      if not (len(out) and drawn[:, list(classes)].any()):   # missing
+        out += [self.picks[g](None, rng) for _ in range(m)]
     out += list(rng.integers(n, size=self.batch_size - len(out)))
     return np.asarray(out, np.int64)
 
 
+def gac_class_probabilities(counts, groups, *, rho: float = 0.9999,
+                            lam: float = 1e-5) -> list[np.ndarray]:
+  r"""GAC's within-group class probabilities (paper 004, appendix).
+
+  Group :math:`V_i` gets one :math:`\beta_i` from its own imbalance, and
+  class :math:`j \in V_i` the class-balanced term of Cui et al.,
+  normalised in the group:
+
+  .. math::
+    \beta_i = \min\big(\rho + \lambda \ln(N^i_{max} / N^i_{min}),
+    1 - 10^{-12}\big), \quad
+    p_j = \frac{1 - \beta_i}{1 - \beta_i^{N_j}}, \quad
+    P_j = p_j / \textstyle\sum_{k \in V_i} p_k
+
+  The appendix names :math:`N^i_{min}` (the smallest class of the group),
+  :math:`\rho = 0.9999` and :math:`\lambda`, but its formula for
+  :math:`\beta_i` is illegible in our copy; the form above is the
+  per-group version of the published sampler's per-class rule
+  (:math:`\beta_j = \rho + \lambda \delta_j`, :math:`\delta_j` the
+  normalised log-imbalance), so a more imbalanced group is re-balanced
+  harder. Classes without images get 0.
+
+  Returns:
+    One ``[len(group)]`` array per group, in the group's class order.
+  """
+  counts = np.asarray(counts, np.float64)
+  out = []
+  for classes in groups:
+    n = counts[list(classes)]
+    seen = n[n > 0]
+    if not len(seen):
+      raise InputError(f"group {list(classes)} has no training image.")
+    beta = min(rho + lam * np.log(seen.max() / seen.min()), 1 - 1e-12)
+    p = np.where(n > 0, (1 - beta) / (1 - np.power(beta, np.maximum(n, 1))),
+                 0.0)
+    out.append(p / p.sum())
+  return out
+
+
 def gac_batches(labels, groups, *, batch_size: int, seed: int,
-                fraction: float = 0.1, beta: float = 0.9999,
-                beta_spread: float = 1e-5,
+                fraction: float = 0.1, rho: float = 0.9999,
+                lam: float = 1e-5,
                 class_names: Sequence[str] | None = None) -> grain.MapDataset:
   """Group-Aware Completion sampler (GBG, paper 004), fixed batch size.
 
-  Each batch starts with ``b - G m`` uniformly drawn images, ``m =
-  ceil(fraction b)``. Every group with fewer than ``m`` images in it is then
-  completed to ``m`` with class-balanced draws inside the group (class ``j``
-  with probability :math:`\\propto (1-\\beta_j)/(1-\\beta_j^{n_j})`,
-  :math:`\\beta_j = \\beta + \\beta_{spread} \\delta_j`, :math:`\\delta` the
-  normalised log-imbalance), and the remaining slots are uniform again, so
-  every group is present in every batch.
+  Each batch draws ``b - G m`` images uniformly, ``m = ceil(fraction b)``
+  (a tenth of the batch). Every group with no image among them is topped
+  up with ``m`` images of its own classes (class by
+  :func:`gac_class_probabilities`, then a uniform image of that class), and
+  the remaining slots are uniform again: every group is in every batch.
   """
   labels = _check_labels(labels)
   groups = validate_groups(groups, labels.shape[1], class_names)
@@ -381,20 +416,11 @@ def gac_batches(labels, groups, *, batch_size: int, seed: int,
   if per_group * len(groups) > batch_size:
     raise InputError(f"{len(groups)} groups x {per_group} do not fit a batch "
                      f"of {batch_size}.")
-  counts = labels.sum(0).astype(np.float64)
-  logc = np.log(np.maximum(counts, 1))
-  delta = logc.max() - logc
-  span = delta.max() - delta.min()
-  delta = (delta - delta.min()) / span if span > 0 else np.zeros_like(delta)
-  betas = beta + beta_spread * delta
-  rho = (1 - betas) / (1 - np.power(betas, np.maximum(counts, 1)))
+  probs = gac_class_probabilities(labels.sum(0), groups, rho=rho, lam=lam)
   picks = []
-  for classes in groups:
-    cls = np.array([c for c in classes if counts[c] > 0])
-    if len(cls) == 0:
-      raise InputError(f"group {list(classes)} has no training image.")
-    p = rho[cls] / rho[cls].sum()
-    picks.append(_ClassThenImage(cls, p, _members(labels, cls)))
+  for classes, p in zip(groups, probs):
+    cls = np.asarray(classes)[p > 0]
+    picks.append(_ClassThenImage(cls, p[p > 0], _members(labels, cls)))
   fn = _GroupAwareCompletion(labels, groups, batch_size, per_group, seed,
                              tuple(picks))
   idx = grain.MapDataset.range(_INFINITE_STEPS).map_with_index(fn)

@@ -1,0 +1,190 @@
+"""GBG (paper 004): class groups trained as a multi-objective problem.
+
+One loss per group each step, the ``[G, D]`` matrix of the groups'
+gradients with respect to the shared encoder, MGDA's min-norm weights
+``alpha`` (Eq. 11) and the update along ``sum_g alpha_g grad L_g`` (Eq. 12).
+The head is not shared between groups: each row of the classifier (one per
+class) is updated by its own group's gradient.
+
+The encoder runs forward once; the ``G`` encoder gradients are one batched
+(``vmap``) pullback of the ``G`` feature cotangents, so ``G`` is a static
+shape and the step compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from jax.flatten_util import ravel_pytree
+
+from agt_jax import mgda
+from agt_jax.train.steps import State, _norm
+
+__all__ = ["MOOOptions", "group_losses", "membership", "moo_step"]
+
+MOO = ("mgda", "mean", "per_class")
+OBJECTIVES = ("bce", "softmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class MOOOptions:
+  """Static options of :func:`moo_step`.
+
+  Attributes:
+    groups: the class groups (a partition of the classes).
+    objective: ``"bce"`` (multi-label, ODIR: ``L_g = mean_n sum_{c in g}
+      BCE(z_nc, y_nc)``) or ``"softmax"`` (single-label, CIFAR: softmax
+      cross-entropy averaged over the batch's images of group ``g``).
+    moo: ``"mgda"`` (Eq. 11), ``"mean"`` (``alpha_g = 1/G``, Table 6's
+      "average" merge without MOO) or ``"per_class"`` (MGDA with every class
+      its own objective, Table 6's "MOO" without grouping).
+    normalizer: scale of each gradient before MGDA (:func:`agt_jax.mgda.
+      gradient_normalizers`); the paper's Eq. 11 uses none (``"none"``),
+      GBG's published code ``"loss+"``.
+  """
+  groups: tuple[tuple[int, ...], ...]
+  objective: str = "bce"
+  moo: str = "mgda"
+  normalizer: str = "none"
+
+  def __post_init__(self):
+    if self.objective not in OBJECTIVES:
+      raise ValueError(f"objective must be one of {OBJECTIVES}, got "
+                       f"{self.objective!r}.")
+    if self.moo not in MOO:
+      raise ValueError(f"moo must be one of {MOO}, got {self.moo!r}.")
+
+  @property
+  def objectives(self) -> tuple[tuple[int, ...], ...]:
+    """The groups MGDA balances (one per class for ``per_class``)."""
+    if self.moo == "per_class":
+      return tuple((c,) for g in self.groups for c in sorted(g))
+    return self.groups
+
+
+def membership(groups, num_classes: int) -> np.ndarray:
+  """``[G, C]`` float32, 1 where class ``c`` is in group ``g``."""
+  m = np.zeros((len(groups), num_classes), np.float32)
+  for g, classes in enumerate(groups):
+    m[g, list(classes)] = 1.0
+  return m
+
+
+def group_losses(logits, labels, member, *, objective: str = "bce"):
+  r"""Per-group losses ``[G]``.
+
+  ``"bce"``: :math:`L_g = \frac1N \sum_n \sum_{c \in g}
+  \mathrm{BCE}(z_{nc}, y_{nc})`, so :math:`\sum_g L_g` is the plain
+  multi-label loss. ``"softmax"``: labels are class ids ``[N]``;
+  :math:`L_g` is the mean softmax cross-entropy over the images whose class
+  is in ``g`` (0 when the batch has none; the GAC sampler prevents that).
+
+  Args:
+    logits: ``[N, C]``.
+    labels: ``[N, C]`` binary (``bce``) or ``[N]`` int (``softmax``).
+    member: ``[G, C]`` from :func:`membership`.
+    objective: ``"bce"`` or ``"softmax"``.
+  """
+  if objective == "bce":
+    per = optax.sigmoid_binary_cross_entropy(logits, labels)   # [N, C]
+    return jnp.einsum("nc,gc->g", per, member) / logits.shape[0]
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  in_group = member[:, labels]                                 # [G, N]
+  return (in_group @ ce) / jnp.maximum(in_group.sum(1), 1.0)
+
+
+def _labels(labels, objective):
+  """Binary ``[N, C]`` float labels for ``bce``; class ids ``[N]`` for
+  ``softmax`` (one-hot rows are turned into ids)."""
+  if objective == "bce":
+    return labels.astype(jnp.float32)
+  return jnp.argmax(labels, -1) if labels.ndim == 2 else labels
+
+
+def moo_step(state: State, batch: dict, *, model, tx,
+             options: MOOOptions) -> tuple[State, dict]:
+  """One GBG update (paper Algorithm 2) on a one-head model
+  (:class:`agt_jax.models.Student`: ``params = {"encoder", "head"}``).
+
+  Returns metrics with ``alpha [G]`` (the weights of the update) and
+  ``group_loss [G]``; ``loss`` is :math:`\\sum_g L_g`.
+  """
+  objectives = options.objectives
+  c = model.num_classes
+  member = jnp.asarray(membership(objectives, c))
+  labels = _labels(batch["labels"], options.objective)
+  params = state["params"]
+  head = nn.Dense(c)
+
+  def encode(enc_params):
+    feats, updates = model.encoder.apply(
+        {"params": enc_params, "batch_stats": state["batch_stats"]["encoder"]},
+        batch["image"], train=True, mutable=["batch_stats"])
+    return feats, updates["batch_stats"]
+
+  def losses_of(feats, head_params):
+    logits = head.apply({"params": head_params}, feats).astype(jnp.float32)
+    return group_losses(logits, labels, member, objective=options.objective)
+
+  feats, pull_encoder, enc_stats = jax.vjp(encode, params["encoder"],
+                                           has_aux=True)
+  losses, pull_losses = jax.vjp(losses_of, feats, params["head"])
+  g = len(objectives)
+  d_feats, d_head = jax.vmap(pull_losses)(jnp.eye(g, dtype=losses.dtype))
+  (enc_grads,) = jax.vmap(pull_encoder)(d_feats)          # leading axis G
+  flat = jax.vmap(lambda t: ravel_pytree(t)[0])(enc_grads)
+
+  if options.moo == "mean":
+    alpha = jnp.full((g,), 1.0 / g, flat.dtype)
+  else:
+    scale = mgda.gradient_normalizers(flat, losses, kind=options.normalizer)
+    alpha, _ = mgda.min_norm_weights(flat / jnp.maximum(scale, 1e-12)[:, None])
+  alpha = jax.lax.stop_gradient(alpha)
+  grads = {
+      "encoder": jax.tree.map(lambda x: jnp.tensordot(alpha, x, axes=1),
+                              enc_grads),
+      # Row c of the head (kernel column c, bias c) from its group's loss.
+      "head": jax.tree.map(lambda x: jnp.einsum("gc,g...c->...c", member, x),
+                           d_head)}
+  deltas, opt_state = tx.update(grads, state["opt_state"], params)
+  new_params = optax.apply_updates(params, deltas)
+  metrics = {"loss": losses.sum(), "group_loss": losses, "alpha": alpha,
+             "grad_norm": _norm(grads), "param_norm": _norm(new_params),
+             "update_norm": _norm(deltas)}
+  return ({"params": new_params,
+           "batch_stats": {**state["batch_stats"], "encoder": enc_stats},
+           "opt_state": opt_state, "step": state["step"] + 1}, metrics)
+
+
+def class_batch_cosines(state: State, batch: dict, *, model, classes,
+                        objective: str = "bce") -> jax.Array:
+  """Cosine between each listed class's encoder gradient and the whole
+  batch's (plain loss) gradient, in eval mode (paper 004, Fig. 1: a class
+  whose gradient points away from the batch's barely trains).
+
+  Returns ``[len(classes)]``.
+  """
+  c = model.num_classes
+  member = jnp.asarray(membership(tuple((k,) for k in classes), c))
+  labels = _labels(batch["labels"], objective)
+  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+  def losses_of(enc_params):
+    params = {**state["params"], "encoder": enc_params}
+    logits, _ = model.apply({**variables, "params": params}, batch["image"],
+                            train=False)
+    per_class = group_losses(logits, labels, member, objective=objective)
+    everything = group_losses(logits, labels, jnp.ones((1, c)),
+                              objective=objective)
+    return jnp.concatenate([per_class, everything])
+
+  jac = jax.jacrev(losses_of)(state["params"]["encoder"])
+  flat = jax.vmap(lambda t: ravel_pytree(t)[0])(jac)
+  cls, whole = flat[:-1], flat[-1]
+  return (cls @ whole) / jnp.maximum(
+      jnp.linalg.norm(cls, axis=1) * jnp.linalg.norm(whole), 1e-12)
