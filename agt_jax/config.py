@@ -13,6 +13,8 @@ import pathlib
 import typing
 from typing import Any
 
+import numpy as np
+
 from agt_jax.errors import ConfigError
 
 
@@ -79,6 +81,16 @@ class Config:
   temperature: float = 5.0
   gamma: float = 1.0
   kd_direction: str = "teacher_student"
+  # GBG (paper 004): trainer="gbg" trains one model on every group at once
+  # as a multi-objective problem (agt_jax.train.gbg) instead of the AGT
+  # teacher and student.
+  trainer: str = "agt"              # agt | gbg
+  moo: str = "mgda"                 # mgda (Eq. 11) | mean | per_class
+  moo_normalizer: str = "none"      # none (paper Eq. 11) | l2 | loss | loss+
+  affinity: str = "cos+1"           # gradient grouping: cos+1 | cos
+  gac_fraction: float = 0.1         # GAC: a missing group gets this x batch
+  grad_batches: int = 4             # batches averaged for class gradients
+  objective: str = "auto"           # auto (softmax on CIFAR) | bce | softmax
   # bookkeeping
   seed: int = 0
   log_every: int = 50
@@ -112,7 +124,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 CHOICES = {
     "fold_mode": ("random", "stratified", "official"),
-    "grouping": ("relational", "paper", "shot", "gradient", "single", "none"),
+    "grouping": ("relational", "paper", "shot", "gradient", "random",
+                 "count", "single", "none"),
+    "trainer": ("agt", "gbg"),
+    "moo": ("mgda", "mean", "per_class"),
+    "moo_normalizer": ("none", "l2", "loss", "loss+"),
+    "affinity": ("cos+1", "cos"),
+    "objective": ("auto", "bce", "softmax"),
     "reweight": ("gradient", "feedback", "count", "none"),
     "loss": ("agt", "focal", "cb", "cb_focal", "db", "eqlv2", "ib", "ride",
              "bags"),
@@ -141,7 +159,8 @@ def validate(config: Config) -> Config:
                         f"{tuple(allowed)}.")
   ranges = {
       "val_fraction": (0.0, 1.0, True), "alpha": (0.0, 1.0, True),
-      "rw_decay": (0.0, 1.0, True), "ib_start": (0.0, 1.0, False)}
+      "rw_decay": (0.0, 1.0, True), "ib_start": (0.0, 1.0, False),
+      "gac_fraction": (0.0, 1.0, False)}
   for key, (lo, hi, open_hi) in ranges.items():
     v = getattr(c, key)
     if not (lo <= v < hi if open_hi else lo <= v <= hi):
@@ -149,7 +168,7 @@ def validate(config: Config) -> Config:
                         f"{')' if open_hi else ']'}, got {v}.")
   positive = ("batch_size", "eval_batch_size", "image_size", "crop",
               "log_every", "ckpt_every", "keep_checkpoints", "n_groups",
-              "num_folds", "beta", "temperature")
+              "num_folds", "beta", "temperature", "grad_batches")
   for key in positive:
     if not getattr(c, key) > 0:
       raise ConfigError(f"{key} must be > 0, got {getattr(c, key)}.")
@@ -177,6 +196,15 @@ def validate(config: Config) -> Config:
                       "expert/others heads; use teacher=shared.")
   if c.loss == "ride" and c.experts < 2:
     raise ConfigError(f"loss='ride' needs experts >= 2, got {c.experts}.")
+  if c.trainer == "gbg" and c.student:
+    raise ConfigError("trainer='gbg' trains one model (no distilled "
+                      "student); set student=false.")
+  if c.trainer == "gbg" and c.n_groups * int(np.ceil(
+      c.gac_fraction * c.batch_size)) > c.batch_size:
+    raise ConfigError(f"trainer='gbg': {c.n_groups} groups x a tenth of "
+                      f"batch_size={c.batch_size} do not fit one batch "
+                      "(the GAC sampler tops missing groups up); lower "
+                      "gac_fraction or n_groups.")
   if c.dataset != "odir5k-synth" and not c.data_dir:
     raise ConfigError(f"dataset {c.dataset!r} is read from a local folder: "
                       f"pass --data {_data_name(c.dataset)}:PATH (data_dir= "
@@ -186,6 +214,14 @@ def validate(config: Config) -> Config:
                       "checkpoint folder of this project or a torchvision "
                       ".pth).")
   return config
+
+
+def objective(config: Config) -> str:
+  """The loss family: softmax cross-entropy on the single-label CIFAR
+  datasets, per-class BCE on the multi-label ones."""
+  if config.objective != "auto":
+    return config.objective
+  return "softmax" if config.dataset.startswith("cifar") else "bce"
 
 
 def _data_name(dataset: str) -> str:

@@ -6,7 +6,8 @@
   together in a group of their own.
 * :func:`shot_groups`: head / medium / tail by training counts (Table 4).
 * :func:`gradient_groups`: GBG (paper 004): per-class mean encoder gradients,
-  affinity = cosine + 1, spectral clustering.
+  affinity = cosine + 1, spectral clustering (the normalised cut).
+* :func:`random_groups`, :func:`count_groups`: paper 004's Table 5 rivals.
 * :func:`paper_groups`: the published ODIR subsets {D,A,H,M}, {G,C}, {N,O}.
 
 Every strategy returns a tuple of class-index tuples that partitions the
@@ -24,7 +25,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from agt_jax.errors import InputError
 
-STRATEGIES = ("relational", "shot", "gradient", "paper", "single", "none")
+STRATEGIES = ("relational", "shot", "gradient", "random", "count", "paper",
+              "single", "none")
 
 PAPER_GROUPS = {"odir": (("D", "A", "H", "M"), ("G", "C"), ("N", "O"))}
 
@@ -255,22 +257,64 @@ def shot_groups(class_counts, *, many: int | None = None,
   return tuple(tuple(sorted(int(i) for i in t)) for t in tiers if len(t))
 
 
-def gradient_groups(class_gradients, *, n_groups: int, seed: int = 0
-                    ) -> tuple[tuple[int, ...], ...]:
-  """GBG grouping: spectral clustering of ``cos(g_i, g_j) + 1``.
+def gradient_groups(class_gradients, *, n_groups: int, seed: int = 0,
+                    affinity: str = "cos+1") -> tuple[tuple[int, ...], ...]:
+  r"""GBG grouping (paper 004, Algorithm 1): the normalised cut of the
+  classes' gradient-affinity graph.
+
+  :math:`A_{ij} = \cos(\nabla_i, \nabla_j)` (Eq. 7) and the cut that
+  minimises the affinity between groups (Eq. 9), relaxed as NCut and solved
+  by spectral clustering (Ng, Jordan & Weiss; ``assign_labels=
+  "cluster_qr"``, deterministic).
+
+  ``affinity``: a normalised cut needs non-negative edge weights, and the
+  cosine is negative for conflicting classes. ``"cos+1"`` (default) shifts
+  it to :math:`[0, 2]` as the published code does, which keeps every
+  ordering of Eq. 7; ``"cos"`` is Eq. 7 literally with negative edges cut
+  to 0 (conflicting classes get no edge at all).
 
   Args:
     class_gradients: `[C, P]` mean encoder gradient of each class's loss
       (head parameters excluded).
-    n_groups: number of groups.
+    n_groups: number of groups (the paper's default is 4, Fig. 4).
     seed: spectral clustering seed.
+    affinity: ``"cos+1"`` or ``"cos"``.
   """
   g = np.asarray(class_gradients, np.float64)
   g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-  affinity = g @ g.T + 1.0
-  labels = spectral_clustering(affinity, n_clusters=n_groups,
+  cos = g @ g.T
+  if affinity == "cos+1":
+    a = cos + 1.0
+  elif affinity == "cos":
+    a = np.maximum(cos, 0.0)
+  else:
+    raise InputError(f"affinity must be 'cos+1' or 'cos', got {affinity!r}.")
+  if n_groups >= len(g):
+    return tuple((c,) for c in range(len(g)))
+  labels = spectral_clustering(a, n_clusters=n_groups,
                                assign_labels="cluster_qr", random_state=seed)
   return _canonical(labels)
+
+
+def random_groups(num_classes: int, *, n_groups: int, seed: int = 0
+                  ) -> tuple[tuple[int, ...], ...]:
+  """Classes shuffled with ``seed`` and cut into ``n_groups`` near-equal
+  groups (paper 004, Table 5's random strategy)."""
+  order = np.random.default_rng(seed).permutation(num_classes)
+  parts = np.array_split(order, min(n_groups, num_classes))
+  return tuple(sorted((tuple(sorted(int(c) for c in p)) for p in parts),
+                      key=lambda g: g[0]))
+
+
+def count_groups(class_counts, *, n_groups: int
+                 ) -> tuple[tuple[int, ...], ...]:
+  """Classes sorted by training count and cut into ``n_groups`` near-equal
+  groups of similar count (paper 004, Table 5's instance-number strategy,
+  after Li et al. 2020)."""
+  n = np.asarray(class_counts)
+  order = np.argsort(-n, kind="stable")
+  parts = np.array_split(order, min(n_groups, len(n)))
+  return tuple(tuple(sorted(int(c) for c in p)) for p in parts)
 
 
 def make_groups(strategy: str, *, num_classes: int, class_names=None,
@@ -289,6 +333,10 @@ def make_groups(strategy: str, *, num_classes: int, class_names=None,
     return shot_groups(class_counts, many=many, few=few)
   if strategy == "gradient":
     return gradient_groups(class_gradients, n_groups=n_groups, seed=seed)
+  if strategy == "random":
+    return random_groups(num_classes, n_groups=n_groups, seed=seed)
+  if strategy == "count":
+    return count_groups(class_counts, n_groups=n_groups)
   if strategy == "paper":
     return paper_groups(dataset, class_names)
   if strategy in ("single", "none"):

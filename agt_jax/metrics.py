@@ -83,6 +83,30 @@ def shot_split(class_counts, *, many: int = 100, few: int = 20
           "tail": np.flatnonzero(n < few)}
 
 
+def top1_report(labels, scores, class_counts, *, many: int = 100,
+                few: int = 20) -> dict[str, float]:
+  """Single-label top-1 accuracy, overall and on the many (> ``many``
+  training images), medium and few (< ``few``) classes, each tier averaged
+  over its test images (the balanced CIFAR100-LT test set makes that the
+  mean per-class accuracy). A tier without classes is NaN.
+
+  Args:
+    labels: ``[N, C]`` one-hot or ``[N]`` class ids.
+    scores: ``[N, C]`` any scores whose argmax is the prediction.
+    class_counts: ``[C]`` training images per class.
+  """
+  scores = np.asarray(scores)
+  y = np.asarray(labels)
+  y = y.argmax(1) if y.ndim == 2 else y
+  hit = scores.argmax(1) == y
+  tiers = shot_split(class_counts, many=many, few=few)
+  out = {"all": float(hit.mean())}
+  for name, key in (("many", "head"), ("medium", "medium"), ("few", "tail")):
+    rows = np.isin(y, tiers[key])
+    out[name] = float(hit[rows].mean()) if rows.any() else float("nan")
+  return out
+
+
 def multilabel_report(labels, probs, class_names: Sequence[str], *,
                       class_counts=None, many: int = 100, few: int = 20
                       ) -> dict:

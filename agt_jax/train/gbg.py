@@ -145,6 +145,14 @@ def moo_step(state: State, batch: dict, *, model, tx,
     scale = mgda.gradient_normalizers(flat, losses, kind=options.normalizer)
     alpha, _ = mgda.min_norm_weights(flat / jnp.maximum(scale, 1e-12)[:, None])
   alpha = jax.lax.stop_gradient(alpha)
+  # Each objective's gradient against the update direction and against the
+  # plain (unweighted) batch gradient: paper 004's Fig. 1 diagnostic.
+  update, plain = alpha @ flat, flat.sum(0)
+  norms = jnp.linalg.norm(flat, axis=1)
+  cos_update = (flat @ update) / jnp.maximum(
+      norms * jnp.linalg.norm(update), 1e-12)
+  cos_batch = (flat @ plain) / jnp.maximum(norms * jnp.linalg.norm(plain),
+                                           1e-12)
   grads = {
       "encoder": jax.tree.map(lambda x: jnp.tensordot(alpha, x, axes=1),
                               enc_grads),
@@ -154,6 +162,7 @@ def moo_step(state: State, batch: dict, *, model, tx,
   deltas, opt_state = tx.update(grads, state["opt_state"], params)
   new_params = optax.apply_updates(params, deltas)
   metrics = {"loss": losses.sum(), "group_loss": losses, "alpha": alpha,
+             "cos_update": cos_update, "cos_batch": cos_batch,
              "grad_norm": _norm(grads), "param_norm": _norm(new_params),
              "update_norm": _norm(deltas)}
   return ({"params": new_params,

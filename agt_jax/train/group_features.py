@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agt_jax import config as config_lib
 from agt_jax import grouping as grouping_lib
 from agt_jax import models
 from agt_jax.data import images as images_lib
@@ -53,9 +54,16 @@ def make_groups(config, encoder, train_source, y_train, names, counts, mesh,
     info["features"] = "random initialisation (no warm-up, no --init)"
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   if strategy == "gradient":
-    grads = class_gradients(student, variables, train_source, y_train, config)
+    grads = class_gradients(student, variables, train_source, y_train, config,
+                            batches=config.grad_batches,
+                            objective=config_lib.objective(config))
     groups = grouping_lib.gradient_groups(grads, n_groups=config.n_groups,
-                                          seed=config.seed)
+                                          seed=config.seed,
+                                          affinity=config.affinity)
+    info["affinity"] = config.affinity
+    info["class_gradients"] = (f"{config.grad_batches} batches of "
+                               f"{config.batch_size}, "
+                               f"{config_lib.objective(config)} loss")
     return _finish(info, groups, names)
 
   idx = np.arange(len(y_train))
@@ -115,35 +123,41 @@ def _finish(info, groups, names) -> dict:
 
 
 def class_gradients(model, variables, source, labels, config,
-                    batches: int = 4) -> np.ndarray:
-  """Per-class mean encoder gradient of the BCE of that class's positives
-  (GBG), over a few centre-cropped batches."""
+                    batches: int = 4, objective: str = "bce") -> np.ndarray:
+  """Per-class mean encoder gradient (GBG, paper 004 Algorithm 1), over
+  ``batches`` centre-cropped batches, in eval mode.
+
+  ``bce``: the gradient of class ``c``'s BCE over its positive images;
+  ``softmax``: of the cross-entropy over class ``c``'s images. Returns
+  ``[C, P]``.
+  """
   import optax
   # A host copy: every process computes the same small gradients locally.
   variables = jax.device_get(variables)
+  c = labels.shape[1]
 
-  def class_loss(enc_params, images, y, c):
+  def class_losses(enc_params, images, y):
     params = {**variables["params"], "encoder": enc_params}
     (logits, _) = model.apply({"params": params,
                                "batch_stats": variables["batch_stats"]},
                               images, train=False)
-    per = optax.sigmoid_binary_cross_entropy(logits, y)[:, c]
-    mask = y[:, c]
-    return (per * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+    if objective == "softmax":
+      per = optax.softmax_cross_entropy_with_integer_labels(
+          logits, jnp.argmax(y, -1))[:, None] * y
+    else:
+      per = optax.sigmoid_binary_cross_entropy(logits, y) * y
+    return per.sum(0) / jnp.maximum(y.sum(0), 1.0)        # [C]
 
-  grad_fn = jax.jit(jax.grad(class_loss), static_argnums=3)
-  c = labels.shape[1]
+  jac_fn = jax.jit(jax.jacrev(class_losses))
   rng = np.random.default_rng(config.seed)
-  acc = None
+  acc = np.zeros((c, 1))
   for _ in range(batches):
     idx = rng.choice(len(labels), size=min(config.batch_size, len(labels)),
                      replace=False)
     x = np.stack([images_lib.center_crop(source[i], config.crop) for i in idx])
     y = jnp.asarray(labels[idx], jnp.float32)
-    rows = []
-    for k in range(c):
-      g = grad_fn(variables["params"]["encoder"], x, y, k)
-      rows.append(np.concatenate([np.ravel(v) for v in jax.tree.leaves(g)]))
-    rows = np.stack(rows)
-    acc = rows if acc is None else acc + rows
+    jac = jac_fn(variables["params"]["encoder"], x, y)
+    rows = np.concatenate([np.asarray(v).reshape(c, -1)
+                           for v in jax.tree.leaves(jac)], axis=1)
+    acc = rows + acc
   return acc / batches

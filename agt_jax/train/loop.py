@@ -124,10 +124,14 @@ def _train_and_evaluate(config, workdir, resume, data, mesh) -> dict:
   groups_info = _groups(config, data, encoder, mesh, workdir, resume,
                         throughput)
   groups = tuple(tuple(g) for g in groups_info["groups"])
-  teacher = train_teacher(config, data, encoder, groups, mesh, workdir,
-                          resume)
-  trained = {"teacher": teacher}
-  if config.student:
+  if config.trainer == "gbg":
+    trained = {"gbg": train_gbg(config, data, encoder, groups, mesh, workdir,
+                                resume)}
+  else:
+    trained = {"teacher": train_teacher(config, data, encoder, groups, mesh,
+                                        workdir, resume)}
+  if config.student and config.trainer == "agt":
+    teacher = trained["teacher"]
     trained["student"] = train_student(config, data, encoder, groups,
                                        teacher, mesh, workdir, resume)
   interrupts.set_stage("while evaluating the test fold (training is "
@@ -351,6 +355,37 @@ def train_student(config, data: FoldData, encoder, groups, teacher: Trained,
       extra_args=(replicate(teacher.selected, mesh),))
 
 
+def train_gbg(config, data: FoldData, encoder, groups, mesh, workdir,
+              resume) -> Trained:
+  """GBG (paper 004, Algorithm 2): one model, every group's loss each step,
+  combined by MGDA's weights, on GAC batches."""
+  from agt_jax.train import gbg
+  model = models.Student(encoder, num_classes=len(data.names))
+  tx = steps.adam(config.lr, config.b1, config.b2)
+  state = steps.init_state(model, tx, (config.crop, config.crop, 3),
+                           config.seed)
+  if config.init:
+    state = _load_init(config.init, state)
+  options = gbg.MOOOptions(groups=groups,
+                           objective=config_lib.objective(config),
+                           moo=config.moo, normalizer=config.moo_normalizer)
+
+  def gbg_fn(state, batch):
+    return gbg.moo_step(state, batch, model=model, tx=tx, options=options)
+
+  trained = _run_phase(
+      "gbg", model=model, step_fn=gbg_fn, state=state,
+      batches=samplers.gac_batches(
+          data.y_fit, groups, batch_size=config.batch_size, seed=config.seed,
+          fraction=config.gac_fraction),
+      config=config, data=data, mesh=mesh, workdir=workdir, resume=resume,
+      total_steps=config.teacher_steps)
+  trained.selection["schedule"] = f"gbg ({config.moo})"
+  trained.selection["objectives"] = [list(map(int, g))
+                                     for g in options.objectives]
+  return trained
+
+
 def _teacher_parts(config: Config, encoder, groups, counts, num_train):
   """``(model, optimiser, loss options, joint)`` of the teacher phase.
 
@@ -387,6 +422,10 @@ def _teacher_parts(config: Config, encoder, groups, counts, num_train):
 
 def reweight_rule(config: Config) -> str:
   """One line naming the teacher's loss and re-weighting rule."""
+  if config.trainer == "gbg":
+    return (f"trainer=gbg: one {config_lib.objective(config)} loss per "
+            f"group, combined by moo={config.moo} (normaliser "
+            f"{config.moo_normalizer}), GAC batches")
   if config.loss not in ("agt", "ride"):
     return f"loss={config.loss} (no AGT re-weighting)"
   rule = {"gradient": f"paper per-batch gradient rule, Eqs. 1-4 (beta "
@@ -416,11 +455,14 @@ def evaluate_models(config, data: FoldData, trained: dict, groups_info,
       "warnings": []}
   probs = {}
   y_val, y_test = data.y_val, data.y_test
+  single_label = config_lib.objective(config) == "softmax"
   for name, t in trained.items():
     p = evaluation.predict(t.model, t.selected, data.source, data.test_idx,
                            y_test, config, mesh, f"test {name}",
                            fn=t.predict_fn)[0]
     results[name] = evaluation.report(p, y_test, names, counts)
+    if single_label:
+      results[name]["top1"] = metrics_lib.top1_report(y_test, p, counts)
     probs[name] = p
     sel = {k: v for k, v in t.selection.items() if not k.startswith("val_")}
     if t.last is not t.selected:
@@ -449,7 +491,8 @@ def evaluate_models(config, data: FoldData, trained: dict, groups_info,
     msg = evaluation.collapse_message(p_neg, names, name, config, split)
     if msg:
       results["warnings"].append(msg)
-  results["teacher_schedule"] = trained["teacher"].selection["schedule"]
+  first = next(iter(trained.values()))
+  results["teacher_schedule"] = first.selection["schedule"]
   results["device"] = str(jax.devices()[0].device_kind)
   results["devices"] = {"count": jax.device_count(),
                         "processes": jax.process_count()}

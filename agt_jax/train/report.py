@@ -12,6 +12,9 @@ def _fmt(x) -> str:
   return "n/a" if x is None or x != x else f"{x:.3f}"
 
 
+MODELS = ("teacher", "student", "gbg")
+
+
 def read_metrics(path) -> list[dict]:
   """``metrics.jsonl`` as records in step order per phase.
 
@@ -39,7 +42,7 @@ def plot_curves(metrics: list[dict], out: pathlib.Path, title: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(6, 3.5))
-  for phase in ("warmup", "teacher", "student"):
+  for phase in ("warmup", *MODELS):
     rows = [m for m in metrics if m.get("phase") == phase and "loss" in m]
     if rows:
       ax.plot([m["step"] for m in rows], [m["loss"] for m in rows],
@@ -47,6 +50,42 @@ def plot_curves(metrics: list[dict], out: pathlib.Path, title: str) -> None:
   ax.set_xlabel("step"); ax.set_ylabel("training loss"); ax.set_yscale("log")
   ax.set_title(title, fontsize=9); ax.legend()
   fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+
+
+def plot_alpha(metrics: list[dict], group_names, out: pathlib.Path,
+               title: str) -> pathlib.Path | None:
+  """GBG's MGDA weights ``alpha_g`` per step (stacked), and each group's
+  cosine with the update and with the plain batch gradient."""
+  rows = [m for m in metrics if m.get("phase") == "gbg" and "alpha" in m]
+  if not rows:
+    return None
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  steps = [m["step"] for m in rows]
+  alpha = np.array([m["alpha"] for m in rows])
+  labels = ["{" + ",".join(g) + "}" for g in group_names]
+  if len(labels) != alpha.shape[1]:            # per-class objectives
+    labels = [f"objective {k}" for k in range(alpha.shape[1])]
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+  axes[0].stackplot(steps, alpha.T, labels=labels)
+  axes[0].set_ylim(0, 1); axes[0].set_xlabel("step")
+  axes[0].set_ylabel("alpha_g (MGDA weight)")
+  axes[0].legend(fontsize=7, loc="upper right")
+  for key, style in (("cos_update", "-"), ("cos_batch", ":")):
+    if key in rows[0]:
+      c = np.array([m[key] for m in rows])
+      for k in range(c.shape[1]):
+        axes[1].plot(steps, c[:, k], style, color=f"C{k}",
+                     label=f"{labels[k]} {key.split('_')[1]}")
+  axes[1].axhline(0, color="k", lw=0.5)
+  axes[1].set_xlabel("step"); axes[1].set_ylabel("cosine")
+  axes[1].set_title("group gradient vs update (-) and vs plain batch "
+                    "gradient (:)", fontsize=8)
+  axes[1].legend(fontsize=6)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+  return out
 
 
 def plot_gradients(metrics: list[dict], class_names, out: pathlib.Path,
@@ -165,7 +204,7 @@ def write_report(workdir, results: dict) -> pathlib.Path:
   lines += ["## ODIR score (test fold, official `> 0.5`)", "",
             "| model | checkpoint | kappa | F1 | AUC | final | macro-AUC "
             "| mAP |", "|---|---|---|---|---|---|---|---|"]
-  for name in ("teacher", "student"):
+  for name in MODELS:
     for key in (name, f"{name}_last"):
       if key in results:
         r = results[key]
@@ -177,7 +216,7 @@ def write_report(workdir, results: dict) -> pathlib.Path:
                      f"{_fmt(o['f1'])} | {_fmt(o['auc'])} | "
                      f"{_fmt(o['final'])} | {_fmt(r['macro_auc'])} | "
                      f"{_fmt(r['map'])} |")
-  tuned = [n for n in ("teacher", "student") if "tuned" in results.get(n, {})]
+  tuned = [n for n in MODELS if "tuned" in results.get(n, {})]
   if tuned:
     lines += ["", "Beside the headline: the selected checkpoints with "
               "per-class thresholds tuned for F1 on the validation split "
@@ -190,11 +229,20 @@ def write_report(workdir, results: dict) -> pathlib.Path:
       lines.append(f"| {n} | {_fmt(o['kappa'])} | {_fmt(o['f1'])} | "
                    f"{_fmt(o['auc'])} | {_fmt(o['final'])} | "
                    + " ".join(f"{t:.2f}" for t in th) + " |")
+  top1 = [n for n in MODELS if "top1" in results.get(n, {})]
+  if top1:
+    lines += ["", "## Top-1 accuracy (single-label, test split)", "",
+              "| model | all | many (>100) | medium (20-100) | few (<20) |",
+              "|---|---|---|---|---|"]
+    for n in top1:
+      t = results[n]["top1"]
+      lines.append(f"| {n} | {_fmt(t['all'])} | {_fmt(t['many'])} | "
+                   f"{_fmt(t['medium'])} | {_fmt(t['few'])} |")
   names = results["class_names"]
   lines += ["", "## Per-class AUC (test fold)", "",
             "| model | " + " | ".join(names) + " |",
             "|---|" + "---|" * len(names)]
-  for name in ("teacher", "student"):
+  for name in MODELS:
     if name in results:
       pc = results[name]["per_class"]
       lines.append(f"| {name} | " + " | ".join(_fmt(pc[c]["auc"])
