@@ -67,6 +67,7 @@ def row_of(run: Run, fold: int, preset: str, results: dict) -> dict:
           **run.extra, **{k: m["odir"][k] for k in ("kappa", "f1", "auc",
                                                    "final")},
           "macro_auc": m["macro_auc"], **val,
+          **{f"top1_{k}": v for k, v in m.get("top1", {}).items()},
           "selected_step": sel.get("step"),
           "collapsed": any(w.startswith(f"The {run.model} collapsed")
                            for w in results.get("warnings", [])),

@@ -8,11 +8,13 @@ import jax.numpy as jnp
 from agt_jax.models.densenet import DenseNet121, DenseNetTiny
 from agt_jax.models.heads import (GroupHead, MultiTeacher, NormedDense,
                                    Student, Teacher, encoder_name, head_name)
-from agt_jax.models.resnet import ResNet18, ResNet50, ResNetSmall, ResNetTiny
+from agt_jax.models.resnet import (ResNet8Cifar, ResNet18, ResNet32, ResNet50,
+                                   ResNetSmall, ResNetTiny)
 
 ENCODERS = {
     "resnet18": ResNet18, "resnet50": ResNet50, "densenet121": DenseNet121,
     "resnet_small": ResNetSmall, "resnet_tiny": ResNetTiny, "densenet_tiny": DenseNetTiny,
+    "resnet32": ResNet32, "resnet8_cifar": ResNet8Cifar,
 }
 
 

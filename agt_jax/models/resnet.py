@@ -106,6 +106,59 @@ class ResNet(nn.Module):
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 
+class CifarBlock(nn.Module):
+  """Basic block of the CIFAR ResNets (He et al. 2016, §4.2) with the
+  parameter-free "option A" shortcut: a strided identity whose new channels
+  are zeros, as in the LDAM/GBG code."""
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    y = self.conv(self.filters, (3, 3), (self.strides, self.strides),
+                  padding=((1, 1), (1, 1)), name="conv1")(x)
+    y = nn.relu(self.norm(name="bn1")(y))
+    y = self.conv(self.filters, (3, 3), padding=((1, 1), (1, 1)),
+                  name="conv2")(y)
+    y = self.norm(name="bn2")(y)
+    residual = x
+    if residual.shape != y.shape:
+      residual = residual[:, ::self.strides, ::self.strides, :]
+      extra = self.filters - residual.shape[-1]
+      residual = jnp.pad(residual, ((0, 0), (0, 0), (0, 0),
+                                    (extra // 2, extra - extra // 2)))
+    return nn.relu(residual + y)
+
+
+class CifarResNet(nn.Module):
+  """ResNet-(6n+2) for 32x32 images: a 3x3 stem of ``width`` filters, three
+  stages of ``n`` :class:`CifarBlock` s (``width``, 2x, 4x; stride 2 at the
+  start of stages 2 and 3), global average pooling. ``n = 5`` is ResNet-32,
+  the backbone of paper 004's CIFAR experiments. Features ``[N, 4 width]``.
+  """
+  stage_sizes: Sequence[int] = (5, 5, 5)
+  width: int = 16
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+  conv: Callable = nn.Conv
+  norm: Callable = nn.BatchNorm
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    conv, norm = conv_and_norm(self, train)
+    x = normalize_images(x, self.dtype)
+    x = conv(self.width, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
+    x = nn.relu(norm(name="bn1")(x))
+    for i, n in enumerate(self.stage_sizes):
+      for j in range(n):
+        x = CifarBlock(self.width * 2 ** i, conv=conv, norm=norm,
+                       strides=2 if i > 0 and j == 0 else 1,
+                       name=f"layer{i + 1}_{j}")(x)
+    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
 # ImageNet statistics, as torchvision's weights expect. numpy, not jnp: a
 # module-level jnp array would initialise the accelerator in every process
 # that imports this module (e.g. Grain's decode workers).
@@ -139,3 +192,6 @@ ResNetTiny = functools.partial(ResNet, stage_sizes=(1, 1), block_cls=BasicBlock,
 # CPU "quick" runs: ResNet-18 layout at a quarter of the width.
 ResNetSmall = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
                                 block_cls=BasicBlock, width=16)
+# Paper 004's CIFAR backbone, and a 3-block variant for tests.
+ResNet32 = functools.partial(CifarResNet, stage_sizes=(5, 5, 5), width=16)
+ResNet8Cifar = functools.partial(CifarResNet, stage_sizes=(1, 1, 1), width=8)

@@ -122,13 +122,17 @@ def moo_step(state: State, batch: dict, *, model, tx,
   head = nn.Dense(c)
 
   def encode(enc_params):
-    feats, updates = model.encoder.apply(
-        {"params": enc_params, "batch_stats": state["batch_stats"]["encoder"]},
-        batch["image"], train=True, mutable=["batch_stats"])
-    return feats, updates["batch_stats"]
+    variables = {"params": enc_params}
+    if "encoder" in state["batch_stats"]:
+      variables["batch_stats"] = state["batch_stats"]["encoder"]
+    feats, updates = model.encoder.apply(variables, batch["image"],
+                                         train=True, mutable=["batch_stats"])
+    return feats, updates.get("batch_stats", {})
 
   def losses_of(feats, head_params):
-    logits = head.apply({"params": head_params}, feats).astype(jnp.float32)
+    logits = head.apply({"params": head_params}, feats)
+    # bfloat16 compute -> float32 losses; float64 (tests) stays float64.
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     return group_losses(logits, labels, member, objective=options.objective)
 
   feats, pull_encoder, enc_stats = jax.vjp(encode, params["encoder"],
@@ -165,8 +169,9 @@ def moo_step(state: State, batch: dict, *, model, tx,
              "cos_update": cos_update, "cos_batch": cos_batch,
              "grad_norm": _norm(grads), "param_norm": _norm(new_params),
              "update_norm": _norm(deltas)}
-  return ({"params": new_params,
-           "batch_stats": {**state["batch_stats"], "encoder": enc_stats},
+  stats = ({**state["batch_stats"], "encoder": enc_stats} if enc_stats
+           else state["batch_stats"])
+  return ({"params": new_params, "batch_stats": stats,
            "opt_state": opt_state, "step": state["step"] + 1}, metrics)
 
 
