@@ -190,3 +190,60 @@ def test_harness_read_rows_keeps_last_line_per_run(tmp_path):
   assert [r["kappa"] for r in got] == [0.2, 0.3]
   assert h.mean_std([0.2, 0.3]) == "0.250 ± 0.050"
   assert h.parse_folds(["all"]) == [0, 1, 2, 3, 4]
+
+
+def test_gbg_smoke_under_a_minute_then_skips(tmp_path, cache):
+  import time
+  wd = tmp_path / "gbg"
+  args = ["--preset", "smoke", "--folds", "0", "--workdir", str(wd)]
+  t0 = time.perf_counter()
+  out = run_cli("experiments.gbg", args, cache)
+  seconds = time.perf_counter() - t0
+  assert out.returncode == 0, out.stderr[-3000:]
+  got = rows(wd)
+  assert [r["variant"] for r in got] == [
+      "gradient+mgda", "random+mgda", "single+per_class", "bce", "agt"]
+  assert [r["model"] for r in got] == ["gbg"] * 3 + ["teacher", "student"]
+  report = (wd / "report.md").read_text()
+  assert "synthetic" in report.lower()
+  for label in ("GBG + MGDA (paper)", "random groups + MGDA",
+                "MGDA per class, no groups", "plain BCE",
+                "AGT (teacher + student)"):
+    assert f"| {label} |" in report, label
+  assert (wd / "alpha.png").stat().st_size > 1000
+  # MGDA's weights are logged every step, on the simplex.
+  metrics = [json.loads(l) for l in (wd / "gradient+mgda" / "fold0" /
+                                     "metrics.jsonl").read_text().splitlines()]
+  alphas = [m["alpha"] for m in metrics if m.get("phase") == "gbg"]
+  assert alphas and all(abs(sum(a) - 1) < 1e-5 and len(a) == 4
+                        for a in alphas)
+  groups = json.loads((wd / "gradient+mgda" / "fold0" / "groups.json"
+                       ).read_text())
+  assert groups["strategy"] == "gradient" and len(groups["groups"]) == 4
+  print(f"experiments.gbg --preset smoke: {seconds:.1f} s")
+  again = run_cli("experiments.gbg", args, cache)
+  assert again.returncode == 0 and again.stdout.count("finished, skipped") == 5
+
+
+def test_gbg_single_label_on_tfds_mock_cifar(tmp_path):
+  from experiments import gbg
+  (tmp_path / "cifar100").mkdir()
+  wd = tmp_path / "gbg-cifar"
+  # 20 images a class, imbalance 10: every class keeps at least 2.
+  with tfds.testing.mock_data(num_examples=2000, data_dir=str(tmp_path)):
+    code = gbg.run(["--data", f"cifar100:{tmp_path}", "--preset", "smoke",
+                    "--imbalance", "10", "--grouping", "count", "--moo",
+                    "mgda", "--groups", "2", "--workdir", str(wd)])
+  assert code == 0
+  (row,) = rows(wd)
+  assert row["variant"] == "count+mgda"
+  assert row["dataset"] == "cifar100-lt-10" and not row["synthetic"]
+  assert 0.0 <= row["top1_all"] <= 1.0
+  res = json.loads((wd / "count+mgda" / "fold0" / "results.json")
+                   .read_text())
+  assert res["config"]["model"] == "resnet8_cifar"
+  assert res["config"]["objective"] == "auto"
+  assert set(res["gbg"]["top1"]) == {"all", "many", "medium", "few"}
+  report = (wd / "report.md").read_text()
+  assert "## Top-1 accuracy (balanced test split)" in report
+  assert "| count groups + MGDA |" in report

@@ -124,4 +124,39 @@ def test_make_groups_by_name():
       ((1, 4, 5, 6), (2, 3), (0, 7))
   assert grouping.make_groups("single", **kw) == (tuple(range(8)),)
   with pytest.raises(ValueError, match="unknown grouping"):
-    grouping.make_groups("random", **kw)
+    grouping.make_groups("kmeans", **kw)
+  assert grouping.make_groups("count", n_groups=4, **kw) == \
+      ((0, 1), (2, 7), (3, 4), (5, 6))
+  assert grouping.make_groups("random", n_groups=4, seed=3, **kw) == \
+      grouping.random_groups(8, n_groups=4, seed=3)
+
+
+def test_random_and_count_groups_partition_the_classes():
+  for seed in range(5):
+    g = grouping.random_groups(10, n_groups=4, seed=seed)
+    assert sorted(c for grp in g for c in grp) == list(range(10))
+    assert sorted(map(len, g)) == [2, 2, 3, 3]
+  assert grouping.random_groups(10, n_groups=4, seed=0) != \
+      grouping.random_groups(10, n_groups=4, seed=1)
+  # By count: the 4 largest, the next 3, the last 3 (near-equal cuts).
+  assert grouping.count_groups([5, 90, 7, 60, 3, 80, 1, 70, 2, 40],
+                               n_groups=3) == ((1, 3, 5, 7), (0, 2, 9),
+                                               (4, 6, 8))
+
+
+def test_gradient_affinity_forms():
+  # Two conflicting directions and a third orthogonal one: the literal
+  # cosine (negatives cut to 0) and the shifted one both separate them.
+  rng = np.random.default_rng(1)
+  d = rng.normal(size=(3, 50))
+  d[1] = -d[0] + 0.05 * rng.normal(size=50)
+  grads = np.stack([d[k] + 0.05 * rng.normal(size=50)
+                    for k in (0, 0, 1, 1, 2, 2)])
+  for affinity in ("cos+1", "cos"):
+    g = grouping.gradient_groups(grads, n_groups=3, affinity=affinity)
+    assert sorted(g) == [(0, 1), (2, 3), (4, 5)], affinity
+  with pytest.raises(ValueError, match="affinity must be"):
+    grouping.gradient_groups(grads, n_groups=3, affinity="dot")
+  # As many groups as classes: every class alone.
+  assert grouping.gradient_groups(grads, n_groups=6) == tuple(
+      (c,) for c in range(6))

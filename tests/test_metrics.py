@@ -92,3 +92,17 @@ def test_sum_count_metrics_are_exact_means():
   merged = metrics.merge_metrics(a, b)
   # (1 + 2 + 3 + 10) / 4, not the mean of the two means.
   assert metrics.finalize_metrics(merged)["loss"] == pytest.approx(4.0)
+
+
+def test_top1_report_by_shot_tier_hand_computed():
+  counts = [500, 150, 60, 30, 10, 5]        # many: 0,1; medium: 2,3; few: 4,5
+  y = np.array([0, 0, 1, 2, 3, 3, 4, 5, 5, 5])
+  pred = np.array([0, 1, 1, 2, 0, 3, 4, 0, 0, 5])
+  scores = np.eye(6)[pred] * 0.9 + 0.01
+  r = metrics.top1_report(np.eye(6)[y], scores, counts)
+  # all 6/10; many {0,0,1}: 2/3; medium {2,3,3}: 2/3; few {4,5,5,5}: 2/4.
+  assert r == pytest.approx({"all": 0.6, "many": 2 / 3, "medium": 2 / 3,
+                             "few": 0.5})
+  assert metrics.top1_report(y, scores, counts) == r        # ids as labels
+  r = metrics.top1_report(y[:3], scores[:3], counts)
+  assert math.isnan(r["medium"]) and math.isnan(r["few"])

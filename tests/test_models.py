@@ -36,6 +36,23 @@ def test_full_size_parameter_counts_match_torchvision(name, params, dim):
   assert out.shape == (1, dim)
 
 
+def test_cifar_resnet32_has_the_published_size():
+  """ResNet-32 of He et al. (CIFAR): 0.46M parameters; with a 10-class
+  linear layer (650) it is the 464,154 of the LDAM/GBG code."""
+  enc = models.make_encoder("resnet32")
+  v = jax.eval_shape(enc.init, jax.random.key(0),
+                     jnp.zeros((1, 32, 32, 3), jnp.uint8))
+  assert sum(x.size for x in jax.tree.leaves(v["params"])) + 650 == 464_154
+  # 3 stages x 5 blocks x 2 convs + the stem = 31 conv layers (+ fc = 32).
+  convs = [k for k in jax.tree_util.tree_flatten_with_path(v["params"])[0]
+           if "kernel" in jax.tree_util.keystr(k[0])]
+  assert len(convs) == 31
+  out = jax.eval_shape(enc.apply, v, jnp.zeros((2, 32, 32, 3), jnp.uint8))
+  assert out.shape == (2, 64)
+  # Option-A shortcut: no projection parameters anywhere.
+  assert not any("downsample" in jax.tree_util.keystr(k[0]) for k in convs)
+
+
 def test_bfloat16_compute_keeps_float32_params():
   enc = models.make_encoder("resnet_tiny", dtype=jnp.bfloat16)
   x = jnp.zeros((1, 32, 32, 3), jnp.uint8)
