@@ -33,10 +33,10 @@ PROG = "experiments.gbg"
 # sized so the whole grid (3 folds) runs in under 30 minutes on 2 cores.
 PRESETS = {
     "smoke": dict(teacher_steps=6, student_steps=6, grad_batches=1),
-    "quick": dict(model="resnet_tiny", image_size=48, crop=40, batch_size=32,
-                  eval_batch_size=128, max_images=1600, warmup_steps=40,
-                  teacher_steps=150, student_steps=150, log_every=10,
-                  ckpt_every=50, eval_every=50, grad_batches=4),
+    "quick": dict(model="resnet_tiny", image_size=56, crop=48, batch_size=32,
+                  eval_batch_size=128, max_images=2400, warmup_steps=60,
+                  teacher_steps=300, student_steps=300, log_every=10,
+                  ckpt_every=100, eval_every=50, grad_batches=4),
     "paper": dict(),
 }
 # CIFAR100-LT: the paper's ResNet-32 and batch 256 on the official split

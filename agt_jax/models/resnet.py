@@ -79,6 +79,8 @@ class ResNet(nn.Module):
     dtype: compute dtype (e.g. bfloat16); parameters stay float32.
     axis_name: BatchNorm cross-device axis under ``shard_map``/``pmap``.
     stem_pool: the 3x3/2 max-pool after the 7x7/2 stem.
+    stem_kernel, stem_stride: the first convolution (7, 2 on ImageNet; 3, 1
+      for the CIFAR ResNets, which also drop the pool).
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -86,6 +88,8 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
   stem_pool: bool = True
+  stem_kernel: int = 7
+  stem_stride: int = 2
   conv: Callable = nn.Conv
   norm: Callable = nn.BatchNorm
 
@@ -93,8 +97,9 @@ class ResNet(nn.Module):
   def __call__(self, x, train: bool = False):
     conv, norm = conv_and_norm(self, train)
     x = normalize_images(x, self.dtype)
-    x = conv(self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)),
-             name="conv1")(x)
+    k, pad = self.stem_kernel, self.stem_kernel // 2
+    x = conv(self.width, (k, k), (self.stem_stride, self.stem_stride),
+             padding=((pad, pad), (pad, pad)), name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x))
     if self.stem_pool:
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
@@ -132,33 +137,6 @@ class CifarBlock(nn.Module):
     return nn.relu(residual + y)
 
 
-class CifarResNet(nn.Module):
-  """ResNet-(6n+2) for 32x32 images: a 3x3 stem of ``width`` filters, three
-  stages of ``n`` :class:`CifarBlock` s (``width``, 2x, 4x; stride 2 at the
-  start of stages 2 and 3), global average pooling. ``n = 5`` is ResNet-32,
-  the backbone of paper 004's CIFAR experiments. Features ``[N, 4 width]``.
-  """
-  stage_sizes: Sequence[int] = (5, 5, 5)
-  width: int = 16
-  dtype: Any = jnp.float32
-  axis_name: str | None = None
-  conv: Callable = nn.Conv
-  norm: Callable = nn.BatchNorm
-
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    conv, norm = conv_and_norm(self, train)
-    x = normalize_images(x, self.dtype)
-    x = conv(self.width, (3, 3), padding=((1, 1), (1, 1)), name="conv1")(x)
-    x = nn.relu(norm(name="bn1")(x))
-    for i, n in enumerate(self.stage_sizes):
-      for j in range(n):
-        x = CifarBlock(self.width * 2 ** i, conv=conv, norm=norm,
-                       strides=2 if i > 0 and j == 0 else 1,
-                       name=f"layer{i + 1}_{j}")(x)
-    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
-
-
 # ImageNet statistics, as torchvision's weights expect. numpy, not jnp: a
 # module-level jnp array would initialise the accelerator in every process
 # that imports this module (e.g. Grain's decode workers).
@@ -192,6 +170,12 @@ ResNetTiny = functools.partial(ResNet, stage_sizes=(1, 1), block_cls=BasicBlock,
 # CPU "quick" runs: ResNet-18 layout at a quarter of the width.
 ResNetSmall = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
                                 block_cls=BasicBlock, width=16)
-# Paper 004's CIFAR backbone, and a 3-block variant for tests.
-ResNet32 = functools.partial(CifarResNet, stage_sizes=(5, 5, 5), width=16)
-ResNet8Cifar = functools.partial(CifarResNet, stage_sizes=(1, 1, 1), width=8)
+# ResNet-(6n+2) for 32x32 images (He et al. 2016, §4.2): a 3x3 stem, three
+# stages of n option-A blocks (width, 2x, 4x), no pool. n = 5 is ResNet-32,
+# paper 004's CIFAR backbone; n = 1 at width 8 is for tests.
+_CIFAR = dict(block_cls=CifarBlock, stem_kernel=3, stem_stride=1,
+              stem_pool=False)
+ResNet32 = functools.partial(ResNet, stage_sizes=(5, 5, 5), width=16,
+                             **_CIFAR)
+ResNet8Cifar = functools.partial(ResNet, stage_sizes=(1, 1, 1), width=8,
+                                 **_CIFAR)
