@@ -234,3 +234,26 @@ def test_options_are_checked():
     gbg.MOOOptions(groups=GROUPS, objective="focal")
   assert gbg.MOOOptions(groups=GROUPS, moo="per_class").objectives == tuple(
       (c,) for c in (0, 3, 1, 2, 4, 5))
+
+
+def test_class_batch_cosines_match_separate_gradients():
+  with jax.enable_x64(True):
+    model = F64Student(MLPEncoder(), num_classes=6)
+    state = steps.init_state(model, optax.sgd(0.1), (4, 4, 3), seed=3)
+    batch = _batch(7)
+    got = gbg.class_batch_cosines(state, batch, model=model, classes=(0, 4))
+    labels = jnp.asarray(batch["labels"], jnp.float64)
+
+    def grad_of(member):
+      def loss(enc):
+        params = {**state["params"], "encoder": enc}
+        logits, _ = model.apply({"params": params}, batch["image"])
+        return gbg.group_losses(logits, labels, member)[0]
+      g = jax.grad(loss)(state["params"]["encoder"])
+      return jax.flatten_util.ravel_pytree(g)[0]
+
+    whole = grad_of(jnp.ones((1, 6)))
+    for k, c in enumerate((0, 4)):
+      v = grad_of(jnp.eye(6)[c][None])
+      want = v @ whole / (jnp.linalg.norm(v) * jnp.linalg.norm(whole))
+      np.testing.assert_allclose(got[k], want, rtol=1e-10)
