@@ -58,6 +58,30 @@ def test_cb_loss_normalised_equals_official(gamma, beta):
   np.testing.assert_array_equal(per[0], 0.0)
 
 
+def test_cb_positive_bce_weights_only_positive_terms():
+  z, y = batch()
+  per = losses.class_balanced_positive_bce(z, y, COUNTS, beta=0.999)
+  chex.assert_shape(per, z.shape)
+  z64 = z.astype(np.float64)
+  w = ref.cb_weights(COUNTS, 0.999)
+  log_p = -np.logaddexp(0.0, -z64)            # log sigmoid(z)
+  log_q = -np.logaddexp(0.0, z64)             # log (1 - sigmoid(z))
+  want = -(w[None] * y * log_p + (1 - y) * log_q)
+  np.testing.assert_allclose(per, want, rtol=1e-5, atol=1e-7)
+  # Negatives are plain BCE whatever the class; positives scale by w_c.
+  plain = optax.sigmoid_binary_cross_entropy(z, y)
+  np.testing.assert_allclose(np.where(y == 0, per, 0),
+                             np.where(y == 0, plain, 0), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(losses.class_balanced_weights(
+      COUNTS, beta=0.999)).sum(), 8.0, rtol=1e-6)
+  masked = losses.class_balanced_positive_bce(z, y, COUNTS, where=y > 0)
+  np.testing.assert_array_equal(np.where(y > 0, 0.0, masked), 0.0)
+  with jax.enable_x64(True):
+    check_grads(
+        lambda x: losses.class_balanced_positive_bce(x, y[:6], COUNTS),
+        (jnp.asarray(z64[:6]),), order=2, modes=("fwd", "rev"))
+
+
 def test_cb_focal_modulator_stable_for_very_negative_logits():
   z = jnp.array([[-120.0, -120.0]]); y = jnp.array([[1.0, 0.0]])
   per = losses.class_balanced_loss(z, y, np.array([10, 10]), gamma=2.0)

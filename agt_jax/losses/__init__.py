@@ -14,6 +14,7 @@ AGT (Jian et al., Sci. Rep. 2026):
 Peers, with their published conventions:
   sigmoid_focal_loss (optax's own; torchvision's defaults are alpha=0.25,
   gamma=2), class_balanced_weights, class_balanced_loss,
+  class_balanced_positive_bce (paper 001's positive-only form),
   distribution_balanced_loss, eqlv2_init, eqlv2_loss, EQLv2State, ride_loss,
   ldam_margins; multi-label adaptations (documented in each docstring):
   influence_balanced_loss, influence_balanced_weights, ride_multilabel_loss,
@@ -24,6 +25,7 @@ from optax.losses import sigmoid_focal_loss
 
 from agt_jax.losses._bags import bags_loss
 from agt_jax.losses._class_balanced import class_balanced_loss
+from agt_jax.losses._class_balanced import class_balanced_positive_bce
 from agt_jax.losses._class_balanced import class_balanced_weights
 from agt_jax.losses._distillation import binary_kl_divergence
 from agt_jax.losses._distillation import class_balanced_kd
@@ -58,6 +60,7 @@ __all__ = [
     "class_balanced_kd",
     "class_balanced_kd_weights",
     "class_balanced_loss",
+    "class_balanced_positive_bce",
     "class_balanced_weights",
     "count_reweight_weights",
     "distribution_balanced_loss",

@@ -99,3 +99,50 @@ def class_balanced_loss(
                         - gamma * jax.nn.softplus(-logits))
   return sample_w * modulator * bce
 
+
+
+def class_balanced_positive_bce(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    class_counts: ArrayLike,
+    *,
+    beta: float = 0.999,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Class-balanced BCE on the **positive terms only** (paper 001, Task 2).
+
+  Each class's positive term is weighted by its effective-number weight
+  (:func:`class_balanced_weights`, summing to :math:`C`); negative terms
+  keep weight 1, as ``BCEWithLogitsLoss(pos_weight=w)``:
+
+  .. math::
+    \ell_{ic} = -\big(w_c\, y_{ic} \log \sigma(z_{ic})
+                 + (1 - y_{ic}) \log(1 - \sigma(z_{ic}))\big)
+
+  Unlike :func:`class_balanced_loss` (the official form, one weight per
+  *sample* on all its terms), a rare class's negatives are not up-weighted.
+
+  Args:
+    logits: `[N, C]` floating.
+    labels: `[N, C]` multi-hot labels.
+    class_counts: `[C]` training positives per class.
+    beta: effective-number :math:`\beta` (paper 001: 0.999).
+    where: optional `[N, C]` (or broadcastable) mask; masked elements are 0.
+
+  Returns:
+    `[N, C]` per-element losses (average them as the caller's recipe says;
+    paper 001 takes the mean over :math:`N \cdot C`).
+
+  References:
+    Cui et al., CVPR 2019; paper 001 (transfer learning on ODIR), §2.4.
+  """
+  _checks.check_logits_labels(logits, labels)
+  logits = jnp.asarray(logits)
+  _checks.check_class_vector(class_counts, "class_counts", logits.shape[1])
+  labels = jnp.asarray(labels).astype(logits.dtype)
+  w = class_balanced_weights(class_counts, beta=beta).astype(logits.dtype)
+  per = -(w * labels * jax.nn.log_sigmoid(logits)
+          + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+  if where is not None:
+    per = jnp.where(where, per, 0.0)
+  return per
