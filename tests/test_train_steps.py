@@ -441,3 +441,28 @@ def test_teacher_parts_choose_schedule_and_reject_bad_combinations():
     check(loss="ride", experts=1)
   with pytest.raises(ValueError, match="schedule"):
     config_lib.validate(config_lib.get_config("smoke", schedule="random"))
+
+
+def test_frozen_encoder_keeps_weights_and_batch_stats_bit_identical():
+  """Paper 001, Task 1.2: only the head trains; the encoder's parameters
+  and batch-norm statistics do not move at all."""
+  model = models.Student(models.make_encoder("resnet_tiny"), num_classes=3,
+                         freeze_encoder=True)
+  tx = steps.frozen_encoder_tx(optax.adam(1e-2))
+  state = steps.init_state(model, tx, (16, 16, 3), seed=0)
+  before = jax.tree.map(np.asarray, {"p": state["params"],
+                                     "s": state["batch_stats"]})
+  rng = np.random.default_rng(0)
+  step = jax.jit(lambda s, b: steps.plain_step(s, b, model=model, tx=tx))
+  for _ in range(3):
+    batch = {"image": rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8),
+             "labels": (rng.random((8, 3)) < 0.5).astype(np.uint8)}
+    state, _ = step(state, batch)
+  for a, b in zip(jax.tree.leaves(before["p"]["encoder"]),
+                  jax.tree.leaves(state["params"]["encoder"]), strict=True):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  for a, b in zip(jax.tree.leaves(before["s"]),
+                  jax.tree.leaves(state["batch_stats"]), strict=True):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  assert not np.array_equal(before["p"]["head"]["kernel"],
+                            np.asarray(state["params"]["head"]["kernel"]))

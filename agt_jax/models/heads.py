@@ -139,12 +139,18 @@ class MultiTeacher(nn.Module):
 
 
 class Student(nn.Module):
-  """One encoder, one head: ``(logits [N, C], features [N, D])``."""
+  """One encoder, one head: ``(logits [N, C], features [N, D])``.
+
+  ``freeze_encoder``: the encoder always runs in eval mode (batch norm uses
+  and keeps its running statistics); pair it with
+  :func:`agt_jax.train.steps.frozen_encoder_tx` so its weights stay fixed.
+  """
   encoder: nn.Module
   num_classes: int
+  freeze_encoder: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    features = self.encoder(x, train=train)
+    features = self.encoder(x, train=train and not self.freeze_encoder)
     return nn.Dense(self.num_classes, name="head")(features).astype(
         jnp.float32), features

@@ -127,6 +127,17 @@ def joint_tx(lr, *, b1: float = 0.9, b2: float = 0.99
   return optax.with_extra_args_support(adam(lr, b1, b2))
 
 
+def frozen_encoder_tx(tx: optax.GradientTransformation
+                      ) -> optax.GradientTransformation:
+  """``tx`` on every parameter but the ``encoder`` subtree, which gets
+  ``optax.set_to_zero`` (no update, no optimiser state): a frozen-backbone
+  run (paper 001, Task 1.2) with the same step functions."""
+  def labels(params):
+    return {k: "frozen" if k == "encoder" else "trained" for k in params}
+  return optax.partition({"frozen": optax.set_to_zero(), "trained": tx},
+                         labels)
+
+
 def init_state(model, tx, image_shape: Sequence[int], seed: int,
                loss_state: dict | None = None) -> State:
   """``{"params", "batch_stats", "opt_state", "step"}`` (plus
