@@ -112,8 +112,8 @@ def multilabel_report(labels, probs, class_names: Sequence[str], *,
                       ) -> dict:
   """Per-class and averaged multi-label metrics.
 
-  Per class: ROC AUC, average precision (AP) and F1 at the strict 0.5
-  threshold, plus the number of test positives. A class with no positive (or
+  Per class: ROC AUC, average precision (AP), and precision, recall and F1
+  at the strict 0.5 threshold, plus the number of test positives. A class with no positive (or
   no negative) in ``labels`` has undefined AUC/AP, reported as NaN and left
   out of the macro means, whose ``*_classes`` field says how many classes
   entered.
@@ -131,7 +131,7 @@ def multilabel_report(labels, probs, class_names: Sequence[str], *,
 
   Returns:
     A JSON-serialisable dict: ``per_class`` (name -> metrics), ``macro_auc``,
-    ``map``, ``macro_f1``, ``odir`` (:func:`odir_score`) and, with counts,
+    ``map``, ``macro_f1``, ``macro_precision``, ``macro_recall``, ``odir`` (:func:`odir_score`) and, with counts,
     ``shots``.
   """
   labels, probs = _check_pair(labels, probs)
@@ -147,8 +147,12 @@ def multilabel_report(labels, probs, class_names: Sequence[str], *,
     auc = float(skm.roc_auc_score(y, p)) if defined else math.nan
     ap = float(skm.average_precision_score(y, p)) if defined else math.nan
     f1 = float(skm.f1_score(y, pred[:, j], zero_division=0.0))
-    per_class[name] = {"auc": auc, "ap": ap, "f1": f1,
-                       "positives": int(y.sum())}
+    per_class[name] = {
+        "auc": auc, "ap": ap, "f1": f1,
+        "precision": float(skm.precision_score(y, pred[:, j],
+                                               zero_division=0.0)),
+        "recall": float(skm.recall_score(y, pred[:, j], zero_division=0.0)),
+        "positives": int(y.sum())}
     aucs.append(auc), aps.append(ap), f1s.append(f1)
   aucs, aps, f1s = map(np.asarray, (aucs, aps, f1s))
 
@@ -161,6 +165,10 @@ def multilabel_report(labels, probs, class_names: Sequence[str], *,
       "macro_auc": nanmean(aucs),
       "map": nanmean(aps),
       "macro_f1": float(f1s.mean()),
+      "macro_precision": float(np.mean([v["precision"]
+                                        for v in per_class.values()])),
+      "macro_recall": float(np.mean([v["recall"]
+                                     for v in per_class.values()])),
       "macro_auc_classes": int(np.isfinite(aucs).sum()),
       "odir": odir_score(labels, probs),
   }

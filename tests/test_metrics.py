@@ -106,3 +106,17 @@ def test_top1_report_by_shot_tier_hand_computed():
   assert metrics.top1_report(y, scores, counts) == r        # ids as labels
   r = metrics.top1_report(y[:3], scores[:3], counts)
   assert math.isnan(r["medium"]) and math.isnan(r["few"])
+
+
+def test_per_class_precision_recall_at_half_by_hand():
+  y = np.array([[1, 0], [1, 1], [0, 1], [0, 0], [1, 0]])
+  p = np.array([[.9, .6], [.4, .7], [.6, .2], [.1, .8], [.7, .3]])
+  r = metrics.multilabel_report(y, p, ["a", "b"])
+  # a: predicted {0, 2, 4}, true {0, 1, 4}: TP 2, FP 1, FN 1.
+  # b: predicted {0, 1, 3}, true {1, 2}: TP 1, FP 2, FN 1.
+  a, b = r["per_class"]["a"], r["per_class"]["b"]
+  assert (a["precision"], a["recall"]) == pytest.approx((2 / 3, 2 / 3))
+  assert (b["precision"], b["recall"]) == pytest.approx((1 / 3, 1 / 2))
+  assert b["f1"] == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
+  assert r["macro_precision"] == pytest.approx(0.5)
+  assert r["macro_recall"] == pytest.approx((2 / 3 + 1 / 2) / 2)
