@@ -49,6 +49,7 @@ class Config:
   warmup_steps: int = 300           # plain-BCE run whose features group
   teacher_steps: int = 6000
   student_steps: int = 6000
+  classes: tuple = ()               # a subset of the classes (all if empty)
   # AGT
   grouping: str = "relational"      # relational | paper | shot | gradient | single
   n_groups: int = 3
@@ -257,6 +258,8 @@ def _coerce(name: str, value: Any, hint) -> Any:
     except ValueError:
       raise ConfigError(f"--set {name}={value}: expected "
                         f"{target.__name__}.") from None
+  if name == "classes":                      # D,G,A
+    return tuple(p.strip() for p in value.split(",") if p.strip())
   if target is tuple or typing.get_origin(target) is tuple:
     return tuple(tuple(p.split("+")) for p in value.split(",") if p)
   return value
@@ -290,4 +293,5 @@ def parse_sets(pairs) -> dict[str, str]:
 def from_json(text: str) -> Config:
   d = json.loads(text)
   d["together"] = tuple(tuple(x) for x in d.get("together", ()))
+  d["classes"] = tuple(d.get("classes", ()))
   return Config(**d)

@@ -42,6 +42,8 @@ def main(argv=None) -> int:
   p.add_argument("--resume", action="store_true")
   p.add_argument("--init", default=None, help="encoder weights: checkpoint "
                  "folder or torchvision .pth")
+  p.add_argument("--classes", default=None, metavar="C1,C2,...",
+                 help="train on these classes only, e.g. D,G,A")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="override any config field (repeatable)")
   _cli.add_distributed_args(p)
@@ -64,6 +66,9 @@ def _run(a) -> int:
   overrides = {**parse_data_spec(a.data), **config_lib.parse_sets(a.set)}
   if a.init:
     overrides["init"] = a.init
+  if a.classes:
+    overrides["classes"] = tuple(c.strip() for c in a.classes.split(",")
+                                 if c.strip())
   base = config_lib.get_config(preset, **overrides)
   # Every fold's config is checked before the first one trains.
   folds = range(base.num_folds) if a.folds == "all" else [a.fold or 0]

@@ -32,3 +32,9 @@ def test_overrides_are_typed():
 def test_json_round_trip():
   c = config.get_config("quick", alpha=0.25)
   assert config.from_json(c.to_json()) == c
+
+
+def test_classes_from_the_command_line_and_json():
+  c = config.replace(config.get_config("smoke"), classes="D,G, A")
+  assert c.classes == ("D", "G", "A")
+  assert config.from_json(c.to_json()) == c

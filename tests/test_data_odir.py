@@ -136,3 +136,16 @@ def test_fov_crop_and_resize(tmp_path):
   assert out.shape == (64, 64, 3) and out.dtype == np.uint8
   # The disc touches the crop: the central column spans almost the full height.
   assert (out[:, 32].max(1) > 15).mean() > 0.85
+
+
+def test_select_classes_keeps_every_image():
+  from agt_jax.errors import InputError
+  t = odir.packaged_label_table()
+  sub = t.select_classes(("D", "G", "A"))
+  assert sub.class_names == ("D", "G", "A") and len(sub) == len(t)
+  np.testing.assert_array_equal(sub.labels, t.labels[:, [1, 2, 4]])
+  assert (sub.labels.sum(1) == 0).any()      # images with none of them stay
+  with pytest.raises(InputError, match=r"unknown \['X'\]"):
+    t.select_classes(("D", "X"))
+  with pytest.raises(InputError, match="empty or repeated"):
+    t.select_classes(("D", "D"))

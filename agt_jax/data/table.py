@@ -77,6 +77,23 @@ class ImageTable:
         eyes=pick(self.eyes), keywords=pick(self.keywords),
         splits=pick(self.splits))
 
+  def select_classes(self, names) -> "ImageTable":
+    """The same images labelled with ``names`` only, in that order (an image
+    may then have no positive label, as in paper 001's 3-label ODIR task).
+    Raises :class:`~agt_jax.errors.InputError` naming unknown classes."""
+    from agt_jax.errors import InputError
+    names = tuple(names)
+    unknown = [n for n in names if n not in self.class_names]
+    if unknown or not names or len(set(names)) != len(names):
+      raise InputError(
+          f"{self.name}: cannot select classes {list(names)}"
+          + (f" (unknown {unknown})" if unknown else " (empty or repeated)")
+          + f"; its classes are {list(self.class_names)}.")
+    idx = [self.class_names.index(n) for n in names]
+    return dataclasses.replace(
+        self, class_names=names, labels=self.labels[:, idx],
+        meta={**self.meta, "selected_classes": list(names)})
+
   def split(self, name: str) -> "ImageTable":
     if self.splits is None:
       raise ValueError(f"{self.name} has no official splits.")

@@ -71,11 +71,11 @@ def make_groups(config, encoder, train_source, y_train, names, counts, mesh,
                                 y_train, config, mesh,
                                 "features for grouping")
   groups = grouping_lib.relational_groups(
-      feats, y_train, n_groups=config.n_groups, together=config.together,
-      class_names=names, seed=config.seed)
+      feats, y_train, n_groups=config.n_groups,
+      together=_together(config, names), class_names=names, seed=config.seed)
   stab = grouping_lib.grouping_stability(
-      feats, y_train, n_groups=config.n_groups, together=config.together,
-      class_names=names, seeds=range(10))
+      feats, y_train, n_groups=config.n_groups,
+      together=_together(config, names), class_names=names, seeds=range(10))
   info["pca"] = {"fitted_on": f"{len(idx)} training images x "
                               f"{feats.shape[1]} features",
                  "variance": 0.95, "n_components": stab["n_components"],
@@ -100,18 +100,26 @@ def check_grouping(config, names, counts) -> None:
   grouping is built and must partition the classes; ``together`` must name
   known classes. Raises :class:`~agt_jax.errors.InputError`."""
   if config.grouping == "relational":
-    grouping_lib.check_together(len(names), config.together, names,
-                                config.n_groups)
+    grouping_lib.check_together(len(names), _together(config, names),
+                                names, config.n_groups)
   elif config.grouping != "gradient":
     samplers.validate_groups(_fixed_groups(config, names, counts),
                              len(names), names)
+
+
+def _together(config, names):
+  """``config.together``; on a class subset (``classes``), the pairs whose
+  classes were all kept (the default N/O pair is meaningless on D, G, A)."""
+  if not config.classes:
+    return config.together
+  return tuple(p for p in config.together if all(c in names for c in p))
 
 
 def _fixed_groups(config, names, counts):
   return grouping_lib.make_groups(
       config.grouping, num_classes=len(names), class_names=names,
       class_counts=counts, n_groups=config.n_groups,
-      together=config.together, seed=config.seed,
+      together=_together(config, names), seed=config.seed,
       many=config.shot_many or None, few=config.shot_few or None)
 
 

@@ -200,12 +200,15 @@ def _claim_workdir(config: Config, workdir: pathlib.Path, resume: bool,
 
 
 def load_data(config: Config):
-  """``(table, source)`` for the configured dataset."""
+  """``(table, source)`` for the configured dataset (and class subset)."""
   from agt_jax.data import registry
-  return registry.load_dataset(
+  table, source = registry.load_dataset(
       config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
       image_size=config.image_size, seed=config.seed,
       max_images=config.max_images, skip_bad_images=config.skip_bad_images)
+  if config.classes:
+    table = table.select_classes(config.classes)
+  return table, source
 
 
 def load_fold(config: Config) -> FoldData:
