@@ -52,7 +52,7 @@ def write_outputs(workdir: pathlib.Path, results: dict, probs: dict,
   report_lib.plot_gradients(metrics, names, workdir / "gradients.png", title)
   report_lib.plot_validation(metrics, workdir / "validation.png", title)
   report_lib.plot_roc(y_test, probs, names, workdir / "roc.png", title)
-  report_lib.plot_alpha(metrics, results["groups"]["names"],
+  report_lib.plot_alpha(metrics, results.get("groups", {}).get("names", []),
                         workdir / "alpha.png", title)
   report_lib.write_report(workdir, results)
   atomic_write_text(workdir / DONE, json.dumps(
