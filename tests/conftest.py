@@ -17,8 +17,18 @@ from absl import flags  # noqa: E402
 # grain reads absl flags (e.g. in mp_prefetch); pytest never parses them.
 flags.FLAGS.mark_as_parsed()
 
+import tempfile  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Many tests compile the same small steps; a session-wide persistent
+# compilation cache compiles each program once (the cached executable is
+# the same program, so no result changes).
+jax.config.update("jax_compilation_cache_dir",
+                  tempfile.mkdtemp(prefix="agt_jax_test_xla_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture(scope="session")
