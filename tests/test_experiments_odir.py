@@ -242,3 +242,20 @@ def test_logged_interval_means_are_exact(tmp_path, monkeypatch):
   np.testing.assert_allclose([m["loss_mean"] for m in losses[3]],
                              [np.mean(per_step[:3]), np.mean(per_step[3:])],
                              rtol=1e-5)
+
+
+def test_class_subset_runs_end_to_end(tmp_path):
+  """``--classes D,G,A`` (paper 001's task): three label columns, every
+  image kept, the N/O pair dropped from the grouping."""
+  wd = tmp_path / "dga"
+  out = cli(["--preset", "smoke", "--classes", "D,G,A", "--set",
+             "n_groups=2", "--set", "student_steps=2", "--workdir", str(wd)],
+            tmp_path / "c")
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads((wd / "results.json").read_text())
+  assert r["class_names"] == ["D", "G", "A"]
+  assert r["config"]["classes"] == ["D", "G", "A"]
+  assert sorted(c for g in r["groups"]["names"] for c in g) == ["A", "D",
+                                                                 "G"]
+  assert set(r["teacher"]["per_class"]) == {"D", "G", "A"}
+  assert len(r["train_class_counts"]) == 3
