@@ -312,15 +312,26 @@ def ride_inputs(seed=0, n=12, e=3):
   return z, t
 
 
-def torchvision_like_state(spec: dict, seed: int = 0) -> dict:
+def torchvision_like_state(spec: dict, seed: int = 0,
+                           linear: str = "small") -> dict:
   """A state dict with the keys and shapes of ``spec`` (a torchvision
   model's, in order) and seeded values: He-normal convolutions, batch-norm
-  scales near 1, small shifts and non-trivial running statistics."""
+  scales near 1, small shifts and non-trivial running statistics.
+  ``linear="fan_in"`` draws linear weights with std ``1/sqrt(fan_in)``
+  (ViT: attention that is not uniform), ``"small"`` with std 0.01."""
   rng = np.random.default_rng(seed)
   out = {}
   for key, shape in spec.items():
     leaf = key.rpartition(".")[2]
-    if leaf == "num_batches_tracked":
+    if leaf in ("class_token", "pos_embedding"):
+      out[key] = rng.normal(0, 0.5, shape).astype(np.float32)
+    elif leaf == "in_proj_weight" or (leaf == "weight" and len(shape) == 2
+                                      and linear == "fan_in"):
+      out[key] = rng.normal(0, 1 / np.sqrt(shape[1]), shape).astype(
+          np.float32)
+    elif leaf == "in_proj_bias":
+      out[key] = rng.uniform(-0.1, 0.1, shape).astype(np.float32)
+    elif leaf == "num_batches_tracked":
       out[key] = np.zeros(shape, np.int64)
     elif leaf == "weight" and len(shape) == 4:
       fan_in = int(np.prod(shape[1:]))

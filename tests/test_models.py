@@ -87,6 +87,34 @@ def test_torchvision_import_matches_torch_outputs():
                                atol=1e-3)
 
 
+def test_torchvision_vit_b16_import_matches_torch_outputs():
+  """ViT-B/16: seeded weights with torchvision's 152 state-dict entries,
+  imported, give torch's class token (after encoder.ln) for two 224 px
+  images."""
+  import json
+  from tests import references as ref
+  here = pathlib.Path(__file__).parent / "torch_references"
+  spec = json.loads((here / "torchvision_specs.json").read_text())["vit_b16"]
+  want = np.load(here / "torch_references.npz")["vit_b16_features"]
+  x = ref.imagenet_input(size=224)
+  enc = models.make_encoder("vit_b16")
+  v = enc.init(jax.random.key(0), jnp.asarray(x[:1]))
+  n = sum(a.size for a in jax.tree.leaves(v["params"]))
+  assert n == 85_798_656      # torchvision vit_b_16 without heads.head
+  state = ref.torchvision_like_state(spec, linear="fan_in")
+  p, _ = weights.from_torchvision(state, v["params"], {})
+  ours = np.asarray(jax.jit(enc.apply)({"params": p}, x))
+  np.testing.assert_allclose(ours, want, rtol=1e-3, atol=1e-3)
+  # A map of patch tokens when unpooled: 14 x 14 at 224 px.
+  fmap = models.make_encoder("vit_b16", pool=False).apply({"params": p},
+                                                          x[:1])
+  assert fmap.shape == (1, 14, 14, 768)
+  bad = dict(state)
+  bad["encoder.layers.encoder_layer_0.mlp.9.weight"] = np.zeros((1,))
+  with pytest.raises(KeyError, match="unexpected ViT"):
+    weights.from_torchvision(bad, v["params"], {})
+
+
 def test_import_rejects_incomplete_state_dict():
   enc = models.make_encoder("resnet_tiny")
   v = enc.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.uint8))

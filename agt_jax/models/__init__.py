@@ -8,6 +8,8 @@ import jax.numpy as jnp
 from agt_jax.models.densenet import DenseNet121, DenseNetTiny
 from agt_jax.models.heads import (GroupHead, MultiTeacher, NormedDense,
                                    Student, Teacher, encoder_name, head_name)
+from agt_jax.models.transfer import TransferNet
+from agt_jax.models.vit import ViTB16, ViTTiny
 from agt_jax.models.resnet import (ResNet8Cifar, ResNet18, ResNet32, ResNet50,
                                    ResNetSmall, ResNetTiny)
 
@@ -15,14 +17,19 @@ ENCODERS = {
     "resnet18": ResNet18, "resnet50": ResNet50, "densenet121": DenseNet121,
     "resnet_small": ResNetSmall, "resnet_tiny": ResNetTiny, "densenet_tiny": DenseNetTiny,
     "resnet32": ResNet32, "resnet8_cifar": ResNet8Cifar,
+    "vit_b16": ViTB16, "vit_tiny": ViTTiny,
 }
 
 
-def make_encoder(name: str, *, dtype=jnp.float32, axis_name=None):
+def make_encoder(name: str, *, dtype=jnp.float32, axis_name=None,
+                 pool: bool = True):
+  """Encoder by name; ``pool=False`` returns its last feature map
+  ``[N, h, w, D]`` instead of ``[N, D]`` (ViT: its class token either way)."""
   if name not in ENCODERS:
     raise ValueError(f"unknown model {name!r}; known: {sorted(ENCODERS)}.")
-  return ENCODERS[name](dtype=dtype, axis_name=axis_name)
+  return ENCODERS[name](dtype=dtype, axis_name=axis_name, pool=pool)
 
 
 __all__ = ["ENCODERS", "GroupHead", "MultiTeacher", "NormedDense", "Student",
-           "Teacher", "encoder_name", "head_name", "make_encoder"]
+           "Teacher", "TransferNet", "encoder_name", "head_name",
+           "make_encoder"]

@@ -48,6 +48,7 @@ class DenseNet(nn.Module):
   bn_size: int = 4
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  pool: bool = True                 # False: the last map [N, h, w, D]
   conv: Any = nn.Conv
   norm: Any = nn.BatchNorm
 
@@ -69,6 +70,8 @@ class DenseNet(nn.Module):
         features //= 2
         x = Transition(features, conv, norm, name=f"transition{i + 1}")(x)
     x = nn.relu(norm(name="norm5")(x))
+    if not self.pool:
+      return x
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 

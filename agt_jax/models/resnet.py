@@ -81,6 +81,8 @@ class ResNet(nn.Module):
     stem_pool: the 3x3/2 max-pool after the 7x7/2 stem.
     stem_kernel, stem_stride: the first convolution (7, 2 on ImageNet; 3, 1
       for the CIFAR ResNets, which also drop the pool).
+    pool: average-pool the last map to `[N, D]`; False returns the map
+      `[N, h, w, D]` itself (attention heads, Grad-CAM).
   """
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
@@ -90,6 +92,7 @@ class ResNet(nn.Module):
   stem_pool: bool = True
   stem_kernel: int = 7
   stem_stride: int = 2
+  pool: bool = True
   conv: Callable = nn.Conv
   norm: Callable = nn.BatchNorm
 
@@ -108,6 +111,8 @@ class ResNet(nn.Module):
         x = self.block_cls(self.width * 2 ** i, conv=conv, norm=norm,
                            strides=2 if i > 0 and j == 0 else 1,
                            name=f"layer{i + 1}_{j}")(x)
+    if not self.pool:
+      return x
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
 

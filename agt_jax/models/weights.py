@@ -5,9 +5,10 @@ shaped like ``state``'s encoder, from
 
 * a folder written by our orbax checkpoints (a phase folder such as
   ``<workdir>/checkpoints/teacher`` -- its latest step -- or one step folder);
-* a torchvision ``.pth``/``.pt`` state dict of ResNet-18/50 or DenseNet-121
-  (needs the ``torch`` extra; PyTorch's ``[O, I, kh, kw]`` kernels become
-  flax's ``[kh, kw, I, O]``, running statistics become ``batch_stats``).
+* a torchvision ``.pth``/``.pt`` state dict of ResNet-18/50, DenseNet-121 or
+  ViT-B/16 (needs the ``torch`` extra; PyTorch's ``[O, I, kh, kw]`` kernels
+  become flax's ``[kh, kw, I, O]``, linear ``[O, I]`` weights ``[I, O]``
+  kernels, running statistics ``batch_stats``).
 """
 
 from __future__ import annotations
@@ -56,18 +57,82 @@ def _flax_module_path(torch_module: str) -> tuple[str, ...]:
   return (torch_module,)
 
 
+def _numpy(tensor) -> np.ndarray:
+  return tensor.detach().cpu().numpy() if hasattr(tensor, "detach") \
+      else np.asarray(tensor)
+
+
+def _check_filled(params, filled, name):
+  expected = {tuple(k.key for k in p) for p, _ in
+              jax.tree_util.tree_leaves_with_path(params)}
+  missing = sorted(expected - filled)
+  if missing:
+    raise KeyError(f"{name}: {len(missing)} encoder parameters are missing "
+                   f"from the state dict, e.g. {'/'.join(missing[0])}.")
+
+
+def _from_torchvision_vit(state_dict, params, name):
+  """torchvision ``VisionTransformer`` -> :class:`agt_jax.models.vit.ViT`."""
+  filled = set()
+
+  def put(path, value):
+    _assign(params, path, value, name=name)
+    filled.add(path)
+
+  for key, tensor in state_dict.items():
+    value = _numpy(tensor)
+    if key.startswith("heads."):
+      continue
+    if key == "class_token":
+      put(("class_token",), value)
+    elif key == "encoder.pos_embedding":
+      put(("pos_embedding",), value)
+    elif key == "conv_proj.weight":
+      put(("conv_proj", "kernel"), value.transpose(2, 3, 1, 0))
+    elif key == "conv_proj.bias":
+      put(("conv_proj", "bias"), value)
+    elif key in ("encoder.ln.weight", "encoder.ln.bias"):
+      put(("ln", "scale" if key.endswith("weight") else "bias"), value)
+    else:
+      m = re.fullmatch(r"encoder\.layers\.(encoder_layer_\d+)\.(.+)", key)
+      if not m:
+        raise KeyError(f"{name}: unexpected ViT state-dict key {key!r}.")
+      layer, rest = m.groups()
+      rest = rest.replace("linear_1", "0").replace("linear_2", "3")
+      table = {
+          "ln_1.weight": ("ln_1", "scale"), "ln_1.bias": ("ln_1", "bias"),
+          "ln_2.weight": ("ln_2", "scale"), "ln_2.bias": ("ln_2", "bias"),
+          "self_attention.in_proj_weight": ("self_attention", "in_proj",
+                                            "kernel"),
+          "self_attention.in_proj_bias": ("self_attention", "in_proj",
+                                          "bias"),
+          "self_attention.out_proj.weight": ("self_attention", "out_proj",
+                                             "kernel"),
+          "self_attention.out_proj.bias": ("self_attention", "out_proj",
+                                           "bias"),
+          "mlp.0.weight": ("mlp_0", "kernel"), "mlp.0.bias": ("mlp_0", "bias"),
+          "mlp.3.weight": ("mlp_3", "kernel"), "mlp.3.bias": ("mlp_3", "bias")}
+      if rest not in table:
+        raise KeyError(f"{name}: unexpected ViT state-dict key {key!r}.")
+      path = (layer,) + table[rest]
+      put(path, value.T if path[-1] == "kernel" else value)
+  _check_filled(params, filled, name)
+  return params
+
+
 def from_torchvision(state_dict: dict, params: dict, batch_stats: dict,
                      name: str = "state dict") -> tuple[dict, dict]:
-  """Converts a torchvision ResNet/DenseNet state dict into copies of
+  """Converts a torchvision ResNet/DenseNet/ViT state dict into copies of
   ``params``/``batch_stats`` (the encoder subtrees). The classifier
-  (``fc``/``classifier``) is ignored; every encoder parameter must be
-  filled."""
+  (``fc``/``classifier``/``heads``) is ignored; every encoder parameter must
+  be filled."""
   params = jax.tree.map(np.asarray, params)
   stats = jax.tree.map(np.asarray, batch_stats)
+  if "class_token" in state_dict:
+    return _from_torchvision_vit(state_dict, params, name), stats
   filled = set()
   for key, tensor in state_dict.items():
-    value = tensor.detach().cpu().numpy() if hasattr(tensor, "detach") \
-        else np.asarray(tensor)
+    value = _numpy(tensor)
     module, _, leaf = key.rpartition(".")
     if module.startswith(("fc", "classifier")) or leaf == "num_batches_tracked":
       continue
@@ -86,12 +151,7 @@ def from_torchvision(state_dict: dict, params: dict, batch_stats: dict,
       _assign(stats, path + ("mean",), value, name=name)
     elif leaf == "running_var":
       _assign(stats, path + ("var",), value, name=name)
-  expected = {tuple(k.key for k in p) for p, _ in
-              jax.tree_util.tree_leaves_with_path(params)}
-  missing = sorted(expected - filled)
-  if missing:
-    raise KeyError(f"{name}: {len(missing)} encoder parameters are missing "
-                   f"from the state dict, e.g. {'/'.join(missing[0])}.")
+  _check_filled(params, filled, name)
   return params, stats
 
 

@@ -6,9 +6,9 @@ without PyTorch.
 
 Writes, next to this file:
   torch_references.npz   RIDE and distribution-balanced loss gradients by
-                         torch autograd (float64); ResNet-50 and DenseNet-121
-                         pooled features of seeded weights and inputs
-  torchvision_specs.json the two models' state-dict keys and shapes
+                         torch autograd (float64); ResNet-50, DenseNet-121 and
+                         ViT-B/16 pooled features (class token) of seeded weights and inputs
+  torchvision_specs.json the three models' state-dict keys and shapes
   versions.json          the torch / torchvision / numpy that made them
 
 Inputs and weights come from ``tests/references.py`` (numpy, seeded), so the
@@ -79,9 +79,11 @@ def db_gradient() -> np.ndarray:
 def encoder_features(name, ctor):
   net = ctor(weights=None).eval()
   spec = {k: list(v.shape) for k, v in net.state_dict().items()}
-  state = ref.torchvision_like_state(spec)
+  vit = name == "vit_b16"
+  state = ref.torchvision_like_state(spec, linear="fan_in" if vit else
+                                     "small")
   net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-  x = ref.imagenet_input()
+  x = ref.imagenet_input(size=224 if vit else 64)
   mean = np.array([0.485, 0.456, 0.406]) * 255
   std = np.array([0.229, 0.224, 0.225]) * 255
   xt = torch.tensor(((x - mean) / std).transpose(0, 3, 1, 2),
@@ -89,6 +91,9 @@ def encoder_features(name, ctor):
   with torch.no_grad():
     if name == "resnet50":
       net.fc = torch.nn.Identity()
+      out = net(xt)
+    elif vit:
+      net.heads = torch.nn.Identity()   # the class token after encoder.ln
       out = net(xt)
     else:
       out = F.adaptive_avg_pool2d(torch.relu(net.features(xt)), 1).flatten(1)
@@ -100,7 +105,8 @@ def main():
   arrays = {"ride_grad": ride_gradient(), "db_grad": db_gradient()}
   specs = {}
   for name, ctor in (("resnet50", torchvision.models.resnet50),
-                     ("densenet121", torchvision.models.densenet121)):
+                     ("densenet121", torchvision.models.densenet121),
+                     ("vit_b16", torchvision.models.vit_b_16)):
     specs[name], arrays[f"{name}_features"] = encoder_features(name, ctor)
   np.savez_compressed(HERE / "torch_references.npz", **arrays)
   (HERE / "torchvision_specs.json").write_text(json.dumps(specs))
