@@ -92,6 +92,21 @@ class Config:
   gac_fraction: float = 0.1         # GAC: a missing group gets this x batch
   grad_batches: int = 4             # batches averaged for class gradients
   objective: str = "auto"           # auto (softmax on CIFAR) | bce | softmax
+  # Transfer (paper 001): trainer="transfer" trains one TransferNet (the
+  # encoder's last map -> attention -> mean pool -> head) on every class,
+  # for teacher_steps steps.
+  freeze_encoder: bool = False      # Task 1.2: the head alone learns
+  attention: str = "none"           # none | se | mha (Task 3)
+  head: str = "mlp"                 # mlp (hidden units, ReLU, dropout) | linear
+  head_hidden: int = 512
+  dropout: float = 0.5
+  transfer_loss: str = "bce"        # bce | focal | cb (positive terms only)
+  focal_alpha: float = 0.5          # Task 2: alpha 0.5, gamma 1
+  focal_gamma: float = 1.0
+  cb_beta: float = 0.999
+  cam_entropy: float = 0.0          # Grad-CAM entropy term's weight (Task 4c)
+  select_metric: str = "final"      # final (ODIR score) | macro_f1 (paper 001)
+  augment: str = "crop_flip"        # crop_flip | flip_rotate (paper 001)
   # bookkeeping
   seed: int = 0
   log_every: int = 50
@@ -127,7 +142,12 @@ CHOICES = {
     "fold_mode": ("random", "stratified", "official"),
     "grouping": ("relational", "paper", "shot", "gradient", "random",
                  "count", "single", "none"),
-    "trainer": ("agt", "gbg"),
+    "trainer": ("agt", "gbg", "transfer"),
+    "attention": ("none", "se", "mha"),
+    "head": ("mlp", "linear"),
+    "transfer_loss": ("bce", "focal", "cb"),
+    "select_metric": ("final", "macro_f1"),
+    "augment": ("crop_flip", "flip_rotate"),
     "moo": ("mgda", "mean", "per_class"),
     "moo_normalizer": ("none", "l2", "loss", "loss+"),
     "affinity": ("cos+1", "cos"),
@@ -161,7 +181,8 @@ def validate(config: Config) -> Config:
   ranges = {
       "val_fraction": (0.0, 1.0, True), "alpha": (0.0, 1.0, True),
       "rw_decay": (0.0, 1.0, True), "ib_start": (0.0, 1.0, False),
-      "gac_fraction": (0.0, 1.0, False)}
+      "gac_fraction": (0.0, 1.0, False), "dropout": (0.0, 1.0, True),
+      "cb_beta": (0.0, 1.0, True), "focal_alpha": (0.0, 1.0, False)}
   for key, (lo, hi, open_hi) in ranges.items():
     v = getattr(c, key)
     if not (lo <= v < hi if open_hi else lo <= v <= hi):
@@ -174,7 +195,8 @@ def validate(config: Config) -> Config:
     if not getattr(c, key) > 0:
       raise ConfigError(f"{key} must be > 0, got {getattr(c, key)}.")
   for key in ("warmup_steps", "teacher_steps", "student_steps",
-              "eval_every", "gamma", "workers", "seed", "fold_seed"):
+              "eval_every", "gamma", "workers", "seed", "fold_seed",
+              "head_hidden", "focal_gamma"):
     if getattr(c, key) < 0:
       raise ConfigError(f"{key} must be >= 0, got {getattr(c, key)}.")
   if not c.lr > 0:  # inf is allowed: it is how divergence is provoked
@@ -197,9 +219,12 @@ def validate(config: Config) -> Config:
                       "expert/others heads; use teacher=shared.")
   if c.loss == "ride" and c.experts < 2:
     raise ConfigError(f"loss='ride' needs experts >= 2, got {c.experts}.")
-  if c.trainer == "gbg" and c.student:
-    raise ConfigError("trainer='gbg' trains one model (no distilled "
-                      "student); set student=false.")
+  if c.trainer in ("gbg", "transfer") and c.student:
+    raise ConfigError(f"trainer={c.trainer!r} trains one model (no "
+                      "distilled student); set student=false.")
+  if c.trainer == "transfer" and c.grouping not in ("none", "single"):
+    raise ConfigError("trainer='transfer' trains one head on every class; "
+                      "set grouping=none.")
   if c.trainer == "gbg" and c.n_groups * int(np.ceil(
       c.gac_fraction * c.batch_size)) > c.batch_size:
     raise ConfigError(f"trainer='gbg': {c.n_groups} groups x a tenth of "

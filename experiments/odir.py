@@ -88,7 +88,7 @@ def _run(a) -> int:
     print(f"fold {k}: groups "
           + " ".join("{" + ",".join(g) + "}" for g in r["groups"]["names"])
           + f"; teacher loss {r['reweight_rule']}", flush=True)
-    for name in ("teacher", "student", "gbg"):
+    for name in ("teacher", "student", "gbg", "transfer"):
       if name in r:
         o = r[name]["odir"]
         print(json.dumps({"fold": k, "model": name, "dataset": r["dataset"],

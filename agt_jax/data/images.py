@@ -81,6 +81,26 @@ def random_crop_flip(image: np.ndarray, crop: int, rng: np.random.Generator
   return np.ascontiguousarray(out)
 
 
+def flip_rotate(image: np.ndarray, crop: int, rng: np.random.Generator, *,
+                degrees: float = 15.0) -> np.ndarray:
+  """Paper 001's training augmentation: horizontal and vertical flips (each
+  with probability 1/2) and a rotation drawn uniformly from ±``degrees``
+  (bilinear, black corners as the fundus background), then the central
+  ``crop`` square, the same crop as evaluation."""
+  out = image
+  if rng.random() < 0.5:
+    out = out[:, ::-1]
+  if rng.random() < 0.5:
+    out = out[::-1]
+  angle = float(rng.uniform(-degrees, degrees))
+  out = np.asarray(Image.fromarray(np.ascontiguousarray(out)).rotate(
+      angle, resample=Image.Resampling.BILINEAR))
+  return center_crop(out, crop)
+
+
+AUGMENTATIONS = ("crop_flip", "flip_rotate")
+
+
 def center_crop(image: np.ndarray, crop: int) -> np.ndarray:
   """Evaluation: the central ``crop`` square."""
   h, w = image.shape[:2]

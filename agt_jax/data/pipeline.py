@@ -23,7 +23,9 @@ from agt_jax.data import images
 class LoadAndAugment:
   """``batch -> batch + {"image": uint8 [b, crop, crop, 3]}``.
 
-  ``train=True``: random crop + horizontal flip; otherwise a centre crop.
+  ``train=True``: ``augment="crop_flip"``, random crop + horizontal flip
+  (AGT, paper 000); ``"flip_rotate"``, flips and a ±15° rotation before the
+  centre crop (paper 001). Otherwise a centre crop.
   A host's slice of a batch (:func:`agt_jax.data.samplers.host_slice`)
   carries each row's global ``"slot"``, which seeds its augmentation and is
   dropped here.
@@ -32,6 +34,7 @@ class LoadAndAugment:
   crop: int
   train: bool
   seed: int = 0
+  augment: str = "crop_flip"
 
   def __call__(self, step: int, batch: dict) -> dict:
     out = []
@@ -42,16 +45,24 @@ class LoadAndAugment:
       image = self.source[int(i)]
       if self.train:
         rng = np.random.default_rng((self.seed, int(step), int(slot)))
-        out.append(images.random_crop_flip(image, self.crop, rng))
+        if self.augment == "flip_rotate":
+          out.append(images.flip_rotate(image, self.crop, rng))
+        else:
+          out.append(images.random_crop_flip(image, self.crop, rng))
       else:
         out.append(images.center_crop(image, self.crop))
     return {**batch, "image": np.stack(out)}
 
 
 def with_images(batches: grain.MapDataset, source, *, crop: int,
-                train: bool, seed: int = 0) -> grain.MapDataset:
+                train: bool, seed: int = 0, augment: str = "crop_flip"
+                ) -> grain.MapDataset:
   """Attaches (augmented) images to every batch of a sampler dataset."""
-  return batches.map_with_index(LoadAndAugment(source, crop, train, seed))
+  if augment not in images.AUGMENTATIONS:
+    raise ValueError(f"augment must be one of {images.AUGMENTATIONS}, got "
+                     f"{augment!r}.")
+  return batches.map_with_index(LoadAndAugment(source, crop, train, seed,
+                                               augment))
 
 
 def eval_batches(num_examples: int, labels, *, batch_size: int

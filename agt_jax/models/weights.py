@@ -155,6 +155,46 @@ def from_torchvision(state_dict: dict, params: dict, batch_stats: dict,
   return params, stats
 
 
+def _restore_ours(path: pathlib.Path) -> tuple[pathlib.Path, dict]:
+  """``(step folder, {"params", "batch_stats", ...})`` of one of our
+  checkpoints: a phase folder (its latest step), a best-variables folder
+  (``<phase>_best``) or one step folder."""
+  import orbax.checkpoint as ocp
+
+  def item(d):
+    return next((d / n for n in ("state", "variables") if (d / n).exists()),
+                None)
+
+  step_dir = path
+  if item(path) is None:
+    steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+    if not steps:
+      raise FileNotFoundError(f"--init {path}: not a checkpoint folder (no "
+                              "step folders and no state/).")
+    step_dir = path / str(steps[-1])
+  if item(step_dir) is None:
+    raise FileNotFoundError(f"--init {step_dir}: no state/ or variables/ in "
+                            "it.")
+  return step_dir, ocp.StandardCheckpointer().restore(item(step_dir))
+
+
+def load_variables(path, like: dict) -> dict | None:
+  """Every ``params``/``batch_stats`` of one of our checkpoints when its
+  model is ``like``'s (same tree, same shapes), else None (a ``.pth``, or
+  another model: use :func:`load_encoder`)."""
+  path = pathlib.Path(path).expanduser()
+  if path.suffix in (".pth", ".pt") or not path.exists():
+    return None
+  _, restored = _restore_ours(path)
+  got = {k: jax.tree.map(np.shape, restored.get(k, {}))
+         for k in ("params", "batch_stats")}
+  want = {k: jax.tree.map(np.shape, like.get(k, {}))
+          for k in ("params", "batch_stats")}
+  if got != want:
+    return None
+  return {k: restored.get(k, {}) for k in ("params", "batch_stats")}
+
+
 def load_encoder(path, state: dict) -> tuple[dict, dict]:
   """Encoder params and batch stats from ``path``, shaped like ``state``."""
   path = pathlib.Path(path).expanduser()
@@ -170,15 +210,7 @@ def load_encoder(path, state: dict) -> tuple[dict, dict]:
                         "pip install 'agt-jax[torch]'.") from None
     sd = torch.load(path, map_location="cpu", weights_only=True)
     return from_torchvision(sd, enc_params, enc_stats, name=str(path))
-  import orbax.checkpoint as ocp
-  step_dir = path
-  if not (path / "state").exists():
-    steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
-    if not steps:
-      raise FileNotFoundError(f"--init {path}: not a checkpoint folder (no "
-                              "step folders and no state/).")
-    step_dir = path / str(steps[-1])
-  restored = ocp.StandardCheckpointer().restore(step_dir / "state")
+  step_dir, restored = _restore_ours(path)
   try:
     p = restored["params"]["encoder"]
     b = restored["batch_stats"].get("encoder", {})

@@ -127,6 +127,9 @@ def _train_and_evaluate(config, workdir, resume, data, mesh) -> dict:
   if config.trainer == "gbg":
     trained = {"gbg": train_gbg(config, data, encoder, groups, mesh, workdir,
                                 resume)}
+  elif config.trainer == "transfer":
+    trained = {"transfer": train_transfer(config, data, mesh, workdir,
+                                          resume)}
   else:
     trained = {"teacher": train_teacher(config, data, encoder, groups, mesh,
                                         workdir, resume)}
@@ -289,7 +292,9 @@ def _run_phase(name, *, model, step_fn, state, batches, config, data, mesh,
     if scorer is not None:
       if config.select == "best" and scorer.best_step is not None:
         selected = scorer.best_variables(last)
-        selection = {"select": "best validation ODIR final score",
+        selection = {"select": "best validation " + (
+                         "ODIR final score" if config.select_metric == "final"
+                         else "macro F1 at 0.5"),
                      "step": int(scorer.best_step)}
       selection["val_probs"] = scorer.probs(selected)
       selection["val_probs_last"] = (selection["val_probs"]
@@ -389,6 +394,66 @@ def train_gbg(config, data: FoldData, encoder, groups, mesh, workdir,
   return trained
 
 
+def transfer_model(config: Config, num_classes: int) -> models.TransferNet:
+  """The :class:`~agt_jax.models.TransferNet` of ``config``: a CNN gives
+  its last map; ViT its class token unless attention or Grad-CAM needs
+  the patch-token map."""
+  vit = config.model.startswith("vit")
+  spatial = not vit or config.attention != "none" or config.cam_entropy != 0
+  encoder = models.make_encoder(config.model, dtype=_dtype(config.dtype),
+                                pool=not spatial)
+  return models.TransferNet(
+      encoder, num_classes=num_classes, attention=config.attention,
+      head=config.head, hidden=config.head_hidden, dropout=config.dropout,
+      freeze_encoder=config.freeze_encoder)
+
+
+def _load_transfer_init(path: str, state: dict) -> dict:
+  """A checkpoint of the same model (Task 1.3 starts from Task 1.2's
+  selected variables): all of it; otherwise its encoder (``.pth``, a
+  teacher, a model with another head)."""
+  from agt_jax.models import weights
+  restored = weights.load_variables(path, state)
+  if restored is None:
+    return _load_init(path, state)
+  return {**state, **restored}
+
+
+def train_transfer(config, data: FoldData, mesh, workdir, resume) -> Trained:
+  """Paper 001: one TransferNet on every class; a frozen encoder
+  (Task 1.2) or all layers (Tasks 1.3-4), BCE / focal / positive-only CB,
+  optional SE / MHA and the Grad-CAM entropy term."""
+  model = transfer_model(config, len(data.names))
+  tx = steps.adam(config.lr, config.b1, config.b2)
+  if config.freeze_encoder:
+    tx = steps.frozen_encoder_tx(tx)
+  state = steps.init_state(model, tx, (config.crop, config.crop, 3),
+                           config.seed)
+  if config.init:
+    state = _load_transfer_init(config.init, state)
+    state["opt_state"] = tx.init(state["params"])
+  options = steps.TransferOptions(
+      loss=config.transfer_loss, focal_alpha=config.focal_alpha,
+      focal_gamma=config.focal_gamma, cb_beta=config.cb_beta,
+      class_counts=tuple(int(x) for x in data.counts),
+      cam_entropy=config.cam_entropy, seed=config.seed)
+
+  def transfer_fn(state, batch):
+    return steps.transfer_step(state, batch, model=model, tx=tx,
+                               options=options)
+
+  trained = _run_phase(
+      "transfer", model=model, step_fn=transfer_fn, state=state,
+      batches=samplers.instance_balanced_batches(
+          data.y_fit, batch_size=config.batch_size, seed=config.seed),
+      config=config, data=data, mesh=mesh, workdir=workdir, resume=resume,
+      total_steps=config.teacher_steps)
+  trained.selection["schedule"] = (
+      f"transfer ({'frozen encoder' if config.freeze_encoder else 'all layers'}"
+      f", {config.transfer_loss}, attention {config.attention})")
+  return trained
+
+
 def _teacher_parts(config: Config, encoder, groups, counts, num_train):
   """``(model, optimiser, loss options, joint)`` of the teacher phase.
 
@@ -425,6 +490,12 @@ def _teacher_parts(config: Config, encoder, groups, counts, num_train):
 
 def reweight_rule(config: Config) -> str:
   """One line naming the teacher's loss and re-weighting rule."""
+  if config.trainer == "transfer":
+    return (f"trainer=transfer: {config.transfer_loss} on every class "
+            f"({'frozen encoder' if config.freeze_encoder else 'all layers'}"
+            f", attention {config.attention}, head {config.head}"
+            + (f", Grad-CAM entropy {config.cam_entropy:g}"
+               if config.cam_entropy else "") + ")")
   if config.trainer == "gbg":
     return (f"trainer=gbg: one {config_lib.objective(config)} loss per "
             f"group, combined by moo={config.moo} (normaliser "

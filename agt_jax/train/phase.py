@@ -141,7 +141,8 @@ class TrainingPhase:
     self.total = total_steps
     self.writer = MetricWriter(workdir / "metrics.jsonl")
     ds = pipeline.with_images(pipeline.host_batches(batches), source,
-                              crop=config.crop, train=True, seed=config.seed)
+                              crop=config.crop, train=True, seed=config.seed,
+                              augment=config.augment)
     self.iterator = pipeline.to_iterator(ds, workers=config.workers)
     self.ckpt = Checkpoints(workdir / "checkpoints" / name,
                             max_to_keep=config.keep_checkpoints) \

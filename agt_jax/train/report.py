@@ -12,7 +12,7 @@ def _fmt(x) -> str:
   return "n/a" if x is None or x != x else f"{x:.3f}"
 
 
-MODELS = ("teacher", "student", "gbg")
+MODELS = ("teacher", "student", "gbg", "transfer")
 
 
 def read_metrics(path) -> list[dict]:

@@ -2,7 +2,9 @@
 
 The test fold is never looked at during training: every ``eval_every`` steps
 the phase's model is scored on the validation split, and the variables with
-the best validation ODIR final score are kept in their own checkpoint.
+the best validation ODIR final score (or macro F1 at 0.5,
+``select_metric="macro_f1"``, paper 001's rule) are kept in their own
+checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from agt_jax.train.checkpoint import BestCheckpoint
 
 class ValidationScorer:
   """``(state, step) -> record``: scores the model on the validation split
-  and keeps the best variables (by ODIR final score; ties keep the earlier).
+  and keeps the best variables (by ``config.select_metric``: the ODIR final
+  score or macro F1 at 0.5; ties keep the earlier).
 
   Records carry the ODIR score, per-class AP and the mean probability on
   negatives (``p_neg``), plus top-1 figures on single-label data; they go to
@@ -31,7 +34,8 @@ class ValidationScorer:
     self.best = BestCheckpoint(directory)
     meta = self.best.meta()
     self.best_step = meta["step"] if meta else None
-    self.best_final = meta["final"] if meta else -np.inf
+    self.metric = getattr(config, "select_metric", "final")
+    self.best_final = meta.get("value", meta["final"]) if meta else -np.inf
     self.single_label = bool(np.all(y_val.sum(1) == 1))
 
   def probs(self, variables) -> np.ndarray:
@@ -59,10 +63,14 @@ class ValidationScorer:
                                if y[:, c].any() else None
                                for c in range(y.shape[1])]
       rec["top1"] = float(hit.mean())
-    if score["final"] > self.best_final:
-      self.best_final, self.best_step = score["final"], step
-      self.best.save(step, variables, {"step": step, **score})
+    rec["macro_f1"] = metrics_lib.macro_f1(y, probs)
+    value = score["final"] if self.metric == "final" else rec["macro_f1"]
+    if value > self.best_final:
+      self.best_final, self.best_step = value, step
+      self.best.save(step, variables, {"step": step, "value": value,
+                                       **score})
     rec["best_step"], rec["best_final"] = self.best_step, self.best_final
+    rec["select_metric"] = self.metric
     return rec
 
   def best_variables(self, like) -> dict:

@@ -91,6 +91,38 @@ class KDOptions:
       raise ValueError("kd='subset' needs the teachers' class groups.")
 
 
+TRANSFER_LOSSES = ("bce", "focal", "cb")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferOptions:
+  """The loss of a :class:`~agt_jax.models.TransferNet` (paper 001).
+
+  ``bce``: BCE; ``focal``: ``optax.sigmoid_focal_loss`` (Task 2: alpha
+  0.5, gamma 1); ``cb``: class-balanced BCE on the positive terms only
+  (beta 0.999). Each is a mean over ``N * C``, as PyTorch's default.
+  ``cam_entropy > 0`` adds ``w * (1 - H)`` with ``H`` the mean normalised
+  entropy of the Grad-CAM maps of each image's positive classes (Task 4c;
+  the paper reports it made maps more diffuse, which is what rewarding
+  entropy does; a negative weight gives the focusing form). ``seed``
+  draws the dropout masks, folded with the step (resumes are exact).
+  """
+  loss: str = "bce"
+  focal_alpha: float = 0.5
+  focal_gamma: float = 1.0
+  cb_beta: float = 0.999
+  class_counts: tuple | None = None
+  cam_entropy: float = 0.0
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.loss not in TRANSFER_LOSSES:
+      raise ValueError(f"loss must be one of {TRANSFER_LOSSES}, got "
+                       f"{self.loss!r}.")
+    if self.loss == "cb" and self.class_counts is None:
+      raise ValueError("loss='cb' needs the training class_counts.")
+
+
 # -- optimisers ---------------------------------------------------------------
 
 def adam(lr, b1: float, b2: float) -> optax.GradientTransformation:
@@ -301,6 +333,67 @@ def plain_step(state: State, batch: dict, *, model, tx) -> tuple[State, dict]:
   return ({"params": params, "batch_stats": updates["batch_stats"],
            "opt_state": opt_state, "step": state["step"] + 1},
           {"loss": loss, "grad_norm": _norm(grads),
+           "param_norm": _norm(params)})
+
+
+def transfer_loss(logits, labels, options: TransferOptions):
+  """``[N, C]`` per-element loss of ``options.loss``."""
+  if options.loss == "focal":
+    return optax.sigmoid_focal_loss(logits, labels, alpha=options.focal_alpha,
+                                    gamma=options.focal_gamma)
+  if options.loss == "cb":
+    return losses.class_balanced_positive_bce(
+        logits, labels, jnp.asarray(options.class_counts, jnp.float32),
+        beta=options.cb_beta)
+  return optax.sigmoid_binary_cross_entropy(logits, labels)
+
+
+def transfer_step(state: State, batch: dict, *, model, tx,
+                  options: TransferOptions) -> tuple[State, dict]:
+  """One update of a :class:`~agt_jax.models.TransferNet` (paper 001).
+
+  The encoder's map is computed once; a frozen encoder's map is a
+  constant (no backward pass through it; ``tx`` must not move it either,
+  :func:`frozen_encoder_tx`). With ``cam_entropy`` the Grad-CAM maps are
+  differentiated through, head and encoder (second order).
+  """
+  from agt_jax.models import transfer
+  labels = batch["labels"].astype(jnp.float32)
+  rng = jax.random.fold_in(jax.random.key(options.seed), state["step"])
+
+  def loss_fn(params):
+    fmap, updates = model.apply(
+        {"params": params, "batch_stats": state["batch_stats"]},
+        batch["image"], train=True, mutable=["batch_stats"],
+        method=type(model).feature_map)
+    if model.freeze_encoder:
+      fmap = jax.lax.stop_gradient(fmap)
+
+    def head(m):
+      return model.apply({"params": params}, m, train=True,
+                         rngs={"dropout": rng},
+                         method=type(model).from_map)[0]
+
+    aux = {}
+    if options.cam_entropy:
+      logits, cams = transfer._cams(fmap, head, labels.shape[1])
+      pos = labels > 0
+      ent = transfer.cam_entropy(cams, where=pos).sum() / jnp.maximum(
+          pos.sum(), 1)
+      aux["cam_entropy"] = ent
+    else:
+      logits = head(fmap)
+    task = transfer_loss(logits, labels, options).mean()
+    loss = task + options.cam_entropy * (1.0 - aux.get("cam_entropy", 1.0))
+    return loss, ({"task_loss": task, **aux}, updates)
+
+  (loss, (aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state["params"])
+  deltas, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], deltas)
+  return ({"params": params, "batch_stats": updates["batch_stats"],
+           "opt_state": opt_state, "step": state["step"] + 1},
+          {"loss": loss, **aux, "grad_norm": _norm(grads),
            "param_norm": _norm(params)})
 
 

@@ -11,7 +11,7 @@ import numpy as np
 def summarize_folds(results: list[dict], workdir) -> pathlib.Path:
   workdir = pathlib.Path(workdir)
   rows = {}
-  for model in ("teacher", "student"):
+  for model in ("teacher", "student", "gbg", "transfer"):
     vals = {m: [r[model]["odir"][m] for r in results if model in r]
             for m in ("kappa", "f1", "auc", "final")}
     vals["macro_auc"] = [r[model]["macro_auc"] for r in results if model in r]
