@@ -60,8 +60,9 @@ def row_of(run: Run, fold: int, preset: str, results: dict) -> dict:
   m = results[run.model]
   sel = results.get("selection", {}).get(run.model, {})
   val = {f"val_{k}": v for k, v in sel.get("val", {}).items()}
-  if "val_macro_auc" in sel:
-    val["val_macro_auc"] = sel["val_macro_auc"]
+  for k in ("val_macro_auc", "val_macro_f1"):
+    if k in sel:
+      val[k] = sel[k]
   return {"run": run.name, "fold": fold, "model": run.model, "preset": preset,
           "dataset": results["dataset"], "synthetic": results["synthetic"],
           **run.extra, **{k: m["odir"][k] for k in ("kappa", "f1", "auc",

@@ -550,6 +550,7 @@ def evaluate_models(config, data: FoldData, trained: dict, groups_info,
       pv, pv_last = t.selection["val_probs"], t.selection["val_probs_last"]
       sel["val"] = metrics_lib.odir_score(y_val, pv)
       sel["val_last"] = metrics_lib.odir_score(y_val, pv_last)
+      sel["val_macro_f1"] = metrics_lib.macro_f1(y_val, pv)
       sel["val_macro_auc"] = evaluation.report(pv, y_val, names,
                                                counts)["macro_auc"]
       thresholds = evaluation.tune_thresholds(y_val, pv)
