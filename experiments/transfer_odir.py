@@ -62,10 +62,10 @@ PRESETS = {
                   ckpt_every=500, lr_frozen=1e-3, lr_fine=2e-5,
                   pretrain_steps=4400),
     # 3 folds of every task in under 20 minutes on 2 cores.
-    "quick": dict(model="resnet_tiny", image_size=56, crop=48,
-                  eval_batch_size=128, max_images=2400, teacher_steps=200,
-                  eval_every=25, log_every=25, ckpt_every=100,
-                  lr_frozen=1e-3, lr_fine=2e-4, pretrain_steps=300),
+    "quick": dict(model="resnet_tiny", image_size=72, crop=64,
+                  eval_batch_size=128, max_images=2400, teacher_steps=250,
+                  eval_every=25, log_every=25, ckpt_every=125,
+                  lr_frozen=1e-3, lr_fine=2e-4, pretrain_steps=400),
     # Under a minute: one fold, a few steps, no stand-in pretraining.
     "smoke": dict(teacher_steps=4, eval_every=2, log_every=2, ckpt_every=2,
                   lr_frozen=1e-3, lr_fine=1e-4, pretrain_steps=0),

@@ -135,10 +135,11 @@ def test_experiment_bad_inputs_name_the_problem(tmp_path, capsys):
   from experiments import tfa_lt as exp
   x, y, xt, yt = separable()
   np.savez(tmp_path / "bad.npz", train_features=x)
-  assert exp.run(["--features", str(tmp_path / "bad.npz")]) == 2
+  wd = ["--workdir", str(tmp_path / "wd")]
+  assert exp.run(["--features", str(tmp_path / "bad.npz"), *wd]) == 2
   assert "missing arrays ['train_labels', 'test_features', 'test_labels']" \
       in capsys.readouterr().err
-  assert exp.run(["--features", str(tmp_path / "nope.npz")]) == 2
+  assert exp.run(["--features", str(tmp_path / "nope.npz"), *wd]) == 2
   assert "no such file" in capsys.readouterr().err
 
 

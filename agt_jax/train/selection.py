@@ -19,7 +19,8 @@ from agt_jax.train.checkpoint import BestCheckpoint
 class ValidationScorer:
   """``(state, step) -> record``: scores the model on the validation split
   and keeps the best variables (by ``config.select_metric``: the ODIR final
-  score or macro F1 at 0.5; ties keep the earlier).
+  score or macro F1 at 0.5, its ties broken by the ODIR final score; ties
+  keep the earlier).
 
   Records carry the ODIR score, per-class AP and the mean probability on
   negatives (``p_neg``), plus top-1 figures on single-label data; they go to
@@ -36,6 +37,8 @@ class ValidationScorer:
     self.best_step = meta["step"] if meta else None
     self.metric = getattr(config, "select_metric", "final")
     self.best_final = meta.get("value", meta["final"]) if meta else -np.inf
+    self.best_key = tuple(meta.get("key", [self.best_final])) if meta \
+        else (-np.inf,)
     self.single_label = bool(np.all(y_val.sum(1) == 1))
 
   def probs(self, variables) -> np.ndarray:
@@ -64,11 +67,14 @@ class ValidationScorer:
                                for c in range(y.shape[1])]
       rec["top1"] = float(hit.mean())
     rec["macro_f1"] = metrics_lib.macro_f1(y, probs)
-    value = score["final"] if self.metric == "final" else rec["macro_f1"]
-    if value > self.best_final:
-      self.best_final, self.best_step = value, step
-      self.best.save(step, variables, {"step": step, "value": value,
-                                       **score})
+    # macro F1 at 0.5 is often flat (0 while no rare class crosses 0.5):
+    # ties go to the better ODIR final score, then to the earlier step.
+    key = ((score["final"],) if self.metric == "final"
+           else (rec["macro_f1"], score["final"]))
+    if key > self.best_key:
+      self.best_key, self.best_final, self.best_step = key, key[0], step
+      self.best.save(step, variables, {"step": step, "value": key[0],
+                                       "key": list(key), **score})
     rec["best_step"], rec["best_final"] = self.best_step, self.best_final
     rec["select_metric"] = self.metric
     return rec
