@@ -1,0 +1,183 @@
+"""Stacked ensembles (paper 003): out-of-fold probabilities of several
+models, a gradient-boosted meta-learner per class under nested
+cross-validation, class mappings between datasets, and the meta-learner's
+per-model importances.
+
+The out-of-fold (OOF) matrix holds, for every image, each model's
+probabilities from the fold model that held that image out; stacking is
+only honest if that is checked, so :func:`assemble_oof` refuses a row that
+came from a model trained on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from agt_jax.errors import AgtError
+
+__all__ = ["LeakError", "assemble_oof", "class_mapping", "fit_meta",
+           "make_meta", "meta_importance", "nested_cv_stack", "predict_meta"]
+
+# The paper's ODIR -> RFMiD correspondences (issue #18's mapping).
+ODIR_TO_RFMID = {"N": "NORMAL", "D": "DR", "A": "ARMD", "M": "MYA",
+                 "G": "ODC"}
+
+
+class LeakError(AgtError):
+  """A fold model's prediction of an image it was trained on."""
+
+
+def assemble_oof(predictions: Mapping[str, Mapping[int, tuple]],
+                 test_rows: Mapping[int, np.ndarray], num_rows: int
+                 ) -> np.ndarray:
+  """``[n, M, C]`` out-of-fold probabilities.
+
+  Args:
+    predictions: model -> fold -> ``(index [m], probs [m, C])``: the rows a
+      fold model predicted (``test_predictions.npz``'s ``index``).
+    test_rows: fold -> the rows that fold held out (from ``folds.json``,
+      not from the predictions).
+    num_rows: ``n``.
+
+  Raises:
+    LeakError: a fold model predicted a row its fold did not hold out, a
+      row is predicted twice, or a row is missing.
+  """
+  owner = np.full(num_rows, -1)
+  for fold, rows in test_rows.items():
+    rows = np.asarray(rows)
+    if (owner[rows] >= 0).any():
+      raise LeakError(f"fold {fold} holds out rows that another fold also "
+                      "holds out.")
+    owner[rows] = fold
+  models = list(predictions)
+  out = None
+  for m, name in enumerate(models):
+    seen = np.zeros(num_rows, bool)
+    for fold, (index, probs) in predictions[name].items():
+      index = np.asarray(index)
+      wrong = index[owner[index] != fold]
+      if wrong.size:
+        raise LeakError(
+            f"{name} fold {fold}: {wrong.size} predicted rows were not held "
+            f"out by fold {fold} (e.g. row {int(wrong[0])}, held out by "
+            f"fold {int(owner[wrong[0]])}): its model trained on them.")
+      if seen[index].any():
+        raise LeakError(f"{name}: rows predicted twice.")
+      seen[index] = True
+      if out is None:
+        out = np.full((num_rows, len(models), probs.shape[1]), np.nan)
+      out[index, m] = probs
+    if not seen.all():
+      raise LeakError(f"{name}: {int((~seen).sum())} rows have no "
+                      "out-of-fold prediction (a fold is missing).")
+  return out
+
+
+def make_meta(kind: str = "hgb", *, seed: int = 0) -> Callable[[], object]:
+  """A factory of one binary meta-classifier: scikit-learn's
+  ``HistGradientBoostingClassifier`` (``hgb``), or ``xgboost``'s
+  ``XGBClassifier`` with its defaults (paper 003 wraps XGBoost in a
+  ``MultiOutputClassifier``; it states no hyperparameters)."""
+  if kind == "hgb":
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    return lambda: HistGradientBoostingClassifier(random_state=seed)
+  if kind == "xgboost":
+    try:
+      import xgboost
+    except ImportError:
+      raise ImportError("meta=xgboost needs the xgboost extra: pip install "
+                        "'agt-jax[xgboost]'.") from None
+    return lambda: xgboost.XGBClassifier(random_state=seed)
+  raise ValueError(f"unknown meta-learner {kind!r}; known: hgb, xgboost.")
+
+
+class _Constant:
+  """The training prevalence, for a class with one label value only."""
+
+  def __init__(self, p):
+    self.p = float(p)
+
+  def predict_proba(self, x):
+    n = len(x)
+    return np.stack([np.full(n, 1 - self.p), np.full(n, self.p)], 1)
+
+
+def fit_meta(x, y, make: Callable[[], object]) -> list:
+  """One meta-classifier per class on ``x [n, F]``, ``y [n, C]``."""
+  y = np.asarray(y)
+  models = []
+  for c in range(y.shape[1]):
+    if 0 < y[:, c].sum() < len(y):
+      models.append(make().fit(x, y[:, c]))
+    else:
+      models.append(_Constant(y[:, c].mean()))
+  return models
+
+
+def predict_meta(models, x) -> np.ndarray:
+  return np.stack([m.predict_proba(x)[:, 1] for m in models], 1)
+
+
+def nested_cv_stack(x, y, folds, make: Callable[[], object]) -> np.ndarray:
+  """Stacked probabilities ``[n, C]``: the rows of fold ``k`` are scored by
+  meta-learners fitted on the other folds' rows only."""
+  folds = np.asarray(folds)
+  out = np.full(np.asarray(y).shape, np.nan)
+  for k in np.unique(folds):
+    held = folds == k
+    out[held] = predict_meta(fit_meta(x[~held], y[~held], make), x[held])
+  return out
+
+
+def class_mapping(source: Sequence[str], target: Sequence[str],
+                  mapping: Mapping[str, str] | None = None
+                  ) -> tuple[list[tuple[int, int]], list[str]]:
+  """``([(source column, target column)], unmapped source classes)``.
+
+  ``mapping`` names source -> target classes (default: identical names);
+  a mapping to a class the target lacks is an error.
+  """
+  mapping = dict(mapping) if mapping is not None else {
+      c: c for c in source if c in target}
+  pairs, unmapped = [], []
+  for i, c in enumerate(source):
+    t = mapping.get(c)
+    if t is None:
+      unmapped.append(c)
+      continue
+    if t not in target:
+      raise ValueError(f"class mapping {c} -> {t}: {t!r} is not a class of "
+                       f"the target ({list(target)}).")
+    pairs.append((i, list(target).index(t)))
+  return pairs, unmapped
+
+
+def meta_importance(models, x, y, num_models: int, *, repeats: int = 5,
+                    seed: int = 0) -> np.ndarray:
+  """``[M, C]``: how much class ``c``'s meta-learner relies on model ``m``
+  (permutation importance: the drop in ROC AUC when all of ``m``'s
+  columns are shuffled together; the boosted trees have no importances of
+  their own)."""
+  from sklearn.metrics import roc_auc_score
+  x, y = np.asarray(x), np.asarray(y)
+  n_cls = y.shape[1]
+  width = x.shape[1] // num_models
+  rng = np.random.default_rng(seed)
+  out = np.zeros((num_models, n_cls))
+  for c, model in enumerate(models):
+    if not 0 < y[:, c].sum() < len(y):
+      continue
+    base = roc_auc_score(y[:, c], model.predict_proba(x)[:, 1])
+    for m in range(num_models):
+      drops = []
+      for _ in range(repeats):
+        xp = x.copy()
+        perm = rng.permutation(len(x))
+        xp[:, m * width:(m + 1) * width] = x[perm, m * width:(m + 1) * width]
+        drops.append(base - roc_auc_score(y[:, c],
+                                          model.predict_proba(xp)[:, 1]))
+      out[m, c] = float(np.mean(drops))
+  return out
