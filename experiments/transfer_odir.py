@@ -63,9 +63,9 @@ PRESETS = {
                   pretrain_steps=4400),
     # 3 folds of every task in under 20 minutes on 2 cores.
     "quick": dict(model="resnet_tiny", image_size=72, crop=64,
-                  eval_batch_size=128, max_images=2400, teacher_steps=250,
-                  eval_every=25, log_every=25, ckpt_every=125,
-                  lr_frozen=1e-3, lr_fine=2e-4, pretrain_steps=400),
+                  eval_batch_size=128, max_images=2400, teacher_steps=400,
+                  eval_every=50, log_every=25, ckpt_every=200,
+                  lr_frozen=1e-3, lr_fine=2e-4, pretrain_steps=600),
     # Under a minute: one fold, a few steps, no stand-in pretraining.
     "smoke": dict(teacher_steps=4, eval_every=2, log_every=2, ckpt_every=2,
                   lr_frozen=1e-3, lr_fine=1e-4, pretrain_steps=0),
@@ -238,11 +238,19 @@ def write_report(workdir, tasks, stand_in: bool) -> pathlib.Path:
       lines.append(f"| {LABELS[t]} | {c} | " + " | ".join(
           f"{v:.3f}" for v in cells) + " |")
   lines += ["", "## Macro F (test fold, mean ± std over folds)", "",
-            "| task | macro F | macro AUC | ODIR final | folds | paper 001 "
-            "(off-site, ResNet-18 ImageNet) |", "|---|---|---|---|---|---|"]
+            "Macro F at 0.5 is the paper's number; beside it, macro F with "
+            "per-class thresholds tuned for F1 on the validation split (not "
+            "the paper's rule; it shows what the ranking holds when no "
+            "probability of a rare class crosses 0.5).", "",
+            "| task | macro F (0.5) | macro F (val-tuned) | macro AUC | "
+            "ODIR final | folds | paper 001 (off-site, ResNet-18 ImageNet) |",
+            "|---|---|---|---|---|---|---|"]
   for t, vals in macro.items():
     sub = [r for r in rows if r["task"] == t]
-    lines.append(f"| {LABELS[t]} | {h.mean_std(vals)} | "
+    tuned = [_results(workdir, r)["transfer"].get("tuned", {}).get(
+        "macro_f1") for r in sub]
+    tuned_cell = h.mean_std(tuned) if None not in tuned else "–"
+    lines.append(f"| {LABELS[t]} | {h.mean_std(vals)} | {tuned_cell} | "
                  f"{h.mean_std([r['macro_auc'] for r in sub])} | "
                  f"{h.mean_std([r['final'] for r in sub])} | {len(vals)} | "
                  f"{REFERENCE_F.get(t, '–')} |")

@@ -54,6 +54,10 @@ def two_processes(args, cache, kill=None, timeout=300):
              "--process-id", str(i)]
     head = ["-c", DRIVER] if kill else ["-m", "experiments.odir"]
     extra = {"AGT_TEST_KILL": kill} if kill else {}
+    # One compilation cache per process id: two processes writing the same
+    # cache entry at once can hand the other a torn file (a crash on one
+    # side leaves the other waiting in a collective).
+    extra["JAX_COMPILATION_CACHE_DIR"] = str(cache / f"xla-p{i}")
     procs.append(subprocess.Popen(
         [sys.executable, *head, *args, *flags], cwd=ROOT,
         env=_env(cache, 4, **extra), stdout=subprocess.PIPE,
@@ -65,7 +69,10 @@ def two_processes(args, cache, kill=None, timeout=300):
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()
-      raise
+      tails = [f"process {i} (rc {q.wait()}): {q.communicate()[1][-1500:]}"
+               for i, q in enumerate(procs)]
+      pytest.fail(f"two processes did not finish in {timeout} s:\n"
+                  + "\n".join(tails))
     out.append((p.returncode, err))
   return out
 

@@ -87,7 +87,8 @@ def tune_thresholds(labels, probs) -> np.ndarray:
 
 
 def tuned_score(labels, probs, thresholds) -> dict:
-  """The ODIR score with per-class thresholds (the AUC is unchanged)."""
+  """The ODIR score (and macro F1) with per-class thresholds (the AUC is
+  unchanged)."""
   labels, probs = np.asarray(labels), np.asarray(probs, np.float64)
   # odir_score thresholds at > 0.5: shift each column so its threshold
   # lands there, preserving the order of probabilities within a class.
@@ -95,6 +96,7 @@ def tuned_score(labels, probs, thresholds) -> dict:
   out = metrics_lib.odir_score(labels, shifted)
   out["auc"] = metrics_lib.odir_score(labels, probs)["auc"]
   out["final"] = (out["kappa"] + out["f1"] + out["auc"]) / 3
+  out["macro_f1"] = metrics_lib.macro_f1(labels, shifted)
   return out
 
 
