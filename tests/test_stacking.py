@@ -113,9 +113,13 @@ def test_class_mapping_odir_to_rfmid():
 
 
 def test_stack_ensemble_smoke(tmp_path, cache):
+  from tests import fixtures
+  fixtures.make_rfmid(tmp_path / "rfmid",
+                      sizes={"train": 24, "val": 8, "test": 12})
   wd = tmp_path / "stack"
-  out = run_cli("experiments.stack_ensemble", ["--preset", "smoke",
-                                               "--workdir", str(wd)], cache)
+  out = run_cli("experiments.stack_ensemble", [
+      "--preset", "smoke", "--workdir", str(wd), "--external",
+      "shifted-synth", "--external", f"rfmid:{tmp_path / 'rfmid'}"], cache)
   assert out.returncode == 0, out.stderr[-3000:]
   z = np.load(wd / "oof.npz")
   n = len(z["labels"])
@@ -133,6 +137,13 @@ def test_stack_ensemble_smoke(tmp_path, cache):
   assert ext[0]["synthetic"] and ext[0]["patient_overlap"].startswith("none")
   assert set(ext[0]["auc"]) == {"resnet_tiny", "densenet_tiny",
                                 "mean of models", "stacked"}
+  rf = ext[1]
+  assert rf["dataset"] == "rfmid" and not rf["synthetic"]
+  assert rf["images"] == 44
+  assert rf["mapping"] == {"N": "NORMAL", "D": "DR", "G": "ODC",
+                           "A": "ARMD", "M": "MYA"}
+  assert rf["unmapped"] == ["C", "H", "O"]
+  assert "unmapped (dropped): C, H, O" in report
   assert (wd / "importance.png").stat().st_size > 1000
   bad = run_cli("experiments.stack_ensemble",
                 ["--preset", "smoke", "--workdir", str(wd), "--folds", "0"],
