@@ -302,3 +302,11 @@ def write_report_md(workdir, lines) -> pathlib.Path:
   path = pathlib.Path(workdir) / "report.md"
   path.write_text("\n".join(lines))
   return path
+
+
+def print_section(report: pathlib.Path, heading: str) -> None:
+  """Prints one ``## heading`` section of a report (its tables) to stdout."""
+  text = pathlib.Path(report).read_text().split("\n## ")
+  for part in text[1:]:
+    if part.startswith(heading):
+      print("## " + part.rstrip(), flush=True)

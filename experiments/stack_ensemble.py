@@ -141,8 +141,10 @@ def _go(a, workdir: pathlib.Path) -> int:
   ext = [_external(spec, path, workdir, models, folds, meta_all, names, base,
                    a.preset, preset) for spec, path in externals]
   (workdir / "external.json").write_text(json.dumps(ext, indent=1))
-  print(f"report: {_report(workdir, res0, models, table_rows, ext, a.meta)}",
-        flush=True)
+  report = _report(workdir, res0, models, table_rows, ext, a.meta)
+  h.print_section(report, "Out-of-fold")
+  h.print_section(report, "External")
+  print(f"report: {report}", flush=True)
   return 0
 
 

@@ -140,8 +140,9 @@ def _go(a, workdir: pathlib.Path) -> int:
   (workdir / "results.json").write_text(json.dumps(
       {"source": source, "guidance": guidance, "epochs": [e1, e2],
        "runs": results}, indent=1))
-  print(f"report: {_report(workdir, results, source, guidance, (e1, e2))}",
-        flush=True)
+  report = _report(workdir, results, source, guidance, (e1, e2))
+  h.print_section(report, "Table 2")
+  print(f"report: {report}", flush=True)
   return 0
 
 

@@ -167,7 +167,9 @@ def run(argv=None) -> int:
         if runs:
           h.run_grid(runs, preset=a.preset, folds=[fold], base=base,
                      workdir=workdir)
-    print(f"report: {write_report(workdir, tasks, stand_in)}", flush=True)
+    report = write_report(workdir, tasks, stand_in)
+    h.print_section(report, "Macro F")
+    print(f"report: {report}", flush=True)
     return 0
 
   return _cli.guarded(go, prog=PROG, argv=argv)

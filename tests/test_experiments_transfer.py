@@ -18,6 +18,7 @@ def test_transfer_odir_smoke_under_a_minute_then_skips(tmp_path, cache):
   got = rows(wd)
   assert [r["task"] for r in got] == ["frozen", "full", "mha", "gradcam"]
   assert all(r["model"] == "transfer" for r in got)
+  assert "## Macro F" in out.stdout and "| Task 3 MHA |" in out.stdout
   configs = {t: json.loads((wd / t / "fold0" / "config.json").read_text())
              for t in ("frozen", "full", "mha", "gradcam")}
   assert configs["frozen"]["freeze_encoder"] and configs["frozen"]["init"] \

@@ -121,6 +121,8 @@ def test_stack_ensemble_smoke(tmp_path, cache):
       "--preset", "smoke", "--workdir", str(wd), "--external",
       "shifted-synth", "--external", f"rfmid:{tmp_path / 'rfmid'}"], cache)
   assert out.returncode == 0, out.stderr[-3000:]
+  assert "## Out-of-fold scores" in out.stdout
+  assert out.stdout.count("## External") == 2
   z = np.load(wd / "oof.npz")
   n = len(z["labels"])
   assert z["oof"].shape == (n, 2, 8) and np.isfinite(z["oof"]).all()

@@ -24,7 +24,8 @@ ENCODERS = {
 def make_encoder(name: str, *, dtype=jnp.float32, axis_name=None,
                  pool: bool = True):
   """Encoder by name; ``pool=False`` returns its last feature map
-  ``[N, h, w, D]`` instead of ``[N, D]`` (ViT: its class token either way)."""
+  ``[N, h, w, D]`` instead of ``[N, D]`` (ViT: the patch tokens as a map
+  instead of the class token)."""
   if name not in ENCODERS:
     raise ValueError(f"unknown model {name!r}; known: {sorted(ENCODERS)}.")
   return ENCODERS[name](dtype=dtype, axis_name=axis_name, pool=pool)
