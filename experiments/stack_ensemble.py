@@ -45,10 +45,10 @@ PRESETS = {
     "paper": dict(models=("resnet18", "resnet50", "densenet121")),
     # Two small models, 5 folds, on 2400 images: under 30 minutes on 2 cores.
     "quick": dict(models=("resnet_tiny", "densenet_tiny"),
-                  config=dict(image_size=56, crop=48, batch_size=32,
+                  config=dict(image_size=72, crop=64, batch_size=32,
                               eval_batch_size=128, max_images=2400,
-                              teacher_steps=250, eval_every=50, log_every=25,
-                              ckpt_every=125),
+                              teacher_steps=600, eval_every=100, log_every=50,
+                              ckpt_every=300),
                   external_images=1200),
     "smoke": dict(models=("resnet_tiny", "densenet_tiny"),
                   config=dict(num_folds=2, teacher_steps=4, eval_every=2),
