@@ -112,10 +112,14 @@ def _go(a, workdir: pathlib.Path) -> int:
   n = len(table.labels)
   test_rows = {}
   for k in folds:
-    rec = json.loads((_fold_dir(workdir, models[0], k) / "folds.json"
-                      ).read_text())
-    held = set(rec["test_patients"])
-    test_rows[k] = np.flatnonzero(np.isin(table.patient_ids, list(held)))
+    held = [json.loads((_fold_dir(workdir, m, k) / "folds.json").read_text()
+                       )["test_patients"] for m in models]
+    if any(sorted(x) != sorted(held[0]) for x in held):
+      raise stacking.LeakError(
+          f"fold {k}: the models held out different patients (another "
+          "fold seed or mode for one of them); their predictions cannot "
+          "be stacked.")
+    test_rows[k] = np.flatnonzero(np.isin(table.patient_ids, held[0]))
   preds = {m: {k: _predictions(_fold_dir(workdir, m, k)) for k in folds}
            for m in models}
   oof = stacking.assemble_oof(preds, test_rows, n)          # [n, M, C]

@@ -151,3 +151,17 @@ def test_stack_ensemble_smoke(tmp_path, cache):
                 ["--preset", "smoke", "--workdir", str(wd), "--folds", "0"],
                 cache)
   assert bad.returncode == 2 and "needs every fold" in bad.stderr
+
+
+def test_xgboost_meta_learner_names_its_extra(monkeypatch):
+  import builtins
+  real = builtins.__import__
+
+  def no_xgboost(name, *a, **k):
+    if name == "xgboost":
+      raise ImportError("No module named 'xgboost'")
+    return real(name, *a, **k)
+
+  monkeypatch.setattr(builtins, "__import__", no_xgboost)
+  with pytest.raises(ImportError, match=r"pip install 'agt-jax\[xgboost\]'"):
+    stacking.make_meta("xgboost")
