@@ -80,10 +80,14 @@ def make_meta(kind: str = "hgb", *, seed: int = 0) -> Callable[[], object]:
   """A factory of one binary meta-classifier: scikit-learn's
   ``HistGradientBoostingClassifier`` (``hgb``), or ``xgboost``'s
   ``XGBClassifier`` with its defaults (paper 003 wraps XGBoost in a
-  ``MultiOutputClassifier``; it states no hyperparameters)."""
+  ``MultiOutputClassifier``; it states no hyperparameters), or a logistic
+  regression (``logistic``: a linear stacker, the simplest rival)."""
   if kind == "hgb":
     from sklearn.ensemble import HistGradientBoostingClassifier
     return lambda: HistGradientBoostingClassifier(random_state=seed)
+  if kind == "logistic":
+    from sklearn.linear_model import LogisticRegression
+    return lambda: LogisticRegression(max_iter=2000)
   if kind == "xgboost":
     try:
       import xgboost
@@ -91,7 +95,8 @@ def make_meta(kind: str = "hgb", *, seed: int = 0) -> Callable[[], object]:
       raise ImportError("meta=xgboost needs the xgboost extra: pip install "
                         "'agt-jax[xgboost]'.") from None
     return lambda: xgboost.XGBClassifier(random_state=seed)
-  raise ValueError(f"unknown meta-learner {kind!r}; known: hgb, xgboost.")
+  raise ValueError(f"unknown meta-learner {kind!r}; known: hgb, logistic, "
+                   "xgboost.")
 
 
 class _Constant:

@@ -13,7 +13,8 @@ Each model is trained with plain BCE on multilabel-stratified patient folds
 matrix ``[n, models x C]`` is checked against every fold's ``folds.json``
 (a row predicted by a model that trained on it stops the run). The
 meta-learner (scikit-learn's ``HistGradientBoostingClassifier`` per class;
-``--meta xgboost`` with the extra) is scored by nested cross-validation:
+``--meta logistic`` a logistic regression, ``--meta xgboost`` with the
+extra) is scored by nested cross-validation:
 the rows of fold k by meta-learners fitted on the other folds' rows.
 Compared: each model, the mean of the models, stacked.
 
@@ -22,7 +23,9 @@ meta-learner fitted on every OOF row to another dataset, through an explicit
 class mapping (ODIR -> RFMiD: N->NORMAL, D->DR, A->ARMD, M->MYA, G->ODC;
 unmapped classes are listed). ``shifted-synth`` is odir5k-synth re-rendered
 with another seed and weaker disease signs, on patients the models never
-saw (the images after the training rows), labelled "shifted synthetic".
+saw (the images after the training rows), labelled "shifted synthetic";
+``heldout-synth`` is the same patients from the training renderer, so the
+difference between the two is the cost of the shift alone.
 
 Writes ``report.md``, ``oof.npz``, ``importance.png`` (models x classes) and
 ``external.json`` into the workdir.
@@ -66,10 +69,15 @@ def run(argv=None) -> int:
   h.add_common_args(p, folds=(), preset="quick")
   p.add_argument("--models", nargs="+", default=None,
                  help="encoders (default: the preset's)")
-  p.add_argument("--meta", default="hgb", choices=["hgb", "xgboost"])
+  p.add_argument("--meta", nargs="+", default=["hgb", "logistic"],
+                 choices=["hgb", "xgboost", "logistic"],
+                 help="meta-learners, each reported (the first is the "
+                 "importance plot's)")
   p.add_argument("--external", action="append", default=[],
                  metavar="NAME[:PATH]",
-                 help="shifted-synth, odir5k:PATH or rfmid:PATH (repeatable)")
+                 help="heldout-synth, shifted-synth, odir5k:PATH or "
+                 "rfmid:PATH (repeatable; smoke/quick default: the two "
+                 "synthetic ones)")
   a = p.parse_args(argv)
   from experiments import _cli
   workdir = a.workdir or pathlib.Path("runs") / "stack-ensemble"
@@ -90,7 +98,7 @@ def _go(a, workdir: pathlib.Path) -> int:
     raise ConfigError("--models: stacking needs at least two models.")
   externals = [_parse_external(e) for e in a.external]
   if not a.external and a.preset in ("smoke", "quick"):
-    externals = [("shifted-synth", None)]
+    externals = [("heldout-synth", None), ("shifted-synth", None)]
   base = {**BASE_RUN, **preset.get("config", {}), **parse_data_spec(a.data),
           **config_lib.parse_sets(a.set)}
   num_folds = base.get("num_folds", 5)
@@ -128,24 +136,28 @@ def _go(a, workdir: pathlib.Path) -> int:
   for k, rows in test_rows.items():
     fold_of[rows] = k
   x = oof.reshape(n, -1)
-  make = stacking.make_meta(a.meta, seed=0)
-  stacked = stacking.nested_cv_stack(x, y, fold_of, make)
   scored = {m: oof[:, i] for i, m in enumerate(models)}
   scored["mean of models"] = oof.mean(1)
-  scored[f"stacked ({a.meta})"] = stacked
+  metas = {}
+  for kind in a.meta:
+    make = stacking.make_meta(kind, seed=0)
+    scored[f"stacked ({kind})"] = stacking.nested_cv_stack(x, y, fold_of,
+                                                           make)
+    metas[kind] = stacking.fit_meta(x, y, make)
+  stacked = scored[f"stacked ({a.meta[0]})"]
   table_rows = {name: _fold_scores(y, p, fold_of) for name, p in
                 scored.items()}
   np.savez_compressed(workdir / "oof.npz", oof=oof, stacked=stacked,
                       labels=y, fold=fold_of, models=np.array(models),
                       class_names=np.array(names))
-  meta_all = stacking.fit_meta(x, y, make)
-  importance = stacking.meta_importance(meta_all, x, y, len(models))
+  importance = stacking.meta_importance(metas[a.meta[0]], x, y, len(models))
   _importance_plot(importance, models, names, workdir / "importance.png",
                    res0["dataset"])
-  ext = [_external(spec, path, workdir, models, folds, meta_all, names, base,
+  ext = [_external(spec, path, workdir, models, folds, metas, names, base,
                    a.preset, preset) for spec, path in externals]
   (workdir / "external.json").write_text(json.dumps(ext, indent=1))
-  report = _report(workdir, res0, models, table_rows, ext, a.meta)
+  report = _report(workdir, res0, models, table_rows, ext,
+                   ", ".join(a.meta))
   h.print_section(report, "Out-of-fold")
   h.print_section(report, "External")
   print(f"report: {report}", flush=True)
@@ -154,7 +166,7 @@ def _go(a, workdir: pathlib.Path) -> int:
 
 def _parse_external(spec: str):
   from agt_jax.data.registry import parse_data_spec
-  if spec == "shifted-synth":
+  if spec in ("shifted-synth", "heldout-synth"):
     return spec, None
   d = parse_data_spec(spec)
   return d["dataset"], d["data_dir"]
@@ -189,7 +201,7 @@ def _fold_scores(y, p, fold_of) -> dict:
   return out
 
 
-def _external(spec, path, workdir, models, folds, meta_all, names, base,
+def _external(spec, path, workdir, models, folds, metas, names, base,
               preset_name, preset) -> dict:
   """Fold models averaged, and the meta-learner, on another dataset."""
   from agt_jax import models as models_lib
@@ -202,17 +214,22 @@ def _external(spec, path, workdir, models, folds, meta_all, names, base,
   from sklearn.metrics import roc_auc_score
   cfg0 = from_json((_fold_dir(workdir, models[0], 0) / "config.json"
                     ).read_text())
-  if spec == "shifted-synth":
+  if spec in ("shifted-synth", "heldout-synth"):
+    shifted = spec == "shifted-synth"
     start = cfg0.max_images or 0
     count = preset.get("external_images") or 1000
     table, source = synth.load_synth(
-        cfg0.cache_dir, size=cfg0.image_size, seed=SHIFT_SEED,
-        visibility=SHIFT_VISIBILITY, max_images=start + count)
+        cfg0.cache_dir, size=cfg0.image_size,
+        seed=SHIFT_SEED if shifted else cfg0.seed,
+        visibility=SHIFT_VISIBILITY if shifted else None,
+        max_images=start + count)
     keep = np.arange(min(start, len(table) - 1), len(table))
     table, source = table.take(keep), images_lib.SubsetSource(source, keep)
     label = (f"odir5k-synth shifted (synthetic; seed {SHIFT_SEED}, disease "
              f"signs at 0.6x; {len(keep)} images of patients after the "
-             "training rows)")
+             "training rows)" if shifted else
+             f"odir5k-synth held out (synthetic; the training renderer; "
+             f"{len(keep)} images of patients after the training rows)")
     mapping = None
     overlap = "none (other patients)" if start else \
         "all (same label table re-rendered)"
@@ -245,7 +262,8 @@ def _external(spec, path, workdir, models, folds, meta_all, names, base,
   x = np.concatenate(per_model, 1)
   scored = {m: p for m, p in zip(models, per_model)}
   scored["mean of models"] = np.mean(per_model, 0)
-  scored["stacked"] = stacking.predict_meta(meta_all, x)
+  for kind, meta in metas.items():
+    scored[f"stacked ({kind})"] = stacking.predict_meta(meta, x)
   y = table.labels
   out = {"dataset": label, "synthetic": bool(table.meta.get("synthetic")),
          "images": int(len(y)), "patient_overlap": overlap,
@@ -302,8 +320,8 @@ def _report(workdir, res0, models, table_rows, ext, meta) -> pathlib.Path:
   lines += [f"Dataset: **{res0['dataset']}**; {cfg['num_folds']} "
             f"multilabel-stratified patient folds; models {models} "
             f"({cfg['crop']} px, {cfg['teacher_steps']} steps, plain BCE, "
-            "validation-selected); meta-learner "
-            f"`{meta}` per class, nested CV (fold k's rows scored by "
+            "validation-selected); meta-learners "
+            f"`{meta}` (one per class each), nested CV (fold k's rows scored by "
             "meta-learners fitted on the other folds' rows).", ""]
   if res0["synthetic"]:
     lines += ["**Synthetic data**: real ODIR-5K labels with procedurally "

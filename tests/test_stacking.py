@@ -138,7 +138,9 @@ def test_stack_ensemble_smoke(tmp_path, cache):
   ext = json.loads((wd / "external.json").read_text())
   assert ext[0]["synthetic"] and ext[0]["patient_overlap"].startswith("none")
   assert set(ext[0]["auc"]) == {"resnet_tiny", "densenet_tiny",
-                                "mean of models", "stacked"}
+                                "mean of models", "stacked (hgb)",
+                                "stacked (logistic)"}
+  assert "| stacked (logistic) |" in report
   rf = ext[1]
   assert rf["dataset"] == "rfmid" and not rf["synthetic"]
   assert rf["images"] == 44
