@@ -128,7 +128,12 @@ def predict_meta(models, x) -> np.ndarray:
 
 def nested_cv_stack(x, y, folds, make: Callable[[], object]) -> np.ndarray:
   """Stacked probabilities ``[n, C]``: the rows of fold ``k`` are scored by
-  meta-learners fitted on the other folds' rows only."""
+  meta-learners fitted on the other folds' rows only.
+
+  As in any two-level stacking, the *base* models that produced the other
+  folds' OOF rows were trained with fold ``k`` among their images; the
+  meta-learner itself never sees fold ``k``'s rows or labels.
+  """
   folds = np.asarray(folds)
   out = np.full(np.asarray(y).shape, np.nan)
   for k in np.unique(folds):
