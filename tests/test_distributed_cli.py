@@ -58,6 +58,8 @@ def two_processes(args, cache, kill=None, timeout=300):
     # cache entry at once can hand the other a torn file (a crash on one
     # side leaves the other waiting in a collective).
     extra["JAX_COMPILATION_CACHE_DIR"] = str(cache / f"xla-p{i}")
+    # A hang is diagnosed from every thread's stack (SIGABRT on timeout).
+    extra["PYTHONFAULTHANDLER"] = "1"
     procs.append(subprocess.Popen(
         [sys.executable, *head, *args, *flags], cwd=ROOT,
         env=_env(cache, 4, **extra), stdout=subprocess.PIPE,
@@ -68,9 +70,16 @@ def two_processes(args, cache, kill=None, timeout=300):
       _, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
       for q in procs:
-        q.kill()
-      tails = [f"process {i} (rc {q.wait()}): {q.communicate()[1][-1500:]}"
-               for i, q in enumerate(procs)]
+        if q.poll() is None:
+          q.send_signal(signal.SIGABRT)   # faulthandler prints the stacks
+      tails = []
+      for i, q in enumerate(procs):
+        try:
+          err_i = q.communicate(timeout=30)[1]
+        except subprocess.TimeoutExpired:
+          q.kill()
+          err_i = q.communicate()[1]
+        tails.append(f"process {i} (rc {q.returncode}): {err_i[-6000:]}")
       pytest.fail(f"two processes did not finish in {timeout} s:\n"
                   + "\n".join(tails))
     out.append((p.returncode, err))

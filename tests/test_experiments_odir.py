@@ -80,7 +80,9 @@ def test_smoke_writes_every_output(smoke_run):
     assert 1 <= sel["step"] <= 6 and set(sel["val"]) == {"kappa", "f1",
                                                          "auc", "final"}
     assert len(sel["thresholds"]) == 8 and len(sel["p_neg_last"]) == 8
-    assert set(results[model]["tuned"]) == {"kappa", "f1", "auc", "final"}
+    assert set(results[model]["tuned"]) == {"kappa", "f1", "auc", "final",
+                                            "macro_f1"}
+    assert 0 <= results[model]["tuned"]["macro_f1"] <= 1
   evals = [json.loads(l) for l in (wd / "metrics.jsonl").read_text()
            .splitlines() if '"eval_teacher"' in l]
   assert [e["step"] for e in evals] == [3, 6]

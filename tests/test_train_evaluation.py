@@ -34,6 +34,15 @@ def test_tuned_score_with_half_thresholds_is_the_official_score():
   want = metrics.odir_score(y, p)
   for k in want:
     np.testing.assert_allclose(got[k], want[k])
+  assert got["macro_f1"] == metrics.macro_f1(y, p)
+  # A threshold moves each class's cut: 0.3 on class 0 is F1 at p > 0.3.
+  t = np.full(8, 0.5)
+  t[0] = 0.3
+  from sklearn.metrics import f1_score
+  want0 = f1_score(y[:, 0], p[:, 0] > 0.3)
+  rest = [f1_score(y[:, c], p[:, c] > 0.5) for c in range(1, 8)]
+  np.testing.assert_allclose(evaluation.tuned_score(y, p, t)["macro_f1"],
+                             np.mean([want0, *rest]), rtol=1e-12)
   # Thresholds at 0: everything positive, kappa 0.
   assert abs(evaluation.tuned_score(y, p, np.zeros(8))["kappa"]) < 1e-12
 
