@@ -14,6 +14,8 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -48,41 +50,52 @@ def two_processes(args, cache, kill=None, timeout=300):
   """Runs the CLI as processes 0 and 1; returns their (returncode, stderr).
   ``kill``: a driver kill point (both processes kill themselves there)."""
   port = _free_port()
-  procs = []
+  procs, logs = [], []
   for i in range(2):
     flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
              "--process-id", str(i)]
     head = ["-c", DRIVER] if kill else ["-m", "experiments.odir"]
     extra = {"AGT_TEST_KILL": kill} if kill else {}
     # One compilation cache per process id: two processes writing the same
-    # cache entry at once can hand the other a torn file (a crash on one
-    # side leaves the other waiting in a collective).
+    # cache entry at once could hand the other a torn file.
     extra["JAX_COMPILATION_CACHE_DIR"] = str(cache / f"xla-p{i}")
     # A hang is diagnosed from every thread's stack (SIGABRT on timeout).
     extra["PYTHONFAULTHANDLER"] = "1"
+    # Output goes to files, not pipes: a pipe nobody reads yet (process 1's,
+    # while we wait on process 0) fills at 64 KiB and blocks its writer,
+    # which then never reaches the next collective or barrier.
+    cache.mkdir(parents=True, exist_ok=True)
+    out_f = tempfile.TemporaryFile(mode="w+", dir=cache)
+    err_f = tempfile.TemporaryFile(mode="w+", dir=cache)
+    logs.append((out_f, err_f))
     procs.append(subprocess.Popen(
         [sys.executable, *head, *args, *flags], cwd=ROOT,
-        env=_env(cache, 4, **extra), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True))
-  out = []
-  for p in procs:
-    try:
-      _, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        if q.poll() is None:
-          q.send_signal(signal.SIGABRT)   # faulthandler prints the stacks
-      tails = []
-      for i, q in enumerate(procs):
-        try:
-          err_i = q.communicate(timeout=30)[1]
-        except subprocess.TimeoutExpired:
-          q.kill()
-          err_i = q.communicate()[1]
-        tails.append(f"process {i} (rc {q.returncode}): {err_i[-6000:]}")
-      pytest.fail(f"two processes did not finish in {timeout} s:\n"
-                  + "\n".join(tails))
-    out.append((p.returncode, err))
+        env=_env(cache, 4, **extra), stdout=out_f, stderr=err_f, text=True))
+
+  def stderr_of(i):
+    logs[i][1].seek(0)
+    return logs[i][1].read()
+
+  deadline = time.monotonic() + timeout
+  try:
+    for p in procs:
+      p.wait(timeout=max(1.0, deadline - time.monotonic()))
+  except subprocess.TimeoutExpired:
+    for q in procs:
+      if q.poll() is None:
+        q.send_signal(signal.SIGABRT)   # faulthandler prints the stacks
+    for q in procs:
+      try:
+        q.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        q.kill()
+        q.wait()
+    pytest.fail(f"two processes did not finish in {timeout} s:\n" + "\n".join(
+        f"process {i} (rc {q.returncode}): {stderr_of(i)[-6000:]}"
+        for i, q in enumerate(procs)))
+  out = [(p.returncode, stderr_of(i)) for i, p in enumerate(procs)]
+  for f in (f for pair in logs for f in pair):
+    f.close()
   return out
 
 

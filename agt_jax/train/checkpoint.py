@@ -9,6 +9,22 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def _options(directory: pathlib.Path, max_to_keep: int
+             ) -> ocp.CheckpointManagerOptions:
+  """Manager options with barrier keys of this manager's own.
+
+  A phase's checkpoints and its best-variables checkpoint save at the same
+  step (asynchronously); orbax names its multi-process barriers by an
+  operation counter, so two managers can wait on the same key at once
+  ("Barrier ... is already ongoing") and a multi-process run stalls. A
+  per-directory prefix keeps their keys apart.
+  """
+  return ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=f"agt_jax_{directory.name}"))
+
+
 class Checkpoints:
   """One phase's checkpoints (e.g. ``<workdir>/checkpoints/teacher``).
 
@@ -20,8 +36,7 @@ class Checkpoints:
   def __init__(self, directory, *, max_to_keep: int = 2):
     self.directory = pathlib.Path(directory).absolute()
     self._mngr = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True))
+        self.directory, options=_options(self.directory, max_to_keep))
     self._closed = False
 
   def latest_step(self) -> int | None:
@@ -91,8 +106,7 @@ class BestCheckpoint:
   def __init__(self, directory):
     self.directory = pathlib.Path(directory).absolute()
     self._mngr = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True))
+        self.directory, options=_options(self.directory, 1))
 
   def step(self) -> int | None:
     return self._mngr.latest_step()
