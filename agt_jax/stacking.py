@@ -18,7 +18,8 @@ import numpy as np
 from agt_jax.errors import AgtError
 
 __all__ = ["LeakError", "assemble_oof", "class_mapping", "fit_meta",
-           "make_meta", "meta_importance", "nested_cv_stack", "predict_meta"]
+           "make_meta", "meta_importance", "nested_cv_importance",
+           "nested_cv_stack", "predict_meta"]
 
 # The paper's ODIR -> RFMiD correspondences (issue #18's mapping).
 ODIR_TO_RFMID = {"N": "NORMAL", "D": "DR", "A": "ARMD", "M": "MYA",
@@ -126,20 +127,26 @@ def predict_meta(models, x) -> np.ndarray:
   return np.stack([m.predict_proba(x)[:, 1] for m in models], 1)
 
 
-def nested_cv_stack(x, y, folds, make: Callable[[], object]) -> np.ndarray:
+def nested_cv_stack(x, y, folds, make: Callable[[], object], *,
+                    return_models: bool = False):
   """Stacked probabilities ``[n, C]``: the rows of fold ``k`` are scored by
   meta-learners fitted on the other folds' rows only.
 
   As in any two-level stacking, the *base* models that produced the other
   folds' OOF rows were trained with fold ``k`` among their images; the
   meta-learner itself never sees fold ``k``'s rows or labels.
+
+  With ``return_models`` also returns ``{k: per-class meta-learners fitted
+  without fold k}`` (for :func:`nested_cv_importance`).
   """
   folds = np.asarray(folds)
   out = np.full(np.asarray(y).shape, np.nan)
+  fitted = {}
   for k in np.unique(folds):
     held = folds == k
-    out[held] = predict_meta(fit_meta(x[~held], y[~held], make), x[held])
-  return out
+    fitted[int(k)] = fit_meta(x[~held], y[~held], make)
+    out[held] = predict_meta(fitted[int(k)], x[held])
+  return (out, fitted) if return_models else out
 
 
 def class_mapping(source: Sequence[str], target: Sequence[str],
@@ -166,11 +173,17 @@ def class_mapping(source: Sequence[str], target: Sequence[str],
 
 
 def meta_importance(models, x, y, num_models: int, *, repeats: int = 5,
-                    seed: int = 0) -> np.ndarray:
+                    seed: int = 0, undefined: float = 0.0) -> np.ndarray:
   """``[M, C]``: how much class ``c``'s meta-learner relies on model ``m``
   (permutation importance: the drop in ROC AUC when all of ``m``'s
   columns are shuffled together; the boosted trees have no importances of
-  their own)."""
+  their own).
+
+  Scored on the rows given: pass rows the meta-learners did not fit on
+  (:func:`nested_cv_importance`), since on their own training rows a
+  flexible learner also "relies" on columns it merely memorised. A class
+  with one label value in ``y`` has no AUC and gets ``undefined``.
+  """
   from sklearn.metrics import roc_auc_score
   x, y = np.asarray(x), np.asarray(y)
   n_cls = y.shape[1]
@@ -179,6 +192,7 @@ def meta_importance(models, x, y, num_models: int, *, repeats: int = 5,
   out = np.zeros((num_models, n_cls))
   for c, model in enumerate(models):
     if not 0 < y[:, c].sum() < len(y):
+      out[:, c] = undefined
       continue
     base = roc_auc_score(y[:, c], model.predict_proba(x)[:, 1])
     for m in range(num_models):
@@ -191,3 +205,26 @@ def meta_importance(models, x, y, num_models: int, *, repeats: int = 5,
                                           model.predict_proba(xp)[:, 1]))
       out[m, c] = float(np.mean(drops))
   return out
+
+
+def nested_cv_importance(fold_models: Mapping[int, list], x, y, folds,
+                         num_models: int, *, repeats: int = 5,
+                         seed: int = 0) -> np.ndarray:
+  """``[M, C]`` permutation importance on held-out rows: fold ``k``'s
+  meta-learners (fitted without fold ``k``, from
+  ``nested_cv_stack(..., return_models=True)``) are scored on fold ``k``'s
+  rows only; folds are averaged weighted by their row counts, over the
+  folds where class ``c`` has both label values (NaN if none has)."""
+  x, y, folds = np.asarray(x), np.asarray(y), np.asarray(folds)
+  total = np.zeros((num_models, y.shape[1]))
+  weight = np.zeros(y.shape[1])
+  for k, models in fold_models.items():
+    held = folds == k
+    imp = meta_importance(models, x[held], y[held], num_models,
+                          repeats=repeats, seed=seed + int(k),
+                          undefined=np.nan)
+    ok = ~np.isnan(imp[0])
+    total[:, ok] += held.sum() * imp[:, ok]
+    weight[ok] += held.sum()
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(weight > 0, total / np.maximum(weight, 1), np.nan)

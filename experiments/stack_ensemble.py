@@ -138,19 +138,22 @@ def _go(a, workdir: pathlib.Path) -> int:
   x = oof.reshape(n, -1)
   scored = {m: oof[:, i] for i, m in enumerate(models)}
   scored["mean of models"] = oof.mean(1)
-  metas = {}
+  metas, fold_metas = {}, {}
   for kind in a.meta:
     make = stacking.make_meta(kind, seed=0)
-    scored[f"stacked ({kind})"] = stacking.nested_cv_stack(x, y, fold_of,
-                                                           make)
-    metas[kind] = stacking.fit_meta(x, y, make)
+    scored[f"stacked ({kind})"], fold_metas[kind] = stacking.nested_cv_stack(
+        x, y, fold_of, make, return_models=True)
+    metas[kind] = stacking.fit_meta(x, y, make)   # for the external sets
   stacked = scored[f"stacked ({a.meta[0]})"]
   table_rows = {name: _fold_scores(y, p, fold_of) for name, p in
                 scored.items()}
   np.savez_compressed(workdir / "oof.npz", oof=oof, stacked=stacked,
                       labels=y, fold=fold_of, models=np.array(models),
                       class_names=np.array(names))
-  importance = stacking.meta_importance(metas[a.meta[0]], x, y, len(models))
+  # Scored on held-out rows: in-sample, boosted trees "rely" on columns
+  # they merely memorised.
+  importance = stacking.nested_cv_importance(fold_metas[a.meta[0]], x, y,
+                                             fold_of, len(models))
   _importance_plot(importance, models, names, workdir / "importance.png",
                    res0["dataset"])
   ext = [_external(spec, path, workdir, models, folds, metas, names, base,
@@ -305,8 +308,8 @@ def _importance_plot(imp, models, names, out, dataset):
   ax.set_yticks(range(len(models)), models)
   for i in range(imp.shape[0]):
     for j in range(imp.shape[1]):
-      ax.text(j, i, f"{imp[i, j]:.3f}", ha="center", va="center",
-              fontsize=7, color="w")
+      txt = "n/a" if np.isnan(imp[i, j]) else f"{imp[i, j]:.3f}"
+      ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="w")
   fig.colorbar(im, ax=ax, label="AUC drop when permuted")
   ax.set_title(f"{dataset}: meta-learner reliance per model", fontsize=9)
   fig.tight_layout()
@@ -335,9 +338,10 @@ def _report(workdir, res0, models, table_rows, ext, meta) -> pathlib.Path:
   lines += ["", "Every OOF row was checked against its fold's `folds.json` "
             "(no fold model scored an image it trained on).", "",
             "![importance](importance.png)", "",
-            "`importance.png`: for each class's meta-learner (fitted on "
-            "every OOF row), the ROC AUC it loses when one model's columns "
-            "are shuffled (permutation importance).", ""]
+            "`importance.png`: for each class, the ROC AUC the nested-CV "
+            "meta-learners lose on their held-out fold when one model's "
+            "columns are shuffled (permutation importance, averaged over "
+            "folds by rows; n/a where no fold has both label values).", ""]
   for e in ext:
     lines += [f"## External: {e['dataset']}", "",
               f"{e['images']} images; patient overlap with training: "
