@@ -208,3 +208,20 @@ def test_importance_of_a_class_without_both_labels_is_nan_held_out():
       "logistic"), return_models=True)
   imp = stacking.nested_cv_importance(fm, x, y, fold_of, 2)
   assert np.isfinite(imp[:, 0]).all() and np.isnan(imp[:, 1]).all()
+
+
+def test_xgboost_meta_learner_learns_when_installed():
+  pytest.importorskip("xgboost")
+  rng = np.random.default_rng(1)
+  n = 400
+  y = (rng.random((n, 2)) < 0.3).astype(int)
+  good = np.clip(y + rng.normal(0, 0.2, y.shape), 0, 1)
+  x = np.concatenate([rng.random((n, 2)), good], 1)
+  fold_of = np.arange(n) % 4
+  make = stacking.make_meta("xgboost")
+  stacked, fm = stacking.nested_cv_stack(x, y, fold_of, make,
+                                         return_models=True)
+  from sklearn.metrics import roc_auc_score
+  assert min(roc_auc_score(y[:, c], stacked[:, c]) for c in range(2)) > 0.9
+  imp = stacking.nested_cv_importance(fm, x, y, fold_of, 2)
+  assert (imp[1] > imp[0] + 0.1).all()
