@@ -48,8 +48,19 @@ def plot_curves(metrics: list[dict], out: pathlib.Path, title: str) -> None:
       ax.plot([m["step"] for m in rows], [m["loss"] for m in rows],
               label=phase)
   ax.set_xlabel("step"); ax.set_ylabel("training loss"); ax.set_yscale("log")
-  ax.set_title(title, fontsize=9); ax.legend()
+  ax.set_title(title, fontsize=9)
+  _legend_or_note(ax, "no training loss logged yet")
   fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+
+
+def _legend_or_note(ax, note: str, **kw) -> None:
+  """A legend, or a note in the axes when nothing was drawn (an empty plot
+  should say why rather than show a blank frame)."""
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(**kw)
+  else:
+    ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=8,
+            transform=ax.transAxes)
 
 
 def plot_alpha(metrics: list[dict], group_names, out: pathlib.Path,
@@ -102,15 +113,20 @@ def plot_gradients(metrics: list[dict], class_names, out: pathlib.Path,
   pos = np.abs(np.array([m["pos"] for m in rows]))
   neg = np.array([m["neg"] for m in rows])
   w = np.array([m["w"] for m in rows])
+  many = len(class_names) > 12     # a 100-entry legend hides the curves
+  style = dict(color="tab:blue", lw=0.5, alpha=0.3) if many else {}
   fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
   for j, name in enumerate(class_names):
-    axes[0].plot(steps, pos[:, j], label=name)
-    axes[1].plot(steps, neg[:, j], label=name)
-    axes[2].plot(steps, w[:, j], label=name)
+    label = None if many else name
+    axes[0].plot(steps, pos[:, j], label=label, **style)
+    axes[1].plot(steps, neg[:, j], label=label, **style)
+    axes[2].plot(steps, w[:, j], label=label, **style)
   axes[0].set_ylabel("|pos_j|"); axes[1].set_ylabel("neg_j")
   axes[2].set_ylabel("w_j"); axes[2].set_xlabel("teacher step")
-  axes[0].set_title(title, fontsize=9)
-  axes[0].legend(ncol=len(class_names), fontsize=7)
+  axes[0].set_title(title + (f" ({len(class_names)} classes, unlabelled)"
+                             if many else ""), fontsize=9)
+  if not many:
+    axes[0].legend(ncol=len(class_names), fontsize=7)
   fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
 
 
@@ -149,19 +165,31 @@ def plot_roc(labels, probs_by_model: dict, class_names, out: pathlib.Path,
   import matplotlib.pyplot as plt
   from sklearn.metrics import roc_curve
   fig, axes = plt.subplots(1, len(probs_by_model),
-                           figsize=(4.2 * len(probs_by_model), 4))
+                           figsize=(4.2 * len(probs_by_model), 4),
+                           layout="constrained")
   axes = np.atleast_1d(axes)
+  many = len(class_names) > 12     # a 100-entry legend hides the curves
   for ax, (name, probs) in zip(axes, probs_by_model.items()):
+    drawn = 0
     for j, c in enumerate(class_names):
       y = labels[:, j]
       if 0 < y.sum() < len(y):
         fpr, tpr, _ = roc_curve(y, probs[:, j])
-        ax.plot(fpr, tpr, label=c, lw=1)
+        if many:
+          ax.plot(fpr, tpr, color="tab:blue", lw=0.5, alpha=0.3)
+        else:
+          ax.plot(fpr, tpr, label=c, lw=1)
+        drawn += 1
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set_title(f"{name}: ROC per class", fontsize=9)
-    ax.set_xlabel("FPR"); ax.set_ylabel("TPR"); ax.legend(fontsize=7)
+    ax.set_title(f"{name}: ROC per class"
+                 + (f" ({drawn} classes, unlabelled)" if many else ""),
+                 fontsize=9)
+    ax.set_xlabel("FPR"); ax.set_ylabel("TPR")
+    if not many or not drawn:
+      _legend_or_note(ax, "no class has both labels in this split",
+                      fontsize=7)
   fig.suptitle(title, fontsize=9)
-  fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+  fig.savefig(out, dpi=110); plt.close(fig)
 
 
 def _pca_lines(groups: dict) -> list[str]:
