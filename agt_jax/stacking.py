@@ -226,5 +226,4 @@ def nested_cv_importance(fold_models: Mapping[int, list], x, y, folds,
     ok = ~np.isnan(imp[0])
     total[:, ok] += held.sum() * imp[:, ok]
     weight[ok] += held.sum()
-  with np.errstate(invalid="ignore", divide="ignore"):
-    return np.where(weight > 0, total / np.maximum(weight, 1), np.nan)
+  return np.where(weight > 0, total / np.maximum(weight, 1), np.nan)

@@ -143,7 +143,8 @@ def _go(a, workdir: pathlib.Path) -> int:
     make = stacking.make_meta(kind, seed=0)
     scored[f"stacked ({kind})"], fold_metas[kind] = stacking.nested_cv_stack(
         x, y, fold_of, make, return_models=True)
-    metas[kind] = stacking.fit_meta(x, y, make)   # for the external sets
+    if externals:   # the external sets use meta-learners fitted on all rows
+      metas[kind] = stacking.fit_meta(x, y, make)
   stacked = scored[f"stacked ({a.meta[0]})"]
   table_rows = {name: _fold_scores(y, p, fold_of) for name, p in
                 scored.items()}

@@ -61,20 +61,20 @@ def two_processes(args, cache, kill=None, timeout=300):
     extra["JAX_COMPILATION_CACHE_DIR"] = str(cache / f"xla-p{i}")
     # A hang is diagnosed from every thread's stack (SIGABRT on timeout).
     extra["PYTHONFAULTHANDLER"] = "1"
-    # Output goes to files, not pipes: a pipe nobody reads yet (process 1's,
-    # while we wait on process 0) fills at 64 KiB and blocks its writer,
-    # which then never reaches the next collective or barrier.
+    # Stderr goes to a file, not a pipe: a pipe nobody reads yet (process
+    # 1's, while we wait on process 0) fills at 64 KiB and blocks its
+    # writer, which then never reaches the next collective or barrier.
+    # Stdout (progress) is never read.
     cache.mkdir(parents=True, exist_ok=True)
-    out_f = tempfile.TemporaryFile(mode="w+", dir=cache)
-    err_f = tempfile.TemporaryFile(mode="w+", dir=cache)
-    logs.append((out_f, err_f))
+    logs.append(tempfile.TemporaryFile(mode="w+", dir=cache))
     procs.append(subprocess.Popen(
         [sys.executable, *head, *args, *flags], cwd=ROOT,
-        env=_env(cache, 4, **extra), stdout=out_f, stderr=err_f, text=True))
+        env=_env(cache, 4, **extra), stdout=subprocess.DEVNULL,
+        stderr=logs[-1], text=True))
 
   def stderr_of(i):
-    logs[i][1].seek(0)
-    return logs[i][1].read()
+    logs[i].seek(0)
+    return logs[i].read()
 
   deadline = time.monotonic() + timeout
   try:
@@ -94,7 +94,7 @@ def two_processes(args, cache, kill=None, timeout=300):
         f"process {i} (rc {q.returncode}): {stderr_of(i)[-6000:]}"
         for i, q in enumerate(procs)))
   out = [(p.returncode, stderr_of(i)) for i, p in enumerate(procs)]
-  for f in (f for pair in logs for f in pair):
+  for f in logs:
     f.close()
   return out
 

@@ -53,6 +53,18 @@ def plot_curves(metrics: list[dict], out: pathlib.Path, title: str) -> None:
   fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
 
 
+# Past this many classes, per-class curves are drawn faint and unlabelled:
+# a 100-entry legend hides the curves and defeats the layout.
+_MAX_LABELLED_CLASSES = 12
+
+
+def _class_line(name: str, num_classes: int) -> dict:
+  """Line keywords for one class's curve (labelled, or faint if many)."""
+  if num_classes > _MAX_LABELLED_CLASSES:
+    return dict(color="tab:blue", lw=0.5, alpha=0.3)
+  return dict(label=name, lw=1)
+
+
 def _legend_or_note(ax, note: str, **kw) -> None:
   """A legend, or a note in the axes when nothing was drawn (an empty plot
   should say why rather than show a blank frame)."""
@@ -113,14 +125,13 @@ def plot_gradients(metrics: list[dict], class_names, out: pathlib.Path,
   pos = np.abs(np.array([m["pos"] for m in rows]))
   neg = np.array([m["neg"] for m in rows])
   w = np.array([m["w"] for m in rows])
-  many = len(class_names) > 12     # a 100-entry legend hides the curves
-  style = dict(color="tab:blue", lw=0.5, alpha=0.3) if many else {}
+  many = len(class_names) > _MAX_LABELLED_CLASSES
   fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
   for j, name in enumerate(class_names):
-    label = None if many else name
-    axes[0].plot(steps, pos[:, j], label=label, **style)
-    axes[1].plot(steps, neg[:, j], label=label, **style)
-    axes[2].plot(steps, w[:, j], label=label, **style)
+    kw = _class_line(name, len(class_names))
+    axes[0].plot(steps, pos[:, j], **kw)
+    axes[1].plot(steps, neg[:, j], **kw)
+    axes[2].plot(steps, w[:, j], **kw)
   axes[0].set_ylabel("|pos_j|"); axes[1].set_ylabel("neg_j")
   axes[2].set_ylabel("w_j"); axes[2].set_xlabel("teacher step")
   axes[0].set_title(title + (f" ({len(class_names)} classes, unlabelled)"
@@ -168,17 +179,14 @@ def plot_roc(labels, probs_by_model: dict, class_names, out: pathlib.Path,
                            figsize=(4.2 * len(probs_by_model), 4),
                            layout="constrained")
   axes = np.atleast_1d(axes)
-  many = len(class_names) > 12     # a 100-entry legend hides the curves
+  many = len(class_names) > _MAX_LABELLED_CLASSES
   for ax, (name, probs) in zip(axes, probs_by_model.items()):
     drawn = 0
     for j, c in enumerate(class_names):
       y = labels[:, j]
       if 0 < y.sum() < len(y):
         fpr, tpr, _ = roc_curve(y, probs[:, j])
-        if many:
-          ax.plot(fpr, tpr, color="tab:blue", lw=0.5, alpha=0.3)
-        else:
-          ax.plot(fpr, tpr, label=c, lw=1)
+        ax.plot(fpr, tpr, **_class_line(c, len(class_names)))
         drawn += 1
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set_title(f"{name}: ROC per class"
