@@ -47,7 +47,8 @@ import numpy as np
 from experiments import _harness as h
 
 PROG = "experiments.tfa_lt"
-ROWS = [("zero_shot", "–", "–", "CLIP zero-shot (similarity only)"),
+ROWS = [("zero_shot", "–", "–", "zero-shot (similarity to the class "
+         "embeddings only)"),
         ("adapter", "✓", "–", "adapter, original set"),
         ("ensembler_logit", "–", "logit-wise", "ensembler only"),
         ("ensembler_feature", "–", "feature-wise", "ensembler only"),
@@ -298,7 +299,9 @@ def _report(workdir, results, source, guidance, epochs) -> pathlib.Path:
               "final score at 0.5; many/medium/few are macro AUC per shot "
               "tier.", ""]
   cols = ("total", "f1", "many", "medium", "few")
-  lines += ["## Table 2 layout (test)", "",
+  text = "text embeddings" in guidance
+  lines += ["## Table 2 layout (test" + ("" if text else
+                                          "; no text guidance") + ")", "",
             "| adapter | ensembler | row | Total | F1 | many | medium | few |",
             "|---|---|---|---|---|---|---|---|"]
   for key, ad, ens, label in ROWS:

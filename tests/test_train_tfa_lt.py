@@ -152,6 +152,7 @@ def test_tfa_lt_smoke_on_odir5k_synth_under_a_minute(tmp_path, cache):
   seconds = time.perf_counter() - t0
   assert out.returncode == 0, out.stderr[-3000:]
   assert "## Table 2 layout" in out.stdout
+  assert "no text guidance" in out.stdout      # the printed table says it too
   report = (wd / "report.md").read_text()
   assert "no text guidance" in report and "synthetic" in report.lower()
   assert "Multi-label **adaptation**" in report
