@@ -66,6 +66,14 @@ class Config:
   loss: str = "agt"
   beta: float = 2.0
   rw_decay: float = 0.99            # reweight=feedback: statistics' decay
+  rw_stats: str = "global"          # feedback statistics: global | group
+  # The group-mixed sampler shifts each class's prior (samplers.prior_shift):
+  # none (the paper) | loss (train on z + shift[g]: logits stay natural) |
+  # posthoc (subtract the head's own shift at prediction and for KD).
+  prior_correction: str = "none"
+  bn_recalibrate: int = 0           # >0: teacher batch-norm statistics
+                                    # recomputed on this many instance-
+                                    # balanced batches before it is scored
   switch_every: int = 1
   schedule: str = "alternate"       # alternate (AGT) | joint (all heads)
   teacher: str = "shared"           # shared encoder | multi (one per group)
@@ -153,6 +161,8 @@ CHOICES = {
     "affinity": ("cos+1", "cos"),
     "objective": ("auto", "bce", "softmax"),
     "reweight": ("gradient", "feedback", "count", "none"),
+    "rw_stats": ("global", "group"),
+    "prior_correction": ("none", "loss", "posthoc"),
     "loss": ("agt", "focal", "cb", "cb_focal", "db", "eqlv2", "ib", "ride",
              "bags"),
     "schedule": ("alternate", "joint"),
@@ -194,7 +204,13 @@ def validate(config: Config) -> Config:
   for key in positive:
     if not getattr(c, key) > 0:
       raise ConfigError(f"{key} must be > 0, got {getattr(c, key)}.")
+  if c.trainer != "agt" and (c.prior_correction != "none"
+                             or c.bn_recalibrate or c.rw_stats != "global"):
+    raise ConfigError(f"prior_correction, bn_recalibrate and rw_stats "
+                      f"belong to the AGT teacher; trainer={c.trainer!r} "
+                      "ignores them.")
   for key in ("warmup_steps", "teacher_steps", "student_steps",
+              "bn_recalibrate",
               "eval_every", "gamma", "workers", "seed", "fold_seed",
               "head_hidden", "focal_gamma"):
     if getattr(c, key) < 0:
@@ -231,7 +247,8 @@ def validate(config: Config) -> Config:
                       f"batch_size={c.batch_size} do not fit one batch "
                       "(the GAC sampler tops missing groups up); lower "
                       "gac_fraction or n_groups.")
-  if c.dataset != "odir5k-synth" and not c.data_dir:
+  from agt_jax.data.registry import OFFLINE
+  if c.dataset not in OFFLINE and not c.data_dir:
     raise ConfigError(f"dataset {c.dataset!r} is read from a local folder: "
                       f"pass --data {_data_name(c.dataset)}:PATH (data_dir= "
                       "in Python); the offline default is 'odir5k-synth'.")

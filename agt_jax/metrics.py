@@ -122,7 +122,9 @@ def multilabel_report(labels, probs, class_names: Sequence[str], *,
   """Per-class and averaged multi-label metrics.
 
   Per class: ROC AUC, average precision (AP), and precision, recall and F1
-  at the strict 0.5 threshold, plus the number of test positives. A class with no positive (or
+  at the strict 0.5 threshold, the number of test positives, the share of
+  images called positive (``called_positive``) and the mean probability on
+  the class's negatives (``p_neg``). A class with no positive (or
   no negative) in ``labels`` has undefined AUC/AP, reported as NaN and left
   out of the macro means, whose ``*_classes`` field says how many classes
   entered.
@@ -161,7 +163,11 @@ def multilabel_report(labels, probs, class_names: Sequence[str], *,
         "precision": float(skm.precision_score(y, pred[:, j],
                                                zero_division=0.0)),
         "recall": float(skm.recall_score(y, pred[:, j], zero_division=0.0)),
-        "positives": int(y.sum())}
+        "positives": int(y.sum()),
+        # calibration at the strict threshold: the share of images called
+        # positive and the mean probability on the class's negatives
+        "called_positive": float(pred[:, j].mean()),
+        "p_neg": float(p[y == 0].mean()) if (y == 0).any() else math.nan}
     aucs.append(auc), aps.append(ap), f1s.append(f1)
   aucs, aps, f1s = map(np.asarray, (aucs, aps, f1s))
 

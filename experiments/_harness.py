@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 METRICS = ("kappa", "f1", "auc", "final", "macro_auc")
+# Per-class evidence carried in every row (results.json has the rest).
+PER_CLASS = ("auc", "ap", "f1", "called_positive", "p_neg")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,13 @@ def row_of(run: Run, fold: int, preset: str, results: dict) -> dict:
                                                    "final")},
           "macro_auc": m["macro_auc"], **val,
           **{f"top1_{k}": v for k, v in m.get("top1", {}).items()},
+          **({"kappa_global": m["global_threshold"]["kappa"],
+              "global_threshold": m["global_threshold"]["threshold"]}
+             if "global_threshold" in m else {}),
+          "per_class": {c: {k: v.get(k) for k in PER_CLASS}
+                        for c, v in m.get("per_class", {}).items()},
+          **({"teacher": _model_summary(results["teacher"])}
+             if run.model != "teacher" and "teacher" in results else {}),
           "selected_step": sel.get("step"),
           "collapsed": any(w.startswith(f"The {run.model} collapsed")
                            for w in results.get("warnings", [])),
@@ -76,14 +85,27 @@ def row_of(run: Run, fold: int, preset: str, results: dict) -> dict:
                          for v in results.get("throughput", {}).values())}
 
 
+def _model_summary(m: dict) -> dict:
+  """A second model's test scores in a row (the teacher of a run whose
+  table reports the student)."""
+  out = {k: m["odir"][k] for k in ("kappa", "f1", "auc", "final")}
+  out["macro_auc"] = m["macro_auc"]
+  if "global_threshold" in m:
+    out["kappa_global"] = m["global_threshold"]["kappa"]
+  out["per_class"] = {c: {k: v.get(k) for k in PER_CLASS}
+                      for c, v in m.get("per_class", {}).items()}
+  return out
+
+
 def run_grid(runs: Sequence[Run], *, preset: str, folds: Sequence[int],
              base: dict, workdir: pathlib.Path,
-             fold_major: bool = False) -> list[dict]:
+             fold_major: bool = False, subdir: bool = True) -> list[dict]:
   """Trains every (run, fold) not finished yet; returns all rows.
 
   ``fold_major`` runs every variant on a fold before the next fold, so an
   interrupted grid holds complete folds (paired comparisons) rather than
-  complete variants.
+  complete variants. ``subdir=False`` (one run, one fold) trains in
+  ``workdir`` itself.
   """
   from agt_jax import config as config_lib
   from agt_jax.train import train_and_evaluate
@@ -97,7 +119,7 @@ def run_grid(runs: Sequence[Run], *, preset: str, folds: Sequence[int],
       for run, fold in pairs]
   workdir.mkdir(parents=True, exist_ok=True)
   for k, ((run, fold), cfg) in enumerate(zip(pairs, configs), start=1):
-    wd = workdir / run.name / f"fold{fold}"
+    wd = workdir / run.name / f"fold{fold}" if subdir else workdir
     if finished(wd, cfg):
       print(f"[{k}/{total}] {run.name} fold {fold}: finished, skipped",
             flush=True)
@@ -239,6 +261,34 @@ def paired_table(rows: Sequence[dict], *, names: Sequence[str],
     lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells)
                  + f" | {ahead}/{len(sub)} |")
   return lines + [""]
+
+
+def per_class_table(rows: Sequence[dict], *, names: Sequence[str],
+                    labels: dict | None = None, key: str = "run"
+                    ) -> list[str]:
+  """Markdown: for each name, one line per class with the mean over folds
+  of its test AUC, AP, F1 at 0.5, share called positive and mean p on
+  negatives (whether a class loses by ranking or by calibration)."""
+  labels = labels or {}
+  lines = []
+  for name in names:
+    sub = [r for r in rows if r[key] == name and r.get("per_class")]
+    if not sub:
+      continue
+    folds = sorted(r["fold"] for r in sub)
+    lines += [f"### {labels.get(name, name)} ({sub[0]['model']}; folds "
+              f"{folds})", "",
+              "| class | AUC | AP | F1 (0.5) | called positive | "
+              "mean p on negatives |", "|---|---|---|---|---|---|"]
+    for c in sub[0]["per_class"]:
+      cells = []
+      for k in PER_CLASS:
+        v = np.array([r["per_class"][c][k] for r in sub], np.float64)
+        v = v[np.isfinite(v)]
+        cells.append(f"{v.mean():.3f}" if v.size else "–")
+      lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines.append("")
+  return lines
 
 
 def bar_plot(rows: Sequence[dict], names: Sequence[str], out: pathlib.Path,

@@ -59,8 +59,10 @@ def runs_for(tables, init=None, only=None) -> list[h.Run]:
   runs = [h.Run(k, o, m, {"table": t}) for k, (t, o, m) in VARIANTS.items()
           if t in tables and (not only or k in only)]
   if init and 3 in tables:
-    runs.insert(3, h.Run("agt_rw_kd_pretrained", {"init": init}, "student",
-                         {"table": 3}))
+    # Every axis stated: the row is AGT + paper RW + KD, plus the init.
+    runs.insert(3, h.Run("agt_rw_kd_pretrained",
+                         {**VARIANTS["agt_rw_kd"][1], "init": init},
+                         "student", {"table": 3}))
   return runs
 
 

@@ -11,7 +11,11 @@ from agt_jax.data import cifar, images, odir, rfmid, synth, verify
 from agt_jax.data.table import ImageTable
 from agt_jax.errors import ConfigError
 
-NAMES = ("odir5k-synth", "odir5k", "rfmid", "cifar100-lt-100",
+# Rendered here, no folder needed (every output made from them says
+# "synthetic").
+OFFLINE = ("odir5k-synth", "odir5k-synth-pretrain")
+NAMES = ("odir5k-synth", "odir5k-synth-pretrain", "odir5k", "rfmid",
+         "cifar100-lt-100",
          "cifar100-lt-50", "cifar100-lt-10")
 # ``--data`` names that are not dataset names.
 ALIASES = {"odir5k-kaggle": "odir5k", "cifar100": "cifar100-lt-100"}
@@ -28,9 +32,9 @@ def parse_data_spec(spec: str) -> dict:
   """
   name, sep, path = spec.partition(":")
   dataset = ALIASES.get(name, name)
-  if dataset == "odir5k-synth" and not sep:
+  if dataset in OFFLINE and not sep:
     return {"dataset": dataset, "data_dir": None}
-  if dataset in NAMES and dataset != "odir5k-synth" and path:
+  if dataset in NAMES and dataset not in OFFLINE and path:
     return {"dataset": dataset, "data_dir": path}
   raise ConfigError(f"--data: expected {DATA_FLAG_HELP}; got {spec!r}.")
 
@@ -59,6 +63,10 @@ def load_dataset(name: str, *, data_dir=None, cache_dir=None,
   ``skip_bad_images`` are dropped and listed in
   ``table.meta["skipped_images"]``.
   """
+  if name == "odir5k-synth-pretrain":
+    return synth.load_pretrain(cache_dir, size=image_size, seed=seed,
+                               workers=workers, progress=progress,
+                               max_images=max_images)
   if name == "odir5k-synth":
     return synth.load_synth(cache_dir, size=image_size, seed=seed,
                             ignorable_policy=ignorable_policy, workers=workers,

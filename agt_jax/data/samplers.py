@@ -243,6 +243,69 @@ def group_mixed_batches(labels, groups, *, batch_size: int, alpha: float,
           .map(_AttachLabels(labels)).map_with_index(_AttachGroup(sched)))
 
 
+def group_mixed_prevalence(labels, groups, *, batch_size: int, alpha: float,
+                           class_names: Sequence[str] | None = None
+                           ) -> np.ndarray:
+  r"""`[G, C]` expected prevalence of each class in the batches of
+  :func:`group_mixed_batches` whose active group is ``g`` (closed form).
+
+  A batch of group ``g`` has ``b_g = b - round(alpha b)`` slots read from
+  shuffled epochs of :math:`I_g` (the images with a positive in ``g``) and
+  ``b_o = round(alpha b)`` slots drawn class-balanced over the classes
+  :math:`O_g` outside ``g`` that have images (a class uniformly, then one of
+  its images :math:`M_k` uniformly), so every slot's marginal label is
+
+  .. math::
+    q_{gc} = \frac{b_g}{b}\,\frac{1}{|I_g|}\sum_{i \in I_g} y_{ic}
+      + \frac{b_o}{b}\,\frac{1}{|O_g|}\sum_{k \in O_g}\frac{1}{|M_k|}
+        \sum_{i \in M_k} y_{ic}
+
+  (exact per slot for the class-balanced part; for the group part, exact
+  over whole epochs of the group's stream).
+  """
+  labels = _check_labels(labels).astype(np.float64)
+  groups = validate_groups(groups, labels.shape[1], class_names)
+  b_group, b_other = group_sizes(batch_size, alpha)
+  out = np.zeros((len(groups), labels.shape[1]))
+  for g, classes in enumerate(groups):
+    own = labels[labels[:, list(classes)].any(1)]
+    if b_group:
+      out[g] += b_group / batch_size * own.mean(0)
+    outside = [c for c in range(labels.shape[1])
+               if c not in classes and labels[:, c].any()]
+    if b_other and outside:
+      per_class = np.stack([labels[labels[:, k] > 0].mean(0)
+                            for k in outside])
+      out[g] += b_other / batch_size * per_class.mean(0)
+  return out
+
+
+def prior_shift(labels, groups, *, batch_size: int, alpha: float,
+                class_names: Sequence[str] | None = None) -> np.ndarray:
+  r"""`[G, C]` log-odds shift of the group-mixed sampler,
+  :math:`\delta_{gc} = \mathrm{logit}(q_{gc}) - \mathrm{logit}(p_c)`,
+  with :math:`q` from :func:`group_mixed_prevalence` and :math:`p_c` the
+  class's prevalence in ``labels`` (the training split).
+
+  Under label shift (the sampler changes how often a class is seen, not what
+  its images look like) the log-odds a model fits on batches of group ``g``
+  are the natural ones plus :math:`\delta_g`; training with
+  ``BCE(z + delta[g], y)`` makes ``z`` estimate the natural-prior log-odds
+  (logit adjustment, Menon et al., ICLR 2021). No free parameter. Classes
+  that are never (or always) positive get 0.
+  """
+  labels = _check_labels(labels)
+  q = group_mixed_prevalence(labels, groups, batch_size=batch_size,
+                             alpha=alpha, class_names=class_names)
+  p = labels.astype(np.float64).mean(0)
+  ok = (p > 0) & (p < 1)
+  eps = 1e-6
+  qc = np.clip(q, eps, 1 - eps)
+  pc = np.clip(p, eps, 1 - eps)
+  delta = np.log(qc / (1 - qc)) - np.log(pc / (1 - pc))[None]
+  return np.where(ok[None], delta, 0.0)
+
+
 def _batched(index_ds: grain.MapDataset, labels, batch_size
              ) -> grain.MapDataset:
   return index_ds.batch(batch_size, drop_remainder=True,

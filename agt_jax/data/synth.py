@@ -61,6 +61,52 @@ def synth_table(*, ignorable_policy: str = "as_normal") -> ImageTable:
   return dataclasses.replace(t, name=NAME, meta=meta)
 
 
+PRETRAIN_NAME = "odir5k-synth-pretrain"
+# Render seeds of the pretraining stand-in start here: disjoint from every
+# seed odir5k-synth and its shifted copies are rendered with (small ints).
+PRETRAIN_SEED = 1_000_003
+PRETRAIN_NOTE = (
+    "synthetic pretraining stand-in (odir5k-synth-pretrain): label rows "
+    "resampled with replacement from the ODIR-5K label table and rendered "
+    f"with render seed {PRETRAIN_SEED} + seed under new image ids; it shares "
+    "the label table (so label co-occurrences) and the renderer with "
+    "odir5k-synth, and no image, image id or render seed")
+
+
+def pretrain_table(*, seed: int = 0, ignorable_policy: str = "as_normal"
+                   ) -> ImageTable:
+  """The pretraining stand-in's label table (for the ImageNet + FGADR
+  pretraining every method starts from in the paper, which cannot be
+  downloaded here): ``n`` rows drawn with replacement from the label table
+  of odir5k-synth (``seed`` picks them), each its own patient, with new
+  image ids ``pre<k>``, so nothing rendered from it is an odir5k-synth
+  image."""
+  base = synth_table(ignorable_policy=ignorable_policy)
+  n = len(base)
+  pick = np.random.default_rng((PRETRAIN_SEED, seed)).integers(n, size=n)
+  t = base.take(pick)
+  ids = np.array([f"pre{k}" for k in range(n)])
+  meta = {**t.meta, "note": PRETRAIN_NOTE, "pretrain_seed": seed,
+          "render_seed": PRETRAIN_SEED + seed}
+  return dataclasses.replace(t, name=PRETRAIN_NAME, image_ids=ids,
+                             patient_ids=ids.copy(), splits=None, meta=meta)
+
+
+def load_pretrain(cache_dir=None, *, size: int = 512, seed: int = 0,
+                  workers: int | None = None, progress: bool = True,
+                  max_images: int | None = None):
+  """``(table, ArrayImageSource)`` of the pretraining stand-in
+  (:func:`pretrain_table`), rendered into its own cache folder."""
+  table = pretrain_table(seed=seed)
+  if max_images:
+    table = table.take(np.arange(min(max_images, len(table))))
+  render_seed = PRETRAIN_SEED + seed
+  build_cache(table, cache_dir, size=size, seed=render_seed, workers=workers,
+              progress=progress, name=PRETRAIN_NAME)
+  return table, ArrayImageSource(open_cache(
+      table, cache_dir, size=size, seed=render_seed, name=PRETRAIN_NAME))
+
+
 def row(table: ImageTable, i: int) -> dict:
   """The renderer's input for row ``i``."""
   keywords = str(table.keywords[i])
@@ -114,8 +160,9 @@ def _save_done(path: pathlib.Path, done: np.ndarray) -> None:
   _atomic_write(path, buf.getvalue())
 
 
-def cache_path(cache_dir, size: int, seed: int) -> pathlib.Path:
-  return (pathlib.Path(cache_dir).expanduser() / NAME /
+def cache_path(cache_dir, size: int, seed: int, name: str = NAME
+               ) -> pathlib.Path:
+  return (pathlib.Path(cache_dir).expanduser() / name /
           f"{size}px-seed{seed}-r{synth_render.RENDERER_VERSION}")
 
 
@@ -141,8 +188,8 @@ def _render_chunk(chunk: np.ndarray) -> np.ndarray:
 def build_cache(table: ImageTable, cache_dir=None, *, size: int = 512,
                 seed: int = 0, workers: int | None = None,
                 chunk_size: int = 32, visibility: Mapping | None = None,
-                progress: bool = True, max_chunks: int | None = None
-                ) -> pathlib.Path:
+                progress: bool = True, max_chunks: int | None = None,
+                name: str = NAME) -> pathlib.Path:
   """Renders every image of ``table`` into the cache (resuming if partial).
 
   Args:
@@ -156,11 +203,12 @@ def build_cache(table: ImageTable, cache_dir=None, *, size: int = 512,
     progress: show a progress bar with ETA.
     max_chunks: stop after this many chunks (for tests of interrupted
       builds); the cache is then left incomplete.
+    name: the cache's folder (and bar) name: the dataset's.
 
   Returns:
     The cache folder (complete unless ``max_chunks`` stopped it).
   """
-  folder = cache_path(cache_dir or default_cache_dir(), size, seed)
+  folder = cache_path(cache_dir or default_cache_dir(), size, seed, name)
   folder.mkdir(parents=True, exist_ok=True)
   n = len(table)
   fp = _fingerprint(table, size, seed, visibility)
@@ -194,7 +242,7 @@ def build_cache(table: ImageTable, cache_dir=None, *, size: int = 512,
       tqdm = None
     if tqdm is not None:
       bar = tqdm(total=n, initial=int(done.sum()), unit="img",
-                 desc=f"rendering {NAME} {size}px (synthetic)")
+                 desc=f"rendering {name} {size}px (synthetic)")
   t0 = time.perf_counter()
   args = (table, size, seed, dict(visibility or {}) or None, str(images_path),
           n)
@@ -220,7 +268,8 @@ def build_cache(table: ImageTable, cache_dir=None, *, size: int = 512,
       bar.close()
     _WORKER.clear()
   if done.all():
-    meta = {"name": NAME, "synthetic": True, "note": SYNTHETIC_NOTE,
+    meta = {"name": name, "synthetic": True,
+            "note": SYNTHETIC_NOTE if name == NAME else PRETRAIN_NOTE,
             "images": n, "size": size, "seed": seed,
             "renderer_version": synth_render.RENDERER_VERSION,
             "fingerprint": fp, "build_seconds": time.perf_counter() - t0,
@@ -241,9 +290,10 @@ def _is_complete(folder: pathlib.Path, fingerprint: str) -> bool:
 
 
 def open_cache(table: ImageTable, cache_dir=None, *, size: int = 512,
-               seed: int = 0, visibility: Mapping | None = None) -> np.memmap:
+               seed: int = 0, visibility: Mapping | None = None,
+               name: str = NAME) -> np.memmap:
   """The complete cache as a read-only memmap; raises if it is incomplete."""
-  folder = cache_path(cache_dir or default_cache_dir(), size, seed)
+  folder = cache_path(cache_dir or default_cache_dir(), size, seed, name)
   if not _is_complete(folder, _fingerprint(table, size, seed, visibility)):
     raise FileNotFoundError(
         f"{NAME}: no complete {size}px cache in {folder} (an interrupted "

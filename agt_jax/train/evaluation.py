@@ -15,10 +15,14 @@ from agt_jax.train import steps
 from agt_jax.train.phase import progress, replicate
 
 
-def predictor(model):
+def predictor(model, offset=None):
   """The jitted eval-mode ``(variables, images) -> (probs, features)``; build
-  it once per model and pass it to every :func:`predict` of that model."""
-  return jax.jit(lambda v, x: steps.predict_step(v, x, model=model))
+  it once per model and pass it to every :func:`predict` of that model.
+  ``offset`` (`[C]` logits) is subtracted before the sigmoid: the post-hoc
+  prior correction of an AGT teacher."""
+  off = None if offset is None else jax.numpy.asarray(offset, "float32")
+  return jax.jit(lambda v, x: steps.predict_step(v, x, model=model,
+                                                 offset=off))
 
 
 def predict(model, variables, source, indices, labels, config, mesh,
@@ -84,6 +88,41 @@ def tune_thresholds(labels, probs) -> np.ndarray:
     nxt = p[order[best + 1]] if best + 1 < len(p) else 0.0
     out[j] = (p[order[best]] + nxt) / 2
   return out
+
+
+GLOBAL_THRESHOLDS = np.round(np.arange(0.02, 0.99, 0.01), 2)
+
+
+def tune_global_threshold(labels, probs) -> float:
+  """The one threshold (a grid of 0.02-0.98 in steps of 0.01) maximising
+  the ODIR kappa (flattened, as the official script) on ``labels``; ties
+  go to the threshold nearest 0.5. The same rule for every method: tune on
+  validation, apply to test."""
+  gt = (np.asarray(labels) > 0).ravel()
+  pr = np.asarray(probs, np.float64).ravel()
+  best, best_t = -np.inf, 0.5
+  for t in sorted(GLOBAL_THRESHOLDS, key=lambda t: (abs(t - 0.5), t)):
+    k = _kappa(gt, pr > t)
+    if k > best + 1e-12:
+      best, best_t = k, float(t)
+  return best_t
+
+
+def _kappa(gt: np.ndarray, pred: np.ndarray) -> float:
+  """Cohen's kappa of two boolean vectors (sklearn's, without its
+  per-call overhead)."""
+  n = len(gt)
+  po = np.mean(gt == pred)
+  pe = (gt.mean() * pred.mean() + (1 - gt.mean()) * (1 - pred.mean()))
+  return float((po - pe) / (1 - pe)) if pe < 1 and n else 0.0
+
+
+def global_threshold_score(labels, probs, threshold: float) -> dict:
+  """The ODIR score with every probability thresholded at ``threshold``
+  (AUC unchanged), and the threshold."""
+  return {**tuned_score(labels, probs, np.full(np.shape(probs)[1],
+                                               threshold)),
+          "threshold": float(threshold)}
 
 
 def tuned_score(labels, probs, thresholds) -> dict:

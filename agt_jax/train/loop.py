@@ -82,6 +82,7 @@ class Trained:
   last: dict
   selection: dict
   throughput: dict
+  offset: Any = None         # `[C]` post-hoc prior correction (logits)
 
 
 def train_and_evaluate(config: Config, workdir, *, resume: bool = False
@@ -269,14 +270,22 @@ def _groups(config, data: FoldData, encoder, mesh, workdir, resume,
 # -- teacher and student ---------------------------------------------------------
 
 def _run_phase(name, *, model, step_fn, state, batches, config, data, mesh,
-               workdir, resume, total_steps, extra_args=()) -> Trained:
-  """Trains one phase with validation scoring and returns its model."""
-  fn = evaluation.predictor(model)
+               workdir, resume, total_steps, extra_args=(), offset=None,
+               prepare=None) -> Trained:
+  """Trains one phase with validation scoring and returns its model.
+
+  ``offset``: `[C]` logits subtracted at prediction (post-hoc prior
+  correction); ``prepare``: ``variables -> variables`` applied before any
+  scoring (batch-norm recalibration), so the selected and last variables
+  are the prepared ones.
+  """
+  fn = evaluation.predictor(model, offset)
   scorer = None
   if len(data.val_idx) and config.eval_every > 0:
     scorer = ValidationScorer(name, model, fn, data.source, data.val_idx,
                               data.y_val, config, mesh,
-                              workdir / "checkpoints" / f"{name}_best")
+                              workdir / "checkpoints" / f"{name}_best",
+                              prepare=prepare)
   try:
     phase = TrainingPhase(name, step_fn=step_fn, state=state,
                           batches=batches, source=data.fit_source,
@@ -287,6 +296,8 @@ def _run_phase(name, *, model, step_fn, state, batches, config, data, mesh,
     interrupts.set_stage(f"after the {name} (checkpointed), while scoring "
                          "its validation split")
     last = phase.variables()
+    if prepare is not None:
+      last = prepare(last)
     selection: dict[str, Any] = {"select": "last", "step": total_steps}
     selected = last
     if scorer is not None:
@@ -303,21 +314,71 @@ def _run_phase(name, *, model, step_fn, state, batches, config, data, mesh,
   finally:
     if scorer is not None:
       scorer.close()
-  return Trained(model, fn, selected, last, selection, throughput)
+  return Trained(model, fn, selected, last, selection, throughput,
+                 None if offset is None else np.asarray(offset, np.float32))
+
+
+def teacher_sampling(config: Config, groups, joint: bool, num_classes: int):
+  """``(alpha, batch groups)`` of the teacher's sampler: group-mixed
+  batches for AGT, one all-class group (instance-balanced) when joint."""
+  alpha = config.alpha if len(groups) > 1 and not joint else 0.0
+  batch_groups = (tuple(range(num_classes)),) if joint else tuple(groups)
+  return alpha, batch_groups
+
+
+def own_group_shift(shift: np.ndarray, groups) -> np.ndarray:
+  """`[C]`: each class's shift in the batches that train its own head
+  (``shift[g(c), c]``), what post-hoc correction subtracts."""
+  out = np.zeros(shift.shape[1], np.float64)
+  for g, classes in enumerate(groups):
+    out[list(classes)] = shift[g, list(classes)]
+  return out
+
+
+def _bn_recalibration(config, data: FoldData, model, mesh):
+  """``variables -> variables`` recomputing the batch-norm statistics on
+  ``config.bn_recalibrate`` instance-balanced training batches (the same
+  batches every call), or None."""
+  if not config.bn_recalibrate:
+    return None
+  from agt_jax.data import pipeline
+  from agt_jax.train import batch_norm
+  batches = samplers.instance_balanced_batches(
+      data.y_fit, batch_size=config.batch_size, seed=config.seed + 7)
+  ds = pipeline.with_images(pipeline.host_batches(batches), data.fit_source,
+                            crop=config.crop, train=True,
+                            seed=config.seed + 7, augment=config.augment)
+  sharding = pipeline.data_sharding(mesh)
+  fn = batch_norm.moments_fn(model)
+
+  def images():
+    for t in range(config.bn_recalibrate):
+      yield pipeline.global_batch({"image": ds[t]["image"]},
+                                  sharding)["image"]
+
+  def prepare(variables):
+    return batch_norm.recalibrate(model, variables, images(), fn=fn)
+  return prepare
 
 
 def train_teacher(config, data: FoldData, encoder, groups, mesh, workdir,
                   resume) -> Trained:
   """Alternate group training (paper Algorithm 4)."""
+  joint = _joint(config)
+  alpha, batch_groups = teacher_sampling(config, groups, joint,
+                                         len(data.names))
+  shift = samplers.prior_shift(data.y_fit, batch_groups,
+                               batch_size=config.batch_size, alpha=alpha)
   teacher, ttx, options, joint = _teacher_parts(
-      config, encoder, groups, data.counts, len(data.fit_idx))
+      config, encoder, groups, data.counts, len(data.fit_idx),
+      logit_shift=shift if config.prior_correction == "loss" else None)
   state = steps.init_state(
       teacher, ttx, (config.crop, config.crop, 3), config.seed,
       loss_state=steps.initial_loss_state(options, len(data.names)))
   if config.init:
     state = _load_init(config.init, state)
-  alpha = config.alpha if len(groups) > 1 and not joint else 0.0
-  batch_groups = (tuple(range(len(data.names))),) if joint else groups
+  offset = (own_group_shift(shift, batch_groups)
+            if config.prior_correction == "posthoc" else None)
 
   def teacher_fn(state, batch):
     return steps.teacher_step(state, batch, model=teacher, tx=ttx,
@@ -329,8 +390,11 @@ def train_teacher(config, data: FoldData, encoder, groups, mesh, workdir,
           data.y_fit, batch_groups, batch_size=config.batch_size,
           alpha=alpha, seed=config.seed, switch_every=config.switch_every),
       config=config, data=data, mesh=mesh, workdir=workdir, resume=resume,
-      total_steps=config.teacher_steps)
+      total_steps=config.teacher_steps, offset=offset,
+      prepare=_bn_recalibration(config, data, teacher, mesh))
   trained.selection["schedule"] = "joint" if joint else "alternate"
+  trained.selection["prior_correction"] = config.prior_correction
+  trained.selection["prior_shift"] = np.round(shift, 6).tolist()
   return trained
 
 
@@ -349,10 +413,14 @@ def train_student(config, data: FoldData, encoder, groups, teacher: Trained,
                        groups=groups if config.kd == "subset" else None)
   class_counts = jnp.asarray(data.counts, jnp.float32)
 
+  teacher_offset = (None if teacher.offset is None
+                    else jnp.asarray(teacher.offset))
+
   def student_fn(state, batch, teacher_variables):
     return steps.student_step(state, batch, teacher_variables, model=student,
                               teacher_model=teacher.model, tx=stx,
-                              class_counts=class_counts, options=kd)
+                              class_counts=class_counts, options=kd,
+                              teacher_offset=teacher_offset)
 
   return _run_phase(
       "student", model=student, step_fn=student_fn, state=state,
@@ -454,15 +522,23 @@ def train_transfer(config, data: FoldData, mesh, workdir, resume) -> Trained:
   return trained
 
 
-def _teacher_parts(config: Config, encoder, groups, counts, num_train):
+def _joint(config: Config) -> bool:
+  """Whether every teacher head trains every step on instance-balanced
+  batches (the joint schedule, BAGS, the multi-teacher baseline)."""
+  return (config.schedule == "joint" or config.teacher == "multi"
+          or config.loss == "bags")
+
+
+def _teacher_parts(config: Config, encoder, groups, counts, num_train,
+                   logit_shift=None):
   """``(model, optimiser, loss options, joint)`` of the teacher phase.
 
   AGT alternates groups (``teacher_tx`` updates only the active head);
   BAGS and the multi-teacher baseline train every head each step on
-  instance-balanced batches (``joint``).
+  instance-balanced batches (``joint``). ``logit_shift`` (`[G, C]`) is the
+  sampler's prior shift the loss adds (``prior_correction="loss"``).
   """
-  joint = (config.schedule == "joint" or config.teacher == "multi"
-           or config.loss == "bags")
+  joint = _joint(config)
   c = len(counts)
   if config.teacher == "multi":   # combinations checked by config.validate
     model = models.MultiTeacher(encoder, groups=groups, num_classes=c)
@@ -482,7 +558,9 @@ def _teacher_parts(config: Config, encoder, groups, counts, num_train):
       class_counts=tuple(int(x) for x in counts), num_examples=int(num_train),
       groups=tuple(tuple(int(x) for x in g) for g in groups),
       ib_start_step=int(round(config.ib_start * config.teacher_steps)),
-      seed=config.seed)
+      seed=config.seed, rw_stats=config.rw_stats,
+      logit_shift=None if logit_shift is None else tuple(
+          tuple(float(v) for v in row) for row in np.asarray(logit_shift)))
   return model, tx, options, joint
 
 
@@ -508,7 +586,24 @@ def reweight_rule(config: Config) -> str:
                       f"decay {config.rw_decay:g})",
           "count": f"batch-count rule, Table 4 (beta {config.beta:g})",
           "none": "no re-weighting (plain BCE on every head)"}[config.reweight]
+  if config.reweight == "feedback" and config.rw_stats == "group":
+    rule += ", one row of statistics per group"
   return f"reweight={config.reweight}: {rule}"
+
+
+def prior_rule(config: Config) -> str:
+  """One line naming how the teacher's sampler prior shift is handled."""
+  if config.trainer != "agt":
+    return "none (not an AGT teacher)"
+  return {"none": "none (the paper): teacher logits carry the group-mixed "
+                  "sampler's prior shift",
+          "loss": "loss: trained on z + shift[active group], so the logits "
+                  "estimate natural-prior log-odds",
+          "posthoc": "posthoc: each class's own-group shift subtracted at "
+                     "prediction and for distillation"
+          }[config.prior_correction] + (
+              f"; batch norm recalibrated on {config.bn_recalibrate} "
+              "instance-balanced batches" if config.bn_recalibrate else "")
 
 
 def evaluate_models(config, data: FoldData, trained: dict, groups_info,
@@ -525,7 +620,8 @@ def evaluate_models(config, data: FoldData, trained: dict, groups_info,
       "train_class_counts": [int(x) for x in counts],
       "test_images": int(len(data.test_idx)),
       "config": json.loads(config.to_json()), "groups": groups_info,
-      "reweight_rule": reweight_rule(config), "selection": {},
+      "reweight_rule": reweight_rule(config),
+      "prior_correction": prior_rule(config), "selection": {},
       "warnings": []}
   probs = {}
   y_val, y_test = data.y_val, data.y_test
@@ -556,6 +652,9 @@ def evaluate_models(config, data: FoldData, trained: dict, groups_info,
       thresholds = evaluation.tune_thresholds(y_val, pv)
       sel["thresholds"] = [float(x) for x in thresholds]
       results[name]["tuned"] = evaluation.tuned_score(y_test, p, thresholds)
+      sel["global_threshold"] = evaluation.tune_global_threshold(y_val, pv)
+      results[name]["global_threshold"] = evaluation.global_threshold_score(
+          y_test, p, sel["global_threshold"])
       p_neg, split = evaluation.negative_probabilities(y_val, pv_last), \
           "validation split"
     else:

@@ -28,8 +28,11 @@ class ValidationScorer:
   """
 
   def __init__(self, name, model, fn, source, val_idx, y_val, config, mesh,
-               directory):
+               directory, prepare=None):
     self.name, self.model, self.fn = name, model, fn
+    # variables -> variables before scoring (batch-norm recalibration); the
+    # kept best variables are the prepared ones.
+    self.prepare = prepare
     self.source, self.val_idx, self.y_val = source, val_idx, y_val
     self.config, self.mesh = config, mesh
     self.best = BestCheckpoint(directory)
@@ -50,6 +53,8 @@ class ValidationScorer:
     from sklearn.metrics import average_precision_score
     variables = {"params": state["params"],
                  "batch_stats": state["batch_stats"]}
+    if self.prepare is not None:
+      variables = self.prepare(variables)
     probs = self.probs(variables)
     y = self.y_val
     score = metrics_lib.odir_score(y, probs)

@@ -49,8 +49,20 @@ class LossOptions:
   groups: tuple | None = None
   ib_start_step: int = 0
   seed: int = 0
+  # `[G][C]` log-odds shift of the group-mixed sampler
+  # (samplers.prior_shift): with it every logit enters the loss as
+  # ``z + shift[group]``, so ``z`` estimates natural-prior log-odds.
+  logit_shift: tuple | None = None
+  # reweight="feedback": one row of statistics for every group ("group",
+  # updated only in its group's batches) or one for all ("global").
+  rw_stats: str = "global"
 
   def __post_init__(self):
+    if self.rw_stats not in ("global", "group"):
+      raise ValueError(f"rw_stats must be 'global' or 'group', got "
+                       f"{self.rw_stats!r}.")
+    if self.rw_stats == "group" and not self.groups:
+      raise ValueError("rw_stats='group' needs the class groups.")
     if self.reweight not in REWEIGHTS:
       raise ValueError(f"reweight must be one of {REWEIGHTS}, got "
                        f"{self.reweight!r}.")
@@ -190,18 +202,56 @@ def initial_loss_state(options: "LossOptions", num_classes: int) -> dict | None:
   if options.loss == "eqlv2":
     return losses.eqlv2_init(num_classes)._asdict()
   if options.loss in ("agt", "ride") and options.reweight == "feedback":
+    if options.rw_stats == "group":
+      g = len(options.groups)
+      return losses.FeedbackState(
+          pos=jnp.zeros((g, num_classes), jnp.float32),
+          neg=jnp.zeros((g, num_classes), jnp.float32),
+          count=jnp.zeros((g,), jnp.int32))._asdict()
     return losses.feedback_reweight_init(num_classes)._asdict()
   return None
 
 
+def _feedback_row(loss_state: dict, options: LossOptions, group):
+  """The statistics the active group reads (its own row with
+  ``rw_stats="group"``)."""
+  state = losses.FeedbackState(**loss_state)
+  if options.rw_stats == "group":
+    state = jax.tree.map(lambda x: x[group], state)
+  return state
+
+
+def _feedback_store(loss_state: dict, new, options: LossOptions, group
+                    ) -> dict:
+  """Writes the active group's updated row back (only that row changes)."""
+  if options.rw_stats != "group":
+    return new._asdict()
+  return jax.tree.map(lambda full, row: full.at[group].set(row),
+                      losses.FeedbackState(**loss_state), new)._asdict()
+
+
+def shift_logits(logits, options: LossOptions, group, aux=None):
+  """``z + shift[group]`` (and the same for RIDE's expert logits) under
+  prior correction; unchanged otherwise."""
+  if options.logit_shift is None:
+    return logits, aux
+  shift = jnp.asarray(options.logit_shift, jnp.float32)[group]
+  aux = dict(aux or {})
+  if "expert_logits" in aux:
+    aux["expert_logits"] = aux["expert_logits"] + shift
+  return logits + shift, aux
+
+
 # -- losses -------------------------------------------------------------------
 
-def negative_weights(logits, labels, options: LossOptions, loss_state=None):
+def negative_weights(logits, labels, options: LossOptions, loss_state=None,
+                     group=None):
   """AGT's `[C]` weights on the negative BCE terms, per ``reweight``
-  (``feedback`` reads them from the carried ``loss_state``)."""
+  (``feedback`` reads them from the carried ``loss_state``, the active
+  group's row with ``rw_stats="group"``)."""
   if options.reweight == "feedback":
     return losses.feedback_reweight_weights(
-        losses.FeedbackState(**loss_state), beta=options.beta)
+        _feedback_row(loss_state, options, group), beta=options.beta)
   if options.reweight == "gradient":
     return losses.gradient_reweight_weights(logits, labels, beta=options.beta)
   if options.reweight == "count":
@@ -216,20 +266,24 @@ def teacher_loss_terms(logits, labels, options: LossOptions):
 
 
 def teacher_loss(logits, labels, options: LossOptions, *, features=None,
-                 aux=None, loss_state=None, step=None):
+                 aux=None, loss_state=None, step=None, group=None):
   """``(scalar loss, w [C], new loss_state)`` with each loss's published
-  reduction (``w`` is the AGT negative weight, ones where unused)."""
+  reduction (``w`` is the AGT negative weight, ones where unused).
+
+  ``logits`` are those the loss sees: already shifted by
+  :func:`shift_logits` under prior correction.
+  """
   ones = jnp.ones((logits.shape[-1],), logits.dtype)
   n = labels.shape[0]
   if options.loss in ("agt", "ride"):
     if options.reweight == "feedback":
       # Weights from the statistics before this step; the statistics are
       # those of the (ensemble) logits, weighted as the loss weights them.
-      w = negative_weights(logits, labels, options, loss_state)
+      w = negative_weights(logits, labels, options, loss_state, group)
       per_element, new = losses.feedback_reweighted_bce(
-          logits, labels, losses.FeedbackState(**loss_state),
+          logits, labels, _feedback_row(loss_state, options, group),
           beta=options.beta, decay=options.decay)
-      loss_state = new._asdict()
+      loss_state = _feedback_store(loss_state, new, options, group)
       if options.loss == "agt":
         return per_element.sum() / n, w, loss_state
     elif options.loss == "agt":
@@ -293,9 +347,10 @@ def teacher_step(state: State, batch: dict, *, model, tx,
         {"params": params, "batch_stats": state["batch_stats"]},
         batch["image"], train=True, mutable=["batch_stats", "aux"])
     aux = {k: v[0] for k, v in updates.get("aux", {}).items()}
+    logits, aux = shift_logits(logits, options, batch["group"], aux)
     loss, w, new_loss_state = teacher_loss(
         logits, labels, options, features=features, aux=aux,
-        loss_state=loss_state, step=state["step"])
+        loss_state=loss_state, step=state["step"], group=batch["group"])
     return loss, (logits, w, updates, new_loss_state)
 
   (loss, (logits, w, updates, new_loss_state)), grads = jax.value_and_grad(
@@ -399,17 +454,22 @@ def transfer_step(state: State, batch: dict, *, model, tx,
 
 def student_step(state: State, batch: dict, teacher_variables: dict, *,
                  model, teacher_model, tx, class_counts,
-                 options: KDOptions) -> tuple[State, dict]:
+                 options: KDOptions, teacher_offset=None
+                 ) -> tuple[State, dict]:
   """One student update: ``L = BCE + gamma * KD`` (paper Eq. 8).
 
   The frozen teacher runs inside the same jitted step on the very augmented
   view the student sees (precomputed teacher logits would pin one crop per
   image and cost a second pass over the data); it is in eval mode and under
-  ``stop_gradient``.
+  ``stop_gradient``. ``teacher_offset`` (`[C]`, post-hoc prior
+  correction) is subtracted from the teacher's logits, so the student
+  distils natural-prior log-odds.
   """
   labels = batch["labels"].astype(jnp.float32)
   teacher_logits, _ = teacher_model.apply(teacher_variables, batch["image"],
                                           train=False)
+  if teacher_offset is not None:
+    teacher_logits = teacher_logits - teacher_offset
   teacher_logits = jax.lax.stop_gradient(teacher_logits)
 
   def loss_fn(params):
@@ -449,8 +509,11 @@ def student_step(state: State, batch: dict, teacher_variables: dict, *,
            "param_norm": _norm(params)})
 
 
-def predict_step(variables: dict, images, *, model) -> tuple[jax.Array,
-                                                             jax.Array]:
-  """Eval mode: ``(probabilities [N, C], features [N, D])``."""
+def predict_step(variables: dict, images, *, model, offset=None
+                 ) -> tuple[jax.Array, jax.Array]:
+  """Eval mode: ``(probabilities [N, C], features [N, D])``;
+  ``sigmoid(logits - offset)`` with a `[C]` post-hoc prior correction."""
   logits, features = model.apply(variables, images, train=False)
+  if offset is not None:
+    logits = logits - offset
   return jax.nn.sigmoid(logits), features
