@@ -172,3 +172,29 @@ def test_learnability_script_smoke(tmp_path):
   for r in rows:
     assert r["synthetic"] and r["dataset"] == "odir5k-synth"
     assert set(r["per_class_auc"]) == set("NDGCAHMO")
+
+
+def test_pretraining_stand_in_shares_no_image_or_render_seed(tmp_path):
+  base = synth.synth_table()
+  pre = synth.pretrain_table()
+  assert len(pre) == len(base) and pre.name == synth.PRETRAIN_NAME
+  assert not set(pre.image_ids) & set(base.image_ids)
+  assert not set(pre.patient_ids) & set(base.patient_ids)
+  assert pre.synthetic and "no image" in pre.meta["note"]
+  # Every label row is a row of the label table (resampled with
+  # replacement, so some repeat).
+  rows = {tuple(r) for r in base.labels}
+  assert all(tuple(r) in rows for r in pre.labels)
+  assert len({tuple(r) for r in pre.labels}) < len(pre)
+  assert synth.pretrain_table(seed=1).labels.tolist() != pre.labels.tolist()
+  # Rendered with its own seed into its own cache folder.
+  table, source = registry.load_dataset(
+      "odir5k-synth-pretrain", cache_dir=tmp_path, image_size=32,
+      max_images=4, progress=False)
+  assert (tmp_path / synth.PRETRAIN_NAME).is_dir()
+  assert pre.meta["render_seed"] == synth.PRETRAIN_SEED
+  i = 0
+  again = sr.render(synth.row(table, i), 32, seed=synth.PRETRAIN_SEED)
+  np.testing.assert_array_equal(source[i], again)
+  assert registry.parse_data_spec("odir5k-synth-pretrain") == {
+      "dataset": "odir5k-synth-pretrain", "data_dir": None}

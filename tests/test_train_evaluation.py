@@ -2,6 +2,7 @@
 collapse message."""
 
 import numpy as np
+import pytest
 
 from agt_jax import config as config_lib
 from agt_jax import metrics
@@ -63,3 +64,32 @@ def test_negative_probabilities_and_collapse_message():
                                      NAMES, "teacher", cfg, "x") is None
   msg = evaluation.collapse_message(collapsed, NAMES, "student", cfg, "x")
   assert "teacher" in msg
+
+
+def test_global_threshold_maximises_flattened_kappa_by_hand():
+  # One column is enough: positives at 0.4 and 0.35, negatives at 0.3 and
+  # below. Any cut in [0.30, 0.35) separates them (kappa 1); the grid's
+  # first perfect cut nearest 0.5 is 0.34.
+  y = np.array([[1], [1], [0], [0], [0]])
+  p = np.array([[0.4], [0.35], [0.3], [0.1], [0.2]])
+  t = evaluation.tune_global_threshold(y, p)
+  assert t == 0.34
+  out = evaluation.global_threshold_score(y, p, t)
+  assert out["kappa"] == 1.0 and out["threshold"] == 0.34
+  # At the strict 0.5 nothing is called positive: kappa 0.
+  assert metrics.odir_score(y, p)["kappa"] == 0.0
+  # The fast kappa is sklearn's.
+  from sklearn.metrics import cohen_kappa_score
+  rng = np.random.default_rng(0)
+  a, b = rng.random(200) < 0.3, rng.random(200) < 0.4
+  assert evaluation._kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
+
+
+def test_report_carries_calibration_per_class_by_hand():
+  y = np.array([[1, 0], [0, 0], [0, 1], [1, 1]])
+  p = np.array([[0.9, 0.2], [0.6, 0.7], [0.1, 0.4], [0.7, 0.8]])
+  r = metrics.multilabel_report(y, p, ["a", "b"])["per_class"]
+  assert r["a"]["called_positive"] == 0.75          # 0.9, 0.6, 0.7 > 0.5
+  assert r["a"]["p_neg"] == pytest.approx((0.6 + 0.1) / 2)
+  assert r["b"]["called_positive"] == 0.5
+  assert r["b"]["p_neg"] == pytest.approx((0.2 + 0.7) / 2)
