@@ -209,6 +209,10 @@ def validate(config: Config) -> Config:
     raise ConfigError(f"prior_correction, bn_recalibrate and rw_stats "
                       f"belong to the AGT teacher; trainer={c.trainer!r} "
                       "ignores them.")
+  if c.rw_stats != "global" and c.reweight != "feedback":
+    raise ConfigError(f"rw_stats={c.rw_stats!r} sets the feedback "
+                      "re-weighting's statistics; it needs reweight="
+                      f"feedback (got reweight={c.reweight!r}).")
   for key in ("warmup_steps", "teacher_steps", "student_steps",
               "bn_recalibrate",
               "eval_every", "gamma", "workers", "seed", "fold_seed",

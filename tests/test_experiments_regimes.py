@@ -34,7 +34,9 @@ def test_pretrain_smoke_writes_an_init_checkpoint_and_is_reused(tmp_path,
                                                                6)),
                                           np.ones(8), 10)
   state = steps.init_state(teacher, tx, (cfg.crop, cfg.crop, 3), 0)
-  loaded = loop._load_init(str(path), state)
+  # A relative --init (as the README writes it) loads too.
+  monkeypatch.chdir(tmp_path)
+  loaded = loop._load_init(str(path.relative_to(tmp_path)), state)
   saved, _ = weights.load_encoder(str(path), state)
   first = lambda t: np.asarray(next(iter(
       __import__("jax").tree.leaves(t))))

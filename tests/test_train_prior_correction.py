@@ -312,3 +312,5 @@ def test_options_and_config_refuse_bad_combinations():
   with pytest.raises(ConfigError, match="belong to the AGT teacher"):
     config_lib.validate(config_lib.get_config(
         "smoke", trainer="gbg", student=False, prior_correction="loss"))
+  with pytest.raises(ConfigError, match="needs reweight=feedback"):
+    config_lib.validate(config_lib.get_config("smoke", rw_stats="group"))

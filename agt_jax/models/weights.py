@@ -160,6 +160,8 @@ def _restore_ours(path: pathlib.Path) -> tuple[pathlib.Path, dict]:
   checkpoints: a phase folder (its latest step), a best-variables folder
   (``<phase>_best``) or one step folder."""
   import orbax.checkpoint as ocp
+  # orbax restores absolute paths only; --init is usually relative.
+  path = pathlib.Path(path).expanduser().absolute()
 
   def item(d):
     return next((d / n for n in ("state", "variables") if (d / n).exists()),

@@ -232,6 +232,7 @@ def write_report(workdir, results: dict) -> pathlib.Path:
                        for g in results["groups"]["names"]),
            *_pca_lines(results["groups"]),
            f"- teacher loss: {results.get('reweight_rule', 'n/a')}",
+           f"- prior correction: {results.get('prior_correction', 'n/a')}",
            f"- validation: {results.get('validation_images', 0)} images "
            "carved from the training fold (patient level); the test fold is "
            "scored once, at the end", ""]
@@ -265,6 +266,17 @@ def write_report(workdir, results: dict) -> pathlib.Path:
       lines.append(f"| {n} | {_fmt(o['kappa'])} | {_fmt(o['f1'])} | "
                    f"{_fmt(o['auc'])} | {_fmt(o['final'])} | "
                    + " ".join(f"{t:.2f}" for t in th) + " |")
+  glob = [n for n in MODELS if "global_threshold" in results.get(n, {})]
+  if glob:
+    lines += ["", "One global threshold tuned for kappa on the validation "
+              "split (the same rule for every method; shows how much of a "
+              "strict-0.5 kappa is calibration):", "",
+              "| model | threshold | kappa | F1 | final |",
+              "|---|---|---|---|---|"]
+    for n in glob:
+      o = results[n]["global_threshold"]
+      lines.append(f"| {n} | {o['threshold']:.2f} | {_fmt(o['kappa'])} | "
+                   f"{_fmt(o['f1'])} | {_fmt(o['final'])} |")
   top1 = [n for n in MODELS if "top1" in results.get(n, {})]
   if top1:
     lines += ["", "## Top-1 accuracy (single-label, test split)", "",
@@ -283,6 +295,20 @@ def write_report(workdir, results: dict) -> pathlib.Path:
       pc = results[name]["per_class"]
       lines.append(f"| {name} | " + " | ".join(_fmt(pc[c]["auc"])
                                                 for c in names) + " |")
+  lines += ["", "## Per-class evidence (test fold, selected checkpoints)",
+            "", "AUC and AP rank; F1, the share called positive and the "
+            "mean probability on negatives are at the strict 0.5.", "",
+            "| model | class | AUC | AP | F1 | called positive | "
+            "mean p on negatives |", "|---|---|---|---|---|---|---|"]
+  for name in MODELS:
+    if name in results:
+      pc = results[name]["per_class"]
+      for c in names:
+        v = pc[c]
+        lines.append(f"| {name} | {c} | {_fmt(v['auc'])} | "
+                     f"{_fmt(v['ap'])} | {_fmt(v['f1'])} | "
+                     f"{_fmt(v.get('called_positive'))} | "
+                     f"{_fmt(v.get('p_neg'))} |")
   if "throughput" in results:
     lines += ["", "## Throughput", "", "| phase | images/s | steps |",
               "|---|---|---|"]
