@@ -158,6 +158,35 @@ def finished(wd: pathlib.Path, config) -> bool:
   return True
 
 
+RECORD_FILES = ("config.json", "done.json", "results.json", "folds.json",
+                "groups.json", "report.md", "results.jsonl", "per_class.md")
+
+
+def export_records(workdir: pathlib.Path, dest: pathlib.Path,
+                   keep_checkpoints: Sequence[str] = ()) -> int:
+  """Copies a grid's small records (each run's config, done marker,
+  results, folds, groups, report; the grid's rows and reports) from
+  ``workdir`` to ``dest`` under the same layout, plus the checkpoint
+  folders named in ``keep_checkpoints`` (relative to ``workdir``). Copied
+  back into a workdir, finished runs are skipped by :func:`run_grid`, so a
+  grid resumes in a later sitting. Returns the number of files copied."""
+  import shutil
+  workdir, dest = pathlib.Path(workdir), pathlib.Path(dest)
+  n = 0
+  for path in sorted(workdir.rglob("*")):
+    rel = path.relative_to(workdir)
+    if "checkpoints" in rel.parts or not path.is_file() \
+        or path.name not in RECORD_FILES:
+      continue
+    (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(path, dest / rel)
+    n += 1
+  for rel in keep_checkpoints:
+    shutil.copytree(workdir / rel, dest / rel, dirs_exist_ok=True)
+    n += sum(1 for p in (dest / rel).rglob("*") if p.is_file())
+  return n
+
+
 def append_row(workdir: pathlib.Path, row: dict) -> None:
   with open(workdir / "results.jsonl", "a") as f:
     f.write(json.dumps(row) + "\n")

@@ -89,6 +89,10 @@ def run(argv=None) -> int:
   p.add_argument("--rows", default="all", choices=["core", "extras", "all"])
   p.add_argument("--extra-folds", type=int, default=3,
                  help="the extras run on the first N of --folds")
+  p.add_argument("--export", type=pathlib.Path, default=None,
+                 help="copy the grid's records (and the pretrained encoder) "
+                      "here and stop; copy them back into --workdir to "
+                      "resume in a later sitting")
   p.add_argument("--init", default=None,
                  help="the pretrained regime's encoder (default: train it "
                       "with experiments.pretrain into WORKDIR/pretrain)")
@@ -101,6 +105,12 @@ def run(argv=None) -> int:
   folds = h.parse_folds(a.folds)
 
   def go() -> int:
+    if a.export:
+      keep = [str(pathlib.Path("pretrain") / "checkpoints" / "teacher_best")]
+      keep = [k for k in keep if (workdir / k).is_dir()]
+      print(f"exported {h.export_records(workdir, a.export, keep)} files "
+            f"to {a.export}", flush=True)
+      return 0
     sets = {**parse_data_spec(a.data), **config_lib.parse_sets(a.set)}
     cfg = config_lib.get_config(a.preset, **sets)
     inits = {"scratch": None}

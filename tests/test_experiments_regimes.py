@@ -101,3 +101,23 @@ def test_regimes_report_tables_paired_differences_and_per_class(tmp_path):
   per_class = (tmp_path / "per_class.md").read_text()
   assert "| C | 0.700 | 0.300 | 0.200 | 0.100 | 0.050 |" in per_class
   assert "— teacher" in per_class
+
+
+def test_export_records_copies_records_and_named_checkpoints_only(tmp_path):
+  src, dst = tmp_path / "grid", tmp_path / "out"
+  run = src / "scratch" / "bce" / "fold0"
+  (run / "checkpoints" / "teacher" / "7").mkdir(parents=True)
+  (run / "checkpoints" / "teacher" / "7" / "state").write_text("big")
+  for name in ("config.json", "done.json", "results.json", "metrics.jsonl"):
+    (run / name).write_text("{}")
+  best = src / "pretrain" / "checkpoints" / "teacher_best" / "5"
+  best.mkdir(parents=True)
+  (best / "variables").write_text("w")
+  (src / "results.jsonl").write_text("")
+  n = h.export_records(src, dst, ["pretrain/checkpoints/teacher_best"])
+  got = sorted(str(p.relative_to(dst)) for p in dst.rglob("*")
+               if p.is_file())
+  assert got == ["pretrain/checkpoints/teacher_best/5/variables",
+                 "results.jsonl", "scratch/bce/fold0/config.json",
+                 "scratch/bce/fold0/done.json",
+                 "scratch/bce/fold0/results.json"] and n == 5

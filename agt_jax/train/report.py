@@ -233,6 +233,8 @@ def write_report(workdir, results: dict) -> pathlib.Path:
            *_pca_lines(results["groups"]),
            f"- teacher loss: {results.get('reweight_rule', 'n/a')}",
            f"- prior correction: {results.get('prior_correction', 'n/a')}",
+           f"- encoder initialised from: "
+           f"{results['config'].get('init') or 'random weights'}",
            f"- validation: {results.get('validation_images', 0)} images "
            "carved from the training fold (patient level); the test fold is "
            "scored once, at the end", ""]
