@@ -320,6 +320,20 @@ def per_class_table(rows: Sequence[dict], *, names: Sequence[str],
   return lines
 
 
+def write_per_class_md(workdir, rows: Sequence[dict], *, names, labels=None,
+                       key: str = "run", title: str = "Per-class test "
+                       "results") -> list[str]:
+  """Writes ``per_class.md`` (:func:`per_class_table` of ``rows``) and
+  returns the report line linking it (none when no row has per-class
+  results)."""
+  body = per_class_table(rows, names=names, labels=labels, key=key)
+  if not body:
+    return []
+  text = [f"# {title} (mean over folds)", "", *dataset_line(rows), *body]
+  (pathlib.Path(workdir) / "per_class.md").write_text("\n".join(text))
+  return ["Per-class tables: [per_class.md](per_class.md).", ""]
+
+
 def bar_plot(rows: Sequence[dict], names: Sequence[str], out: pathlib.Path,
              title: str, labels: dict | None = None, key: str = "run",
              metric: str = "kappa") -> pathlib.Path | None:

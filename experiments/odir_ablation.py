@@ -118,6 +118,10 @@ def write_report(rows, workdir) -> pathlib.Path:
       lines += [f"![Table {table}]({png.name})", ""]
   if any(r.get("table") == 3 for r in rows):
     lines += _ordering(rows)
+  lines += h.write_per_class_md(workdir, rows,
+                                names=[r.name for r in runs_for([3, 4], "x")],
+                                labels=LABELS, title="Tables 3 and 4, per "
+                                "class")
   return h.write_report_md(workdir, lines)
 
 

@@ -93,6 +93,11 @@ def write_report(rows, workdir, *, title) -> pathlib.Path:
                      key="method")
     if png:
       lines += [f"![{b}]({png.name})", ""]
+  lines += h.write_per_class_md(
+      workdir, [{**r, "method": f"{r['backbone']}/{r['method']}"}
+                for r in rows],
+      names=[f"{b}/{m}" for b in dict.fromkeys(r["backbone"] for r in rows)
+             for m in METHODS], key="method", title=f"{title}, per class")
   lines += ["Multi-label adaptations (IB, EQLv2, RIDE, BAGS, multi-teacher "
             "KD) are documented in `agt_jax.losses` and README.md.", ""]
   return h.write_report_md(workdir, lines)
