@@ -144,13 +144,19 @@ def finished(wd: pathlib.Path, config) -> bool:
   """
   from agt_jax.errors import ConfigMismatchError
   from agt_jax.train.outputs import read_done
+  from agt_jax.config import Config
   done = read_done(wd)
   if done is None:
     return False
   want = json.loads(config.to_json())
-  if done["config"] != want:
-    diff = sorted(k for k in set(want) | set(done["config"])
-                  if want.get(k) != done["config"].get(k))
+  # A field added to the config since the run finished counts as its
+  # default, so records of finished runs survive new options.
+  defaults = json.loads(Config(preset=config.preset).to_json())
+  have = {**{k: v for k, v in defaults.items() if k not in done["config"]},
+          **done["config"]}
+  if have != want:
+    diff = sorted(k for k in set(want) | set(have)
+                  if want.get(k) != have.get(k))
     raise ConfigMismatchError(
         f"{wd} holds a run finished with another config (differs in "
         f"{diff}); delete that folder to rerun it, or pass another "
