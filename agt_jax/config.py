@@ -69,8 +69,9 @@ class Config:
   rw_stats: str = "global"          # feedback statistics: global | group
   # The group-mixed sampler shifts each class's prior (samplers.prior_shift):
   # none (the paper) | loss (train on z + shift[g]: logits stay natural) |
-  # posthoc (subtract the head's own shift at prediction and for KD).
-  prior_correction: str = "none"
+  # posthoc (subtract the head's own shift at prediction and for KD). The
+  # default was chosen on validation only (docs/agt_regimes.md).
+  prior_correction: str = "loss"
   bn_recalibrate: int = 0           # >0: teacher batch-norm statistics
                                     # recomputed on this many instance-
                                     # balanced batches before it is scored
@@ -336,8 +337,19 @@ def parse_sets(pairs) -> dict[str, str]:
   return out
 
 
+# Fields added after runs were recorded, with the value that behaves as the
+# code did before they existed: a record without the field ran with it.
+LEGACY = {"prior_correction": "none", "rw_stats": "global",
+          "bn_recalibrate": 0}
+
+
+def with_legacy(saved: dict) -> dict:
+  """A recorded config with every :data:`LEGACY` field it lacks filled in."""
+  return {**{k: v for k, v in LEGACY.items() if k not in saved}, **saved}
+
+
 def from_json(text: str) -> Config:
-  d = json.loads(text)
+  d = with_legacy(json.loads(text))
   d["together"] = tuple(tuple(x) for x in d.get("together", ()))
   d["classes"] = tuple(d.get("classes", ()))
   return Config(**d)

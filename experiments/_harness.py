@@ -144,16 +144,15 @@ def finished(wd: pathlib.Path, config) -> bool:
   """
   from agt_jax.errors import ConfigMismatchError
   from agt_jax.train.outputs import read_done
-  from agt_jax.config import Config
+  from agt_jax.config import with_legacy
   done = read_done(wd)
   if done is None:
     return False
   want = json.loads(config.to_json())
-  # A field added to the config since the run finished counts as its
-  # default, so records of finished runs survive new options.
-  defaults = json.loads(Config(preset=config.preset).to_json())
-  have = {**{k: v for k, v in defaults.items() if k not in done["config"]},
-          **done["config"]}
+  # A field added to the config since the run finished counts as the value
+  # that behaves as the code did then (config.LEGACY), so records of
+  # finished runs survive new options and keep their meaning.
+  have = with_legacy(done["config"])
   if have != want:
     diff = sorted(k for k in set(want) | set(have)
                   if want.get(k) != have.get(k))

@@ -257,16 +257,17 @@ def test_harness_reruns_unfinished_and_refuses_another_config(
   with pytest.raises(ConfigMismatchError, match=r"finished with another "
                      r"config \(differs in \['alpha'\]\)"):
     grid({"alpha": 0.25})
-  # A record written before a config field existed: the field counts as its
-  # default (still finished), and only as its default.
+  # A record written before a config field existed: the field counts as
+  # the value that behaves as the code did then (prior_correction none),
+  # and only as that.
   done_path = tmp_path / "r" / "fold0" / "done.json"
   done = json.loads(done_path.read_text())
   del done["config"]["prior_correction"]
   done_path.write_text(json.dumps(done))
-  grid({})
-  assert calls == [(0, False), (0, True)]
   with pytest.raises(ConfigMismatchError, match="prior_correction"):
-    grid({"prior_correction": "loss"})
+    grid({})                                 # today's default: loss
+  grid({"prior_correction": "none"})
+  assert calls == [(0, False), (0, True)]
 
 
 def test_result_files_are_atomic_and_the_marker_comes_last(tmp_path,
