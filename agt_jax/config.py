@@ -205,11 +205,11 @@ def validate(config: Config) -> Config:
   for key in positive:
     if not getattr(c, key) > 0:
       raise ConfigError(f"{key} must be > 0, got {getattr(c, key)}.")
-  if c.trainer != "agt" and (c.prior_correction != "none"
-                             or c.bn_recalibrate or c.rw_stats != "global"):
-    raise ConfigError(f"prior_correction, bn_recalibrate and rw_stats "
-                      f"belong to the AGT teacher; trainer={c.trainer!r} "
-                      "ignores them.")
+  # prior_correction is not checked here: its default applies to the AGT
+  # teacher and other trainers have no group-mixed sampler to correct.
+  if c.trainer != "agt" and (c.bn_recalibrate or c.rw_stats != "global"):
+    raise ConfigError(f"bn_recalibrate and rw_stats belong to the AGT "
+                      f"teacher; trainer={c.trainer!r} ignores them.")
   if c.rw_stats != "global" and c.reweight != "feedback":
     raise ConfigError(f"rw_stats={c.rw_stats!r} sets the feedback "
                       "re-weighting's statistics; it needs reweight="

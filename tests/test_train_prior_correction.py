@@ -311,6 +311,6 @@ def test_options_and_config_refuse_bad_combinations():
         "smoke", prior_correction="sometimes"))
   with pytest.raises(ConfigError, match="belong to the AGT teacher"):
     config_lib.validate(config_lib.get_config(
-        "smoke", trainer="gbg", student=False, prior_correction="loss"))
+        "smoke", trainer="gbg", student=False, bn_recalibrate=4))
   with pytest.raises(ConfigError, match="needs reweight=feedback"):
     config_lib.validate(config_lib.get_config("smoke", rw_stats="group"))
