@@ -60,7 +60,7 @@ class Config:
   # gradient (the paper's Eqs. 1-4) | feedback (its stable form) | count |
   # none. The default is the AGT variant with the best mean validation ODIR
   # final score over 5 folds of odir5k-synth (quick preset): none 0.763,
-  # feedback 0.751, EQLv2 0.719, gradient 0.375 (README, "Does AGT help?").
+  # feedback 0.751, EQLv2 0.719, gradient 0.375 (docs/table3.md).
   reweight: str = "none"
   # agt | focal | cb | cb_focal | db | eqlv2 | ib | ride | bags
   loss: str = "agt"
@@ -86,7 +86,7 @@ class Config:
   student: bool = True
   # cb (one weight per image) | eq7 (Eq. 7 as written) | plain | subset |
   # none. eq7 led cb on the validation final score on each of folds 0-2 of
-  # odir5k-synth (quick, stable RW): +0.020 +- 0.010 (README, Table 4).
+  # odir5k-synth (quick, stable RW): +0.020 +- 0.010 (docs/table3.md, Table 4).
   kd: str = "eq7"
   temperature: float = 5.0
   gamma: float = 1.0

@@ -22,7 +22,7 @@ def add_data_arg(p, *, default: str | None = "odir5k-synth",
 
 
 def add_distributed_args(p) -> None:
-  """Flags that join a multi-process run (see README "Many machines")."""
+  """Flags that join a multi-process run (docs/distributed.md)."""
   g = p.add_argument_group(
       "many processes", "JAX's distributed runtime; automatic under srun "
       "(Slurm), mpirun (Open MPI) or with JAX_COORDINATOR_ADDRESS set")

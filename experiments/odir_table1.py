@@ -99,7 +99,7 @@ def write_report(rows, workdir, *, title) -> pathlib.Path:
       names=[f"{b}/{m}" for b in dict.fromkeys(r["backbone"] for r in rows)
              for m in METHODS], key="method", title=f"{title}, per class")
   lines += ["Multi-label adaptations (IB, EQLv2, RIDE, BAGS, multi-teacher "
-            "KD) are documented in `agt_jax.losses` and README.md.", ""]
+            "KD) are documented in `agt_jax.losses` and docs/baselines.md.", ""]
   return h.write_report_md(workdir, lines)
 
 
