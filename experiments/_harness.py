@@ -74,8 +74,7 @@ def row_of(run: Run, fold: int, preset: str, results: dict) -> dict:
           **({"kappa_global": m["global_threshold"]["kappa"],
               "global_threshold": m["global_threshold"]["threshold"]}
              if "global_threshold" in m else {}),
-          "per_class": {c: {k: v.get(k) for k in PER_CLASS}
-                        for c, v in m.get("per_class", {}).items()},
+          "per_class": _per_class(m),
           **({"teacher": _model_summary(results["teacher"])}
              if run.model != "teacher" and "teacher" in results else {}),
           "selected_step": sel.get("step"),
@@ -92,9 +91,14 @@ def _model_summary(m: dict) -> dict:
   out["macro_auc"] = m["macro_auc"]
   if "global_threshold" in m:
     out["kappa_global"] = m["global_threshold"]["kappa"]
-  out["per_class"] = {c: {k: v.get(k) for k in PER_CLASS}
-                      for c, v in m.get("per_class", {}).items()}
+  out["per_class"] = _per_class(m)
   return out
+
+
+def _per_class(m: dict) -> dict:
+  """A model's per-class :data:`PER_CLASS` figures, for a row."""
+  return {c: {k: v.get(k) for k in PER_CLASS}
+          for c, v in m.get("per_class", {}).items()}
 
 
 def run_grid(runs: Sequence[Run], *, preset: str, folds: Sequence[int],

@@ -78,11 +78,6 @@ def test_global_threshold_maximises_flattened_kappa_by_hand():
   assert out["kappa"] == 1.0 and out["threshold"] == 0.34
   # At the strict 0.5 nothing is called positive: kappa 0.
   assert metrics.odir_score(y, p)["kappa"] == 0.0
-  # The fast kappa is sklearn's.
-  from sklearn.metrics import cohen_kappa_score
-  rng = np.random.default_rng(0)
-  a, b = rng.random(200) < 0.3, rng.random(200) < 0.4
-  assert evaluation._kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
 
 
 def test_report_carries_calibration_per_class_by_hand():

@@ -155,6 +155,13 @@ class _GroupMixSelection(grain.transforms.DatasetSelectionMap):
     return self._schedule.num_groups + g, k * self._bo + slot - self._bg
 
 
+def _outside(labels: np.ndarray, classes) -> list[int]:
+  """The classes outside ``classes`` that have images: where a group's
+  "others" slots draw from."""
+  return [c for c in range(labels.shape[1])
+          if c not in classes and labels[:, c].any()]
+
+
 def _members(labels: np.ndarray, classes) -> tuple[np.ndarray, ...]:
   return tuple(np.flatnonzero(labels[:, c]) for c in classes)
 
@@ -227,8 +234,7 @@ def group_mixed_batches(labels, groups, *, batch_size: int, alpha: float,
       raise InputError(f"group {g} {names} has no training image.")
     parents.append(grain.MapDataset.source(idx).seed(seed * 7919 + g)
                    .shuffle().repeat())
-    outside = [c for c in range(labels.shape[1])
-               if c not in classes and labels[:, c].any()]
+    outside = _outside(labels, classes)
     if b_other and not outside:
       raise InputError(f"group {g}: no class outside it has images to draw "
                        "'others' from; use alpha=0 or more groups.")
@@ -271,8 +277,7 @@ def group_mixed_prevalence(labels, groups, *, batch_size: int, alpha: float,
     own = labels[labels[:, list(classes)].any(1)]
     if b_group:
       out[g] += b_group / batch_size * own.mean(0)
-    outside = [c for c in range(labels.shape[1])
-               if c not in classes and labels[:, c].any()]
+    outside = _outside(labels, classes)
     if b_other and outside:
       per_class = np.stack([labels[labels[:, k] > 0].mean(0)
                             for k in outside])

@@ -97,14 +97,10 @@ def load_pretrain(cache_dir=None, *, size: int = 512, seed: int = 0,
                   max_images: int | None = None):
   """``(table, ArrayImageSource)`` of the pretraining stand-in
   (:func:`pretrain_table`), rendered into its own cache folder."""
-  table = pretrain_table(seed=seed)
-  if max_images:
-    table = table.take(np.arange(min(max_images, len(table))))
-  render_seed = PRETRAIN_SEED + seed
-  build_cache(table, cache_dir, size=size, seed=render_seed, workers=workers,
-              progress=progress, name=PRETRAIN_NAME)
-  return table, ArrayImageSource(open_cache(
-      table, cache_dir, size=size, seed=render_seed, name=PRETRAIN_NAME))
+  return _cached(pretrain_table(seed=seed), cache_dir, size=size,
+                 seed=PRETRAIN_SEED + seed, workers=workers,
+                 progress=progress, max_images=max_images,
+                 name=PRETRAIN_NAME)
 
 
 def row(table: ImageTable, i: int) -> dict:
@@ -310,14 +306,25 @@ def load_synth(cache_dir=None, *, size: int = 512, seed: int = 0,
                max_images: int | None = None):
   """``(table, ArrayImageSource)`` of odir5k-synth (its first ``max_images``
   rows if given), building the cache first when needed."""
-  table = synth_table(ignorable_policy=ignorable_policy)
+  return _cached(synth_table(ignorable_policy=ignorable_policy), cache_dir,
+                 size=size, seed=seed, build=build, workers=workers,
+                 progress=progress, visibility=visibility,
+                 max_images=max_images)
+
+
+def _cached(table: ImageTable, cache_dir, *, size: int, seed: int,
+            build: bool = True, workers=None, progress: bool = True,
+            visibility=None, max_images=None, name: str = NAME):
+  """``(table, ArrayImageSource)`` of ``table``'s first ``max_images``
+  rows, rendered into the cache ``name`` first when ``build``."""
   if max_images:
     table = table.take(np.arange(min(max_images, len(table))))
   if build:
     build_cache(table, cache_dir, size=size, seed=seed, workers=workers,
-                progress=progress, visibility=visibility)
-  return table, ArrayImageSource(open_cache(table, cache_dir, size=size,
-                                            seed=seed, visibility=visibility))
+                progress=progress, visibility=visibility, name=name)
+  return table, ArrayImageSource(open_cache(
+      table, cache_dir, size=size, seed=seed, visibility=visibility,
+      name=name))
 
 
 # -- gallery -----------------------------------------------------------------

@@ -98,23 +98,15 @@ def tune_global_threshold(labels, probs) -> float:
   the ODIR kappa (flattened, as the official script) on ``labels``; ties
   go to the threshold nearest 0.5. The same rule for every method: tune on
   validation, apply to test."""
+  from sklearn.metrics import cohen_kappa_score
   gt = (np.asarray(labels) > 0).ravel()
   pr = np.asarray(probs, np.float64).ravel()
   best, best_t = -np.inf, 0.5
   for t in sorted(GLOBAL_THRESHOLDS, key=lambda t: (abs(t - 0.5), t)):
-    k = _kappa(gt, pr > t)
+    k = cohen_kappa_score(gt, pr > t)
     if k > best + 1e-12:
       best, best_t = k, float(t)
   return best_t
-
-
-def _kappa(gt: np.ndarray, pred: np.ndarray) -> float:
-  """Cohen's kappa of two boolean vectors (sklearn's, without its
-  per-call overhead)."""
-  n = len(gt)
-  po = np.mean(gt == pred)
-  pe = (gt.mean() * pred.mean() + (1 - gt.mean()) * (1 - pred.mean()))
-  return float((po - pe) / (1 - pe)) if pe < 1 and n else 0.0
 
 
 def global_threshold_score(labels, probs, threshold: float) -> dict:

@@ -350,11 +350,13 @@ def _bn_recalibration(config, data: FoldData, model, mesh):
                             seed=config.seed + 7, augment=config.augment)
   sharding = pipeline.data_sharding(mesh)
   fn = batch_norm.moments_fn(model)
+  decoded: list = []    # the same batches every call: decoded once
 
   def images():
-    for t in range(config.bn_recalibrate):
-      yield pipeline.global_batch({"image": ds[t]["image"]},
-                                  sharding)["image"]
+    if not decoded:
+      decoded.extend(ds[t]["image"] for t in range(config.bn_recalibrate))
+    for x in decoded:
+      yield pipeline.global_batch({"image": x}, sharding)["image"]
 
   def prepare(variables):
     return batch_norm.recalibrate(model, variables, images(), fn=fn)

@@ -202,13 +202,11 @@ def initial_loss_state(options: "LossOptions", num_classes: int) -> dict | None:
   if options.loss == "eqlv2":
     return losses.eqlv2_init(num_classes)._asdict()
   if options.loss in ("agt", "ride") and options.reweight == "feedback":
-    if options.rw_stats == "group":
+    state = losses.feedback_reweight_init(num_classes)
+    if options.rw_stats == "group":   # one row per group
       g = len(options.groups)
-      return losses.FeedbackState(
-          pos=jnp.zeros((g, num_classes), jnp.float32),
-          neg=jnp.zeros((g, num_classes), jnp.float32),
-          count=jnp.zeros((g,), jnp.int32))._asdict()
-    return losses.feedback_reweight_init(num_classes)._asdict()
+      state = jax.tree.map(lambda x: jnp.zeros((g, *x.shape), x.dtype), state)
+    return state._asdict()
   return None
 
 
