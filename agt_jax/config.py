@@ -13,7 +13,6 @@ import pathlib
 import typing
 from typing import Any
 
-import numpy as np
 
 from agt_jax.errors import ConfigError
 
@@ -147,32 +146,73 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Fixed choices; the method names (trainer, loss, reweight, kd,
+# transfer_loss) come from the registries (:func:`choices`).
 CHOICES = {
     "fold_mode": ("random", "stratified", "official"),
     "grouping": ("relational", "paper", "shot", "gradient", "random",
                  "count", "single", "none"),
-    "trainer": ("agt", "gbg", "transfer"),
     "attention": ("none", "se", "mha"),
     "head": ("mlp", "linear"),
-    "transfer_loss": ("bce", "focal", "cb"),
     "select_metric": ("final", "macro_f1"),
     "augment": ("crop_flip", "flip_rotate"),
     "moo": ("mgda", "mean", "per_class"),
     "moo_normalizer": ("none", "l2", "loss", "loss+"),
     "affinity": ("cos+1", "cos"),
     "objective": ("auto", "bce", "softmax"),
-    "reweight": ("gradient", "feedback", "count", "none"),
     "rw_stats": ("global", "group"),
     "prior_correction": ("none", "loss", "posthoc"),
-    "loss": ("agt", "focal", "cb", "cb_focal", "db", "eqlv2", "ib", "ride",
-             "bags"),
     "schedule": ("alternate", "joint"),
     "teacher": ("shared", "multi"),
     "select": ("best", "last"),
-    "kd": ("cb", "eq7", "plain", "subset", "none"),
     "kd_direction": ("teacher_student", "student_teacher"),
     "dtype": ("float32", "bfloat16"),
 }
+
+
+def choices() -> dict[str, tuple]:
+  """Every field with a fixed set of values, the registries' included."""
+  from agt_jax import methods
+  from agt_jax.data.registry import NAMES as DATASETS
+  from agt_jax.models import ENCODERS
+  from agt_jax.train.trainers import TRAINERS
+  return {**CHOICES, "dataset": tuple(DATASETS),
+          "model": tuple(sorted(ENCODERS)), "trainer": TRAINERS.names(),
+          "loss": methods.TEACHER_LOSSES.names(),
+          "reweight": methods.REWEIGHTS.names(), "kd": methods.KD.names(),
+          "transfer_loss": methods.TRANSFER_LOSSES.names()}
+
+
+def _method_checks(c: Config) -> str | None:
+  """The specs' own constraints: the chosen trainer's and loss's, and the
+  fields another trainer owns left at their defaults."""
+  from agt_jax import methods
+  from agt_jax.train.trainers import TRAINERS
+  trainer = TRAINERS[c.trainer]
+  loss = methods.TEACHER_LOSSES[c.loss]
+  defaults = Config()
+  for other in TRAINERS.values():
+    if other.name == c.trainer:
+      continue
+    for key in other.owns:
+      if getattr(c, key) != getattr(defaults, key):
+        return (f"{key} belongs to trainer={other.name!r}; "
+                f"trainer={c.trainer!r} ignores it.")
+  if c.rw_stats != "global" and not methods.REWEIGHTS[c.reweight] \
+      .per_group_stats:
+    return (f"rw_stats={c.rw_stats!r} sets the feedback re-weighting's "
+            f"statistics; it needs reweight=feedback (got reweight="
+            f"{c.reweight!r}).")
+  if c.teacher == "multi" and loss.shared_only:
+    return (f"loss={c.loss!r} needs the shared-encoder teacher's "
+            "expert/others heads; use teacher=shared.")
+  if c.student and not trainer.student:
+    return (f"trainer={c.trainer!r} trains one model (no distilled "
+            "student); set student=false.")
+  if not trainer.grouped and c.grouping not in ("none", "single"):
+    return (f"trainer={c.trainer!r} trains one head on every class; set "
+            "grouping=none.")
+  return trainer.check(c) or loss.check(c)
 
 
 def validate(config: Config) -> Config:
@@ -181,11 +221,8 @@ def validate(config: Config) -> Config:
 
   Raises :class:`~agt_jax.errors.ConfigError` naming the field.
   """
-  from agt_jax.data.registry import NAMES as DATASETS
-  from agt_jax.models import ENCODERS
   c = config
-  choices = {**CHOICES, "dataset": DATASETS, "model": tuple(sorted(ENCODERS))}
-  for key, allowed in choices.items():
+  for key, allowed in choices().items():
     if getattr(c, key) not in allowed:
       raise ConfigError(f"{key}={getattr(c, key)!r} is not one of "
                         f"{tuple(allowed)}.")
@@ -205,15 +242,6 @@ def validate(config: Config) -> Config:
   for key in positive:
     if not getattr(c, key) > 0:
       raise ConfigError(f"{key} must be > 0, got {getattr(c, key)}.")
-  # prior_correction is not checked here: its default applies to the AGT
-  # teacher and other trainers have no group-mixed sampler to correct.
-  if c.trainer != "agt" and (c.bn_recalibrate or c.rw_stats != "global"):
-    raise ConfigError(f"bn_recalibrate and rw_stats belong to the AGT "
-                      f"teacher; trainer={c.trainer!r} ignores them.")
-  if c.rw_stats != "global" and c.reweight != "feedback":
-    raise ConfigError(f"rw_stats={c.rw_stats!r} sets the feedback "
-                      "re-weighting's statistics; it needs reweight="
-                      f"feedback (got reweight={c.reweight!r}).")
   for key in ("warmup_steps", "teacher_steps", "student_steps",
               "bn_recalibrate",
               "eval_every", "gamma", "workers", "seed", "fold_seed",
@@ -235,23 +263,11 @@ def validate(config: Config) -> Config:
   if c.select == "best" and c.val_fraction > 0 and c.eval_every <= 0:
     raise ConfigError("select=best needs eval_every > 0 (how often the "
                       "validation split is scored).")
-  if c.teacher == "multi" and c.loss in ("ride", "bags"):
-    raise ConfigError(f"loss={c.loss!r} needs the shared-encoder teacher's "
-                      "expert/others heads; use teacher=shared.")
-  if c.loss == "ride" and c.experts < 2:
-    raise ConfigError(f"loss='ride' needs experts >= 2, got {c.experts}.")
-  if c.trainer in ("gbg", "transfer") and c.student:
-    raise ConfigError(f"trainer={c.trainer!r} trains one model (no "
-                      "distilled student); set student=false.")
-  if c.trainer == "transfer" and c.grouping not in ("none", "single"):
-    raise ConfigError("trainer='transfer' trains one head on every class; "
-                      "set grouping=none.")
-  if c.trainer == "gbg" and c.n_groups * int(np.ceil(
-      c.gac_fraction * c.batch_size)) > c.batch_size:
-    raise ConfigError(f"trainer='gbg': {c.n_groups} groups x a tenth of "
-                      f"batch_size={c.batch_size} do not fit one batch "
-                      "(the GAC sampler tops missing groups up); lower "
-                      "gac_fraction or n_groups.")
+  # prior_correction is not refused elsewhere: its default applies to the
+  # AGT teacher, and other trainers have no group-mixed sampler to correct.
+  msg = _method_checks(c)
+  if msg:
+    raise ConfigError(msg)
   from agt_jax.data.registry import OFFLINE
   if c.dataset not in OFFLINE and not c.data_dir:
     raise ConfigError(f"dataset {c.dataset!r} is read from a local folder: "
@@ -262,14 +278,6 @@ def validate(config: Config) -> Config:
                       "checkpoint folder of this project or a torchvision "
                       ".pth).")
   return config
-
-
-def objective(config: Config) -> str:
-  """The loss family: softmax cross-entropy on the single-label CIFAR
-  datasets, per-class BCE on the multi-label ones."""
-  if config.objective != "auto":
-    return config.objective
-  return "softmax" if config.dataset.startswith("cifar") else "bce"
 
 
 def _data_name(dataset: str) -> str:

@@ -159,7 +159,7 @@ def host_rows(batch_size: int) -> tuple[int, int]:
   """``[lo, hi)``: this process's contiguous rows of a global batch.
 
   The data mesh lists devices process by process (see
-  :func:`agt_jax.train.phase.make_mesh`), so process ``i`` of ``n`` holds
+  :func:`agt_jax.runtime.make_mesh`), so process ``i`` of ``n`` holds
   rows ``i * b / n`` to ``(i + 1) * b / n``.
   """
   i, n = jax.process_index(), jax.process_count()

@@ -26,7 +26,6 @@ import glob
 import gzip
 import json
 import os
-import pathlib
 import re
 import tempfile
 

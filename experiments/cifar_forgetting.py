@@ -44,7 +44,6 @@ def run(argv=None) -> int:
   a = p.parse_args(argv)
 
   from agt_jax import config as config_lib
-  from agt_jax.data.registry import parse_data_spec
   workdir = a.workdir or pathlib.Path("runs/cifar_forgetting")
   model, batch, steps, block = SETTINGS.get(a.preset, SETTINGS["paper"])
   block = a.block or block

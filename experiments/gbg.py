@@ -23,7 +23,6 @@ import argparse
 import json
 import pathlib
 
-import numpy as np
 
 from experiments import _harness as h
 

@@ -208,13 +208,12 @@ def _fold_scores(y, p, fold_of) -> dict:
 def _external(spec, path, workdir, models, folds, metas, names, base,
               preset_name, preset) -> dict:
   """Fold models averaged, and the meta-learner, on another dataset."""
-  from agt_jax import models as models_lib
   from agt_jax import stacking
   from agt_jax.config import from_json
   from agt_jax.data import images as images_lib
   from agt_jax.data import registry, synth
   from agt_jax.train import evaluation, loop
-  from agt_jax.train.phase import make_mesh
+  from agt_jax.runtime import make_mesh
   from sklearn.metrics import roc_auc_score
   cfg0 = from_json((_fold_dir(workdir, models[0], 0) / "config.json"
                     ).read_text())
@@ -253,12 +252,7 @@ def _external(spec, path, workdir, models, folds, metas, names, base,
     probs = []
     for k in folds:
       wd = _fold_dir(workdir, m, k)
-      cfg = from_json((wd / "config.json").read_text())
-      groups = tuple(tuple(g) for g in json.loads(
-          (wd / "groups.json").read_text())["groups"])
-      model = loop._teacher_parts(cfg, models_lib.make_encoder(cfg.model),
-                                  groups, [1] * len(names), 1)[0]
-      variables = _selected_variables(wd, model, cfg)
+      model, variables, cfg, _ = loop.load_trained(wd, "teacher")
       probs.append(evaluation.predict(
           model, variables, source, idx, table.labels, cfg, mesh,
           f"{spec} {m} fold {k}")[0])
@@ -281,21 +275,6 @@ def _external(spec, path, workdir, models, folds, metas, names, base,
     out["auc"][name] = {"per_class": per, "macro": float(np.mean(
         list(per.values()))) if per else float("nan")}
   return out
-
-
-def _selected_variables(wd, model, cfg):
-  """The run's validation-selected variables (else its last checkpoint)."""
-  from agt_jax.models import weights
-  from agt_jax.train import steps
-  like = steps.init_state(model, steps.adam(1e-3, 0.9, 0.99),
-                          (cfg.crop, cfg.crop, 3), 0)
-  for d in ("teacher_best", "teacher"):
-    path = wd / "checkpoints" / d
-    if path.exists():
-      v = weights.load_variables(path, like)
-      if v is not None:
-        return v
-  raise FileNotFoundError(f"{wd}: no teacher checkpoint to evaluate.")
 
 
 def _importance_plot(imp, models, names, out, dataset):

@@ -200,8 +200,9 @@ def _encoder_features(a, workdir, preset):
   from agt_jax import config as config_lib
   from agt_jax import models
   from agt_jax.data.registry import parse_data_spec
-  from agt_jax.train import feature_cache, loop, steps
-  from agt_jax.train.phase import make_mesh
+  from agt_jax.models import weights
+  from agt_jax.train import feature_cache, loop, steps, transfer
+  from agt_jax.runtime import make_mesh
   base = {**preset["encoder"], **ENCODER_RUN, **parse_data_spec(a.data),
           **({"model": a.model} if a.model else {}),
           **config_lib.parse_sets(a.set)}
@@ -218,7 +219,7 @@ def _encoder_features(a, workdir, preset):
                              num_classes=len(data.names))
       state = steps.init_state(model, steps.adam(1e-3, 0.9, 0.99),
                                (cfg.crop, cfg.crop, 3), 0)
-      state = loop._load_init(a.encoder, state)
+      state = weights.load_init(a.encoder, state)
       variables = {"params": state["params"],
                    "batch_stats": state["batch_stats"]}
       source = f"frozen encoder {a.encoder}"
@@ -226,7 +227,7 @@ def _encoder_features(a, workdir, preset):
       h.run_grid([h.Run("encoder", {}, "transfer", {"stage": "encoder"})],
                  preset=a.preset, folds=[fold], base=base, workdir=workdir)
       from agt_jax.models import weights
-      model = loop.transfer_model(cfg, len(data.names))
+      model = transfer.transfer_model(cfg, len(data.names))
       like = steps.init_state(model, steps.adam(1e-3, 0.9, 0.99),
                               (cfg.crop, cfg.crop, 3), 0)
       variables = weights.load_variables(

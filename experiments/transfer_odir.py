@@ -298,6 +298,7 @@ def _gradcam_figure(workdir, rows, tasks, per_class: int = 2):
   from agt_jax.data import images as images_lib
   from agt_jax.models import transfer, weights
   from agt_jax.train import loop, steps
+  from agt_jax.train import transfer as transfer_trainer
   task = next((t for t in ("mha", "full", "frozen") if t in tasks
                and any(r["task"] == t for r in rows)), None)
   if task is None:
@@ -306,7 +307,7 @@ def _gradcam_figure(workdir, rows, tasks, per_class: int = 2):
   wd = workdir / row["run"] / f"fold{row['fold']}"
   config = from_json((wd / "config.json").read_text())
   data = loop.load_fold(config)
-  model = loop.transfer_model(config, len(data.names))
+  model = transfer_trainer.transfer_model(config, len(data.names))
   like = steps.init_state(model, steps.adam(1e-3, 0.9, 0.99),
                           (config.crop, config.crop, 3), 0)
   variables = weights.load_variables(wd / "checkpoints" / "transfer_best",

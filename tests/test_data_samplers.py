@@ -1,6 +1,5 @@
 """Samplers: exact AGT group-mixed batches on the real ODIR label table."""
 
-import grain
 import numpy as np
 import pytest
 

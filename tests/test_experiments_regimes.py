@@ -27,16 +27,16 @@ def test_pretrain_smoke_writes_an_init_checkpoint_and_is_reused(tmp_path,
   # one.
   from agt_jax import models
   from agt_jax.models import weights
-  from agt_jax.train import loop, steps
+  from agt_jax.train import agt, steps
   cfg = config_lib.validate(config_lib.get_config("smoke", init=str(path)))
   enc = models.make_encoder(cfg.model)
-  teacher, tx, _, _ = loop._teacher_parts(cfg, enc, ((0, 7), (1, 2, 3, 4, 5,
+  teacher, tx, _, _ = agt.build_teacher(cfg, enc, ((0, 7), (1, 2, 3, 4, 5,
                                                                6)),
                                           np.ones(8), 10)
   state = steps.init_state(teacher, tx, (cfg.crop, cfg.crop, 3), 0)
   # A relative --init (as the README writes it) loads too.
   monkeypatch.chdir(tmp_path)
-  loaded = loop._load_init(str(path.relative_to(tmp_path)), state)
+  loaded = weights.load_init(str(path.relative_to(tmp_path)), state)
   saved, _ = weights.load_encoder(str(path), state)
   first = lambda t: np.asarray(next(iter(
       __import__("jax").tree.leaves(t))))

@@ -47,7 +47,7 @@ def test_failed_cli_run_writes_nothing(tmp_path):
 
 
 def test_batch_that_does_not_split_over_devices_names_sizes(n_devices):
-  from agt_jax.train.phase import make_mesh
+  from agt_jax.runtime import make_mesh
   assert n_devices == 8
   with pytest.raises(ConfigError, match=r"batch_size=12 does not split over "
                      r"the 8 devices; use a multiple of 8 \(e\.g\. --set "
@@ -208,13 +208,14 @@ def test_bad_label_files_are_one_error_line(damage, says, tmp_path,
 def test_skipped_images_are_written_to_the_workdir(tmp_path):
   from agt_jax.data import registry
   from agt_jax.train import loop
+  from agt_jax.train import workdir as workdir_lib
   root, bad = broken_odir(tmp_path / "odir")
   table, source = registry.load_dataset(
       "odir5k", data_dir=root, cache_dir=tmp_path / "c", progress=False,
       skip_bad_images=True)
   data = loop.FoldData(table, source, np.arange(2), np.arange(0),
                        np.arange(2, 3), {"fold": 0})
-  loop._claim_workdir(tiny(), tmp_path / "w", False, data)
+  workdir_lib.claim(tiny(), tmp_path / "w", False, data)
   listed = json.loads((tmp_path / "w" / "skipped_images.json").read_text())
   assert sorted(s["path"] for s in listed) == sorted(map(str, bad.values()))
 

@@ -9,7 +9,6 @@ issued (while it is being written).
 """
 
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -29,18 +28,19 @@ EIGHT = "--xla_force_host_platform_device_count=8"
 
 DRIVER = """
 import os, signal, sys
-from agt_jax.train import checkpoint, phase
+from agt_jax import runtime
+from agt_jax.train import checkpoint
 kind, where, step = os.environ["AGT_TEST_KILL"].split(":")
 step = int(step)
 def die():
   os.kill(os.getpid(), signal.SIGKILL)
 if kind == "step":    # after the step's metrics are logged
-  write = phase.MetricWriter.write
+  write = runtime.MetricWriter.write
   def patched(self, rec):
     write(self, rec)
     if rec.get("phase") == where and rec.get("step") == step:
       die()
-  phase.MetricWriter.write = patched
+  runtime.MetricWriter.write = patched
 else:                 # "save": an async save issued, not yet finished
   save = checkpoint.Checkpoints.save
   def patched(self, s, *a, **k):

@@ -17,7 +17,8 @@ from agt_jax.data import images, samplers
 from agt_jax.errors import CheckpointWriteError, NonFiniteLossError
 from agt_jax.train import checkpoint as checkpoint_lib
 from agt_jax.train import steps
-from agt_jax.train.phase import TrainingPhase, make_mesh
+from agt_jax.runtime import make_mesh
+from agt_jax.train.phase import TrainingPhase
 
 rng = np.random.default_rng(0)
 LABELS = (rng.random((64, 3)) < 0.4).astype(np.uint8)

@@ -8,7 +8,7 @@ from agt_jax import config as config_lib
 from agt_jax import models
 from agt_jax.data import images
 from agt_jax.train import evaluation, feature_cache, steps
-from agt_jax.train.phase import make_mesh
+from agt_jax.runtime import make_mesh
 
 
 def test_features_are_reused_and_invalidated(tmp_path, monkeypatch):

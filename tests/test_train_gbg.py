@@ -174,7 +174,7 @@ def test_eight_devices_equal_one_device(n_devices):
     return gbg.moo_step(s, b, model=model, tx=tx, options=opts)
 
   one, m1 = jax.jit(fn)(state, batch)
-  from agt_jax.train.phase import make_mesh
+  from agt_jax.runtime import make_mesh
   mesh = make_mesh(16)                   # the training loop's mesh
   sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
   rep = jax.device_put(state, NamedSharding(mesh, P()))
@@ -191,7 +191,8 @@ def test_resume_is_bit_identical(tmp_path):
   uninterrupted one does (state, MGDA weights, GAC batches)."""
   from agt_jax import config as config_lib
   from agt_jax.data import images, samplers
-  from agt_jax.train.phase import TrainingPhase, make_mesh
+  from agt_jax.runtime import make_mesh
+  from agt_jax.train.phase import TrainingPhase
   from tests.test_faults_training import assert_trees_equal
   rng = np.random.default_rng(0)
   labels = (rng.random((64, 6)) < 0.3).astype(np.uint8)

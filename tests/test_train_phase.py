@@ -6,7 +6,7 @@ import jax
 import pytest
 
 from agt_jax.errors import ConfigError
-from agt_jax.train.phase import MetricWriter, make_mesh
+from agt_jax.runtime import MetricWriter, make_mesh
 
 
 def _lines(path):

@@ -12,7 +12,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from agt_jax import losses, models
 from agt_jax.data import samplers, synth
-from agt_jax.train import loop, steps
+from agt_jax.train import agt, steps
 
 ODIR_GROUPS = (("N", "O"), ("D", "G", "A", "H", "M"), ("C",))
 
@@ -72,7 +72,7 @@ def test_shift_agrees_with_counts_over_10000_sampled_batches():
   d = samplers.prior_shift(yf, groups_f, batch_size=32, alpha=0.5)
   assert d[2, names.index("C")] == pytest.approx(3.07, abs=0.01)
   assert d[0, names.index("N")] == pytest.approx(-0.35, abs=0.01)
-  own = loop.own_group_shift(d, groups_f)
+  own = agt.own_group_shift(d, groups_f)
   assert own[names.index("C")] == d[2, names.index("C")]
   assert own[names.index("D")] == d[1, names.index("D")]
 
@@ -309,7 +309,7 @@ def test_options_and_config_refuse_bad_combinations():
   with pytest.raises(ConfigError, match="prior_correction"):
     config_lib.validate(config_lib.get_config(
         "smoke", prior_correction="sometimes"))
-  with pytest.raises(ConfigError, match="belong to the AGT teacher"):
+  with pytest.raises(ConfigError, match="bn_recalibrate belongs to trainer=.agt."):
     config_lib.validate(config_lib.get_config(
         "smoke", trainer="gbg", student=False, bn_recalibrate=4))
   with pytest.raises(ConfigError, match="needs reweight=feedback"):

@@ -423,9 +423,9 @@ def test_subset_kd_student_step():
 
 def test_teacher_parts_choose_schedule_and_reject_bad_combinations():
   from agt_jax import config as config_lib
-  from agt_jax.train.loop import _teacher_parts
+  from agt_jax.train.agt import build_teacher
   enc = models.make_encoder("resnet_tiny")
-  parts = lambda **kw: _teacher_parts(config_lib.get_config("smoke", **kw),
+  parts = lambda **kw: build_teacher(config_lib.get_config("smoke", **kw),
                                       enc, GROUPS, np.array(COUNTS), 1000)
   assert parts()[3] is False                      # AGT alternates
   assert parts(loss="bags")[3] is True            # BAGS trains heads jointly

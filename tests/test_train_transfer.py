@@ -13,7 +13,7 @@ from agt_jax import metrics, models
 from agt_jax.data import images
 from agt_jax.errors import ConfigError
 from agt_jax.models import transfer
-from agt_jax.train import loop, steps
+from agt_jax.train import steps, transfer
 from tests import references as ref
 
 COUNTS = (40, 12, 3)
@@ -146,7 +146,7 @@ def test_init_from_a_selected_transfer_checkpoint_loads_every_variable(
   best.save(1, variables, {"step": 1})
   best.close()
   _, _, fresh = make(attention="se")
-  loaded = loop._load_transfer_init(str(tmp_path / "transfer_best"),
+  loaded = transfer.load_init(str(tmp_path / "transfer_best"),
                                     host(fresh))
   chex.assert_trees_all_equal(loaded["params"], variables["params"])
   chex.assert_trees_all_equal(loaded["batch_stats"],
@@ -155,7 +155,7 @@ def test_init_from_a_selected_transfer_checkpoint_loads_every_variable(
   _, _, other = make(attention="none")
   other = host(other)
   assert weights.load_variables(tmp_path / "transfer_best", other) is None
-  part = loop._load_transfer_init(str(tmp_path / "transfer_best"), other)
+  part = transfer.load_init(str(tmp_path / "transfer_best"), other)
   chex.assert_trees_all_equal(part["params"]["encoder"],
                               variables["params"]["encoder"])
   chex.assert_trees_all_equal(part["params"]["head"], other["params"]["head"])

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from agt_jax import io
 from agt_jax.data import odir
 from agt_jax.data import odir_keywords as kw
 from agt_jax.data import synth_render
@@ -140,13 +141,7 @@ def _fingerprint(table: ImageTable, size: int, seed: int, visibility) -> str:
   return h.hexdigest()
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+_atomic_write = io.atomic_write_bytes
 
 
 def _save_done(path: pathlib.Path, done: np.ndarray) -> None:

@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from agt_jax import io
 from agt_jax.data.errors import BadImagesError
 
 CACHE_VERSION = 1
@@ -100,9 +101,8 @@ def check_images(paths, *, cache_file=None, workers: int | None = None,
     if cache_file is not None:
       cache_file = pathlib.Path(cache_file)
       cache_file.parent.mkdir(parents=True, exist_ok=True)
-      tmp = cache_file.with_name(cache_file.name + ".tmp")
-      tmp.write_text(json.dumps({"version": CACHE_VERSION, "good": cache}))
-      os.replace(tmp, cache_file)
+      io.atomic_write_text(cache_file, json.dumps(
+          {"version": CACHE_VERSION, "good": cache}))
   return [{"path": p, "reason": bad[p]} for p in paths if p in bad]
 
 

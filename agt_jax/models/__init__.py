@@ -21,6 +21,10 @@ ENCODERS = {
 }
 
 
+# Compute dtypes by config name (parameters stay float32).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def make_encoder(name: str, *, dtype=jnp.float32, axis_name=None,
                  pool: bool = True):
   """Encoder by name; ``pool=False`` returns its last feature map
@@ -31,6 +35,6 @@ def make_encoder(name: str, *, dtype=jnp.float32, axis_name=None,
   return ENCODERS[name](dtype=dtype, axis_name=axis_name, pool=pool)
 
 
-__all__ = ["ENCODERS", "GroupHead", "MultiTeacher", "NormedDense", "Student",
+__all__ = ["DTYPES", "ENCODERS", "GroupHead", "MultiTeacher", "NormedDense", "Student",
            "Teacher", "TransferNet", "encoder_name", "head_name",
            "make_encoder"]

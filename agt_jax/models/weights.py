@@ -225,3 +225,17 @@ def load_encoder(path, state: dict) -> tuple[dict, dict]:
     raise ValueError(f"--init {step_dir}: its encoder does not match this "
                      "model (different architecture or width).")
   return p, b
+
+
+def load_init(path, state: dict) -> dict:
+  """``state`` with its encoder weights copied from ``path`` (our checkpoint
+  folder, or a torchvision ``.pth`` state dict); a multi-teacher's
+  ``encoder_g*`` all start from the same weights."""
+  keys = [k for k in state["params"] if k == "encoder"
+          or k.startswith("encoder_g")]
+  params, stats = dict(state["params"]), dict(state["batch_stats"])
+  for k in keys:
+    view = {"params": {"encoder": params[k]},
+            "batch_stats": {"encoder": stats.get(k, {})}}
+    params[k], stats[k] = load_encoder(path, view)
+  return {**state, "params": params, "batch_stats": stats}

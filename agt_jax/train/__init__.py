@@ -1,10 +1,23 @@
-"""AGT training: pure steps (:mod:`steps`), the fold loop (:mod:`loop`),
-checkpoints and reports."""
+"""AGT training: pure steps (:mod:`steps`), the fold pipeline (:mod:`loop`),
+one module per trainer (:mod:`agt`, :mod:`gbg`, :mod:`transfer`, resolved by
+name in :mod:`trainers`), checkpoints and reports.
 
-from agt_jax.train.loop import ConfigMismatchError
-from agt_jax.train.loop import NonFiniteLossError
-from agt_jax.train.loop import train_and_evaluate
-from agt_jax.train.summary import summarize_folds
+The names below load on first use, so ``import agt_jax.train.steps`` does
+not pull in checkpointing (orbax) or the data pipeline (grain).
+"""
 
-__all__ = ["ConfigMismatchError", "NonFiniteLossError", "summarize_folds",
-           "train_and_evaluate"]
+import importlib
+
+_LAZY = {"ConfigMismatchError": "agt_jax.errors",
+         "NonFiniteLossError": "agt_jax.errors",
+         "train_and_evaluate": "agt_jax.train.loop",
+         "load_trained": "agt_jax.train.loop",
+         "summarize_folds": "agt_jax.train.summary"}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'agt_jax.train' has no attribute {name!r}")

@@ -12,7 +12,7 @@ from agt_jax import metrics as metrics_lib
 from agt_jax.data import images as images_lib
 from agt_jax.data import pipeline
 from agt_jax.train import steps
-from agt_jax.train.phase import progress, replicate
+from agt_jax.runtime import progress, replicate
 
 
 def predictor(model, offset=None):
@@ -148,16 +148,12 @@ def collapse_message(p_neg, class_names, model: str, config,
   bad = [c for c, v in zip(class_names, p_neg) if np.isfinite(v) and v > 0.5]
   if len(bad) * 2 <= len(class_names):
     return None
-  if config.loss in ("agt", "ride") and config.reweight == "gradient" \
-      and config.beta >= 1 and model == "teacher":
-    cause = (f"the paper's per-batch re-weighting (reweight=gradient, beta="
-             f"{config.beta:g}) runs every class towards positive for beta "
-             ">= 1 (docs/reweighting.md); rerun with the default "
-             "--set reweight=none or the stable --set reweight=feedback")
-  elif config.loss in ("agt", "ride") and config.reweight == "count" \
-      and model == "teacher":
-    cause = ("batch-count re-weighting (reweight=count) removes the "
-             "negatives' pull; rerun with the default --set reweight=none")
+  from agt_jax import methods
+  rw_cause = None
+  if model == "teacher" and methods.TEACHER_LOSSES[config.loss].reweightable:
+    rw_cause = methods.REWEIGHTS[config.reweight].collapse_cause(config)
+  if rw_cause:
+    cause = rw_cause
   elif model == "student":
     cause = ("the student distils a collapsed teacher or trains too "
              "briefly; check the teacher's warning, or raise "

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
 
 import jax
 import numpy as np
 
+from agt_jax import io
 from agt_jax.train import evaluation
 
 __all__ = ["encoder_fingerprint", "features"]
@@ -51,7 +51,5 @@ def features(model, variables, source, indices, labels, config, mesh, *,
   _, feats = evaluation.predict(model, variables, source, indices, labels,
                                 config, mesh, "features (cached after)")
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".tmp.npy")
-  np.save(tmp, feats)
-  os.replace(tmp, path)
+  io.atomic_write(path, lambda f: np.save(f, feats))
   return feats

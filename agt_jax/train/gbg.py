@@ -22,7 +22,11 @@ import optax
 from flax import linen as nn
 from jax.flatten_util import ravel_pytree
 
-from agt_jax import mgda
+from agt_jax import methods, mgda, models
+from agt_jax.data import samplers
+from agt_jax.models.weights import load_init
+from agt_jax.train import steps
+from agt_jax.train.fit import run_phase
 from agt_jax.train.steps import State, _norm
 
 __all__ = ["MOOOptions", "group_losses", "membership", "moo_step"]
@@ -202,3 +206,37 @@ def class_batch_cosines(state: State, batch: dict, *, model, classes,
   cls, whole = flat[:-1], flat[-1]
   return (cls @ whole) / jnp.maximum(
       jnp.linalg.norm(cls, axis=1) * jnp.linalg.norm(whole), 1e-12)
+
+
+def model(config, phase: str, groups, num_classes: int):
+  return models.Student(models.make_encoder(
+      config.model, dtype=models.DTYPES[config.dtype]),
+      num_classes=num_classes)
+
+
+def train(config, data, groups, ctx) -> dict:
+  """GBG (paper 004, Algorithm 2): one model, every group's loss each step,
+  combined by MGDA's weights, on GAC batches."""
+  model = models.Student(ctx.encoder, num_classes=len(data.names))
+  tx = steps.adam(config.lr, config.b1, config.b2)
+  state = steps.init_state(model, tx, (config.crop, config.crop, 3),
+                           config.seed)
+  if config.init:
+    state = load_init(config.init, state)
+  options = MOOOptions(groups=groups, objective=methods.objective(config),
+                       moo=config.moo, normalizer=config.moo_normalizer)
+
+  def gbg_fn(state, batch):
+    return moo_step(state, batch, model=model, tx=tx, options=options)
+
+  trained = run_phase(
+      "gbg", model=model, step_fn=gbg_fn, state=state,
+      batches=samplers.gac_batches(
+          data.y_fit, groups, batch_size=config.batch_size, seed=config.seed,
+          fraction=config.gac_fraction),
+      config=config, data=data, mesh=ctx.mesh, workdir=ctx.workdir,
+      resume=ctx.resume, total_steps=config.teacher_steps)
+  trained.selection["schedule"] = f"gbg ({config.moo})"
+  trained.selection["objectives"] = [list(map(int, g))
+                                     for g in options.objectives]
+  return {"gbg": trained}

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agt_jax import config as config_lib
 from agt_jax import grouping as grouping_lib
+from agt_jax import methods
 from agt_jax import models
 from agt_jax.data import images as images_lib
 from agt_jax.data import samplers
@@ -56,14 +56,14 @@ def make_groups(config, encoder, train_source, y_train, names, counts, mesh,
   if strategy == "gradient":
     grads = class_gradients(student, variables, train_source, y_train, config,
                             batches=config.grad_batches,
-                            objective=config_lib.objective(config))
+                            objective=methods.objective(config))
     groups = grouping_lib.gradient_groups(grads, n_groups=config.n_groups,
                                           seed=config.seed,
                                           affinity=config.affinity)
     info["affinity"] = config.affinity
     info["class_gradients"] = (f"{config.grad_batches} batches of "
                                f"{config.batch_size}, "
-                               f"{config_lib.objective(config)} loss")
+                               f"{methods.objective(config)} loss")
     return _finish(info, groups, names)
 
   idx = np.arange(len(y_train))

@@ -10,25 +10,14 @@ presence means the run finished with that config.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import numpy as np
 
+from agt_jax.io import atomic_write, atomic_write_text
 from agt_jax.train import report as report_lib
 
 DONE = "done.json"
-
-
-def atomic_write_text(path: pathlib.Path, text: str) -> None:
-  """Writes ``text`` to ``path`` via a temporary file and ``os.replace``."""
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp")
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def read_done(workdir) -> dict | None:
@@ -42,9 +31,8 @@ def write_outputs(workdir: pathlib.Path, results: dict, probs: dict,
                   y_test, test_idx) -> None:
   (workdir / DONE).unlink(missing_ok=True)
   atomic_write_text(workdir / "results.json", json.dumps(results, indent=1))
-  tmp = workdir / ".test_predictions.tmp.npz"
-  np.savez_compressed(tmp, labels=y_test, index=test_idx, **probs)
-  os.replace(tmp, workdir / "test_predictions.npz")
+  atomic_write(workdir / "test_predictions.npz", lambda f: np.savez_compressed(
+      f, labels=y_test, index=test_idx, **probs))
   metrics = report_lib.read_metrics(workdir / "metrics.jsonl")
   names = results["class_names"]
   title = f"{results['dataset']} fold {results['fold']}"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import numpy as np
+
+from agt_jax import io
 
 
 def _fmt(x) -> str:
@@ -26,11 +27,7 @@ def read_metrics(path) -> list[dict]:
   if not path.exists():
     return []
   out: dict = {}
-  for k, line in enumerate(path.read_text().splitlines()):
-    try:
-      r = json.loads(line)
-    except json.JSONDecodeError:
-      continue
+  for k, r in enumerate(io.read_jsonl(path)):
     key = (r.get("phase"), r["step"]) if "step" in r else ("line", k)
     out.pop(key, None)     # a rewrite moves to where it was written
     out[key] = r
@@ -322,6 +319,5 @@ def write_report(workdir, results: dict) -> pathlib.Path:
             "`roc.png`.",
             "", f"Dataset: {ds}."]
   path = workdir / "report.md"
-  from agt_jax.train.outputs import atomic_write_text
-  atomic_write_text(path, "\n".join(lines) + "\n")
+  io.atomic_write_text(path, "\n".join(lines) + "\n")
   return path

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from agt_jax import losses
+from agt_jax import losses, methods
 from agt_jax.models import head_name
 
 State = dict
@@ -63,29 +63,13 @@ class LossOptions:
                        f"{self.rw_stats!r}.")
     if self.rw_stats == "group" and not self.groups:
       raise ValueError("rw_stats='group' needs the class groups.")
-    if self.reweight not in REWEIGHTS:
-      raise ValueError(f"reweight must be one of {REWEIGHTS}, got "
-                       f"{self.reweight!r}.")
-    if self.loss not in LOSSES:
-      raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}.")
-    if self.loss in ("cb", "cb_focal", "db", "ib", "ride") \
-        and self.class_counts is None:
-      raise ValueError(f"loss={self.loss!r} needs the training class_counts.")
-    if self.loss == "db" and self.num_examples is None:
-      raise ValueError("loss='db' needs num_examples (training-set size).")
-    if self.loss == "bags" and not self.groups:
-      raise ValueError("loss='bags' needs the class groups.")
-
-
-REWEIGHTS = ("gradient", "feedback", "count", "none")
-LOSSES = ("agt", "focal", "cb", "cb_focal", "db", "eqlv2", "ib", "ride",
-          "bags")
-
-
-# cb: one class-balanced weight per image on the KL of every class (the
-# per-sample reading of §3.5); eq7: Eq. 7 as written, the KL of each positive
-# class weighted by its share of the image's sampling probability.
-KD_MODES = ("cb", "eq7", "plain", "subset", "none")
+    spec = methods.TEACHER_LOSSES.get_spec(self.loss)
+    methods.REWEIGHTS.get_spec(self.reweight)
+    for need in spec.needs:
+      if not getattr(self, need):
+        raise ValueError(f"loss={self.loss!r} needs {need} (the training "
+                         "split's class counts, its size or the class "
+                         "groups).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,13 +81,8 @@ class KDOptions:
   groups: tuple | None = None  # kd="subset": the teachers' class subsets
 
   def __post_init__(self):
-    if self.kd not in KD_MODES:
-      raise ValueError(f"kd must be one of {KD_MODES}, got {self.kd!r}.")
-    if self.kd == "subset" and not self.groups:
-      raise ValueError("kd='subset' needs the teachers' class groups.")
-
-
-TRANSFER_LOSSES = ("bce", "focal", "cb")
+    if methods.KD.get_spec(self.kd).needs_groups and not self.groups:
+      raise ValueError(f"kd={self.kd!r} needs the teachers' class groups.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,11 +107,10 @@ class TransferOptions:
   seed: int = 0
 
   def __post_init__(self):
-    if self.loss not in TRANSFER_LOSSES:
-      raise ValueError(f"loss must be one of {TRANSFER_LOSSES}, got "
-                       f"{self.loss!r}.")
-    if self.loss == "cb" and self.class_counts is None:
-      raise ValueError("loss='cb' needs the training class_counts.")
+    if methods.TRANSFER_LOSSES.get_spec(self.loss).needs_counts \
+        and self.class_counts is None:
+      raise ValueError(f"loss={self.loss!r} needs the training "
+                       "class_counts.")
 
 
 # -- optimisers ---------------------------------------------------------------
@@ -199,33 +177,7 @@ def init_state(model, tx, image_shape: Sequence[int], seed: int,
 def initial_loss_state(options: "LossOptions", num_classes: int) -> dict | None:
   """The explicit statistics a stateful loss carries (EQLv2, the feedback
   re-weighting), else None."""
-  if options.loss == "eqlv2":
-    return losses.eqlv2_init(num_classes)._asdict()
-  if options.loss in ("agt", "ride") and options.reweight == "feedback":
-    state = losses.feedback_reweight_init(num_classes)
-    if options.rw_stats == "group":   # one row per group
-      g = len(options.groups)
-      state = jax.tree.map(lambda x: jnp.zeros((g, *x.shape), x.dtype), state)
-    return state._asdict()
-  return None
-
-
-def _feedback_row(loss_state: dict, options: LossOptions, group):
-  """The statistics the active group reads (its own row with
-  ``rw_stats="group"``)."""
-  state = losses.FeedbackState(**loss_state)
-  if options.rw_stats == "group":
-    state = jax.tree.map(lambda x: x[group], state)
-  return state
-
-
-def _feedback_store(loss_state: dict, new, options: LossOptions, group
-                    ) -> dict:
-  """Writes the active group's updated row back (only that row changes)."""
-  if options.rw_stats != "group":
-    return new._asdict()
-  return jax.tree.map(lambda full, row: full.at[group].set(row),
-                      losses.FeedbackState(**loss_state), new)._asdict()
+  return methods.loss_state_init(options, num_classes)
 
 
 def shift_logits(logits, options: LossOptions, group, aux=None):
@@ -247,18 +199,13 @@ def negative_weights(logits, labels, options: LossOptions, loss_state=None,
   """AGT's `[C]` weights on the negative BCE terms, per ``reweight``
   (``feedback`` reads them from the carried ``loss_state``, the active
   group's row with ``rw_stats="group"``)."""
-  if options.reweight == "feedback":
-    return losses.feedback_reweight_weights(
-        _feedback_row(loss_state, options, group), beta=options.beta)
-  if options.reweight == "gradient":
-    return losses.gradient_reweight_weights(logits, labels, beta=options.beta)
-  if options.reweight == "count":
-    return losses.count_reweight_weights(labels, beta=options.beta)
-  return jnp.ones((logits.shape[-1],), logits.dtype)
+  return methods.REWEIGHTS.get_spec(options.reweight).weights(
+      logits, labels, options, loss_state, group)
 
 
 def teacher_loss_terms(logits, labels, options: LossOptions):
-  """Per-element `[N, C]` loss and the re-weighting weights `[C]`."""
+  """Per-element `[N, C]` loss and the re-weighting weights `[C]` of a
+  rule whose weights come from this batch."""
   w = negative_weights(logits, labels, options)
   return losses.reweighted_bce(logits, labels, w), w
 
@@ -266,59 +213,15 @@ def teacher_loss_terms(logits, labels, options: LossOptions):
 def teacher_loss(logits, labels, options: LossOptions, *, features=None,
                  aux=None, loss_state=None, step=None, group=None):
   """``(scalar loss, w [C], new loss_state)`` with each loss's published
-  reduction (``w`` is the AGT negative weight, ones where unused).
+  reduction (``w`` is the AGT negative weight, ones where unused); the
+  loss is ``methods.TEACHER_LOSSES[options.loss]``.
 
   ``logits`` are those the loss sees: already shifted by
   :func:`shift_logits` under prior correction.
   """
-  ones = jnp.ones((logits.shape[-1],), logits.dtype)
-  n = labels.shape[0]
-  if options.loss in ("agt", "ride"):
-    if options.reweight == "feedback":
-      # Weights from the statistics before this step; the statistics are
-      # those of the (ensemble) logits, weighted as the loss weights them.
-      w = negative_weights(logits, labels, options, loss_state, group)
-      per_element, new = losses.feedback_reweighted_bce(
-          logits, labels, _feedback_row(loss_state, options, group),
-          beta=options.beta, decay=options.decay)
-      loss_state = _feedback_store(loss_state, new, options, group)
-      if options.loss == "agt":
-        return per_element.sum() / n, w, loss_state
-    elif options.loss == "agt":
-      per_element, w = teacher_loss_terms(logits, labels, options)
-      return per_element.sum() / n, w, loss_state
-    else:
-      w = negative_weights(logits, labels, options)
-    return losses.ride_multilabel_loss(
-        aux["expert_logits"], labels, jnp.asarray(options.class_counts),
-        negative_weights=w), w, loss_state
-  if options.loss == "focal":
-    return losses.sigmoid_focal_loss(logits, labels, alpha=0.25,
-                                     gamma=2.0).mean(), ones, loss_state
-  if options.loss == "eqlv2":
-    per, new = losses.eqlv2_loss(logits, labels,
-                                 losses.EQLv2State(**loss_state))
-    return per.sum() / n, ones, new._asdict()
-  if options.loss == "bags":
-    key = jax.random.fold_in(jax.random.key(options.seed), step)
-    per_c, per_o = losses.bags_loss(logits, aux["others_logits"], labels,
-                                    options.groups, key=key)
-    return per_c.sum() + per_o.sum(), ones, loss_state
-  counts = jnp.asarray(options.class_counts, jnp.float32)
-  if options.loss == "ib":
-    ib = losses.influence_balanced_loss(logits, labels,
-                                        features.astype(jnp.float32), counts)
-    bce = optax.sigmoid_binary_cross_entropy(logits, labels)
-    loss = jnp.where(step >= options.ib_start_step, ib.sum(-1).mean(),
-                     bce.sum(-1).mean())
-    return loss, ones, loss_state
-  if options.loss in ("cb", "cb_focal"):
-    per = losses.class_balanced_loss(
-        logits, labels, counts, gamma=2.0 if options.loss == "cb_focal" else 0.0)
-    return per.sum() / jnp.maximum(labels.sum(), 1.0), ones, loss_state
-  per = losses.distribution_balanced_loss(logits, labels, counts,
-                                          options.num_examples)
-  return per.mean(), ones, loss_state
+  return methods.TEACHER_LOSSES.get_spec(options.loss).fn(
+      logits, labels, options, features=features, aux=aux,
+      loss_state=loss_state, step=step, group=group)
 
 
 def _norm(tree) -> jax.Array:
@@ -391,14 +294,8 @@ def plain_step(state: State, batch: dict, *, model, tx) -> tuple[State, dict]:
 
 def transfer_loss(logits, labels, options: TransferOptions):
   """``[N, C]`` per-element loss of ``options.loss``."""
-  if options.loss == "focal":
-    return optax.sigmoid_focal_loss(logits, labels, alpha=options.focal_alpha,
-                                    gamma=options.focal_gamma)
-  if options.loss == "cb":
-    return losses.class_balanced_positive_bce(
-        logits, labels, jnp.asarray(options.class_counts, jnp.float32),
-        beta=options.cb_beta)
-  return optax.sigmoid_binary_cross_entropy(logits, labels)
+  return methods.TRANSFER_LOSSES.get_spec(options.loss).fn(logits, labels,
+                                                            options)
 
 
 def transfer_step(state: State, batch: dict, *, model, tx,
@@ -475,26 +372,8 @@ def student_step(state: State, batch: dict, teacher_variables: dict, *,
         {"params": params, "batch_stats": state["batch_stats"]},
         batch["image"], train=True, mutable=["batch_stats"])
     bce = optax.sigmoid_binary_cross_entropy(logits, labels).sum(-1).mean()
-    if options.kd == "cb":
-      kd = losses.class_balanced_kd(
-          logits, teacher_logits, labels, class_counts,
-          temperature=options.temperature, direction=options.direction).mean()
-    elif options.kd == "eq7":
-      kd = losses.eq7_class_balanced_kd(
-          logits, teacher_logits, labels, class_counts,
-          temperature=options.temperature,
-          direction=options.direction).sum(-1).mean()
-    elif options.kd == "plain":
-      kd = losses.binary_kl_divergence(
-          logits, teacher_logits, temperature=options.temperature,
-          direction=options.direction).sum(-1).mean()
-    elif options.kd == "subset":
-      lam = losses.subset_kd_weights(options.groups, class_counts)
-      kd = (lam * losses.binary_kl_divergence(
-          logits, teacher_logits, temperature=options.temperature,
-          direction=options.direction)).sum(-1).mean()
-    else:
-      kd = jnp.zeros(())
+    kd = methods.KD.get_spec(options.kd).fn(logits, teacher_logits, labels,
+                                            class_counts, options)
     return bce + options.gamma * kd, (bce, kd, updates)
 
   (loss, (bce, kd, updates)), grads = jax.value_and_grad(
