@@ -22,8 +22,16 @@ import numpy as np
 
 from agt_jax.errors import ConfigError
 
-__all__ = ["Cluster", "any_process", "barrier", "detect", "host_rows",
-           "initialize", "is_primary", "to_host"]
+__all__ = [
+  "Cluster",
+  "any_process",
+  "barrier",
+  "detect",
+  "host_rows",
+  "initialize",
+  "is_primary",
+  "to_host",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +44,7 @@ class Cluster:
   ``"slurm"`` / ``"openmpi"`` (JAX reads the launcher's variables) or
   ``"auto"`` (``--distributed`` with no other hint: JAX's own detection).
   """
+
   how: str
   coordinator: str | None = None
   num_processes: int | None = None
@@ -44,8 +53,11 @@ class Cluster:
   def kwargs(self) -> dict:
     if self.coordinator is None:
       return {}
-    return dict(coordinator_address=self.coordinator,
-                num_processes=self.num_processes, process_id=self.process_id)
+    return dict(
+      coordinator_address=self.coordinator,
+      num_processes=self.num_processes,
+      process_id=self.process_id,
+    )
 
 
 def _int(environ, key) -> int | None:
@@ -58,9 +70,14 @@ def _int(environ, key) -> int | None:
     raise ConfigError(f"{key}={value!r} is not a whole number.") from None
 
 
-def detect(*, coordinator: str | None = None, num_processes: int | None = None,
-           process_id: int | None = None, force: bool = False,
-           environ: Mapping[str, str] = os.environ) -> Cluster | None:
+def detect(
+  *,
+  coordinator: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  force: bool = False,
+  environ: Mapping[str, str] = os.environ,
+) -> Cluster | None:
   """The cluster this process is part of, or ``None`` for one process.
 
   Explicit flags win, then ``JAX_COORDINATOR_ADDRESS``, then a Slurm step
@@ -68,16 +85,20 @@ def detect(*, coordinator: str | None = None, num_processes: int | None = None,
   single task (an interactive ``salloc`` shell) is one process. ``force``
   (``--distributed``) asks JAX to detect the cluster even without a hint.
   """
-  flags = {"--coordinator": coordinator, "--num-processes": num_processes,
-           "--process-id": process_id}
+  flags = {
+    "--coordinator": coordinator,
+    "--num-processes": num_processes,
+    "--process-id": process_id,
+  }
   given = [k for k, v in flags.items() if v is not None]
   if given:
     missing = [k for k, v in flags.items() if v is None]
     if missing:
       raise ConfigError(
-          f"{', '.join(given)} given without {', '.join(missing)}: "
-          "--coordinator HOST:PORT, --num-processes N and --process-id I "
-          "go together.")
+        f"{', '.join(given)} given without {', '.join(missing)}: "
+        "--coordinator HOST:PORT, --num-processes N and --process-id I "
+        "go together."
+      )
     return _checked(Cluster("flags", coordinator, num_processes, process_id))
   address = environ.get("JAX_COORDINATOR_ADDRESS")
   if address:
@@ -87,12 +108,14 @@ def detect(*, coordinator: str | None = None, num_processes: int | None = None,
       i = _int(environ, "JOB_COMPLETION_INDEX")
     if n is None or i is None:
       raise ConfigError(
-          f"JAX_COORDINATOR_ADDRESS={address} is set, but not "
-          "JAX_NUM_PROCESSES and JAX_PROCESS_ID (or a Kubernetes indexed "
-          "Job's JOB_COMPLETION_INDEX): every process needs all three.")
+        f"JAX_COORDINATOR_ADDRESS={address} is set, but not "
+        "JAX_NUM_PROCESSES and JAX_PROCESS_ID (or a Kubernetes indexed "
+        "Job's JOB_COMPLETION_INDEX): every process needs all three."
+      )
     return _checked(Cluster("env", address, n, i))
-  if (_int(environ, "SLURM_NTASKS") or 1) > 1 \
-      and "SLURM_STEP_NODELIST" in environ:
+  if (
+    _int(environ, "SLURM_NTASKS") or 1
+  ) > 1 and "SLURM_STEP_NODELIST" in environ:
     return Cluster("slurm")
   if (_int(environ, "OMPI_COMM_WORLD_SIZE") or 1) > 1:
     return Cluster("openmpi")
@@ -104,8 +127,9 @@ def _checked(c: Cluster) -> Cluster:
     raise ConfigError(f"coordinator {c.coordinator!r}: expected HOST:PORT.")
   if c.num_processes < 1 or not 0 <= c.process_id < c.num_processes:
     raise ConfigError(
-        f"process id {c.process_id} of {c.num_processes} processes: the id "
-        f"must be 0 to {c.num_processes - 1}.")
+      f"process id {c.process_id} of {c.num_processes} processes: the id "
+      f"must be 0 to {c.num_processes - 1}."
+    )
   return c
 
 
@@ -115,14 +139,16 @@ def initialize(cluster: Cluster | None, *, timeout_s: int = 300) -> None:
   if cluster is None:
     return
   try:
-    jax.distributed.initialize(**cluster.kwargs(),
-                               initialization_timeout=timeout_s)
+    jax.distributed.initialize(
+      **cluster.kwargs(), initialization_timeout=timeout_s
+    )
   except (ValueError, RuntimeError) as e:
     raise ConfigError(
-        f"could not join the distributed run ({cluster.how}): {e}. Start "
-        "every process with the same --coordinator HOST:PORT and "
-        "--num-processes, each with its own --process-id, or under srun / "
-        "mpirun.") from None
+      f"could not join the distributed run ({cluster.how}): {e}. Start "
+      "every process with the same --coordinator HOST:PORT and "
+      "--num-processes, each with its own --process-id, or under srun / "
+      "mpirun."
+    ) from None
 
 
 def is_primary() -> bool:
@@ -134,6 +160,7 @@ def barrier(name: str) -> None:
   """Every process waits here until all have arrived."""
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 
@@ -143,8 +170,10 @@ def any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return bool(flag)
   from jax.experimental import multihost_utils
-  return bool(np.any(multihost_utils.process_allgather(
-      np.asarray(flag, np.int32))))
+
+  return bool(
+    np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32)))
+  )
 
 
 def to_host(x) -> np.ndarray:
@@ -152,6 +181,7 @@ def to_host(x) -> np.ndarray:
   if jax.process_count() == 1:
     return np.asarray(x)
   from jax.experimental import multihost_utils
+
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -164,6 +194,7 @@ def host_rows(batch_size: int) -> tuple[int, int]:
   """
   i, n = jax.process_index(), jax.process_count()
   if batch_size % n:
-    raise ConfigError(f"a batch of {batch_size} does not split over {n} "
-                      "processes.")
+    raise ConfigError(
+      f"a batch of {batch_size} does not split over {n} " "processes."
+    )
   return i * batch_size // n, (i + 1) * batch_size // n

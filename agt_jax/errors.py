@@ -39,6 +39,14 @@ class CheckpointWriteError(AgtError, OSError):
   """A checkpoint could not be written (e.g. the disk is full)."""
 
 
+class CheckpointDamagedError(AgtError, OSError):
+  """Every checkpoint of a phase is corrupt or truncated."""
+
+
+class WorkdirBusyError(AgtError, RuntimeError):
+  """Another live run holds the workdir."""
+
+
 class Interrupted(KeyboardInterrupt):
   """SIGINT or SIGTERM stopped a run; ``where`` says at which point (and
   whether a checkpoint was written there)."""

@@ -25,8 +25,16 @@ from sklearn.metrics import adjusted_rand_score
 
 from agt_jax.errors import InputError
 
-STRATEGIES = ("relational", "shot", "gradient", "random", "count", "paper",
-              "single", "none")
+STRATEGIES = (
+  "relational",
+  "shot",
+  "gradient",
+  "random",
+  "count",
+  "paper",
+  "single",
+  "none",
+)
 
 PAPER_GROUPS = {"odir": (("D", "A", "H", "M"), ("G", "C"), ("N", "O"))}
 
@@ -34,17 +42,23 @@ PAPER_GROUPS = {"odir": (("D", "A", "H", "M"), ("G", "C"), ("N", "O"))}
 def _names_to_index(groups, class_names):
   missing = [c for g in groups for c in g if c not in class_names]
   if missing:
-    raise InputError(f"the grouping names classes {missing} that this "
-                     f"dataset does not have (its classes: {class_names}).")
+    raise InputError(
+      f"the grouping names classes {missing} that this "
+      f"dataset does not have (its classes: {class_names})."
+    )
   return tuple(tuple(class_names.index(c) for c in g) for g in groups)
 
 
-def paper_groups(dataset: str = "odir", class_names: Sequence[str] = (
-    "N", "D", "G", "C", "A", "H", "M", "O")) -> tuple[tuple[int, ...], ...]:
+def paper_groups(
+  dataset: str = "odir",
+  class_names: Sequence[str] = ("N", "D", "G", "C", "A", "H", "M", "O"),
+) -> tuple[tuple[int, ...], ...]:
   """The paper's subsets as class indices."""
   if dataset not in PAPER_GROUPS:
-    raise InputError(f"no published grouping for {dataset!r}; known: "
-                     f"{sorted(PAPER_GROUPS)}.")
+    raise InputError(
+      f"no published grouping for {dataset!r}; known: "
+      f"{sorted(PAPER_GROUPS)}."
+    )
   return _names_to_index(PAPER_GROUPS[dataset], list(class_names))
 
 
@@ -56,8 +70,13 @@ def _canonical(labels: np.ndarray) -> tuple[tuple[int, ...], ...]:
   return tuple(sorted((tuple(g) for g in groups.values()), key=lambda g: g[0]))
 
 
-def fit_pca(image_features, *, variance: float = 0.95,
-            n_components: int | None = None, seed: int = 0) -> PCA:
+def fit_pca(
+  image_features,
+  *,
+  variance: float = 0.95,
+  n_components: int | None = None,
+  seed: int = 0,
+) -> PCA:
   """PCA fitted on per-image features (paper §3.3).
 
   Keeps the smallest number of components that explain at least
@@ -80,8 +99,11 @@ def fit_pca(image_features, *, variance: float = 0.95,
   cap = min(x.shape)
   if n_components is not None:
     return PCA(n_components=min(n_components, cap), random_state=seed).fit(x)
-  return PCA(n_components=variance if variance < 1 else cap,
-             svd_solver="full", random_state=seed).fit(x)
+  return PCA(
+    n_components=variance if variance < 1 else cap,
+    svd_solver="full",
+    random_state=seed,
+  ).fit(x)
 
 
 def class_representations(image_features, labels, pca: PCA) -> np.ndarray:
@@ -93,8 +115,12 @@ def class_representations(image_features, labels, pca: PCA) -> np.ndarray:
   """
   z = pca.transform(np.asarray(image_features, np.float64))
   y = np.asarray(labels) > 0
-  return np.stack([z[y[:, c]].mean(0) if y[:, c].any() else
-                   np.zeros(z.shape[1]) for c in range(y.shape[1])])
+  return np.stack(
+    [
+      z[y[:, c]].mean(0) if y[:, c].any() else np.zeros(z.shape[1])
+      for c in range(y.shape[1])
+    ]
+  )
 
 
 def _forced_and_free(c, together, class_names, n_groups):
@@ -111,23 +137,30 @@ def _forced_and_free(c, together, class_names, n_groups):
   free = [i for i in range(c) if i not in fixed]
   k = n_groups - len(forced)
   if k < 1 or k > len(free):
-    raise InputError(f"cannot make {n_groups} groups from {len(free)} free "
-                     f"classes and {len(forced)} forced groups.")
+    raise InputError(
+      f"cannot make {n_groups} groups from {len(free)} free "
+      f"classes and {len(forced)} forced groups."
+    )
   return forced, free, k
 
 
-def check_together(num_classes: int, together, class_names, n_groups: int
-                   ) -> None:
+def check_together(
+  num_classes: int, together, class_names, n_groups: int
+) -> None:
   """Raises :class:`~agt_jax.errors.InputError` if ``together`` names an
   unknown class or ``n_groups`` cannot be formed (checked before any
   features are computed)."""
   _forced_and_free(num_classes, together, class_names, n_groups)
 
 
-def cluster_classes(class_reps, *, n_groups: int,
-                    together: Sequence[Sequence[str]] = (("N", "O"),),
-                    class_names: Sequence[str] | None = None, seed: int = 0
-                    ) -> tuple[tuple[int, ...], ...]:
+def cluster_classes(
+  class_reps,
+  *,
+  n_groups: int,
+  together: Sequence[Sequence[str]] = (("N", "O"),),
+  class_names: Sequence[str] | None = None,
+  seed: int = 0,
+) -> tuple[tuple[int, ...], ...]:
   """K-Means (10 restarts) of the free classes' representations.
 
   Classes listed in ``together`` form fixed groups of their own (on ODIR the
@@ -156,12 +189,17 @@ def cluster_classes(class_reps, *, n_groups: int,
   return _canonical(labels)
 
 
-def relational_groups(image_features, labels, *, n_groups: int,
-                      variance: float = 0.95,
-                      together: Sequence[Sequence[str]] = (("N", "O"),),
-                      class_names: Sequence[str] | None = None,
-                      seed: int = 0, n_components: int | None = None
-                      ) -> tuple[tuple[int, ...], ...]:
+def relational_groups(
+  image_features,
+  labels,
+  *,
+  n_groups: int,
+  variance: float = 0.95,
+  together: Sequence[Sequence[str]] = (("N", "O"),),
+  class_names: Sequence[str] | None = None,
+  seed: int = 0,
+  n_components: int | None = None,
+) -> tuple[tuple[int, ...], ...]:
   """Relational subsets (paper §3.3).
 
   PCA is fitted on the **per-image** features of the training images,
@@ -183,17 +221,29 @@ def relational_groups(image_features, labels, *, n_groups: int,
   Returns:
     A partition of ``range(C)`` as tuples of class indices.
   """
-  pca = fit_pca(image_features, variance=variance, n_components=n_components,
-                seed=seed)
-  return cluster_classes(class_representations(image_features, labels, pca),
-                         n_groups=n_groups, together=together,
-                         class_names=class_names, seed=seed)
+  pca = fit_pca(
+    image_features, variance=variance, n_components=n_components, seed=seed
+  )
+  return cluster_classes(
+    class_representations(image_features, labels, pca),
+    n_groups=n_groups,
+    together=together,
+    class_names=class_names,
+    seed=seed,
+  )
 
 
-def grouping_stability(image_features, labels, *, n_groups: int,
-                       together=(("N", "O"),), class_names=None,
-                       variance: float = 0.95,
-                       pca_sizes=(30, 50, 75, 100), seeds=range(10)) -> dict:
+def grouping_stability(
+  image_features,
+  labels,
+  *,
+  n_groups: int,
+  together=(("N", "O"),),
+  class_names=None,
+  variance: float = 0.95,
+  pca_sizes=(30, 50, 75, 100),
+  seeds=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+) -> dict:
   """Agreement of relational groupings over PCA sizes and K-Means seeds.
 
   The reference is the grouping at ``variance`` (seed 0). Every PCA size in
@@ -209,9 +259,13 @@ def grouping_stability(image_features, labels, *, n_groups: int,
   """
   x = np.asarray(image_features, np.float64)
   ref_pca = fit_pca(x, variance=variance)
-  ref = cluster_classes(class_representations(x, labels, ref_pca),
-                        n_groups=n_groups, together=together,
-                        class_names=class_names, seed=0)
+  ref = cluster_classes(
+    class_representations(x, labels, ref_pca),
+    n_groups=n_groups,
+    together=together,
+    class_names=class_names,
+    seed=0,
+  )
   c = np.asarray(labels).shape[1]
 
   def as_labels(groups):
@@ -225,22 +279,36 @@ def grouping_stability(image_features, labels, *, n_groups: int,
     pca = fit_pca(x, n_components=n)
     reps = class_representations(x, labels, pca)
     for s in seeds:
-      g = cluster_classes(reps, n_groups=n_groups, together=together,
-                          class_names=class_names, seed=s)
-      runs.append({"pca": int(pca.n_components_), "pca_asked": int(n),
-                   "seed": int(s), "groups": [list(x) for x in g],
-                   "ari": float(adjusted_rand_score(as_labels(ref),
-                                                    as_labels(g)))})
+      g = cluster_classes(
+        reps,
+        n_groups=n_groups,
+        together=together,
+        class_names=class_names,
+        seed=s,
+      )
+      runs.append(
+        {
+          "pca": int(pca.n_components_),
+          "pca_asked": int(n),
+          "seed": int(s),
+          "groups": [list(x) for x in g],
+          "ari": float(adjusted_rand_score(as_labels(ref), as_labels(g))),
+        }
+      )
   aris = [r["ari"] for r in runs]
-  return {"reference": [list(g) for g in ref],
-          "n_components": int(ref_pca.n_components_),
-          "explained_variance": float(ref_pca.explained_variance_ratio_.sum()),
-          "runs": runs, "mean_ari": float(np.mean(aris)),
-          "min_ari": float(np.min(aris))}
+  return {
+    "reference": [list(g) for g in ref],
+    "n_components": int(ref_pca.n_components_),
+    "explained_variance": float(ref_pca.explained_variance_ratio_.sum()),
+    "runs": runs,
+    "mean_ari": float(np.mean(aris)),
+    "min_ari": float(np.min(aris)),
+  }
 
 
-def shot_groups(class_counts, *, many: int | None = None,
-                few: int | None = None) -> tuple[tuple[int, ...], ...]:
+def shot_groups(
+  class_counts, *, many: int | None = None, few: int | None = None
+) -> tuple[tuple[int, ...], ...]:
   """Head / medium / tail groups by training count (paper Table 4).
 
   Defaults split the sorted counts into three near-equal tiers when no
@@ -252,13 +320,17 @@ def shot_groups(class_counts, *, many: int | None = None,
     order = np.argsort(-n, kind="stable")
     tiers = np.array_split(order, 3)
   else:
-    tiers = [np.flatnonzero(n > many), np.flatnonzero((n >= few) & (n <= many)),
-             np.flatnonzero(n < few)]
+    tiers = [
+      np.flatnonzero(n > many),
+      np.flatnonzero((n >= few) & (n <= many)),
+      np.flatnonzero(n < few),
+    ]
   return tuple(tuple(sorted(int(i) for i in t)) for t in tiers if len(t))
 
 
-def gradient_groups(class_gradients, *, n_groups: int, seed: int = 0,
-                    affinity: str = "cos+1") -> tuple[tuple[int, ...], ...]:
+def gradient_groups(
+  class_gradients, *, n_groups: int, seed: int = 0, affinity: str = "cos+1"
+) -> tuple[tuple[int, ...], ...]:
   r"""GBG grouping (paper 004, Algorithm 1): the normalised cut of the
   classes' gradient-affinity graph.
 
@@ -291,23 +363,27 @@ def gradient_groups(class_gradients, *, n_groups: int, seed: int = 0,
     raise InputError(f"affinity must be 'cos+1' or 'cos', got {affinity!r}.")
   if n_groups >= len(g):
     return tuple((c,) for c in range(len(g)))
-  labels = spectral_clustering(a, n_clusters=n_groups,
-                               assign_labels="cluster_qr", random_state=seed)
+  labels = spectral_clustering(
+    a, n_clusters=n_groups, assign_labels="cluster_qr", random_state=seed
+  )
   return _canonical(labels)
 
 
-def random_groups(num_classes: int, *, n_groups: int, seed: int = 0
-                  ) -> tuple[tuple[int, ...], ...]:
+def random_groups(
+  num_classes: int, *, n_groups: int, seed: int = 0
+) -> tuple[tuple[int, ...], ...]:
   """Classes shuffled with ``seed`` and cut into ``n_groups`` near-equal
   groups (paper 004, Table 5's random strategy)."""
   order = np.random.default_rng(seed).permutation(num_classes)
   parts = np.array_split(order, min(n_groups, num_classes))
-  return tuple(sorted((tuple(sorted(int(c) for c in p)) for p in parts),
-                      key=lambda g: g[0]))
+  return tuple(
+    sorted(
+      (tuple(sorted(int(c) for c in p)) for p in parts), key=lambda g: g[0]
+    )
+  )
 
 
-def count_groups(class_counts, *, n_groups: int
-                 ) -> tuple[tuple[int, ...], ...]:
+def count_groups(class_counts, *, n_groups: int) -> tuple[tuple[int, ...], ...]:
   """Classes sorted by training count and cut into ``n_groups`` near-equal
   groups of similar count (paper 004, Table 5's instance-number strategy,
   after Li et al. 2020)."""
@@ -317,18 +393,33 @@ def count_groups(class_counts, *, n_groups: int
   return tuple(tuple(sorted(int(c) for c in p)) for p in parts)
 
 
-def make_groups(strategy: str, *, num_classes: int, class_names=None,
-                class_counts=None, image_features=None, labels=None,
-                class_gradients=None,
-                n_groups: int = 3, together=(("N", "O"),), dataset="odir",
-                seed: int = 0, many: int | None = None,
-                few: int | None = None):
+def make_groups(
+  strategy: str,
+  *,
+  num_classes: int,
+  class_names=None,
+  class_counts=None,
+  image_features=None,
+  labels=None,
+  class_gradients=None,
+  n_groups: int = 3,
+  together=(("N", "O"),),
+  dataset="odir",
+  seed: int = 0,
+  many: int | None = None,
+  few: int | None = None,
+):
   """A grouping by name: ``relational``, ``shot``, ``gradient``, ``paper``,
   or ``single`` (one group of all classes, i.e. no alternation)."""
   if strategy == "relational":
-    return relational_groups(image_features, labels, n_groups=n_groups,
-                             together=together, class_names=class_names,
-                             seed=seed)
+    return relational_groups(
+      image_features,
+      labels,
+      n_groups=n_groups,
+      together=together,
+      class_names=class_names,
+      seed=seed,
+    )
   if strategy == "shot":
     return shot_groups(class_counts, many=many, few=few)
   if strategy == "gradient":

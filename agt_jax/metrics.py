@@ -29,8 +29,10 @@ def _as_2d(name: str, x) -> np.ndarray:
 def _check_pair(labels, probs) -> tuple[np.ndarray, np.ndarray]:
   labels, probs = _as_2d("labels", labels), _as_2d("probs", probs)
   if labels.shape != probs.shape:
-    raise ValueError(f"`labels` has shape {labels.shape} but `probs` has shape "
-                     f"{probs.shape}.")
+    raise ValueError(
+      f"`labels` has shape {labels.shape} but `probs` has shape "
+      f"{probs.shape}."
+    )
   if not np.all(np.isfinite(probs)):
     raise ValueError("`probs` contains non-finite values.")
   return labels.astype(np.int64), probs.astype(np.float64)
@@ -73,18 +75,22 @@ def odir_score(labels, probs) -> dict[str, float]:
   return {"kappa": kappa, "f1": f1, "auc": auc, "final": (kappa + f1 + auc) / 3}
 
 
-def shot_split(class_counts, *, many: int = 100, few: int = 20
-               ) -> dict[str, np.ndarray]:
+def shot_split(
+  class_counts, *, many: int = 100, few: int = 20
+) -> dict[str, np.ndarray]:
   """Class indices of the head (> many), medium ([few, many]) and tail (< few)
   splits, the CIFAR100-LT convention (Liu et al. 2019)."""
   n = np.asarray(class_counts)
-  return {"head": np.flatnonzero(n > many),
-          "medium": np.flatnonzero((n >= few) & (n <= many)),
-          "tail": np.flatnonzero(n < few)}
+  return {
+    "head": np.flatnonzero(n > many),
+    "medium": np.flatnonzero((n >= few) & (n <= many)),
+    "tail": np.flatnonzero(n < few),
+  }
 
 
-def top1_report(labels, scores, class_counts, *, many: int = 100,
-                few: int = 20) -> dict[str, float]:
+def top1_report(
+  labels, scores, class_counts, *, many: int = 100, few: int = 20
+) -> dict[str, float]:
   """Single-label top-1 accuracy, overall and on the many (> ``many``
   training images), medium and few (< ``few``) classes, each tier averaged
   over its test images (the balanced CIFAR100-LT test set makes that the
@@ -112,13 +118,25 @@ def macro_f1(labels, probs, *, threshold: float = 0.5) -> float:
   metric); a class with no positive and no predicted positive scores 0.
   Paper 001 selects checkpoints by this on the validation split."""
   labels, probs = _check_pair(labels, probs)
-  return float(skm.f1_score(labels, (probs > threshold).astype(np.int64),
-                            average="macro", zero_division=0.0))
+  return float(
+    skm.f1_score(
+      labels,
+      (probs > threshold).astype(np.int64),
+      average="macro",
+      zero_division=0.0,
+    )
+  )
 
 
-def multilabel_report(labels, probs, class_names: Sequence[str], *,
-                      class_counts=None, many: int = 100, few: int = 20
-                      ) -> dict:
+def multilabel_report(
+  labels,
+  probs,
+  class_names: Sequence[str],
+  *,
+  class_counts=None,
+  many: int = 100,
+  few: int = 20,
+) -> dict:
   """Per-class and averaged multi-label metrics.
 
   Per class: ROC AUC, average precision (AP), and precision, recall and F1
@@ -148,8 +166,9 @@ def multilabel_report(labels, probs, class_names: Sequence[str], *,
   labels, probs = _check_pair(labels, probs)
   c = labels.shape[1]
   if len(class_names) != c:
-    raise ValueError(f"`class_names` has {len(class_names)} names for {c} "
-                     "columns.")
+    raise ValueError(
+      f"`class_names` has {len(class_names)} names for {c} " "columns."
+    )
   pred = (probs > 0.5).astype(np.int64)
   per_class, aucs, aps, f1s = {}, [], [], []
   for j, name in enumerate(class_names):
@@ -159,15 +178,17 @@ def multilabel_report(labels, probs, class_names: Sequence[str], *,
     ap = float(skm.average_precision_score(y, p)) if defined else math.nan
     f1 = float(skm.f1_score(y, pred[:, j], zero_division=0.0))
     per_class[name] = {
-        "auc": auc, "ap": ap, "f1": f1,
-        "precision": float(skm.precision_score(y, pred[:, j],
-                                               zero_division=0.0)),
-        "recall": float(skm.recall_score(y, pred[:, j], zero_division=0.0)),
-        "positives": int(y.sum()),
-        # calibration at the strict threshold: the share of images called
-        # positive and the mean probability on the class's negatives
-        "called_positive": float(pred[:, j].mean()),
-        "p_neg": float(p[y == 0].mean()) if (y == 0).any() else math.nan}
+      "auc": auc,
+      "ap": ap,
+      "f1": f1,
+      "precision": float(skm.precision_score(y, pred[:, j], zero_division=0.0)),
+      "recall": float(skm.recall_score(y, pred[:, j], zero_division=0.0)),
+      "positives": int(y.sum()),
+      # calibration at the strict threshold: the share of images called
+      # positive and the mean probability on the class's negatives
+      "called_positive": float(pred[:, j].mean()),
+      "p_neg": float(p[y == 0].mean()) if (y == 0).any() else math.nan,
+    }
     aucs.append(auc), aps.append(ap), f1s.append(f1)
   aucs, aps, f1s = map(np.asarray, (aucs, aps, f1s))
 
@@ -176,40 +197,49 @@ def multilabel_report(labels, probs, class_names: Sequence[str], *,
     return float(x.mean()) if x.size else math.nan
 
   report = {
-      "per_class": per_class,
-      "macro_auc": nanmean(aucs),
-      "map": nanmean(aps),
-      "macro_f1": float(f1s.mean()),
-      "macro_precision": float(np.mean([v["precision"]
-                                        for v in per_class.values()])),
-      "macro_recall": float(np.mean([v["recall"]
-                                     for v in per_class.values()])),
-      "macro_auc_classes": int(np.isfinite(aucs).sum()),
-      "odir": odir_score(labels, probs),
+    "per_class": per_class,
+    "macro_auc": nanmean(aucs),
+    "map": nanmean(aps),
+    "macro_f1": float(f1s.mean()),
+    "macro_precision": float(
+      np.mean([v["precision"] for v in per_class.values()])
+    ),
+    "macro_recall": float(np.mean([v["recall"] for v in per_class.values()])),
+    "macro_auc_classes": int(np.isfinite(aucs).sum()),
+    "odir": odir_score(labels, probs),
   }
   if class_counts is not None:
     if len(class_counts) != c:
-      raise ValueError(f"`class_counts` has {len(class_counts)} entries for "
-                       f"{c} classes.")
+      raise ValueError(
+        f"`class_counts` has {len(class_counts)} entries for " f"{c} classes."
+      )
     report["shots"] = {
-        split: {"classes": [class_names[j] for j in idx],
-                "auc": nanmean(aucs[idx]), "ap": nanmean(aps[idx]),
-                "f1": nanmean(f1s[idx])}
-        for split, idx in shot_split(class_counts, many=many, few=few).items()}
+      split: {
+        "classes": [class_names[j] for j in idx],
+        "auc": nanmean(aucs[idx]),
+        "ap": nanmean(aps[idx]),
+        "f1": nanmean(f1s[idx]),
+      }
+      for split, idx in shot_split(class_counts, many=many, few=few).items()
+    }
   return report
 
 
 # -- (sum, count) training metrics -------------------------------------------
 
+
 def mean_metric(values, where=None) -> tuple:
   """A ``(sum, count)`` pair for averaging ``values`` (jnp or np) exactly."""
   import jax.numpy as jnp  # keeps this module importable without jax on host
+
   values = jnp.asarray(values)
   if where is None:
     return jnp.sum(values), jnp.asarray(values.size, values.dtype)
   where = jnp.broadcast_to(jnp.asarray(where), values.shape)
-  return (jnp.sum(jnp.where(where, values, 0)),
-          jnp.sum(where).astype(values.dtype))
+  return (
+    jnp.sum(jnp.where(where, values, 0)),
+    jnp.sum(where).astype(values.dtype),
+  )
 
 
 def merge_metrics(a: Mapping, b: Mapping) -> dict:

@@ -62,10 +62,10 @@ def _next_point(cur, grad):
 
 
 def min_norm_weights(
-    vectors: ArrayLike,
-    *,
-    max_iters: int = 250,
-    tol: float = 1e-5,
+  vectors: ArrayLike,
+  *,
+  max_iters: int = 250,
+  tol: float = 1e-5,
 ) -> tuple[jax.Array, jax.Array]:
   r"""Convex weights of the minimum-norm point in the hull of `K` vectors.
 
@@ -102,8 +102,10 @@ def min_norm_weights(
   """
   v = jnp.asarray(vectors)
   if v.ndim != 2 or not jnp.issubdtype(v.dtype, jnp.floating):
-    raise ValueError(f"`vectors` must be a floating [K, D] array, got shape "
-                     f"{v.shape} dtype {v.dtype}.")
+    raise ValueError(
+      f"`vectors` must be a floating [K, D] array, got shape "
+      f"{v.shape} dtype {v.dtype}."
+    )
   k = v.shape[0]
   gram = jnp.dot(v, v.T, precision=_HI)
   if k == 1:
@@ -139,8 +141,9 @@ def min_norm_weights(
   return sol, cost
 
 
-def gradient_normalizers(grads: ArrayLike, losses: ArrayLike, *,
-                         kind: str = "loss+") -> jax.Array:
+def gradient_normalizers(
+  grads: ArrayLike, losses: ArrayLike, *, kind: str = "loss+"
+) -> jax.Array:
   r"""Per-task gradient scales used before MGDA (GBG uses ``"loss+"``).
 
   ``"l2"``: :math:`\|g_k\|`; ``"loss"``: :math:`L_k`; ``"loss+"``:
@@ -161,8 +164,12 @@ def gradient_normalizers(grads: ArrayLike, losses: ArrayLike, *,
   g = jnp.asarray(grads)
   norms = jnp.sqrt(jnp.sum(g * g, axis=1))
   losses = jnp.asarray(losses, g.dtype)
-  table = {"l2": lambda: norms, "loss": lambda: losses,
-           "loss+": lambda: losses * norms, "none": lambda: jnp.ones_like(norms)}
+  table = {
+    "l2": lambda: norms,
+    "loss": lambda: losses,
+    "loss+": lambda: losses * norms,
+    "none": lambda: jnp.ones_like(norms),
+  }
   if kind not in table:
     raise ValueError(f"`kind` must be one of {sorted(table)}, got {kind!r}.")
   return table[kind]()

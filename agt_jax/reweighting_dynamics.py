@@ -24,37 +24,45 @@ ODIR_LIKE_FREQUENCIES = (0.40, 0.25, 0.06, 0.06, 0.05, 0.03, 0.05, 0.22)
 RULES = ("bce", "gradient", "feedback", "eqlv2", "count")
 
 
-def make_problem(num_examples: int = 4096, dim: int = 16, *,
-                 frequencies=ODIR_LIKE_FREQUENCIES, signal: float = 2.5,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_problem(
+  num_examples: int = 4096,
+  dim: int = 16,
+  *,
+  frequencies=ODIR_LIKE_FREQUENCIES,
+  signal: float = 2.5,
+  seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
   """``(features [n, dim], labels [n, C])``: labels from a noisy linear
   model whose per-class offsets give the requested positive shares."""
   rng = np.random.default_rng(seed)
   x = rng.normal(size=(num_examples, dim)).astype(np.float32)
   w = rng.normal(size=(dim, len(frequencies))) / np.sqrt(dim) * signal
   score = x @ w + rng.logistic(size=(num_examples, len(frequencies)))
-  thresholds = np.array([np.quantile(score[:, j], 1.0 - f)
-                         for j, f in enumerate(frequencies)])
+  thresholds = np.array(
+    [np.quantile(score[:, j], 1.0 - f) for j, f in enumerate(frequencies)]
+  )
   return x, (score > thresholds).astype(np.float32)
 
 
 def _loss(rule, logits, labels, loss_state, beta):
   n = labels.shape[0]
   if rule == "bce":
-    return optax.sigmoid_binary_cross_entropy(logits, labels).sum() / n, \
-        loss_state
+    return optax.sigmoid_binary_cross_entropy(
+      logits, labels
+    ).sum() / n, loss_state
   if rule == "gradient":
-    return losses.gradient_reweighted_bce(logits, labels, beta=beta
-                                          ).sum() / n, loss_state
+    return losses.gradient_reweighted_bce(
+      logits, labels, beta=beta
+    ).sum() / n, loss_state
   if rule == "count":
     w = losses.count_reweight_weights(labels, beta=beta)
     return losses.reweighted_bce(logits, labels, w).sum() / n, loss_state
   if rule == "feedback":
     per, new = losses.feedback_reweighted_bce(
-        logits, labels, losses.FeedbackState(*loss_state), beta=beta)
+      logits, labels, losses.FeedbackState(*loss_state), beta=beta
+    )
     return per.sum() / n, tuple(new)
-  per, new = losses.eqlv2_loss(logits, labels,
-                               losses.EQLv2State(*loss_state))
+  per, new = losses.eqlv2_loss(logits, labels, losses.EQLv2State(*loss_state))
   return per.sum() / n, tuple(new)
 
 
@@ -66,8 +74,9 @@ def _init_loss_state(rule, c):
   return ()
 
 
-@functools.partial(jax.jit, static_argnames=("rule", "steps", "batch_size",
-                                             "record_every"))
+@functools.partial(
+  jax.jit, static_argnames=("rule", "steps", "batch_size", "record_every")
+)
 def _train(x, y, key, *, rule, beta, lr, steps, batch_size, record_every):
   c = y.shape[1]
   params = {"w": jnp.zeros((x.shape[1], c)), "b": jnp.zeros((c,))}
@@ -79,8 +88,9 @@ def _train(x, y, key, *, rule, beta, lr, steps, batch_size, record_every):
 
   def step(carry, t):
     params, opt, loss_state = carry
-    idx = jax.random.randint(jax.random.fold_in(key, t), (batch_size,), 0,
-                             x.shape[0])
+    idx = jax.random.randint(
+      jax.random.fold_in(key, t), (batch_size,), 0, x.shape[0]
+    )
     xb, yb = x[idx], y[idx]
 
     def f(p):
@@ -91,8 +101,9 @@ def _train(x, y, key, *, rule, beta, lr, steps, batch_size, record_every):
     return (optax.apply_updates(params, upd), opt, loss_state), None
 
   def chunk(carry, i):
-    carry, _ = jax.lax.scan(step, carry, i * record_every
-                            + jnp.arange(record_every))
+    carry, _ = jax.lax.scan(
+      step, carry, i * record_every + jnp.arange(record_every)
+    )
     return carry, p_on_negatives(carry[0])
 
   carry = (params, tx.init(params), _init_loss_state(rule, c))
@@ -100,9 +111,18 @@ def _train(x, y, key, *, rule, beta, lr, steps, batch_size, record_every):
   return carry[0], trace
 
 
-def train_linear(features, labels, *, rule: str, beta: float = 2.0,
-                 lr: float = 1e-3, steps: int = 4000, batch_size: int = 64,
-                 record_every: int = 100, seed: int = 0) -> dict:
+def train_linear(
+  features,
+  labels,
+  *,
+  rule: str,
+  beta: float = 2.0,
+  lr: float = 1e-3,
+  steps: int = 4000,
+  batch_size: int = 64,
+  record_every: int = 100,
+  seed: int = 0,
+) -> dict:
   """Trains a linear multi-label model under one re-weighting ``rule``.
 
   Args:
@@ -128,9 +148,20 @@ def train_linear(features, labels, *, rule: str, beta: float = 2.0,
     raise ValueError("`steps` must be a multiple of `record_every`.")
   x = jnp.asarray(features, jnp.float32)
   y = jnp.asarray(labels, jnp.float32)
-  params, trace = _train(x, y, jax.random.key(seed), rule=rule, beta=beta,
-                         lr=lr, steps=steps, batch_size=batch_size,
-                         record_every=record_every)
+  params, trace = _train(
+    x,
+    y,
+    jax.random.key(seed),
+    rule=rule,
+    beta=beta,
+    lr=lr,
+    steps=steps,
+    batch_size=batch_size,
+    record_every=record_every,
+  )
   probs = jax.nn.sigmoid(x @ params["w"] + params["b"])
-  return {"steps": np.arange(1, steps // record_every + 1) * record_every,
-          "p_neg": np.asarray(trace), "probs": np.asarray(probs)}
+  return {
+    "steps": np.arange(1, steps // record_every + 1) * record_every,
+    "p_neg": np.asarray(trace),
+    "probs": np.asarray(probs),
+  }

@@ -8,7 +8,8 @@ import sys
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from agt_jax import distributed, io
 from agt_jax.errors import ConfigError
@@ -27,8 +28,10 @@ class MetricWriter:
   def write(self, record: dict) -> None:
     if not self.primary:
       return
-    clean = {k: (np.asarray(v).tolist() if hasattr(v, "shape") else v)
-             for k, v in record.items()}
+    clean = {
+      k: (np.asarray(v).tolist() if hasattr(v, "shape") else v)
+      for k, v in record.items()
+    }
     io.append_jsonl(self.path, clean)
 
   def truncate(self, phase: str, step: int) -> None:
@@ -37,29 +40,47 @@ class MetricWriter:
     twice. A torn line is dropped. Rewritten atomically."""
     if not self.primary or not self.path.exists():
       return
-    io.rewrite_jsonl(self.path, [
-        r for r in io.read_jsonl(self.path)
-        if not (r.get("phase") in (phase, f"eval_{phase}")
-                and r.get("step", 0) > step)])
+    io.rewrite_jsonl(
+      self.path,
+      [
+        r
+        for r in io.read_jsonl(self.path)
+        if not (
+          r.get("phase") in (phase, f"eval_{phase}") and r.get("step", 0) > step
+        )
+      ],
+    )
 
 
 def progress(total: int, initial: int, desc: str):
   """A progress bar with ETA on process 0; other processes print one line
   instead (and get ``None``)."""
   if not distributed.is_primary():
-    print(f"process {jax.process_index()} of {jax.process_count()}: {desc} "
-          f"from step {initial} of {total}", file=sys.stderr, flush=True)
+    print(
+      f"process {jax.process_index()} of {jax.process_count()}: {desc} "
+      f"from step {initial} of {total}",
+      file=sys.stderr,
+      flush=True,
+    )
     return None
   try:
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=initial, desc=desc, unit="step",
-                dynamic_ncols=True, mininterval=1.0)
+
+    return tqdm(
+      total=total,
+      initial=initial,
+      desc=desc,
+      unit="step",
+      dynamic_ncols=True,
+      mininterval=1.0,
+    )
   except ImportError:
     return None
 
 
-def make_mesh(batch_size: int, eval_batch_size: int | None = None
-              ) -> jax.sharding.Mesh:
+def make_mesh(
+  batch_size: int, eval_batch_size: int | None = None
+) -> jax.sharding.Mesh:
   """A 1-D ``data`` mesh over every device of every process.
 
   Raises :class:`ConfigError` when a batch does not split evenly over the
@@ -68,17 +89,21 @@ def make_mesh(batch_size: int, eval_batch_size: int | None = None
   contiguous block of rows (:func:`agt_jax.distributed.host_rows`).
   """
   n = jax.device_count()
-  for key, size in (("batch_size", batch_size),
-                    ("eval_batch_size", eval_batch_size)):
+  for key, size in (
+    ("batch_size", batch_size),
+    ("eval_batch_size", eval_batch_size),
+  ):
     if size is not None and size % n:
       lower, upper = max(n, size - size % n), size - size % n + n
       raise ConfigError(
-          f"{key}={size} does not split over the {n} devices; use a "
-          f"multiple of {n} (e.g. --set {key}={lower} or {upper}), or "
-          "expose fewer devices (CUDA_VISIBLE_DEVICES).")
+        f"{key}={size} does not split over the {n} devices; use a "
+        f"multiple of {n} (e.g. --set {key}={lower} or {upper}), or "
+        "expose fewer devices (CUDA_VISIBLE_DEVICES)."
+      )
   devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
-  return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh(
+    (n,), ("data",), axis_types=(AxisType.Auto,), devices=devices
+  )
 
 
 def replicate(tree, mesh):

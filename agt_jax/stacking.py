@@ -17,22 +17,31 @@ import numpy as np
 
 from agt_jax.errors import AgtError
 
-__all__ = ["LeakError", "assemble_oof", "class_mapping", "fit_meta",
-           "make_meta", "meta_importance", "nested_cv_importance",
-           "nested_cv_stack", "predict_meta"]
+__all__ = [
+  "LeakError",
+  "assemble_oof",
+  "class_mapping",
+  "fit_meta",
+  "make_meta",
+  "meta_importance",
+  "nested_cv_importance",
+  "nested_cv_stack",
+  "predict_meta",
+]
 
 # The paper's ODIR -> RFMiD correspondences (issue #18's mapping).
-ODIR_TO_RFMID = {"N": "NORMAL", "D": "DR", "A": "ARMD", "M": "MYA",
-                 "G": "ODC"}
+ODIR_TO_RFMID = {"N": "NORMAL", "D": "DR", "A": "ARMD", "M": "MYA", "G": "ODC"}
 
 
 class LeakError(AgtError):
   """A fold model's prediction of an image it was trained on."""
 
 
-def assemble_oof(predictions: Mapping[str, Mapping[int, tuple]],
-                 test_rows: Mapping[int, np.ndarray], num_rows: int
-                 ) -> np.ndarray:
+def assemble_oof(
+  predictions: Mapping[str, Mapping[int, tuple]],
+  test_rows: Mapping[int, np.ndarray],
+  num_rows: int,
+) -> np.ndarray:
   """``[n, M, C]`` out-of-fold probabilities.
 
   Args:
@@ -50,8 +59,9 @@ def assemble_oof(predictions: Mapping[str, Mapping[int, tuple]],
   for fold, rows in test_rows.items():
     rows = np.asarray(rows)
     if (owner[rows] >= 0).any():
-      raise LeakError(f"fold {fold} holds out rows that another fold also "
-                      "holds out.")
+      raise LeakError(
+        f"fold {fold} holds out rows that another fold also " "holds out."
+      )
     owner[rows] = fold
   models = list(predictions)
   out = None
@@ -62,9 +72,10 @@ def assemble_oof(predictions: Mapping[str, Mapping[int, tuple]],
       wrong = index[owner[index] != fold]
       if wrong.size:
         raise LeakError(
-            f"{name} fold {fold}: {wrong.size} predicted rows were not held "
-            f"out by fold {fold} (e.g. row {int(wrong[0])}, held out by "
-            f"fold {int(owner[wrong[0]])}): its model trained on them.")
+          f"{name} fold {fold}: {wrong.size} predicted rows were not held "
+          f"out by fold {fold} (e.g. row {int(wrong[0])}, held out by "
+          f"fold {int(owner[wrong[0]])}): its model trained on them."
+        )
       if seen[index].any():
         raise LeakError(f"{name}: rows predicted twice.")
       seen[index] = True
@@ -72,8 +83,10 @@ def assemble_oof(predictions: Mapping[str, Mapping[int, tuple]],
         out = np.full((num_rows, len(models), probs.shape[1]), np.nan)
       out[index, m] = probs
     if not seen.all():
-      raise LeakError(f"{name}: {int((~seen).sum())} rows have no "
-                      "out-of-fold prediction (a fold is missing).")
+      raise LeakError(
+        f"{name}: {int((~seen).sum())} rows have no "
+        "out-of-fold prediction (a fold is missing)."
+      )
   return out
 
 
@@ -85,19 +98,24 @@ def make_meta(kind: str = "hgb", *, seed: int = 0) -> Callable[[], object]:
   regression (``logistic``: a linear stacker, the simplest rival)."""
   if kind == "hgb":
     from sklearn.ensemble import HistGradientBoostingClassifier
+
     return lambda: HistGradientBoostingClassifier(random_state=seed)
   if kind == "logistic":
     from sklearn.linear_model import LogisticRegression
+
     return lambda: LogisticRegression(max_iter=2000)
   if kind == "xgboost":
     try:
       import xgboost
     except ImportError:
-      raise ImportError("meta=xgboost needs the xgboost extra: pip install "
-                        "'agt-jax[xgboost]'.") from None
+      raise ImportError(
+        "meta=xgboost needs the xgboost extra: pip install "
+        "'agt-jax[xgboost]'."
+      ) from None
     return lambda: xgboost.XGBClassifier(random_state=seed)
-  raise ValueError(f"unknown meta-learner {kind!r}; known: hgb, logistic, "
-                   "xgboost.")
+  raise ValueError(
+    f"unknown meta-learner {kind!r}; known: hgb, logistic, " "xgboost."
+  )
 
 
 class _Constant:
@@ -127,8 +145,9 @@ def predict_meta(models, x) -> np.ndarray:
   return np.stack([m.predict_proba(x)[:, 1] for m in models], 1)
 
 
-def nested_cv_stack(x, y, folds, make: Callable[[], object], *,
-                    return_models: bool = False):
+def nested_cv_stack(
+  x, y, folds, make: Callable[[], object], *, return_models: bool = False
+):
   """Stacked probabilities ``[n, C]``: the rows of fold ``k`` are scored by
   meta-learners fitted on the other folds' rows only.
 
@@ -149,16 +168,21 @@ def nested_cv_stack(x, y, folds, make: Callable[[], object], *,
   return (out, fitted) if return_models else out
 
 
-def class_mapping(source: Sequence[str], target: Sequence[str],
-                  mapping: Mapping[str, str] | None = None
-                  ) -> tuple[list[tuple[int, int]], list[str]]:
+def class_mapping(
+  source: Sequence[str],
+  target: Sequence[str],
+  mapping: Mapping[str, str] | None = None,
+) -> tuple[list[tuple[int, int]], list[str]]:
   """``([(source column, target column)], unmapped source classes)``.
 
   ``mapping`` names source -> target classes (default: identical names);
   a mapping to a class the target lacks is an error.
   """
-  mapping = dict(mapping) if mapping is not None else {
-      c: c for c in source if c in target}
+  mapping = (
+    dict(mapping)
+    if mapping is not None
+    else {c: c for c in source if c in target}
+  )
   pairs, unmapped = [], []
   for i, c in enumerate(source):
     t = mapping.get(c)
@@ -166,14 +190,24 @@ def class_mapping(source: Sequence[str], target: Sequence[str],
       unmapped.append(c)
       continue
     if t not in target:
-      raise ValueError(f"class mapping {c} -> {t}: {t!r} is not a class of "
-                       f"the target ({list(target)}).")
+      raise ValueError(
+        f"class mapping {c} -> {t}: {t!r} is not a class of "
+        f"the target ({list(target)})."
+      )
     pairs.append((i, list(target).index(t)))
   return pairs, unmapped
 
 
-def meta_importance(models, x, y, num_models: int, *, repeats: int = 5,
-                    seed: int = 0, undefined: float = 0.0) -> np.ndarray:
+def meta_importance(
+  models,
+  x,
+  y,
+  num_models: int,
+  *,
+  repeats: int = 5,
+  seed: int = 0,
+  undefined: float = 0.0,
+) -> np.ndarray:
   """``[M, C]``: how much class ``c``'s meta-learner relies on model ``m``
   (permutation importance: the drop in ROC AUC when all of ``m``'s
   columns are shuffled together; the boosted trees have no importances of
@@ -185,6 +219,7 @@ def meta_importance(models, x, y, num_models: int, *, repeats: int = 5,
   with one label value in ``y`` has no AUC and gets ``undefined``.
   """
   from sklearn.metrics import roc_auc_score
+
   x, y = np.asarray(x), np.asarray(y)
   n_cls = y.shape[1]
   width = x.shape[1] // num_models
@@ -200,16 +235,26 @@ def meta_importance(models, x, y, num_models: int, *, repeats: int = 5,
       for _ in range(repeats):
         xp = x.copy()
         perm = rng.permutation(len(x))
-        xp[:, m * width:(m + 1) * width] = x[perm, m * width:(m + 1) * width]
-        drops.append(base - roc_auc_score(y[:, c],
-                                          model.predict_proba(xp)[:, 1]))
+        xp[:, m * width : (m + 1) * width] = x[
+          perm, m * width : (m + 1) * width
+        ]
+        drops.append(
+          base - roc_auc_score(y[:, c], model.predict_proba(xp)[:, 1])
+        )
       out[m, c] = float(np.mean(drops))
   return out
 
 
-def nested_cv_importance(fold_models: Mapping[int, list], x, y, folds,
-                         num_models: int, *, repeats: int = 5,
-                         seed: int = 0) -> np.ndarray:
+def nested_cv_importance(
+  fold_models: Mapping[int, list],
+  x,
+  y,
+  folds,
+  num_models: int,
+  *,
+  repeats: int = 5,
+  seed: int = 0,
+) -> np.ndarray:
   """``[M, C]`` permutation importance on held-out rows: fold ``k``'s
   meta-learners (fitted without fold ``k``, from
   ``nested_cv_stack(..., return_models=True)``) are scored on fold ``k``'s
@@ -220,9 +265,15 @@ def nested_cv_importance(fold_models: Mapping[int, list], x, y, folds,
   weight = np.zeros(y.shape[1])
   for k, models in fold_models.items():
     held = folds == k
-    imp = meta_importance(models, x[held], y[held], num_models,
-                          repeats=repeats, seed=seed + int(k),
-                          undefined=np.nan)
+    imp = meta_importance(
+      models,
+      x[held],
+      y[held],
+      num_models,
+      repeats=repeats,
+      seed=seed + int(k),
+      undefined=np.nan,
+    )
     ok = ~np.isnan(imp[0])
     total[:, ok] += held.sum() * imp[:, ok]
     weight[ok] += held.sum()

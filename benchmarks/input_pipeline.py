@@ -37,23 +37,40 @@ def make_jpegs(folder: pathlib.Path, n: int, size: int) -> list[str]:
   return paths
 
 
-def measure(*, workers: int, batch_size: int, image_size: int, crop: int,
-            batches: int, warmup: int, num_images: int,
-            image_dir: pathlib.Path | None = None) -> dict:
+def measure(
+  *,
+  workers: int,
+  batch_size: int,
+  image_size: int,
+  crop: int,
+  batches: int,
+  warmup: int,
+  num_images: int,
+  image_dir: pathlib.Path | None = None,
+) -> dict:
   """Images/s of the training pipeline with ``workers`` decode processes."""
   table = odir.packaged_label_table()
   with tempfile.TemporaryDirectory() as tmp:
     paths = make_jpegs(pathlib.Path(image_dir or tmp), num_images, image_size)
     # Image i of the label table reads JPEG i mod num_images.
     src = images.FileImageSource(
-        tuple(paths[i % len(paths)] for i in range(len(table))),
-        size=image_size, fov=False)
+      tuple(paths[i % len(paths)] for i in range(len(table))),
+      size=image_size,
+      fov=False,
+    )
     ds = pipeline.with_images(
-        samplers.group_mixed_batches(
-            table.labels, (("D", "A", "H", "M"), ("G", "C"), ("N", "O")),
-            batch_size=batch_size, alpha=0.5, seed=0,
-            class_names=table.class_names),
-        src, crop=crop, train=True)
+      samplers.group_mixed_batches(
+        table.labels,
+        (("D", "A", "H", "M"), ("G", "C"), ("N", "O")),
+        batch_size=batch_size,
+        alpha=0.5,
+        seed=0,
+        class_names=table.class_names,
+      ),
+      src,
+      crop=crop,
+      train=True,
+    )
     it = pipeline.to_iterator(ds, workers=workers, prefetch=4)
     t0 = time.perf_counter()
     for _ in range(warmup):
@@ -65,15 +82,23 @@ def measure(*, workers: int, batch_size: int, image_size: int, crop: int,
     dt = time.perf_counter() - t0
     assert b["image"].shape == (batch_size, crop, crop, 3)
     del it
-  return {"system": "input_pipeline", "workers": workers,
-          "images_per_s": batches * batch_size / dt, "batches": batches,
-          "batch_size": batch_size, "image_size": image_size, "crop": crop,
-          "startup_s": startup, "host_cpus": os.cpu_count()}
+  return {
+    "system": "input_pipeline",
+    "workers": workers,
+    "images_per_s": batches * batch_size / dt,
+    "batches": batches,
+    "batch_size": batch_size,
+    "image_size": image_size,
+    "crop": crop,
+    "startup_s": startup,
+    "host_cpus": os.cpu_count(),
+  }
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawTextHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--image-size", type=int, default=512)
@@ -84,10 +109,21 @@ def main(argv=None):
   p.add_argument("--image-dir", type=pathlib.Path, default=None)
   a = p.parse_args(argv)
   for workers in a.workers:
-    print(json.dumps(measure(
-        workers=workers, batch_size=a.batch_size, image_size=a.image_size,
-        crop=a.crop, batches=a.batches, warmup=a.warmup,
-        num_images=a.num_images, image_dir=a.image_dir)), flush=True)
+    print(
+      json.dumps(
+        measure(
+          workers=workers,
+          batch_size=a.batch_size,
+          image_size=a.image_size,
+          crop=a.crop,
+          batches=a.batches,
+          warmup=a.warmup,
+          num_images=a.num_images,
+          image_dir=a.image_dir,
+        )
+      ),
+      flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -29,17 +29,21 @@ import os
 import re
 import tempfile
 
+import input_pipeline
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import time_steps
 
 from agt_jax import grouping, models
 from agt_jax.train import steps
-from timing import time_steps
-import input_pipeline
 
-MODELS = {"resnet50": "resnet50", "densenet121": "densenet121",
-          "resnet18": "resnet18", "tiny": "resnet_tiny"}
+MODELS = {
+  "resnet50": "resnet50",
+  "densenet121": "densenet121",
+  "resnet18": "resnet18",
+  "tiny": "resnet_tiny",
+}
 
 
 def _peak_bytes():
@@ -61,9 +65,20 @@ def _flops(jitted, *args):
 
 
 # Host-side runtime and Python frames, not the work itself.
-_NOT_OPS = ("$", "PjitFunction", "CommonPjRt", "Allocate", "Handle inputs",
-            "ParseArguments", "PythonRefManager", "SlinkyThreadPool",
-            "ThreadpoolListener", "TfrtCpu", "PjRt", "Thunk")
+_NOT_OPS = (
+  "$",
+  "PjitFunction",
+  "CommonPjRt",
+  "Allocate",
+  "Handle inputs",
+  "ParseArguments",
+  "PythonRefManager",
+  "SlinkyThreadPool",
+  "ThreadpoolListener",
+  "TfrtCpu",
+  "PjRt",
+  "Thunk",
+)
 
 
 def profile_top_ops(run, n_steps: int, top: int = 12) -> dict:
@@ -74,8 +89,9 @@ def profile_top_ops(run, n_steps: int, top: int = 12) -> dict:
     with jax.profiler.trace(tmp, create_perfetto_trace=True):
       for t in range(n_steps):
         jax.block_until_ready(run(t))
-    files = glob.glob(os.path.join(tmp, "**", "perfetto_trace.json.gz"),
-                      recursive=True)
+    files = glob.glob(
+      os.path.join(tmp, "**", "perfetto_trace.json.gz"), recursive=True
+    )
     if not files:
       return {"top_ops": [], "top_kinds": []}
     with gzip.open(files[0]) as f:
@@ -91,8 +107,11 @@ def profile_top_ops(run, n_steps: int, top: int = 12) -> dict:
   s = sum(total.values()) or 1.0
 
   def rows(counter):
-    return [{"name": k, "ms_per_step": v / 1e3 / n_steps, "share": v / s}
-            for k, v in counter.most_common(top)]
+    return [
+      {"name": k, "ms_per_step": v / 1e3 / n_steps, "share": v / s}
+      for k, v in counter.most_common(top)
+    ]
+
   return {"top_ops": rows(total), "top_kinds": rows(kinds)}
 
 
@@ -108,9 +127,10 @@ def jax_systems(a, batch):
   traces = {"n": 0}
 
   def tstep(state, b):
-    traces["n"] += 1   # runs once per trace (compilation)
-    return steps.teacher_step(state, b, model=teacher, tx=ttx,
-                              options=steps.LossOptions())
+    traces["n"] += 1  # runs once per trace (compilation)
+    return steps.teacher_step(
+      state, b, model=teacher, tx=ttx, options=steps.LossOptions()
+    )
 
   tjit = jax.jit(tstep, donate_argnums=0)
   state = {"s": steps.init_state(teacher, ttx, shape, 0)}
@@ -120,14 +140,25 @@ def jax_systems(a, batch):
   def run_t(t):
     state["s"], m = tjit(state["s"], batches[t % 3])
     return m["loss"]
-  out.append(("agt_teacher", time_steps(run_t, a.steps, a.warmup), traces["n"],
-              flops))
+
+  out.append(
+    ("agt_teacher", time_steps(run_t, a.steps, a.warmup), traces["n"], flops)
+  )
   if a.profile_steps:
-    print(json.dumps({"profile": "agt_teacher", "steps": a.profile_steps,
-                      **profile_top_ops(run_t, a.profile_steps)}),
-          flush=True)
-  teacher_vars = {"params": state["s"]["params"],
-                  "batch_stats": state["s"]["batch_stats"]}
+    print(
+      json.dumps(
+        {
+          "profile": "agt_teacher",
+          "steps": a.profile_steps,
+          **profile_top_ops(run_t, a.profile_steps),
+        }
+      ),
+      flush=True,
+    )
+  teacher_vars = {
+    "params": state["s"]["params"],
+    "batch_stats": state["s"]["batch_stats"],
+  }
 
   student = models.Student(enc, num_classes=8)
   stx = steps.adam(1e-3, 0.9, 0.99)
@@ -144,16 +175,26 @@ def jax_systems(a, batch):
   def run_p(t):
     pstate["s"], m = pjit(pstate["s"], batches[0])
     return m["loss"]
-  out.append(("plain", time_steps(run_p, a.steps, a.warmup), ptraces["n"], flops))
+
+  out.append(
+    ("plain", time_steps(run_p, a.steps, a.warmup), ptraces["n"], flops)
+  )
 
   counts = jnp.array([3125, 1801, 326, 313, 280, 193, 268, 1200], jnp.float32)
   straces = {"n": 0}
 
   def sstep(s, b, tv):
     straces["n"] += 1
-    return steps.student_step(s, b, tv, model=student, teacher_model=teacher,
-                              tx=stx, class_counts=counts,
-                              options=steps.KDOptions())
+    return steps.student_step(
+      s,
+      b,
+      tv,
+      model=student,
+      teacher_model=teacher,
+      tx=stx,
+      class_counts=counts,
+      options=steps.KDOptions(),
+    )
 
   sjit = jax.jit(sstep, donate_argnums=0)
   sstate = {"s": steps.init_state(student, stx, shape, 2)}
@@ -162,8 +203,10 @@ def jax_systems(a, batch):
   def run_s(t):
     sstate["s"], m = sjit(sstate["s"], batches[0], teacher_vars)
     return m["loss"]
-  out.append(("student", time_steps(run_s, a.steps, a.warmup), straces["n"],
-              flops))
+
+  out.append(
+    ("student", time_steps(run_s, a.steps, a.warmup), straces["n"], flops)
+  )
   return out
 
 
@@ -175,23 +218,29 @@ def torch_systems(a, batch_np):
     return []
   dev = "cuda" if torch.cuda.is_available() else "cpu"
   groups = grouping.paper_groups("odir")
-  ctor = {"resnet50": torchvision.models.resnet50,
-          "densenet121": torchvision.models.densenet121,
-          "resnet18": torchvision.models.resnet18,
-          # torchvision has no tiny ResNet: with --model tiny the torch rows
-          # only check that the harness runs; do not compare them.
-          "tiny": torchvision.models.resnet18}[a.model]
+  ctor = {
+    "resnet50": torchvision.models.resnet50,
+    "densenet121": torchvision.models.densenet121,
+    "resnet18": torchvision.models.resnet18,
+    # torchvision has no tiny ResNet: with --model tiny the torch rows
+    # only check that the harness runs; do not compare them.
+    "tiny": torchvision.models.resnet18,
+  }[a.model]
   x = torch.tensor(batch_np["image"]).permute(0, 3, 1, 2).float().div(255)
   x = x.to(dev).contiguous(memory_format=torch.channels_last)
   y = torch.tensor(batch_np["labels"], dtype=torch.float32, device=dev)
-  amp = dict(device_type="cuda" if dev == "cuda" else "cpu",
-             dtype=torch.bfloat16, enabled=a.dtype == "bfloat16")
+  amp = dict(
+    device_type="cuda" if dev == "cuda" else "cpu",
+    dtype=torch.bfloat16,
+    enabled=a.dtype == "bfloat16",
+  )
   sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
 
   def encoder():
     net = ctor(weights=None)
-    dim = net.fc.in_features if hasattr(net, "fc") else \
-        net.classifier.in_features
+    dim = (
+      net.fc.in_features if hasattr(net, "fc") else net.classifier.in_features
+    )
     if hasattr(net, "fc"):
       net.fc = torch.nn.Identity()
     else:
@@ -217,37 +266,54 @@ def torch_systems(a, batch_np):
         pos = (y * (p - 1)).mean(0).abs()
         neg = ((1 - y) * p).mean(0)
         w = torch.clamp((pos / (neg + 1e-8)) ** 2, max=1.0)
-      loss = -(y * torch.nn.functional.logsigmoid(logits) + w * (1 - y)
-               * torch.nn.functional.logsigmoid(-logits)).sum(1).mean()
+      loss = (
+        -(
+          y * torch.nn.functional.logsigmoid(logits)
+          + w * (1 - y) * torch.nn.functional.logsigmoid(-logits)
+        )
+        .sum(1)
+        .mean()
+      )
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()
       return loss
+
     return step
 
   def plain_step_fn(enc, head, opt):
     def step(t):
       with torch.autocast(**amp):
         logits = head(enc(x)).float()
-      loss = torch.nn.functional.binary_cross_entropy_with_logits(
-          logits, y, reduction="none").sum(1).mean()
+      loss = (
+        torch.nn.functional.binary_cross_entropy_with_logits(
+          logits, y, reduction="none"
+        )
+        .sum(1)
+        .mean()
+      )
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()
       return loss
+
     return step
 
   def time_torch(step):
     def synced(loss):
       sync()
       return loss
+
     return time_steps(step, a.steps, a.warmup, sync=synced)
 
   out = []
   for compiled in (False, True):
     enc, heads, order = agt_model()
-    opt = torch.optim.Adam(list(enc.parameters()) + list(heads.parameters()),
-                           lr=1e-3, betas=(0.9, 0.99))
+    opt = torch.optim.Adam(
+      list(enc.parameters()) + list(heads.parameters()),
+      lr=1e-3,
+      betas=(0.9, 0.99),
+    )
     step = agt_step_fn(enc, heads, order, opt)
     if compiled:
       enc = torch.compile(enc)
@@ -256,70 +322,106 @@ def torch_systems(a, batch_np):
       torch.cuda.reset_peak_memory_stats()
     r = time_torch(step)
     peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None
-    out.append((f"torch_agt_{'compile' if compiled else 'eager'}", r, None,
-                None, peak))
+    out.append(
+      (f"torch_agt_{'compile' if compiled else 'eager'}", r, None, None, peak)
+    )
     enc, dim = encoder()
     head = torch.nn.Linear(dim, 8).to(dev)
-    opt = torch.optim.Adam(list(enc.parameters()) + list(head.parameters()),
-                           lr=1e-3, betas=(0.9, 0.99))
+    opt = torch.optim.Adam(
+      list(enc.parameters()) + list(head.parameters()),
+      lr=1e-3,
+      betas=(0.9, 0.99),
+    )
     if compiled:
       enc = torch.compile(enc)
     if dev == "cuda":
       torch.cuda.reset_peak_memory_stats()
     r = time_torch(plain_step_fn(enc, head, opt))
     peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None
-    out.append((f"torch_plain_{'compile' if compiled else 'eager'}", r, None,
-                None, peak))
+    out.append(
+      (f"torch_plain_{'compile' if compiled else 'eager'}", r, None, None, peak)
+    )
   return out
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawTextHelpFormatter)
+  p = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+  )
   p.add_argument("--model", choices=sorted(MODELS), default="resnet50")
   p.add_argument("--image-size", type=int, default=448)
   p.add_argument("--batch-size", type=int, default=64)
-  p.add_argument("--dtype", choices=["bfloat16", "float32"],
-                 default="bfloat16")
+  p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
   p.add_argument("--steps", type=int, default=50)
   p.add_argument("--warmup", type=int, default=5)
   p.add_argument("--no-torch", action="store_true")
-  p.add_argument("--pipeline-workers", type=int, default=os.cpu_count(),
-                 help="Grain decode processes for the pipeline check "
-                      "(-1 skips it)")
+  p.add_argument(
+    "--pipeline-workers",
+    type=int,
+    default=os.cpu_count(),
+    help="Grain decode processes for the pipeline check " "(-1 skips it)",
+  )
   p.add_argument("--profile-steps", type=int, default=0)
   a = p.parse_args(argv)
   rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 255, (a.batch_size, a.image_size,
-                                          a.image_size, 3), dtype=np.uint8),
-           "labels": (rng.random((a.batch_size, 8)) < 0.2).astype(np.uint8)}
-  settings = {"model": a.model, "image_size": a.image_size,
-              "batch_size": a.batch_size, "dtype": a.dtype,
-              "steps": a.steps, "device": str(jax.devices()[0].device_kind),
-              "jax": jax.__version__}
+  batch = {
+    "image": rng.integers(
+      0, 255, (a.batch_size, a.image_size, a.image_size, 3), dtype=np.uint8
+    ),
+    "labels": (rng.random((a.batch_size, 8)) < 0.2).astype(np.uint8),
+  }
+  settings = {
+    "model": a.model,
+    "image_size": a.image_size,
+    "batch_size": a.batch_size,
+    "dtype": a.dtype,
+    "steps": a.steps,
+    "device": str(jax.devices()[0].device_kind),
+    "jax": jax.__version__,
+  }
   rows = []
   for name, (compile_s, med, p90), n_compiles, flops in jax_systems(a, batch):
-    rows.append({"system": name, "images_per_s": a.batch_size / med,
-                 "ms_per_step_median": med * 1e3, "ms_per_step_p90": p90 * 1e3,
-                 "compile_s": compile_s, "compilations": n_compiles,
-                 "peak_memory_bytes": _peak_bytes(),
-                 "tflops": flops / med / 1e12 if flops else None, **settings})
+    rows.append(
+      {
+        "system": name,
+        "images_per_s": a.batch_size / med,
+        "ms_per_step_median": med * 1e3,
+        "ms_per_step_p90": p90 * 1e3,
+        "compile_s": compile_s,
+        "compilations": n_compiles,
+        "peak_memory_bytes": _peak_bytes(),
+        "tflops": flops / med / 1e12 if flops else None,
+        **settings,
+      }
+    )
     print(json.dumps(rows[-1]), flush=True)
   if not a.no_torch:
     for name, (compile_s, med, p90), _, _, peak in torch_systems(a, batch):
-      rows.append({"system": name, "images_per_s": a.batch_size / med,
-                   "ms_per_step_median": med * 1e3,
-                   "ms_per_step_p90": p90 * 1e3, "compile_s": compile_s,
-                   "compilations": None, "peak_memory_bytes": peak,
-                   "tflops": None, **settings})
+      rows.append(
+        {
+          "system": name,
+          "images_per_s": a.batch_size / med,
+          "ms_per_step_median": med * 1e3,
+          "ms_per_step_p90": p90 * 1e3,
+          "compile_s": compile_s,
+          "compilations": None,
+          "peak_memory_bytes": peak,
+          "tflops": None,
+          **settings,
+        }
+      )
       print(json.dumps(rows[-1]), flush=True)
-  print("\n| system | images/s | ms/step (median) | p90 | compile s | "
-        "compilations | TFLOP/s |\n|---|---|---|---|---|---|---|")
+  print(
+    "\n| system | images/s | ms/step (median) | p90 | compile s | "
+    "compilations | TFLOP/s |\n|---|---|---|---|---|---|---|"
+  )
   for r in rows:
     tf = f"{r['tflops']:.1f}" if r["tflops"] else "-"
-    print(f"| {r['system']} | {r['images_per_s']:.1f} | "
-          f"{r['ms_per_step_median']:.2f} | {r['ms_per_step_p90']:.2f} | "
-          f"{r['compile_s']:.1f} | {r['compilations'] or '-'} | {tf} |")
+    print(
+      f"| {r['system']} | {r['images_per_s']:.1f} | "
+      f"{r['ms_per_step_median']:.2f} | {r['ms_per_step_p90']:.2f} | "
+      f"{r['compile_s']:.1f} | {r['compilations'] or '-'} | {tf} |"
+    )
   by = {r["system"]: r["images_per_s"] for r in rows}
   ratios = {}
   if "plain" in by:
@@ -328,15 +430,20 @@ def main(argv=None) -> None:
   if a.pipeline_workers >= 0:
     src_size = max(a.image_size, round(a.image_size * 512 / 448))
     pipe = input_pipeline.measure(
-        workers=a.pipeline_workers, batch_size=a.batch_size,
-        image_size=src_size, crop=a.image_size, batches=max(4, a.steps // 2),
-        warmup=2, num_images=64)
+      workers=a.pipeline_workers,
+      batch_size=a.batch_size,
+      image_size=src_size,
+      crop=a.image_size,
+      batches=max(4, a.steps // 2),
+      warmup=2,
+      num_images=64,
+    )
     print(json.dumps(pipe), flush=True)
-    ratios["pipeline_over_agt_step"] = pipe["images_per_s"] / \
-        by["agt_teacher"]
+    ratios["pipeline_over_agt_step"] = pipe["images_per_s"] / by["agt_teacher"]
   if "torch_agt_compile" in by:
-    ratios["agt_over_torch_agt_compile"] = by["agt_teacher"] / \
-        by["torch_agt_compile"]
+    ratios["agt_over_torch_agt_compile"] = (
+      by["agt_teacher"] / by["torch_agt_compile"]
+    )
   print(json.dumps({"ratios": ratios, **settings}))
 
 

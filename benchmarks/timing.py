@@ -9,9 +9,12 @@ import jax
 import numpy as np
 
 
-def time_steps(run: Callable[[int], object], steps: int, warmup: int,
-               sync: Callable[[object], object] = jax.block_until_ready
-               ) -> tuple[float, float, float]:
+def time_steps(
+  run: Callable[[int], object],
+  steps: int,
+  warmup: int,
+  sync: Callable[[object], object] = jax.block_until_ready,
+) -> tuple[float, float, float]:
   """``(first_call_s, median_s, p90_s)`` of ``run(t)``; the first call (which
   compiles) is timed apart, then ``warmup`` untimed calls, then ``steps``
   timed ones, each synchronised with ``sync``."""

@@ -14,13 +14,19 @@ GROUP_COLOURS = ("#dde8f5", "#f7e3d4", "#e0efdc", "#efe0f2", "#f2f0d5")
 
 
 def teacher_records(workdir) -> list[dict]:
-  return [m for m in read_metrics(pathlib.Path(workdir) / "metrics.jsonl")
-          if m.get("phase") == "teacher" and "group" in m]
+  return [
+    m
+    for m in read_metrics(pathlib.Path(workdir) / "metrics.jsonl")
+    if m.get("phase") == "teacher" and "group" in m
+  ]
 
 
 def eval_records(workdir) -> list[dict]:
-  return [m for m in read_metrics(pathlib.Path(workdir) / "metrics.jsonl")
-          if m.get("phase") == "eval_teacher"]
+  return [
+    m
+    for m in read_metrics(pathlib.Path(workdir) / "metrics.jsonl")
+    if m.get("phase") == "eval_teacher"
+  ]
 
 
 def groups_of(workdir) -> dict:
@@ -36,8 +42,13 @@ def shade_groups(ax, records, names=None) -> None:
     label = None
     if names is not None and g not in seen:
       label, _ = f"active: {names[g]}", seen.add(g)
-    ax.axvspan(prev, r["step"], color=GROUP_COLOURS[g % len(GROUP_COLOURS)],
-               lw=0, label=label)
+    ax.axvspan(
+      prev,
+      r["step"],
+      color=GROUP_COLOURS[g % len(GROUP_COLOURS)],
+      lw=0,
+      label=label,
+    )
     prev = r["step"]
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from agt_jax import plotting
+
 METRICS = ("kappa", "f1", "auc", "final", "macro_auc")
 # Per-class evidence carried in every row (results.json has the rest).
 PER_CLASS = ("auc", "ap", "f1", "called_positive", "p_neg")
@@ -28,21 +30,36 @@ PER_CLASS = ("auc", "ap", "f1", "called_positive", "p_neg")
 class Run:
   name: str
   overrides: dict
-  model: str = "student"          # which model's score the table reports
-  extra: dict = dataclasses.field(default_factory=dict)   # row columns
+  model: str = "student"  # which model's score the table reports
+  extra: dict = dataclasses.field(default_factory=dict)  # row columns
 
 
-def add_common_args(p, *, folds=(0, 1, 2), preset="quick",
-                    data: str | None = "odir5k-synth",
-                    example: str = "odir5k:/data/odir5k"):
+def add_common_args(
+  p,
+  *,
+  folds=(0, 1, 2),
+  preset="quick",
+  data: str | None = "odir5k-synth",
+  example: str = "odir5k:/data/odir5k",
+):
   from experiments import _cli
+
   _cli.add_data_arg(p, default=data, example=example)
   p.add_argument("--preset", default=preset, help="paper | quick | smoke")
-  p.add_argument("--folds", nargs="+", default=[str(f) for f in folds],
-                 help="fold numbers, or 'all'")
+  p.add_argument(
+    "--folds",
+    nargs="+",
+    default=[str(f) for f in folds],
+    help="fold numbers, or 'all'",
+  )
   p.add_argument("--workdir", type=pathlib.Path, default=None)
-  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="override any config field for every run")
+  p.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    metavar="KEY=VALUE",
+    help="override any config field for every run",
+  )
 
 
 def parse_folds(values: Sequence[str], num_folds: int = 5) -> list[int]:
@@ -51,8 +68,9 @@ def parse_folds(values: Sequence[str], num_folds: int = 5) -> list[int]:
   try:
     return [int(v) for v in values]
   except ValueError:
-    raise SystemExit(f"--folds: expected integers or 'all', got {values}."
-                     ) from None
+    raise SystemExit(
+      f"--folds: expected integers or 'all', got {values}."
+    ) from None
 
 
 def row_of(run: Run, fold: int, preset: str, results: dict) -> dict:
@@ -64,23 +82,41 @@ def row_of(run: Run, fold: int, preset: str, results: dict) -> dict:
   for k in ("val_macro_auc", "val_macro_f1"):
     if k in sel:
       val[k] = sel[k]
-  return {"run": run.name, "fold": fold, "model": run.model, "preset": preset,
-          "dataset": results["dataset"], "synthetic": results["synthetic"],
-          **run.extra, **{k: m["odir"][k] for k in ("kappa", "f1", "auc",
-                                                   "final")},
-          "macro_auc": m["macro_auc"], **val,
-          **{f"top1_{k}": v for k, v in m.get("top1", {}).items()},
-          **({"kappa_global": m["global_threshold"]["kappa"],
-              "global_threshold": m["global_threshold"]["threshold"]}
-             if "global_threshold" in m else {}),
-          "per_class": _per_class(m),
-          **({"teacher": _model_summary(results["teacher"])}
-             if run.model != "teacher" and "teacher" in results else {}),
-          "selected_step": sel.get("step"),
-          "collapsed": any(w.startswith(f"The {run.model} collapsed")
-                           for w in results.get("warnings", [])),
-          "seconds": sum(v.get("seconds", 0.0)
-                         for v in results.get("throughput", {}).values())}
+  return {
+    "run": run.name,
+    "fold": fold,
+    "model": run.model,
+    "preset": preset,
+    "dataset": results["dataset"],
+    "synthetic": results["synthetic"],
+    **run.extra,
+    **{k: m["odir"][k] for k in ("kappa", "f1", "auc", "final")},
+    "macro_auc": m["macro_auc"],
+    **val,
+    **{f"top1_{k}": v for k, v in m.get("top1", {}).items()},
+    **(
+      {
+        "kappa_global": m["global_threshold"]["kappa"],
+        "global_threshold": m["global_threshold"]["threshold"],
+      }
+      if "global_threshold" in m
+      else {}
+    ),
+    "per_class": _per_class(m),
+    **(
+      {"teacher": _model_summary(results["teacher"])}
+      if run.model != "teacher" and "teacher" in results
+      else {}
+    ),
+    "selected_step": sel.get("step"),
+    "collapsed": any(
+      w.startswith(f"The {run.model} collapsed")
+      for w in results.get("warnings", [])
+    ),
+    "seconds": sum(
+      v.get("seconds", 0.0) for v in results.get("throughput", {}).values()
+    ),
+  }
 
 
 def _model_summary(m: dict) -> dict:
@@ -96,13 +132,22 @@ def _model_summary(m: dict) -> dict:
 
 def _per_class(m: dict) -> dict:
   """A model's per-class :data:`PER_CLASS` figures, for a row."""
-  return {c: {k: v.get(k) for k in PER_CLASS}
-          for c, v in m.get("per_class", {}).items()}
+  return {
+    c: {k: v.get(k) for k in PER_CLASS}
+    for c, v in m.get("per_class", {}).items()
+  }
 
 
-def run_grid(runs: Sequence[Run], *, preset: str, folds: Sequence[int],
-             base: dict, workdir: pathlib.Path,
-             fold_major: bool = False, subdir: bool = True) -> list[dict]:
+def run_grid(
+  runs: Sequence[Run],
+  *,
+  preset: str,
+  folds: Sequence[int],
+  base: dict,
+  workdir: pathlib.Path,
+  fold_major: bool = False,
+  subdir: bool = True,
+) -> list[dict]:
   """Trains every (run, fold) not finished yet; returns all rows.
 
   ``fold_major`` runs every variant on a fold before the next fold, so an
@@ -112,25 +157,34 @@ def run_grid(runs: Sequence[Run], *, preset: str, folds: Sequence[int],
   """
   from agt_jax import config as config_lib
   from agt_jax.train import train_and_evaluate
+
   rows = []
   total = len(runs) * len(folds)
-  pairs = ([(run, fold) for fold in folds for run in runs] if fold_major
-           else [(run, fold) for run in runs for fold in folds])
+  pairs = (
+    [(run, fold) for fold in folds for run in runs]
+    if fold_major
+    else [(run, fold) for run in runs for fold in folds]
+  )
   # Every config is checked before the first run trains.
-  configs = [config_lib.validate(config_lib.get_config(
-      preset, **{**base, **run.overrides, "fold": fold}))
-      for run, fold in pairs]
+  configs = [
+    config_lib.validate(
+      config_lib.get_config(preset, **{**base, **run.overrides, "fold": fold})
+    )
+    for run, fold in pairs
+  ]
   workdir.mkdir(parents=True, exist_ok=True)
   for k, ((run, fold), cfg) in enumerate(zip(pairs, configs), start=1):
     wd = workdir / run.name / f"fold{fold}" if subdir else workdir
     if finished(wd, cfg):
-      print(f"[{k}/{total}] {run.name} fold {fold}: finished, skipped",
-            flush=True)
+      print(
+        f"[{k}/{total}] {run.name} fold {fold}: finished, skipped", flush=True
+      )
       results = json.loads((wd / "results.json").read_text())
     else:
       print(f"[{k}/{total}] {run.name} fold {fold}", flush=True)
-      results = train_and_evaluate(cfg, wd,
-                                   resume=(wd / "config.json").exists())
+      results = train_and_evaluate(
+        cfg, wd, resume=(wd / "config.json").exists()
+      )
     row = row_of(run, fold, preset, results)
     rows.append(row)
     append_row(workdir, row)
@@ -146,32 +200,42 @@ def finished(wd: pathlib.Path, config) -> bool:
   its results would silently stand for this one.
   """
   from agt_jax.errors import ConfigMismatchError
+  from agt_jax.train import workdir
   from agt_jax.train.outputs import read_done
-  from agt_jax.config import with_legacy
+
   done = read_done(wd)
   if done is None:
     return False
-  want = json.loads(config.to_json())
   # A field added to the config since the run finished counts as the value
   # that behaves as the code did then (config.LEGACY), so records of
   # finished runs survive new options and keep their meaning.
-  have = with_legacy(done["config"])
-  if have != want:
-    diff = sorted(k for k in set(want) | set(have)
-                  if want.get(k) != have.get(k))
+  diff = workdir.config_difference(done["config"], config)
+  if diff:
     raise ConfigMismatchError(
-        f"{wd} holds a run finished with another config (differs in "
-        f"{diff}); delete that folder to rerun it, or pass another "
-        "--workdir.")
+      f"{wd} holds a run finished with another config (differs in "
+      f"{sorted(diff)}); delete that folder to rerun it, or pass another "
+      "--workdir."
+    )
   return True
 
 
-RECORD_FILES = ("config.json", "done.json", "results.json", "folds.json",
-                "groups.json", "report.md", "results.jsonl", "per_class.md")
+RECORD_FILES = (
+  "config.json",
+  "done.json",
+  "results.json",
+  "folds.json",
+  "groups.json",
+  "report.md",
+  "results.jsonl",
+  "per_class.md",
+)
 
 
-def export_records(workdir: pathlib.Path, dest: pathlib.Path,
-                   keep_checkpoints: Sequence[str] = ()) -> int:
+def export_records(
+  workdir: pathlib.Path,
+  dest: pathlib.Path,
+  keep_checkpoints: Sequence[str] = (),
+) -> int:
   """Copies a grid's small records (each run's config, done marker,
   results, folds, groups, report; the grid's rows and reports) from
   ``workdir`` to ``dest`` under the same layout, plus the checkpoint
@@ -179,12 +243,16 @@ def export_records(workdir: pathlib.Path, dest: pathlib.Path,
   back into a workdir, finished runs are skipped by :func:`run_grid`, so a
   grid resumes in a later sitting. Returns the number of files copied."""
   import shutil
+
   workdir, dest = pathlib.Path(workdir), pathlib.Path(dest)
   n = 0
   for path in sorted(workdir.rglob("*")):
     rel = path.relative_to(workdir)
-    if "checkpoints" in rel.parts or not path.is_file() \
-        or path.name not in RECORD_FILES:
+    if (
+      "checkpoints" in rel.parts
+      or not path.is_file()
+      or path.name not in RECORD_FILES
+    ):
       continue
     (dest / rel).parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(path, dest / rel)
@@ -209,7 +277,7 @@ def read_rows(workdir: pathlib.Path) -> list[dict]:
   for line in path.read_text().splitlines():
     try:
       r = json.loads(line)
-    except json.JSONDecodeError:   # empty, or torn by a crash
+    except json.JSONDecodeError:  # empty, or torn by a crash
       continue
     out[(r["run"], r["fold"], r.get("preset"))] = r
   return list(out.values())
@@ -224,66 +292,92 @@ def dataset_line(rows: Sequence[dict]) -> list[str]:
   if not rows:
     return ["No finished runs yet.", ""]
   folds = sorted({r["fold"] for r in rows})
-  lines = [f"Dataset: **{rows[0]['dataset']}**; folds {folds} "
-           f"({len(folds)} fold(s)); preset `{rows[0]['preset']}`; "
-           "mean ± std over folds (population std).", ""]
-  if rows[0]["synthetic"]:
-    lines += ["**Synthetic data**: real ODIR-5K labels with procedurally "
-              "rendered images; these numbers say nothing about real fundus "
-              "photographs.", ""]
+  lines = [
+    f"Dataset: **{rows[0]['dataset']}**; folds {folds} "
+    f"({len(folds)} fold(s)); preset `{rows[0]['preset']}`; "
+    "mean ± std over folds (population std).",
+    "",
+  ]
+  lines += plotting.synthetic_lines(rows[0]["synthetic"])
   return lines
 
 
-def write_table(rows: Sequence[dict], *, names: Sequence[str],
-                labels: dict | None = None, key: str = "run") -> list[str]:
+def write_table(
+  rows: Sequence[dict],
+  *,
+  names: Sequence[str],
+  labels: dict | None = None,
+  key: str = "run",
+) -> list[str]:
   """Markdown rows ``| label | model | kappa | F1 | AUC | final | macro-AUC
   | folds |`` for each name present, in the given order."""
   labels = labels or {}
-  lines = ["| method | model | kappa | F1 | AUC | final | macro-AUC | folds |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| method | model | kappa | F1 | AUC | final | macro-AUC | folds |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for name in names:
     sub = [r for r in rows if r[key] == name]
     if not sub:
       continue
     cells = [mean_std([r[m] for r in sub]) for m in METRICS]
-    lines.append(f"| {labels.get(name, name)} | {sub[0]['model']} | "
-                 + " | ".join(cells) + f" | {len(sub)} |")
+    lines.append(
+      f"| {labels.get(name, name)} | {sub[0]['model']} | "
+      + " | ".join(cells)
+      + f" | {len(sub)} |"
+    )
   return lines + [""]
 
 
 VAL_METRICS = ("val_kappa", "val_f1", "val_auc", "val_final", "val_macro_auc")
 
 
-def validation_table(rows: Sequence[dict], *, names: Sequence[str],
-                     labels: dict | None = None, key: str = "run"
-                     ) -> list[str]:
+def validation_table(
+  rows: Sequence[dict],
+  *,
+  names: Sequence[str],
+  labels: dict | None = None,
+  key: str = "run",
+) -> list[str]:
   """Markdown rows of the validation scores (the split carved from each
   training fold, on which defaults are chosen), mean ± std over folds."""
   labels = labels or {}
-  lines = ["| method | model | val kappa | val F1 | val AUC | val final | "
-           "val macro-AUC | collapsed | folds |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| method | model | val kappa | val F1 | val AUC | val final | "
+    "val macro-AUC | collapsed | folds |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ]
   for name in names:
     sub = [r for r in rows if r[key] == name and "val_final" in r]
     if not sub:
       continue
     cells = [mean_std([r[m] for r in sub]) for m in VAL_METRICS]
     collapsed = sum(bool(r.get("collapsed")) for r in sub)
-    lines.append(f"| {labels.get(name, name)} | {sub[0]['model']} | "
-                 + " | ".join(cells) + f" | {collapsed} | {len(sub)} |")
+    lines.append(
+      f"| {labels.get(name, name)} | {sub[0]['model']} | "
+      + " | ".join(cells)
+      + f" | {collapsed} | {len(sub)} |"
+    )
   return lines + [""]
 
 
-def paired_table(rows: Sequence[dict], *, names: Sequence[str],
-                 reference: str, labels: dict | None = None,
-                 key: str = "run") -> list[str]:
+def paired_table(
+  rows: Sequence[dict],
+  *,
+  names: Sequence[str],
+  reference: str,
+  labels: dict | None = None,
+  key: str = "run",
+) -> list[str]:
   """Per-fold differences ``variant - reference`` on the test folds both
   finished: mean ± std, and on how many folds the variant is ahead."""
   labels = labels or {}
   ref = {r["fold"]: r for r in rows if r[key] == reference}
-  lines = [f"| method − {labels.get(reference, reference)} | Δ kappa | Δ F1 "
-           "| Δ AUC | Δ final | Δ macro-AUC | folds ahead (kappa) |",
-           "|---|---|---|---|---|---|---|"]
+  lines = [
+    f"| method − {labels.get(reference, reference)} | Δ kappa | Δ F1 "
+    "| Δ AUC | Δ final | Δ macro-AUC | folds ahead (kappa) |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for name in names:
     if name == reference:
       continue
@@ -295,14 +389,21 @@ def paired_table(rows: Sequence[dict], *, names: Sequence[str],
       d = np.array([r[m] - ref[r["fold"]][m] for r in sub])
       cells.append(f"{d.mean():+.3f} ± {d.std():.3f}")
     ahead = sum(r["kappa"] > ref[r["fold"]]["kappa"] for r in sub)
-    lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells)
-                 + f" | {ahead}/{len(sub)} |")
+    lines.append(
+      f"| {labels.get(name, name)} | "
+      + " | ".join(cells)
+      + f" | {ahead}/{len(sub)} |"
+    )
   return lines + [""]
 
 
-def per_class_table(rows: Sequence[dict], *, names: Sequence[str],
-                    labels: dict | None = None, key: str = "run"
-                    ) -> list[str]:
+def per_class_table(
+  rows: Sequence[dict],
+  *,
+  names: Sequence[str],
+  labels: dict | None = None,
+  key: str = "run",
+) -> list[str]:
   """Markdown: for each name, one line per class with the mean over folds
   of its test AUC, AP, F1 at 0.5, share called positive and mean p on
   negatives (whether a class loses by ranking or by calibration)."""
@@ -313,10 +414,13 @@ def per_class_table(rows: Sequence[dict], *, names: Sequence[str],
     if not sub:
       continue
     folds = sorted(r["fold"] for r in sub)
-    lines += [f"### {labels.get(name, name)} ({sub[0]['model']}; folds "
-              f"{folds})", "",
-              "| class | AUC | AP | F1 (0.5) | called positive | "
-              "mean p on negatives |", "|---|---|---|---|---|---|"]
+    lines += [
+      f"### {labels.get(name, name)} ({sub[0]['model']}; folds " f"{folds})",
+      "",
+      "| class | AUC | AP | F1 (0.5) | called positive | "
+      "mean p on negatives |",
+      "|---|---|---|---|---|---|",
+    ]
     for c in sub[0]["per_class"]:
       cells = []
       for k in PER_CLASS:
@@ -328,9 +432,15 @@ def per_class_table(rows: Sequence[dict], *, names: Sequence[str],
   return lines
 
 
-def write_per_class_md(workdir, rows: Sequence[dict], *, names, labels=None,
-                       key: str = "run", title: str = "Per-class test "
-                       "results") -> list[str]:
+def write_per_class_md(
+  workdir,
+  rows: Sequence[dict],
+  *,
+  names,
+  labels=None,
+  key: str = "run",
+  title: str = "Per-class test " "results",
+) -> list[str]:
   """Writes ``per_class.md`` (:func:`per_class_table` of ``rows``) and
   returns the report line linking it (none when no row has per-class
   results)."""
@@ -342,24 +452,36 @@ def write_per_class_md(workdir, rows: Sequence[dict], *, names, labels=None,
   return ["Per-class tables: [per_class.md](per_class.md).", ""]
 
 
-def bar_plot(rows: Sequence[dict], names: Sequence[str], out: pathlib.Path,
-             title: str, labels: dict | None = None, key: str = "run",
-             metric: str = "kappa") -> pathlib.Path | None:
+def bar_plot(
+  rows: Sequence[dict],
+  names: Sequence[str],
+  out: pathlib.Path,
+  title: str,
+  labels: dict | None = None,
+  key: str = "run",
+  metric: str = "kappa",
+) -> pathlib.Path | None:
   """Mean ± std of ``metric`` per name as a bar chart."""
   names = [n for n in names if any(r[key] == n for r in rows)]
   if not names:
     return None
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from agt_jax import plotting
+
+  plt = plotting.pyplot()
   labels = labels or {}
   vals = [np.array([r[metric] for r in rows if r[key] == n]) for n in names]
   fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names)), 3.2))
-  ax.bar(range(len(names)), [v.mean() for v in vals],
-         yerr=[v.std() for v in vals], capsize=3, color="#4477aa")
+  ax.bar(
+    range(len(names)),
+    [v.mean() for v in vals],
+    yerr=[v.std() for v in vals],
+    capsize=3,
+    color="#4477aa",
+  )
   ax.set_xticks(range(len(names)))
-  ax.set_xticklabels([labels.get(n, n) for n in names], rotation=30,
-                     ha="right", fontsize=8)
+  ax.set_xticklabels(
+    [labels.get(n, n) for n in names], rotation=30, ha="right", fontsize=8
+  )
   ax.set_ylabel(metric)
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
@@ -368,8 +490,18 @@ def bar_plot(rows: Sequence[dict], names: Sequence[str], out: pathlib.Path,
   return out
 
 
-def run_and_report(runs, *, preset: str, folds, base, workdir, report,
-                   prog: str, argv, fold_major: bool = False) -> int:
+def run_and_report(
+  runs,
+  *,
+  preset: str,
+  folds,
+  base,
+  workdir,
+  report,
+  prog: str,
+  argv,
+  fold_major: bool = False,
+) -> int:
   """``run_grid`` then ``report()``, with the project's errors as one line
   (exit 2) and interrupts as one line with the resume command (130/143).
 
@@ -379,10 +511,17 @@ def run_and_report(runs, *, preset: str, folds, base, workdir, report,
   from experiments import _cli
 
   def go() -> int:
-    run_grid(runs, preset=preset, folds=folds, base=base(), workdir=workdir,
-             fold_major=fold_major)
+    run_grid(
+      runs,
+      preset=preset,
+      folds=folds,
+      base=base(),
+      workdir=workdir,
+      fold_major=fold_major,
+    )
     print(f"report: {report()}", flush=True)
     return 0
+
   # Relaunching the same command resumes: finished runs are skipped.
   return _cli.guarded(go, prog=prog, argv=argv)
 
@@ -391,6 +530,7 @@ def save_figure(fig, rows, path: pathlib.Path) -> pathlib.Path:
   """Titles the figure with the dataset (which says "synthetic" where it
   is), saves it and closes it."""
   import matplotlib.pyplot as plt
+
   if rows:
     fig.suptitle(rows[0]["dataset"], fontsize=9)
   fig.tight_layout()

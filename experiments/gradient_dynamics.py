@@ -20,37 +20,57 @@ import pathlib
 
 import numpy as np
 
-from experiments import _curves, _harness as h
+from experiments import _curves
+from experiments import _harness as h
 
 RUNS = {"no_rw": "none", "rw": "gradient"}
-LABELS = {"no_rw": "(a) without gradient re-weighting",
-          "rw": "(b) with gradient re-weighting"}
+LABELS = {
+  "no_rw": "(a) without gradient re-weighting",
+  "rw": "(b) with gradient re-weighting",
+}
 # preset -> (log_every, eval_every, switch_every)
-CADENCE = {"paper": (10, 100, 50), "quick": (5, 50, 25),
-           "smoke": (1, 2, 2)}
+CADENCE = {"paper": (10, 100, 50), "quick": (5, 50, 25), "smoke": (1, 2, 2)}
 
 
 def run(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m experiments.gradient_dynamics",
-                              description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(
+    prog="python -m experiments.gradient_dynamics",
+    description=__doc__.split("\n")[0],
+  )
   h.add_common_args(p, folds=(0,))
   a = p.parse_args(argv)
 
   from agt_jax import config as config_lib
   from agt_jax.data.registry import parse_data_spec
+
   workdir = a.workdir or pathlib.Path("runs/gradient_dynamics")
   log_every, eval_every, switch = CADENCE.get(a.preset, CADENCE["paper"])
-  base = {"grouping": "shot", "student": False, "log_every": log_every,
-          "eval_every": eval_every, "switch_every": switch}
-  runs = [h.Run(k, {"reweight": v}, "teacher", {"reweight": v})
-          for k, v in RUNS.items()]
+  base = {
+    "grouping": "shot",
+    "student": False,
+    "log_every": log_every,
+    "eval_every": eval_every,
+    "switch_every": switch,
+  }
+  runs = [
+    h.Run(k, {"reweight": v}, "teacher", {"reweight": v})
+    for k, v in RUNS.items()
+  ]
   folds = h.parse_folds(a.folds)
   return h.run_and_report(
-      runs, preset=a.preset, folds=folds, workdir=workdir,
-      prog="experiments.gradient_dynamics", argv=argv,
-      base=lambda: {**base, **parse_data_spec(a.data),
-                    **config_lib.parse_sets(a.set)},
-      report=lambda: write_report(workdir, folds[0]))
+    runs,
+    preset=a.preset,
+    folds=folds,
+    workdir=workdir,
+    prog="experiments.gradient_dynamics",
+    argv=argv,
+    base=lambda: {
+      **base,
+      **parse_data_spec(a.data),
+      **config_lib.parse_sets(a.set),
+    },
+    report=lambda: write_report(workdir, folds[0]),
+  )
 
 
 def tail_dynamics(run_dir) -> dict:
@@ -62,24 +82,34 @@ def tail_dynamics(run_dir) -> dict:
   pos = np.abs(np.array([r["pos"] for r in recs]))[:, tail].mean(1)
   neg = np.array([r["neg"] for r in recs])[:, tail].mean(1)
   tail_map = [float(np.nanmean(np.array(e["ap"], float)[tail])) for e in evals]
-  return {"tail": [groups["names"][-1]], "step": [r["step"] for r in recs],
-          "pos": pos.tolist(), "neg": neg.tolist(), "records": recs,
-          "eval_step": [e["step"] for e in evals], "tail_map": tail_map,
-          "group_names": ["+".join(n) for n in groups["names"]]}
+  return {
+    "tail": [groups["names"][-1]],
+    "step": [r["step"] for r in recs],
+    "pos": pos.tolist(),
+    "neg": neg.tolist(),
+    "records": recs,
+    "eval_step": [e["step"] for e in evals],
+    "tail_map": tail_map,
+    "group_names": ["+".join(n) for n in groups["names"]],
+  }
 
 
 def write_report(workdir, fold: int = 0) -> pathlib.Path:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from agt_jax import plotting
+
+  plt = plotting.pyplot()
   workdir = pathlib.Path(workdir)
   rows = h.read_rows(workdir)
   lines = ["# Fig. 6: tail-class gradient dynamics", ""]
   lines += h.dataset_line(rows)
-  lines += [f"Curves of fold {fold}. |pos| and neg are batch means over the "
-            "tail group's classes of the logged per-class statistics.", "",
-            "| run | tail classes | mean \\|pos\\| | mean neg | \\|pos\\|/neg "
-            "| final tail mAP | max tail mAP |", "|---|---|---|---|---|---|---|"]
+  lines += [
+    f"Curves of fold {fold}. |pos| and neg are batch means over the "
+    "tail group's classes of the logged per-class statistics.",
+    "",
+    "| run | tail classes | mean \\|pos\\| | mean neg | \\|pos\\|/neg "
+    "| final tail mAP | max tail mAP |",
+    "|---|---|---|---|---|---|---|",
+  ]
   fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
   for ax, name in zip(axes, RUNS):
     run_dir = workdir / name / f"fold{fold}"
@@ -88,24 +118,33 @@ def write_report(workdir, fold: int = 0) -> pathlib.Path:
     d = tail_dynamics(run_dir)
     pos, neg = np.mean(d["pos"]), np.mean(d["neg"])
     tm = d["tail_map"] or [float("nan")]
-    lines.append(f"| {name} | {', '.join(d['tail'][0])} | {pos:.4f} | "
-                 f"{neg:.4f} | {pos / max(neg, 1e-12):.3f} | {tm[-1]:.3f} | "
-                 f"{np.nanmax(tm):.3f} |")
+    lines.append(
+      f"| {name} | {', '.join(d['tail'][0])} | {pos:.4f} | "
+      f"{neg:.4f} | {pos / max(neg, 1e-12):.3f} | {tm[-1]:.3f} | "
+      f"{np.nanmax(tm):.3f} |"
+    )
     _curves.shade_groups(ax, d["records"], names=d["group_names"])
     ax.plot(d["step"], d["pos"], color="#228833", label="tail |pos|")
     ax.plot(d["step"], d["neg"], color="#cc3311", label="tail neg")
     ax.set_xlabel("teacher step")
     ax.set_title(LABELS[name], fontsize=9)
     ax2 = ax.twinx()
-    ax2.plot(d["eval_step"], d["tail_map"], "o-", color="#333333", ms=3,
-             label="tail mAP")
+    ax2.plot(
+      d["eval_step"],
+      d["tail_map"],
+      "o-",
+      color="#333333",
+      ms=3,
+      label="tail mAP",
+    )
     ax2.set_ylim(0, 1)
     if name == "rw":
       ax2.set_ylabel("tail mAP")
       handles = ax.get_legend_handles_labels()
       h2 = ax2.get_legend_handles_labels()
-      ax.legend(handles[0] + h2[0], handles[1] + h2[1], fontsize=7,
-                loc="upper right")
+      ax.legend(
+        handles[0] + h2[0], handles[1] + h2[1], fontsize=7, loc="upper right"
+      )
   axes[0].set_ylabel("mean gradient magnitude")
   h.save_figure(fig, rows, workdir / "fig6.png")
   lines += ["", "![Fig. 6](fig6.png)", ""]

@@ -21,34 +21,55 @@ from experiments import _harness as h
 from experiments import odir_table1
 
 # Table 2 lists these methods (the others of Table 1 also work here).
-DEFAULT_METHODS = ("bce", "focal", "db", "ride", "multi_teacher_kd", "ours",
-                   "ours_ride")
+DEFAULT_METHODS = (
+  "bce",
+  "focal",
+  "db",
+  "ride",
+  "multi_teacher_kd",
+  "ours",
+  "ours_ride",
+)
 
 
 def run(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m experiments.rfmid",
-                              description=__doc__.split("\n")[0])
-  h.add_common_args(p, folds=(0,), data=None,
-                    example="rfmid:/data/RFMiD")
-  p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
-                 choices=list(odir_table1.METHODS))
+  p = argparse.ArgumentParser(
+    prog="python -m experiments.rfmid", description=__doc__.split("\n")[0]
+  )
+  h.add_common_args(p, folds=(0,), data=None, example="rfmid:/data/RFMiD")
+  p.add_argument(
+    "--methods",
+    nargs="+",
+    default=list(DEFAULT_METHODS),
+    choices=list(odir_table1.METHODS),
+  )
   p.add_argument("--backbones", nargs="+", default=None)
   a = p.parse_args(argv)
 
   from agt_jax import config as config_lib
   from agt_jax.data.registry import parse_data_spec
+
   workdir = a.workdir or pathlib.Path("runs/rfmid")
   backbones = a.backbones or odir_table1.BACKBONES.get(
-      a.preset, odir_table1.BACKBONES["paper"])
+    a.preset, odir_table1.BACKBONES["paper"]
+  )
   return h.run_and_report(
-      odir_table1.runs_for(a.methods, backbones), preset=a.preset,
-      prog="experiments.rfmid", argv=argv,
-      folds=h.parse_folds(a.folds), workdir=workdir,
-      base=lambda: {**parse_data_spec(a.data), "fold_mode": "official", "together": (),
-                    **config_lib.parse_sets(a.set)},
-      report=lambda: odir_table1.write_report(
-          h.read_rows(workdir), workdir,
-          title="Table 2 (RFMiD, official split)"))
+    odir_table1.runs_for(a.methods, backbones),
+    preset=a.preset,
+    prog="experiments.rfmid",
+    argv=argv,
+    folds=h.parse_folds(a.folds),
+    workdir=workdir,
+    base=lambda: {
+      **parse_data_spec(a.data),
+      "fold_mode": "official",
+      "together": (),
+      **config_lib.parse_sets(a.set),
+    },
+    report=lambda: odir_table1.write_report(
+      h.read_rows(workdir), workdir, title="Table 2 (RFMiD, official split)"
+    ),
+  )
 
 
 if __name__ == "__main__":

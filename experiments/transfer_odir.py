@@ -43,32 +43,69 @@ from experiments import _harness as h
 
 PROG = "experiments.transfer_odir"
 TASKS = ("frozen", "full", "focal", "cb", "se", "mha", "gradcam")
-LABELS = {"pretrain": "stand-in pretraining (other classes)",
-          "frozen": "Task 1.2 frozen backbone", "full": "Task 1.3 all layers",
-          "focal": "Task 2 focal", "cb": "Task 2 class-balanced BCE",
-          "se": "Task 3 SE", "mha": "Task 3 MHA",
-          "gradcam": "Task 4c Grad-CAM entropy"}
+LABELS = {
+  "pretrain": "stand-in pretraining (other classes)",
+  "frozen": "Task 1.2 frozen backbone",
+  "full": "Task 1.3 all layers",
+  "focal": "Task 2 focal",
+  "cb": "Task 2 class-balanced BCE",
+  "se": "Task 3 SE",
+  "mha": "Task 3 MHA",
+  "gradcam": "Task 4c Grad-CAM entropy",
+}
 # Paper 001's off-site macro F (ResNet-18, ImageNet weights).
 REFERENCE_F = {"frozen": 0.531, "full": 0.773, "focal": 0.781, "mha": 0.779}
 
-COMMON = dict(trainer="transfer", grouping="none", student=False,
-              select_metric="macro_f1", augment="flip_rotate", head="mlp",
-              batch_size=32)
+COMMON = dict(
+  trainer="transfer",
+  grouping="none",
+  student=False,
+  select_metric="macro_f1",
+  augment="flip_rotate",
+  head="mlp",
+  batch_size=32,
+)
 PRESETS = {
-    # Paper 001: 256 px, batch 32, 25 epochs per task (steps for ~5,600
-    # training images of ODIR-5K).
-    "paper": dict(model="resnet18", image_size=256, crop=256, dtype="float32",
-                  teacher_steps=4400, eval_every=176, log_every=50,
-                  ckpt_every=500, lr_frozen=1e-3, lr_fine=2e-5,
-                  pretrain_steps=4400),
-    # 3 folds of every task in under 20 minutes on 2 cores.
-    "quick": dict(model="resnet_tiny", image_size=72, crop=64,
-                  eval_batch_size=128, max_images=2400, teacher_steps=400,
-                  eval_every=50, log_every=25, ckpt_every=200,
-                  lr_frozen=1e-3, lr_fine=2e-4, pretrain_steps=600),
-    # Under a minute: one fold, a few steps, no stand-in pretraining.
-    "smoke": dict(teacher_steps=4, eval_every=2, log_every=2, ckpt_every=2,
-                  lr_frozen=1e-3, lr_fine=1e-4, pretrain_steps=0),
+  # Paper 001: 256 px, batch 32, 25 epochs per task (steps for ~5,600
+  # training images of ODIR-5K).
+  "paper": dict(
+    model="resnet18",
+    image_size=256,
+    crop=256,
+    dtype="float32",
+    teacher_steps=4400,
+    eval_every=176,
+    log_every=50,
+    ckpt_every=500,
+    lr_frozen=1e-3,
+    lr_fine=2e-5,
+    pretrain_steps=4400,
+  ),
+  # 3 folds of every task in under 20 minutes on 2 cores.
+  "quick": dict(
+    model="resnet_tiny",
+    image_size=72,
+    crop=64,
+    eval_batch_size=128,
+    max_images=2400,
+    teacher_steps=400,
+    eval_every=50,
+    log_every=25,
+    ckpt_every=200,
+    lr_frozen=1e-3,
+    lr_fine=2e-4,
+    pretrain_steps=600,
+  ),
+  # Under a minute: one fold, a few steps, no stand-in pretraining.
+  "smoke": dict(
+    teacher_steps=4,
+    eval_every=2,
+    log_every=2,
+    ckpt_every=2,
+    lr_frozen=1e-3,
+    lr_fine=1e-4,
+    pretrain_steps=0,
+  ),
 }
 SMOKE_TASKS = ("frozen", "full", "mha", "gradcam")
 
@@ -76,13 +113,13 @@ SMOKE_TASKS = ("frozen", "full", "mha", "gradcam")
 def task_overrides(task: str, *, lr_frozen: float, lr_fine: float) -> dict:
   fine = dict(freeze_encoder=False, lr=lr_fine)
   return {
-      "frozen": dict(freeze_encoder=True, lr=lr_frozen),
-      "full": fine,
-      "focal": {**fine, "transfer_loss": "focal"},
-      "cb": {**fine, "transfer_loss": "cb"},
-      "se": {**fine, "transfer_loss": "focal", "attention": "se"},
-      "mha": {**fine, "transfer_loss": "focal", "attention": "mha"},
-      "gradcam": {**fine, "cam_entropy": 0.01},
+    "frozen": dict(freeze_encoder=True, lr=lr_frozen),
+    "full": fine,
+    "focal": {**fine, "transfer_loss": "focal"},
+    "cb": {**fine, "transfer_loss": "cb"},
+    "se": {**fine, "transfer_loss": "focal", "attention": "se"},
+    "mha": {**fine, "transfer_loss": "focal", "attention": "mha"},
+    "gradcam": {**fine, "cam_entropy": 0.01},
   }[task]
 
 
@@ -91,23 +128,38 @@ def best_dir(workdir: pathlib.Path, task: str, fold: int) -> pathlib.Path:
 
 
 def run(argv=None) -> int:
-  p = argparse.ArgumentParser(prog=f"python -m {PROG}",
-                              description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(
+    prog=f"python -m {PROG}", description=__doc__.split("\n")[0]
+  )
   h.add_common_args(p, folds=(0, 1, 2), preset="quick")
-  p.add_argument("--classes", default="D,G,A",
-                 help="the class subset (paper 001: D,G,A)")
-  p.add_argument("--model", default=None,
-                 help="encoder (default: the preset's; paper resnet18)")
-  p.add_argument("--init", default=None,
-                 help="encoder weights (torchvision .pth or our checkpoint); "
-                 "without it a stand-in encoder is trained on the other "
-                 "classes first")
-  p.add_argument("--pretrain-steps", type=int, default=None,
-                 help="steps of the stand-in pretraining without --init "
-                 "(default: the preset's; 0 skips it)")
-  p.add_argument("--tasks", default=None,
-                 help=f"comma-separated, from {','.join(TASKS)} (default: "
-                 "all; smoke: " + ",".join(SMOKE_TASKS) + ")")
+  p.add_argument(
+    "--classes", default="D,G,A", help="the class subset (paper 001: D,G,A)"
+  )
+  p.add_argument(
+    "--model",
+    default=None,
+    help="encoder (default: the preset's; paper resnet18)",
+  )
+  p.add_argument(
+    "--init",
+    default=None,
+    help="encoder weights (torchvision .pth or our checkpoint); "
+    "without it a stand-in encoder is trained on the other "
+    "classes first",
+  )
+  p.add_argument(
+    "--pretrain-steps",
+    type=int,
+    default=None,
+    help="steps of the stand-in pretraining without --init "
+    "(default: the preset's; 0 skips it)",
+  )
+  p.add_argument(
+    "--tasks",
+    default=None,
+    help=f"comma-separated, from {','.join(TASKS)} (default: "
+    "all; smoke: " + ",".join(SMOKE_TASKS) + ")",
+  )
   a = p.parse_args(argv)
 
   from agt_jax import config as config_lib
@@ -115,29 +167,38 @@ def run(argv=None) -> int:
   from agt_jax.errors import ConfigError
   from experiments import _cli
 
-  tasks = [t for t in (a.tasks or ",".join(
-      SMOKE_TASKS if a.preset == "smoke" else TASKS)).split(",") if t]
+  tasks = [
+    t
+    for t in (
+      a.tasks or ",".join(SMOKE_TASKS if a.preset == "smoke" else TASKS)
+    ).split(",")
+    if t
+  ]
   for t in tasks:
     if t not in TASKS:
       raise SystemExit(f"--tasks: {t!r} is not one of {', '.join(TASKS)}")
   if any(t != "frozen" for t in tasks) and "frozen" not in tasks:
-    tasks.insert(0, "frozen")     # the others start from its model
+    tasks.insert(0, "frozen")  # the others start from its model
   workdir = a.workdir or pathlib.Path("runs") / "transfer-odir"
   classes = tuple(c.strip() for c in a.classes.split(",") if c.strip())
 
   def go() -> int:
     if a.preset not in PRESETS:
-      raise ConfigError(f"unknown preset {a.preset!r}; known: "
-                        f"{sorted(PRESETS)}.")
+      raise ConfigError(
+        f"unknown preset {a.preset!r}; known: " f"{sorted(PRESETS)}."
+      )
     preset = dict(PRESETS[a.preset])
-    lrs = dict(lr_frozen=preset.pop("lr_frozen"),
-               lr_fine=preset.pop("lr_fine"))
+    lrs = dict(lr_frozen=preset.pop("lr_frozen"), lr_fine=preset.pop("lr_fine"))
     pretrain_steps = preset.pop("pretrain_steps")
     if a.pretrain_steps is not None:
       pretrain_steps = a.pretrain_steps
-    base = {**COMMON, **preset, **parse_data_spec(a.data),
-            **({"model": a.model} if a.model else {}),
-            **config_lib.parse_sets(a.set)}
+    base = {
+      **COMMON,
+      **preset,
+      **parse_data_spec(a.data),
+      **({"model": a.model} if a.model else {}),
+      **config_lib.parse_sets(a.set),
+    }
     folds = h.parse_folds(a.folds)
     if a.preset == "smoke" and a.folds == ["0", "1", "2"]:
       folds = [0]
@@ -147,26 +208,51 @@ def run(argv=None) -> int:
       # Stage 1: the encoder the tasks start from.
       init = a.init
       if stand_in:
-        h.run_grid([h.Run("pretrain", {
-            "classes": others, "freeze_encoder": False, "head": "linear",
-            "lr": lrs["lr_frozen"], "teacher_steps": pretrain_steps},
-            "transfer", {"task": "pretrain"})], preset=a.preset,
-            folds=[fold], base=base, workdir=workdir)
+        h.run_grid(
+          [
+            h.Run(
+              "pretrain",
+              {
+                "classes": others,
+                "freeze_encoder": False,
+                "head": "linear",
+                "lr": lrs["lr_frozen"],
+                "teacher_steps": pretrain_steps,
+              },
+              "transfer",
+              {"task": "pretrain"},
+            )
+          ],
+          preset=a.preset,
+          folds=[fold],
+          base=base,
+          workdir=workdir,
+        )
         init = str(best_dir(workdir, "pretrain", fold))
       # Stage 2: the frozen backbone; stage 3: the tasks that start from it.
       stages = [["frozen"], [t for t in tasks if t != "frozen"]]
       for stage in stages:
         runs = []
         for t in stage:
-          start = init if t == "frozen" else str(best_dir(workdir, "frozen",
-                                                          fold))
-          runs.append(h.Run(t, {**task_overrides(t, **lrs),
-                                "classes": classes,
-                                **({"init": start} if start else {})},
-                            "transfer", {"task": t}))
+          start = (
+            init if t == "frozen" else str(best_dir(workdir, "frozen", fold))
+          )
+          runs.append(
+            h.Run(
+              t,
+              {
+                **task_overrides(t, **lrs),
+                "classes": classes,
+                **({"init": start} if start else {}),
+              },
+              "transfer",
+              {"task": t},
+            )
+          )
         if runs:
-          h.run_grid(runs, preset=a.preset, folds=[fold], base=base,
-                     workdir=workdir)
+          h.run_grid(
+            runs, preset=a.preset, folds=[fold], base=base, workdir=workdir
+          )
     report = write_report(workdir, tasks, stand_in)
     h.print_section(report, "Macro F")
     print(f"report: {report}", flush=True)
@@ -181,20 +267,24 @@ def _other_classes(config, classes) -> tuple:
   from agt_jax import config as config_lib
   from agt_jax.errors import ConfigError
   from agt_jax.train import loop
+
   table = loop.load_data(config_lib.replace(config, classes=()))[0]
   names = list(table.class_names)
   missing = [c for c in classes if c not in names]
   if missing:
-    raise ConfigError(f"--classes: {missing} not in {config.dataset}'s "
-                      f"classes {names}.")
+    raise ConfigError(
+      f"--classes: {missing} not in {config.dataset}'s " f"classes {names}."
+    )
   return tuple(c for c in names if c not in classes)
 
 
 # -- report ----------------------------------------------------------------------
 
+
 def _results(workdir: pathlib.Path, row: dict) -> dict:
-  return json.loads((workdir / row["run"] / f"fold{row['fold']}"
-                     / "results.json").read_text())
+  return json.loads(
+    (workdir / row["run"] / f"fold{row['fold']}" / "results.json").read_text()
+  )
 
 
 def write_report(workdir, tasks, stand_in: bool) -> pathlib.Path:
@@ -207,26 +297,38 @@ def write_report(workdir, tasks, stand_in: bool) -> pathlib.Path:
   first = _results(workdir, rows[0])
   names = first["class_names"]
   cfg = first["config"]
-  lines += [f"Classes {','.join(names)}; model `{cfg['model']}`, "
-            f"{cfg['crop']} px, batch {cfg['batch_size']}, "
-            f"{cfg['teacher_steps']} steps per task; each model is the "
-            "checkpoint with the best validation macro F1 (at 0.5), scored "
-            "once on the test fold.", ""]
+  lines += [
+    f"Classes {','.join(names)}; model `{cfg['model']}`, "
+    f"{cfg['crop']} px, batch {cfg['batch_size']}, "
+    f"{cfg['teacher_steps']} steps per task; each model is the "
+    "checkpoint with the best validation macro F1 (at 0.5), scored "
+    "once on the test fold.",
+    "",
+  ]
   if stand_in:
-    lines += ["**Encoder initialisation: an in-domain stand-in, not "
-              "ImageNet.** No pretrained weights are available offline, so "
-              "each fold's encoder was first trained on the other classes "
-              "of the same training images (`pretrain`); pass `--init "
-              "R18.pth` for the paper's setting.", ""]
+    lines += [
+      "**Encoder initialisation: an in-domain stand-in, not "
+      "ImageNet.** No pretrained weights are available offline, so "
+      "each fold's encoder was first trained on the other classes "
+      "of the same training images (`pretrain`); pass `--init "
+      "R18.pth` for the paper's setting.",
+      "",
+    ]
   else:
     init = cfg.get("init")
-    lines += [f"Encoder initialisation: {'`' + init + '`' if init else 'random (no --init)'}"
-              " for Task 1.2; the other tasks start from its selected "
-              "model.", ""]
-  lines += ["## Per-class F, P, R on the test fold (Table 1/2 layout; mean "
-            "over folds)", "",
-            "| task | class | F-score | precision | recall |",
-            "|---|---|---|---|---|"]
+    lines += [
+      f"Encoder initialisation: {'`' + init + '`' if init else 'random (no --init)'}"
+      " for Task 1.2; the other tasks start from its selected "
+      "model.",
+      "",
+    ]
+  lines += [
+    "## Per-class F, P, R on the test fold (Table 1/2 layout; mean "
+    "over folds)",
+    "",
+    "| task | class | F-score | precision | recall |",
+    "|---|---|---|---|---|",
+  ]
   macro = {}
   for t in tasks:
     sub = [r for r in rows if r["task"] == t]
@@ -235,56 +337,84 @@ def write_report(workdir, tasks, stand_in: bool) -> pathlib.Path:
     res = [_results(workdir, r)["transfer"] for r in sub]
     macro[t] = [x["macro_f1"] for x in res]
     for c in names:
-      cells = [np.mean([x["per_class"][c][k] for x in res])
-               for k in ("f1", "precision", "recall")]
-      lines.append(f"| {LABELS[t]} | {c} | " + " | ".join(
-          f"{v:.3f}" for v in cells) + " |")
-  lines += ["", "## Macro F (test fold, mean ± std over folds)", "",
-            "Macro F at 0.5 is the paper's number; beside it, macro F with "
-            "per-class thresholds tuned for F1 on the validation split (not "
-            "the paper's rule; it shows what the ranking holds when no "
-            "probability of a rare class crosses 0.5).", "",
-            "| task | macro F (0.5) | macro F (val-tuned) | macro AUC | "
-            "ODIR final | folds | paper 001 (off-site, ResNet-18 ImageNet) |",
-            "|---|---|---|---|---|---|---|"]
+      cells = [
+        np.mean([x["per_class"][c][k] for x in res])
+        for k in ("f1", "precision", "recall")
+      ]
+      lines.append(
+        f"| {LABELS[t]} | {c} | " + " | ".join(f"{v:.3f}" for v in cells) + " |"
+      )
+  lines += [
+    "",
+    "## Macro F (test fold, mean ± std over folds)",
+    "",
+    "Macro F at 0.5 is the paper's number; beside it, macro F with "
+    "per-class thresholds tuned for F1 on the validation split (not "
+    "the paper's rule; it shows what the ranking holds when no "
+    "probability of a rare class crosses 0.5).",
+    "",
+    "| task | macro F (0.5) | macro F (val-tuned) | macro AUC | "
+    "ODIR final | folds | paper 001 (off-site, ResNet-18 ImageNet) |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for t, vals in macro.items():
     sub = [r for r in rows if r["task"] == t]
-    tuned = [_results(workdir, r)["transfer"].get("tuned", {}).get(
-        "macro_f1") for r in sub]
+    tuned = [
+      _results(workdir, r)["transfer"].get("tuned", {}).get("macro_f1")
+      for r in sub
+    ]
     tuned_cell = h.mean_std(tuned) if None not in tuned else "–"
-    lines.append(f"| {LABELS[t]} | {h.mean_std(vals)} | {tuned_cell} | "
-                 f"{h.mean_std([r['macro_auc'] for r in sub])} | "
-                 f"{h.mean_std([r['final'] for r in sub])} | {len(vals)} | "
-                 f"{REFERENCE_F.get(t, '–')} |")
-  lines += ["", "Validation macro F (selection split, mean ± std): " + ", ".join(
+    lines.append(
+      f"| {LABELS[t]} | {h.mean_std(vals)} | {tuned_cell} | "
+      f"{h.mean_std([r['macro_auc'] for r in sub])} | "
+      f"{h.mean_std([r['final'] for r in sub])} | {len(vals)} | "
+      f"{REFERENCE_F.get(t, '–')} |"
+    )
+  lines += [
+    "",
+    "Validation macro F (selection split, mean ± std): "
+    + ", ".join(
       f"{t} {h.mean_std([r['val_macro_f1'] for r in rows if r['task'] == t and 'val_macro_f1' in r])}"
-      for t in macro if any("val_macro_f1" in r for r in rows
-                            if r["task"] == t)), ""]
+      for t in macro
+      if any("val_macro_f1" in r for r in rows if r["task"] == t)
+    ),
+    "",
+  ]
   plot = _macro_f_plot(workdir, macro, rows)
   if plot:
     lines += ["![macro F](macro_f.png)", ""]
   cam = _gradcam_figure(workdir, rows, tasks)
   if cam:
-    lines += [f"`gradcam.png`: Grad-CAM at the last stage of `{cam[1]}` "
-              "(fold {0}) for test images with each class; the map is "
-              "the selected model's, scaled to its maximum.".format(cam[2]),
-              "", "![Grad-CAM](gradcam.png)", ""]
+    lines += [
+      f"`gradcam.png`: Grad-CAM at the last stage of `{cam[1]}` "
+      "(fold {0}) for test images with each class; the map is "
+      "the selected model's, scaled to its maximum.".format(cam[2]),
+      "",
+      "![Grad-CAM](gradcam.png)",
+      "",
+    ]
   return h.write_report_md(workdir, lines)
 
 
 def _macro_f_plot(workdir, macro, rows):
   if not macro:
     return None
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from agt_jax import plotting
+
+  plt = plotting.pyplot()
   fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(macro)), 3.2))
   ts = list(macro)
-  ax.bar(range(len(ts)), [np.mean(macro[t]) for t in ts],
-         yerr=[np.std(macro[t]) for t in ts], capsize=3, color="#4477aa")
+  ax.bar(
+    range(len(ts)),
+    [np.mean(macro[t]) for t in ts],
+    yerr=[np.std(macro[t]) for t in ts],
+    capsize=3,
+    color="#4477aa",
+  )
   ax.set_xticks(range(len(ts)))
-  ax.set_xticklabels([LABELS[t] for t in ts], rotation=30, ha="right",
-                     fontsize=8)
+  ax.set_xticklabels(
+    [LABELS[t] for t in ts], rotation=30, ha="right", fontsize=8
+  )
   ax.set_ylabel("test macro F (0.5)")
   return h.save_figure(fig, rows, workdir / "macro_f.png")
 
@@ -294,13 +424,21 @@ def _gradcam_figure(workdir, rows, tasks, per_class: int = 2):
   ``per_class`` test images of each class (first fold)."""
   import jax
   import jax.numpy as jnp
+
   from agt_jax.config import from_json
   from agt_jax.data import images as images_lib
   from agt_jax.models import transfer, weights
   from agt_jax.train import loop, steps
   from agt_jax.train import transfer as transfer_trainer
-  task = next((t for t in ("mha", "full", "frozen") if t in tasks
-               and any(r["task"] == t for r in rows)), None)
+
+  task = next(
+    (
+      t
+      for t in ("mha", "full", "frozen")
+      if t in tasks and any(r["task"] == t for r in rows)
+    ),
+    None,
+  )
   if task is None:
     return None
   row = min((r for r in rows if r["task"] == task), key=lambda r: r["fold"])
@@ -308,10 +446,10 @@ def _gradcam_figure(workdir, rows, tasks, per_class: int = 2):
   config = from_json((wd / "config.json").read_text())
   data = loop.load_fold(config)
   model = transfer_trainer.transfer_model(config, len(data.names))
-  like = steps.init_state(model, steps.adam(1e-3, 0.9, 0.99),
-                          (config.crop, config.crop, 3), 0)
-  variables = weights.load_variables(wd / "checkpoints" / "transfer_best",
-                                     like)
+  like = steps.init_state(
+    model, steps.adam(1e-3, 0.9, 0.99), (config.crop, config.crop, 3), 0
+  )
+  variables = weights.load_variables(wd / "checkpoints" / "transfer_best", like)
   if variables is None:
     return None
   y = data.y_test
@@ -320,20 +458,26 @@ def _gradcam_figure(workdir, rows, tasks, per_class: int = 2):
     picks += [(c, i) for i in np.flatnonzero(y[:, c])[:per_class]]
   if not picks:
     return None
-  x = np.stack([images_lib.center_crop(
-      data.source[int(data.test_idx[i])], config.crop) for _, i in picks])
+  x = np.stack(
+    [
+      images_lib.center_crop(data.source[int(data.test_idx[i])], config.crop)
+      for _, i in picks
+    ]
+  )
   probs, cams = jax.jit(lambda v, x: transfer.grad_cam(model, v, x))(
-      variables, jnp.asarray(x))
+    variables, jnp.asarray(x)
+  )
   probs, cams = np.asarray(probs), np.asarray(cams)
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from agt_jax import plotting
+
+  plt = plotting.pyplot()
   n = len(picks)
   fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 2.0), squeeze=False)
   for k, ((c, _), ax) in enumerate(zip(picks, axes[0])):
     ax.imshow(x[k])
-    cam = np.asarray(jax.image.resize(cams[k, c], (config.crop,) * 2,
-                                      "bilinear"))
+    cam = np.asarray(
+      jax.image.resize(cams[k, c], (config.crop,) * 2, "bilinear")
+    )
     ax.imshow(cam, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     ax.set_title(f"{data.names[c]} p={probs[k, c]:.2f}", fontsize=7)
     ax.axis("off")

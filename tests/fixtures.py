@@ -16,10 +16,11 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-from agt_jax.data import odir, odir_keywords as kw, rfmid
+from agt_jax.data import odir, rfmid
+from agt_jax.data import odir_keywords as kw
 
 ASCII_COMMA_IMAGES = {"305_left", "372_left", "541_right"}
-XLSX_PATIENTS = ("2", "305", "372")         # 305 gets a numeric ID cell
+XLSX_PATIENTS = ("2", "305", "372")  # 305 gets a numeric ID cell
 FULL_DF_IMAGES = ("0_right", "2_right", "0_left", "2_left")
 
 
@@ -28,20 +29,24 @@ def fundus_image(h: int, w: int, seed: int) -> np.ndarray:
   rng = np.random.default_rng(seed)
   yy, xx = np.mgrid[:h, :w]
   cy, cx, r = h / 2 + 3, w / 2 - 5, min(h, w) * 0.42
-  inside = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+  inside = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
   img = np.zeros((h, w, 3), np.uint8)
   base = rng.integers(60, 200, size=3)
-  img[inside] = np.clip(base + rng.normal(0, 12, size=(inside.sum(), 3)),
-                        20, 255).astype(np.uint8)
+  img[inside] = np.clip(
+    base + rng.normal(0, 12, size=(inside.sum(), 3)), 20, 255
+  ).astype(np.uint8)
   return img
 
 
 def label_rows() -> dict[str, dict]:
   """image_id -> {patient_id, eye, keywords (list), labels (raw, keep_zero)}."""
   t = odir.packaged_label_table(ignorable_policy="keep_zero")
-  return {i: {"patient_id": p, "eye": e, "keywords": k.split(";"), "labels": y}
-          for i, p, e, k, y in zip(t.image_ids, t.patient_ids, t.eyes,
-                                   t.keywords, t.labels)}
+  return {
+    i: {"patient_id": p, "eye": e, "keywords": k.split(";"), "labels": y}
+    for i, p, e, k, y in zip(
+      t.image_ids, t.patient_ids, t.eyes, t.keywords, t.labels
+    )
+  }
 
 
 def _cell(image_id: str, keywords: list[str]) -> str:
@@ -60,9 +65,12 @@ def write_jpeg(path: pathlib.Path, seed: int, size=(96, 128)):
   Image.fromarray(fundus_image(*size, seed)).save(path, quality=92)
 
 
-def make_odir_challenge(root: pathlib.Path, patients=XLSX_PATIENTS) -> pathlib.Path:
+def make_odir_challenge(
+  root: pathlib.Path, patients=XLSX_PATIENTS
+) -> pathlib.Path:
   """``ODIR-5K_Training_Annotations(Updated)_V2.xlsx`` + image folder."""
   import openpyxl
+
   rows = label_rows()
   wb = openpyxl.Workbook()
   ws = wb.active
@@ -70,11 +78,18 @@ def make_odir_challenge(root: pathlib.Path, patients=XLSX_PATIENTS) -> pathlib.P
   ws.append(list(odir.XLSX_COLUMNS))
   for n, pid in enumerate(patients):
     left, right = rows[f"{pid}_left"], rows[f"{pid}_right"]
-    ws.append([int(pid) if pid == "305" else pid, 60 + n,
-               "Female" if n % 2 else "Male", f"{pid}_left.jpg",
-               f"{pid}_right.jpg", _cell(f"{pid}_left", left["keywords"]),
-               _cell(f"{pid}_right", right["keywords"])]
-              + _patient_labels(rows, pid))
+    ws.append(
+      [
+        int(pid) if pid == "305" else pid,
+        60 + n,
+        "Female" if n % 2 else "Male",
+        f"{pid}_left.jpg",
+        f"{pid}_right.jpg",
+        _cell(f"{pid}_left", left["keywords"]),
+        _cell(f"{pid}_right", right["keywords"]),
+      ]
+      + _patient_labels(rows, pid)
+    )
     assert ws.cell(ws.max_row, 1).data_type == ("n" if pid == "305" else "s")
   root.mkdir(parents=True, exist_ok=True)
   wb.save(root / "ODIR-5K_Training_Annotations(Updated)_V2.xlsx")
@@ -85,8 +100,9 @@ def make_odir_challenge(root: pathlib.Path, patients=XLSX_PATIENTS) -> pathlib.P
   return root
 
 
-def make_odir_kaggle_csv(root: pathlib.Path, images=FULL_DF_IMAGES
-                         ) -> pathlib.Path:
+def make_odir_kaggle_csv(
+  root: pathlib.Path, images=FULL_DF_IMAGES
+) -> pathlib.Path:
   """A ``full_df.csv`` (CRLF, right-eye rows first, list-strings) + images."""
   rows = label_rows()
   buf = io.StringIO()
@@ -97,30 +113,46 @@ def make_odir_kaggle_csv(root: pathlib.Path, images=FULL_DF_IMAGES
     pid = r["patient_id"]
     first = kw.keyword_class(r["keywords"][0]) or "N"
     onehot = [int(c == first) for c in kw.ODIR_CLASSES]
-    w.writerow([pid, 57, "Female", f"{pid}_left.jpg", f"{pid}_right.jpg",
-                _cell(f"{pid}_left", rows[f"{pid}_left"]["keywords"]),
-                _cell(f"{pid}_right", rows[f"{pid}_right"]["keywords"])]
-               + _patient_labels(rows, pid)
-               + [f"../input/ocular-disease-recognition-odir5k/ODIR-5K/"
-                  f"Training Images/{image_id}.jpg", f"['{first}']",
-                  str(onehot), f"{image_id}.jpg"])
+    w.writerow(
+      [
+        pid,
+        57,
+        "Female",
+        f"{pid}_left.jpg",
+        f"{pid}_right.jpg",
+        _cell(f"{pid}_left", rows[f"{pid}_left"]["keywords"]),
+        _cell(f"{pid}_right", rows[f"{pid}_right"]["keywords"]),
+      ]
+      + _patient_labels(rows, pid)
+      + [
+        f"../input/ocular-disease-recognition-odir5k/ODIR-5K/"
+        f"Training Images/{image_id}.jpg",
+        f"['{first}']",
+        str(onehot),
+        f"{image_id}.jpg",
+      ]
+    )
   root.mkdir(parents=True, exist_ok=True)
   (root / "full_df.csv").write_bytes(buf.getvalue().encode())
   for n, image_id in enumerate(images):
-    write_jpeg(root / "preprocessed_images" / f"{image_id}.jpg", seed=50 + n,
-               size=(64, 64))
+    write_jpeg(
+      root / "preprocessed_images" / f"{image_id}.jpg",
+      seed=50 + n,
+      size=(64, 64),
+    )
   return root
 
 
 def rfmid_rows(n: int, seed: int) -> np.ndarray:
   rng = np.random.default_rng(seed)
   raw = (rng.random((n, 46)) < 0.08).astype(np.uint8)
-  raw[:, 0] = raw[:, 1:].any(1)            # Disease_Risk = any condition
+  raw[:, 0] = raw[:, 1:].any(1)  # Disease_Risk = any condition
   return raw
 
 
-def make_rfmid(root: pathlib.Path, layout: str = "challenge",
-               sizes=None) -> dict[str, np.ndarray]:
+def make_rfmid(
+  root: pathlib.Path, layout: str = "challenge", sizes=None
+) -> dict[str, np.ndarray]:
   """An RFMiD tree with 47-column CSVs (CRLF) and ``{ID}.png`` images."""
   sizes = sizes or {"train": 6, "val": 3, "test": 3}
   out = {}
@@ -142,24 +174,33 @@ def make_rfmid(root: pathlib.Path, layout: str = "challenge",
   return out
 
 
-def make_cifar100_tarball(root: pathlib.Path, per_class: int = 6,
-                          test_per_class: int = 2) -> pathlib.Path:
+def make_cifar100_tarball(
+  root: pathlib.Path, per_class: int = 6, test_per_class: int = 2
+) -> pathlib.Path:
   """A ``cifar-100-python.tar.gz`` with the real pickle layout, tiny."""
   rng = np.random.default_rng(0)
 
   def split(n):
     y = np.repeat(np.arange(100), n)
     x = rng.integers(0, 256, size=(len(y), 3072), dtype=np.uint8)
-    return {b"data": x, b"fine_labels": y.tolist(),
-            b"coarse_labels": (y // 5).tolist()}
+    return {
+      b"data": x,
+      b"fine_labels": y.tolist(),
+      b"coarse_labels": (y // 5).tolist(),
+    }
 
-  meta = {b"fine_label_names": [f"class_{i:02d}".encode() for i in range(100)],
-          b"coarse_label_names": [f"super_{i}".encode() for i in range(20)]}
+  meta = {
+    b"fine_label_names": [f"class_{i:02d}".encode() for i in range(100)],
+    b"coarse_label_names": [f"super_{i}".encode() for i in range(20)],
+  }
   root.mkdir(parents=True, exist_ok=True)
   path = root / "cifar-100-python.tar.gz"
   with tarfile.open(path, "w:gz") as tf:
-    for name, obj in (("train", split(per_class)), ("test", split(test_per_class)),
-                      ("meta", meta)):
+    for name, obj in (
+      ("train", split(per_class)),
+      ("test", split(test_per_class)),
+      ("meta", meta),
+    ):
       blob = pickle.dumps(obj)
       info = tarfile.TarInfo(f"cifar-100-python/{name}")
       info.size = len(blob)

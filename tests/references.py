@@ -20,12 +20,19 @@ def bce(z, y):
 
 def ratio_stats(z, y, mask=None):
   z, y = np.asarray(z, np.float64), np.asarray(y, np.float64)
-  mask = np.ones_like(z) if mask is None else np.broadcast_to(
-      np.asarray(mask, np.float64).reshape(len(z), -1), z.shape)
+  mask = (
+    np.ones_like(z)
+    if mask is None
+    else np.broadcast_to(
+      np.asarray(mask, np.float64).reshape(len(z), -1), z.shape
+    )
+  )
   p = sigmoid(z)
   count = np.maximum(mask.sum(0), 1)
-  return ((mask * y * (p - 1)).sum(0) / count,
-          (mask * (1 - y) * p).sum(0) / count)
+  return (
+    (mask * y * (p - 1)).sum(0) / count,
+    (mask * (1 - y) * p).sum(0) / count,
+  )
 
 
 def reweight(z, y, beta=2.0, eps=1e-8, mask=None):
@@ -40,7 +47,8 @@ def reweighted_bce(z, y, w):
 
 def binary_kl(zs, zt, T, direction):
   qs1, qt1 = sigmoid(zs / T), sigmoid(zt / T)
-  qs = np.stack([1 - qs1, qs1]); qt = np.stack([1 - qt1, qt1])
+  qs = np.stack([1 - qs1, qs1])
+  qt = np.stack([1 - qt1, qt1])
   if direction == "teacher_student":
     kl = (qt * (np.log(qt) - np.log(qs))).sum(0)
   else:
@@ -69,7 +77,7 @@ def torchvision_focal(z, y, alpha=0.25, gamma=2.0):
 
 def cb_weights(counts, beta):
   counts = np.asarray(counts, np.float64)
-  w = (1 - beta) / (1 - beta ** counts)
+  w = (1 - beta) / (1 - beta**counts)
   return w / w.sum() * len(counts)
 
 
@@ -84,10 +92,21 @@ def cb_loss_official_total(z, y, counts, beta, gamma):
   return (a * mod * bce(z, y)).sum() / y.sum()
 
 
-def db_loss(z, y, counts, n_train, neg_scale=2.0, init_bias=0.05,
-            map_alpha=0.1, map_beta=10.0, map_gamma=0.2, focal_gamma=2.0,
-            balance_param=2.0):
-  z = np.array(z, np.float64); y = np.asarray(y, np.float64)
+def db_loss(
+  z,
+  y,
+  counts,
+  n_train,
+  neg_scale=2.0,
+  init_bias=0.05,
+  map_alpha=0.1,
+  map_beta=10.0,
+  map_gamma=0.2,
+  focal_gamma=2.0,
+  balance_param=2.0,
+):
+  z = np.array(z, np.float64)
+  y = np.asarray(y, np.float64)
   counts = np.asarray(counts, np.float64)
   out = np.zeros_like(z)
   for i in range(z.shape[0]):
@@ -117,12 +136,23 @@ def eqlv2_step(z, y, pos_grad, neg_grad, pos_neg, gamma=12, mu=0.8, alpha=4.0):
   return loss, pg, ng, pg / (ng + 1e-10)
 
 
-def ride_loss(expert_logits, targets, counts, s=30.0, max_m=0.5,
-              reweight=False, adf=-0.2, beta=0.9999, base_T=1.0, rf=0.05):
+def ride_loss(
+  expert_logits,
+  targets,
+  counts,
+  s=30.0,
+  max_m=0.5,
+  reweight=False,
+  adf=-0.2,
+  beta=0.9999,
+  base_T=1.0,
+  rf=0.05,
+):
   z = np.asarray(expert_logits, np.float64)
   e, n, c = z.shape
   counts = np.asarray(counts, np.float64)
-  m = 1 / np.sqrt(np.sqrt(counts)); m = m * (max_m / m.max())
+  m = 1 / np.sqrt(np.sqrt(counts))
+  m = m * (max_m / m.max())
   mean = z.mean(0)
   if reweight:
     cw = cb_weights(counts, beta)
@@ -130,7 +160,8 @@ def ride_loss(expert_logits, targets, counts, s=30.0, max_m=0.5,
     t = c * f * rf + 1 - rf
     T = base_T * t / t.max()
   else:
-    cw = np.ones(c); T = np.full(c, base_T)
+    cw = np.ones(c)
+    T = np.full(c, base_T)
   Tm = T.mean()
 
   def log_softmax(x):
@@ -151,6 +182,7 @@ def ride_loss(expert_logits, targets, counts, s=30.0, max_m=0.5,
 
 
 # -- MGDA: a plain-Python port of the reference solver's semantics ----------
+
 
 def _from2(v11, v12, v22):
   if v12 >= v11:
@@ -198,7 +230,8 @@ def mgda_reference(vecs, tol=1e-5, max_iter=250):
       if d < dmin:
         dmin, sol = d, ((i, j), c, d)
   x = np.zeros(k)
-  x[sol[0][0]] = sol[1]; x[sol[0][1]] = 1 - sol[1]
+  x[sol[0][0]] = sol[1]
+  x[sol[0][1]] = 1 - sol[1]
   if k < 3:
     return x, sol[2]
   for _ in range(max_iter):
@@ -226,8 +259,7 @@ def ib_loss(z, y, h, counts, alpha=1000.0, eps=1e-3):
   return out
 
 
-def ride_multilabel(zs, y, counts, s=30.0, max_m=0.5, div=-0.2, T=1.0,
-                    w=None):
+def ride_multilabel(zs, y, counts, s=30.0, max_m=0.5, div=-0.2, T=1.0, w=None):
   zs, y = np.asarray(zs, np.float64), np.asarray(y, np.float64)
   m = np.asarray(counts, np.float64) ** -0.25
   m = m * max_m / m.max() * s
@@ -238,8 +270,9 @@ def ride_multilabel(zs, y, counts, s=30.0, max_m=0.5, div=-0.2, T=1.0,
     for i in range(zs.shape[1]):
       for j in range(zs.shape[2]):
         zm = zs[e, i, j] - (m[j] if y[i, j] else 0.0)
-        total += (-log_sigmoid(zm) if y[i, j]
-                  else -w[j] * log_sigmoid(-zm)) / zs.shape[1]
+        total += (
+          -log_sigmoid(zm) if y[i, j] else -w[j] * log_sigmoid(-zm)
+        ) / zs.shape[1]
         pt = sigmoid(mean[i, j] / T)
         ps = sigmoid(zs[e, i, j] / T)
         kl = pt * np.log(pt / ps) + (1 - pt) * np.log((1 - pt) / (1 - ps))
@@ -265,7 +298,8 @@ def feedback_step(z, y, pos, neg, count, beta=2.0, decay=0.99, eps=1e-8):
   """Float64 loop reference of the feedback re-weighting: weights from the
   statistics before the step, then the moving averages of sum_pos (1 - p)
   and of the weighted sum_neg p."""
-  z = np.asarray(z, np.float64); y = np.asarray(y, np.float64)
+  z = np.asarray(z, np.float64)
+  y = np.asarray(y, np.float64)
   n, c = z.shape
   w = np.ones(c)
   if count > 0:
@@ -282,8 +316,13 @@ def feedback_step(z, y, pos, neg, count, beta=2.0, decay=0.99, eps=1e-8):
       else:
         loss[i, j] = -w[j] * np.log(1 - p)
         new_neg[j] += p
-  return (loss, w, decay * pos + (1 - decay) * new_pos,
-          decay * neg + (1 - decay) * w * new_neg, count + 1)
+  return (
+    loss,
+    w,
+    decay * pos + (1 - decay) * new_pos,
+    decay * neg + (1 - decay) * w * new_neg,
+    count + 1,
+  )
 
 
 # -- inputs shared with the PyTorch reference script --------------------------
@@ -312,8 +351,9 @@ def ride_inputs(seed=0, n=12, e=3):
   return z, t
 
 
-def torchvision_like_state(spec: dict, seed: int = 0,
-                           linear: str = "small") -> dict:
+def torchvision_like_state(
+  spec: dict, seed: int = 0, linear: str = "small"
+) -> dict:
   """A state dict with the keys and shapes of ``spec`` (a torchvision
   model's, in order) and seeded values: He-normal convolutions, batch-norm
   scales near 1, small shifts and non-trivial running statistics.
@@ -325,10 +365,10 @@ def torchvision_like_state(spec: dict, seed: int = 0,
     leaf = key.rpartition(".")[2]
     if leaf in ("class_token", "pos_embedding"):
       out[key] = rng.normal(0, 0.5, shape).astype(np.float32)
-    elif leaf == "in_proj_weight" or (leaf == "weight" and len(shape) == 2
-                                      and linear == "fan_in"):
-      out[key] = rng.normal(0, 1 / np.sqrt(shape[1]), shape).astype(
-          np.float32)
+    elif leaf == "in_proj_weight" or (
+      leaf == "weight" and len(shape) == 2 and linear == "fan_in"
+    ):
+      out[key] = rng.normal(0, 1 / np.sqrt(shape[1]), shape).astype(np.float32)
     elif leaf == "in_proj_bias":
       out[key] = rng.uniform(-0.1, 0.1, shape).astype(np.float32)
     elif leaf == "num_batches_tracked":
@@ -351,5 +391,6 @@ def torchvision_like_state(spec: dict, seed: int = 0,
 
 def imagenet_input(n=2, size=64, seed=0):
   """uint8 ``[n, size, size, 3]`` images for the encoder import check."""
-  return np.random.default_rng(seed).integers(0, 255, (n, size, size, 3),
-                                              np.uint8)
+  return np.random.default_rng(seed).integers(
+    0, 255, (n, size, size, 3), np.uint8
+  )

@@ -8,4 +8,5 @@ def test_eight_fake_cpu_devices():
 
 def test_absl_flags_parsed():
   from absl import flags
+
   assert flags.FLAGS.is_parsed()

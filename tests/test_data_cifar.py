@@ -22,8 +22,11 @@ def test_lt_indices_deterministic_and_exact():
   np.testing.assert_array_equal(idx, cifar.lt_indices(y, 100, seed=0))
   assert not np.array_equal(idx, cifar.lt_indices(y, 100, seed=1))
   counts = cifar.lt_class_counts(100)
-  shots = (counts > 100).sum(), ((counts >= 20) & (counts <= 100)).sum(), \
-      (counts < 20).sum()
+  shots = (
+    (counts > 100).sum(),
+    ((counts >= 20) & (counts <= 100)).sum(),
+    (counts < 20).sum(),
+  )
   assert shots == (35, 35, 30)
 
 
@@ -32,8 +35,9 @@ def test_tarball_loader(tmp_path):
   data = cifar.load_cifar100_lt(tmp_path, imbalance_factor=10)
   train, src = data["train"]
   assert train.labels.shape[1] == 100
-  np.testing.assert_array_equal(train.class_counts,
-                                cifar.lt_class_counts(10, max_per_class=6))
+  np.testing.assert_array_equal(
+    train.class_counts, cifar.lt_class_counts(10, max_per_class=6)
+  )
   assert src[0].shape == (32, 32, 3)
   test, _ = data["test"]
   assert len(test) == 200
@@ -53,6 +57,7 @@ class _RunsCode:
 
   def __reduce__(self):
     import os
+
     return (os.system, (f"touch {self.marker}",))
 
 
@@ -60,11 +65,14 @@ def test_crafted_pickle_is_refused_before_it_runs(tmp_path):
   import io
   import pickle
   import tarfile
+
   marker = tmp_path / "ran"
   fixtures.make_cifar100_tarball(tmp_path / "ok")
   path = tmp_path / "cifar-100-python.tar.gz"
-  with tarfile.open(tmp_path / "ok" / "cifar-100-python.tar.gz") as src, \
-      tarfile.open(path, "w:gz") as dst:
+  with (
+    tarfile.open(tmp_path / "ok" / "cifar-100-python.tar.gz") as src,
+    tarfile.open(path, "w:gz") as dst,
+  ):
     for m in src.getmembers():
       blob = src.extractfile(m).read()
       if m.name.endswith("/train"):
@@ -72,9 +80,10 @@ def test_crafted_pickle_is_refused_before_it_runs(tmp_path):
       info = tarfile.TarInfo(m.name)
       info.size = len(blob)
       dst.addfile(info, io.BytesIO(blob))
-  with pytest.raises(errors.UnsafePickleError,
-                     match=r"cifar-100-python/train: refused to unpickle "
-                           r"(posix|os)\.system"):
+  with pytest.raises(
+    errors.UnsafePickleError,
+    match=r"cifar-100-python/train: refused to unpickle " r"(posix|os)\.system",
+  ):
     cifar.load_cifar100_lt(tmp_path)
   assert not marker.exists()
   with pytest.raises(errors.UnsafePickleError, match="not a readable"):
@@ -84,14 +93,20 @@ def test_crafted_pickle_is_refused_before_it_runs(tmp_path):
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_data_only_unpickler_reads_numpy_1_and_2_pickles(protocol):
   import pickle
-  obj = {b"data": np.arange(12, dtype=np.uint8).reshape(3, 4),
-         b"fine_labels": [1, 2, 3], b"filenames": [b"a.png"],
-         b"batch_label": b"training batch 1 of 1", b"x": np.float64(0.5)}
+
+  obj = {
+    b"data": np.arange(12, dtype=np.uint8).reshape(3, 4),
+    b"fine_labels": [1, 2, 3],
+    b"filenames": [b"a.png"],
+    b"batch_label": b"training batch 1 of 1",
+    b"x": np.float64(0.5),
+  }
   blob = pickle.dumps(obj, protocol=protocol)
   variants = [blob]
-  if protocol == 2:   # what numpy 1 (and the original files) write
-    variants.append(blob.replace(b"numpy._core.multiarray",
-                                 b"numpy.core.multiarray"))
+  if protocol == 2:  # what numpy 1 (and the original files) write
+    variants.append(
+      blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    )
   for b in variants:
     got = cifar._unpickle(b)
     np.testing.assert_array_equal(got[b"data"], obj[b"data"])

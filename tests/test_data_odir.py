@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agt_jax.data import errors, odir, odir_keywords as kw
+from agt_jax.data import errors, odir
+from agt_jax.data import odir_keywords as kw
 from tests import fixtures
 
 
@@ -13,14 +14,19 @@ def test_keyword_mapping_reproduces_packaged_table():
   assert len(t) == 7000
   recovered = np.stack([kw.keywords_to_labels(k) for k in t.keywords])
   np.testing.assert_array_equal(recovered, t.labels)
-  np.testing.assert_array_equal(t.class_counts,
-                                [3098, 1801, 326, 313, 280, 193, 268, 1200])
+  np.testing.assert_array_equal(
+    t.class_counts, [3098, 1801, 326, 313, 280, 193, 268, 1200]
+  )
 
 
-@pytest.mark.parametrize("policy,n,n_normal,patients",
-                         [("as_normal", 6997, 3125, 3500),
-                          ("drop", 6970, 3098, 3499),  # one patient loses both
-                          ("keep_zero", 7000, 3098, 3500)])
+@pytest.mark.parametrize(
+  "policy,n,n_normal,patients",
+  [
+    ("as_normal", 6997, 3125, 3500),
+    ("drop", 6970, 3098, 3499),  # one patient loses both
+    ("keep_zero", 7000, 3098, 3500),
+  ],
+)
 def test_ignorable_policies(policy, n, n_normal, patients):
   t = odir.packaged_label_table(ignorable_policy=policy)
   assert len(t) == n and t.class_counts[0] == n_normal
@@ -31,8 +37,10 @@ def test_ignorable_policies(policy, n, n_normal, patients):
 
 def test_split_keywords_handles_both_commas_and_spaces():
   assert kw.split_keywords("lens dust，lens dust") == ["lens dust"] * 2
-  assert kw.split_keywords("drusen, abnormal pigment ") == ["drusen",
-                                                           "abnormal pigment"]
+  assert kw.split_keywords("drusen, abnormal pigment ") == [
+    "drusen",
+    "abnormal pigment",
+  ]
   assert kw.keyword_class("tessellated fundus") == "O"
   assert kw.keyword_class("myopic maculopathy") == "M"
   assert kw.keyword_class("drusen") == "O"
@@ -43,13 +51,21 @@ def test_challenge_xlsx_recovers_image_level_vectors(tmp_path):
   root = fixtures.make_odir_challenge(tmp_path / "odir")
   t = odir.load_odir5k(root, ignorable_policy="keep_zero")
   rows = fixtures.label_rows()
-  assert list(t.image_ids) == ["2_left", "2_right", "305_left", "305_right",
-                               "372_left", "372_right"]
+  assert list(t.image_ids) == [
+    "2_left",
+    "2_right",
+    "305_left",
+    "305_right",
+    "372_left",
+    "372_right",
+  ]
   for i, image_id in enumerate(t.image_ids):
     np.testing.assert_array_equal(t.labels[i], rows[image_id]["labels"])
   assert t.patient_ids.tolist() == ["2", "2", "305", "305", "372", "372"]
-  assert all(p.endswith(f"ODIR-5K_Training_Dataset/{i}.jpg")
-             for p, i in zip(t.paths, t.image_ids))
+  assert all(
+    p.endswith(f"ODIR-5K_Training_Dataset/{i}.jpg")
+    for p, i in zip(t.paths, t.image_ids)
+  )
   # as_normal: 372_right ("low image quality" only) becomes N.
   t2 = odir.load_odir5k(root)
   np.testing.assert_array_equal(t2.labels[5], [1, 0, 0, 0, 0, 0, 0, 0])
@@ -81,25 +97,29 @@ def test_missing_root_explains_where_and_how(tmp_path):
 
 def test_wrong_columns_name_file_and_columns(tmp_path):
   import openpyxl
+
   root = fixtures.make_odir_challenge(tmp_path / "odir")
   path = root / "ODIR-5K_Training_Annotations(Updated)_V2.xlsx"
   wb = openpyxl.load_workbook(path)
   wb.active.delete_cols(2)  # drop "Patient Age"
   wb.save(path)
-  with pytest.raises(errors.LabelFileError, match=r"V2\.xlsx.*missing "
-                     r"\['Patient Age'\]"):
+  with pytest.raises(
+    errors.LabelFileError, match=r"V2\.xlsx.*missing " r"\['Patient Age'\]"
+  ):
     odir.load_odir5k(root)
 
 
 def test_label_value_outside_binary_names_row_and_column(tmp_path):
   import openpyxl
+
   root = fixtures.make_odir_challenge(tmp_path / "odir")
   path = root / "ODIR-5K_Training_Annotations(Updated)_V2.xlsx"
   wb = openpyxl.load_workbook(path)
-  wb.active.cell(row=3, column=9).value = 2   # column "D" of patient 305
+  wb.active.cell(row=3, column=9).value = 2  # column "D" of patient 305
   wb.save(path)
-  with pytest.raises(errors.LabelFileError,
-                     match=r"row 3, column 'D': label value 2"):
+  with pytest.raises(
+    errors.LabelFileError, match=r"row 3, column 'D': label value 2"
+  ):
     odir.load_odir5k(root)
 
 
@@ -110,13 +130,16 @@ def test_kaggle_csv_bad_value(tmp_path):
   cells[7] = "x"  # column N of row 2
   lines[1] = ",".join(cells)
   (root / "full_df.csv").write_bytes("\r\n".join(lines).encode())
-  with pytest.raises(errors.LabelFileError, match=r"full_df\.csv: row 2, "
-                     r"column 'N': label value 'x'"):
+  with pytest.raises(
+    errors.LabelFileError,
+    match=r"full_df\.csv: row 2, " r"column 'N': label value 'x'",
+  ):
     odir.load_odir5k(root)
 
 
 def test_unreadable_image_names_file(tmp_path):
   from agt_jax.data import images
+
   bad = tmp_path / "broken.jpg"
   bad.write_bytes(b"not a jpeg")
   with pytest.raises(errors.ImageReadError, match="broken.jpg"):
@@ -127,6 +150,7 @@ def test_unreadable_image_names_file(tmp_path):
 
 def test_fov_crop_and_resize(tmp_path):
   from agt_jax.data import images
+
   root = fixtures.make_odir_challenge(tmp_path / "odir")
   t = odir.load_odir5k(root)
   raw = np.asarray(Image.open(t.paths[0]))
@@ -140,11 +164,12 @@ def test_fov_crop_and_resize(tmp_path):
 
 def test_select_classes_keeps_every_image():
   from agt_jax.errors import InputError
+
   t = odir.packaged_label_table()
   sub = t.select_classes(("D", "G", "A"))
   assert sub.class_names == ("D", "G", "A") and len(sub) == len(t)
   np.testing.assert_array_equal(sub.labels, t.labels[:, [1, 2, 4]])
-  assert (sub.labels.sum(1) == 0).any()      # images with none of them stay
+  assert (sub.labels.sum(1) == 0).any()  # images with none of them stay
   with pytest.raises(InputError, match=r"unknown \['X'\]"):
     t.select_classes(("D", "X"))
   with pytest.raises(InputError, match="empty or repeated"):

@@ -1,9 +1,9 @@
 """Images attached to sampler batches, augmentation, device feed, checkpoints."""
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import grain
 import pytest
 
 from agt_jax.data import images, odir, pipeline, samplers
@@ -22,8 +22,9 @@ def small():
 
 def test_train_batches_have_augmented_images(small):
   t, src = small
-  ds = samplers.group_mixed_batches(t.labels, GROUPS, batch_size=8, alpha=0.5,
-                                    seed=0)
+  ds = samplers.group_mixed_batches(
+    t.labels, GROUPS, batch_size=8, alpha=0.5, seed=0
+  )
   with_img = pipeline.with_images(ds, src, crop=64, train=True, seed=1)
   b = with_img[3]
   assert b["image"].shape == (8, 64, 64, 3) and b["image"].dtype == np.uint8
@@ -33,23 +34,30 @@ def test_train_batches_have_augmented_images(small):
   # Every image is a crop (maybe flipped) of its source.
   for k, i in enumerate(b["index"]):
     full = src[i]
-    found = any(np.array_equal(c, b["image"][k]) or
-                np.array_equal(c[:, ::-1], b["image"][k])
-                for y in range(17) for x in range(17)
-                for c in [full[y:y + 64, x:x + 64]])
+    found = any(
+      np.array_equal(c, b["image"][k])
+      or np.array_equal(c[:, ::-1], b["image"][k])
+      for y in range(17)
+      for x in range(17)
+      for c in [full[y : y + 64, x : x + 64]]
+    )
     assert found
 
 
 def test_eval_batches_center_crop_and_padding(small):
   t, src = small
-  ds = pipeline.with_images(pipeline.eval_batches(len(t), t.labels,
-                                                  batch_size=10),
-                            src, crop=64, train=False)
+  ds = pipeline.with_images(
+    pipeline.eval_batches(len(t), t.labels, batch_size=10),
+    src,
+    crop=64,
+    train=False,
+  )
   assert len(ds) == 5
   last = ds[4]
   assert last["valid"].sum() == len(t) - 40
-  np.testing.assert_array_equal(last["image"][0],
-                                images.center_crop(src[40], 64))
+  np.testing.assert_array_equal(
+    last["image"][0], images.center_crop(src[40], 64)
+  )
 
 
 def test_crop_larger_than_image_is_rejected():
@@ -66,13 +74,20 @@ def test_file_source_reads_and_resizes(tmp_path):
 
 def test_device_feed_shards_over_8_devices(small):
   t, src = small
-  mesh = jax.make_mesh((8,), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = jax.make_mesh(
+    (8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)
+  )
   ds = pipeline.with_images(
-      samplers.group_mixed_batches(t.labels, GROUPS, batch_size=16, alpha=0.5,
-                                   seed=0), src, crop=64, train=True)
-  it = pipeline.device_batches(pipeline.to_iterator(ds),
-                               pipeline.data_sharding(mesh))
+    samplers.group_mixed_batches(
+      t.labels, GROUPS, batch_size=16, alpha=0.5, seed=0
+    ),
+    src,
+    crop=64,
+    train=True,
+  )
+  it = pipeline.device_batches(
+    pipeline.to_iterator(ds), pipeline.data_sharding(mesh)
+  )
   b = next(it)
   assert b["image"].shape == (16, 64, 64, 3)
   assert len(b["image"].sharding.device_set) == 8
@@ -83,18 +98,21 @@ def test_device_feed_shards_over_8_devices(small):
 
 def test_orbax_checkpoint_of_the_iterator(small, tmp_path):
   t, _ = small
-  ds = samplers.group_mixed_batches(t.labels, GROUPS, batch_size=8, alpha=0.5,
-                                    seed=0)
+  ds = samplers.group_mixed_batches(
+    t.labels, GROUPS, batch_size=8, alpha=0.5, seed=0
+  )
   it = pipeline.to_iterator(ds)
   for _ in range(7):
     next(it)
   mngr = ocp.CheckpointManager(tmp_path / "ckpt")
-  mngr.save(7, args=ocp.args.Composite(
-      data=grain.checkpoint.CheckpointSave(it)))
+  mngr.save(
+    7, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it))
+  )
   mngr.wait_until_finished()
   expected = next(it)["index"]
   it2 = pipeline.to_iterator(ds)
-  mngr.restore(7, args=ocp.args.Composite(
-      data=grain.checkpoint.CheckpointRestore(it2)))
+  mngr.restore(
+    7, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(it2))
+  )
   np.testing.assert_array_equal(next(it2)["index"], expected)
   mngr.close()

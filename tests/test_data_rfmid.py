@@ -41,14 +41,17 @@ def test_bad_csv_columns_and_values(tmp_path):
   path = tmp_path / "Training_Set/Training_Set/RFMiD_Training_Labels.csv"
   good = path.read_bytes()
   path.write_bytes(good.replace(b",ODE,", b",ODX,", 1))
-  with pytest.raises(errors.LabelFileError, match=r"Labels\.csv.*missing "
-                     r"\['ODE'\], unexpected \['ODX'\]"):
+  with pytest.raises(
+    errors.LabelFileError,
+    match=r"Labels\.csv.*missing " r"\['ODE'\], unexpected \['ODX'\]",
+  ):
     rfmid.load_rfmid(tmp_path)
   lines = good.decode().split("\r\n")
   cells = lines[2].split(",")
   cells[3] = "3"  # column ARMD (ID, Disease_Risk, DR, ARMD) of file row 3
   lines[2] = ",".join(cells)
   path.write_bytes("\r\n".join(lines).encode())
-  with pytest.raises(errors.LabelFileError,
-                     match=r"row 3, column 'ARMD': label value '3'"):
+  with pytest.raises(
+    errors.LabelFileError, match=r"row 3, column 'ARMD': label value '3'"
+  ):
     rfmid.load_rfmid(tmp_path)

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from agt_jax.data import registry, synth, synth_render as sr
+from agt_jax.data import registry, synth
+from agt_jax.data import synth_render as sr
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -17,21 +18,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # means every cached image and every published synthetic number changes too:
 # bump synth_render.RENDERER_VERSION along with these.
 GOLDEN = [
-    ("0_right", "7f2ce9e3badd8127"),  # N
-    ("2780_right", "da1eaa661698f2b8"),  # N
-    ("2_left", "438950ed6c15ddda"),  # D (and O)
-    ("4063_left", "c2f3b2f3fa7f9be6"),  # D
-    ("30_left", "b38ce9a8fdb4ed81"),  # G
-    ("1330_right", "d319229bb564e78e"),  # G
-    ("0_left", "b8c172894d96ee6d"),  # C
-    ("2147_left", "557a4688fe830e2e"),  # C
-    ("43_left", "96f05ef26773215e"),  # A
-    ("961_right", "dedbe86b9267c642"),  # A
-    ("11_left", "1af0253fae55577d"),  # H
-    ("1046_left", "dc11be386fd67052"),  # H
-    ("13_left", "30e45341c1016fa9"),  # M
-    ("1557_left", "3637f2a195a8b2ea"),  # M
-    ("659_left", "377a9fc31abec2cc"),  # O
+  ("0_right", "7f2ce9e3badd8127"),  # N
+  ("2780_right", "da1eaa661698f2b8"),  # N
+  ("2_left", "438950ed6c15ddda"),  # D (and O)
+  ("4063_left", "c2f3b2f3fa7f9be6"),  # D
+  ("30_left", "b38ce9a8fdb4ed81"),  # G
+  ("1330_right", "d319229bb564e78e"),  # G
+  ("0_left", "b8c172894d96ee6d"),  # C
+  ("2147_left", "557a4688fe830e2e"),  # C
+  ("43_left", "96f05ef26773215e"),  # A
+  ("961_right", "dedbe86b9267c642"),  # A
+  ("11_left", "1af0253fae55577d"),  # H
+  ("1046_left", "dc11be386fd67052"),  # H
+  ("13_left", "30e45341c1016fa9"),  # M
+  ("1557_left", "3637f2a195a8b2ea"),  # M
+  ("659_left", "377a9fc31abec2cc"),  # O
 ]
 
 
@@ -57,7 +58,7 @@ def test_render_basics(table):
   row = _row(table, "0_right")
   img = sr.render(row, 128, seed=0)
   assert img.shape == (128, 128, 3) and img.dtype == np.uint8
-  assert img[0, 0].max() == 0 and img[-1, -1].max() == 0   # outside the FOV
+  assert img[0, 0].max() == 0 and img[-1, -1].max() == 0  # outside the FOV
   assert img[64, 64].min() > 0
   np.testing.assert_array_equal(img, sr.render(row, 128, seed=0))
   assert not np.array_equal(img, sr.render(row, 128, seed=1))
@@ -66,8 +67,9 @@ def test_render_basics(table):
 def test_disc_is_on_the_nasal_side(table):
   """Right eye: disc on the viewer's right; left eye: on the left."""
   for image_id, side in (("0_right", 1), ("0_left", -1)):
-    geo = sr._geometry(128, "right" if side > 0 else "left",
-                       sr._Rng(0, 1), offset=False)
+    geo = sr._geometry(
+      128, "right" if side > 0 else "left", sr._Rng(0, 1), offset=False
+    )
     assert np.sign(geo.disc[1] - geo.fovea[1]) == side
     img = sr.render(_row(table, image_id), 128).astype(float).sum(-1)
     half = img[:, 64:].max() > img[:, :64].max()
@@ -75,33 +77,47 @@ def test_disc_is_on_the_nasal_side(table):
 
 
 def test_determinism_across_processes(table):
-  code = ("import hashlib; from agt_jax.data import synth, synth_render as sr;"
-          "import numpy as np; t = synth.synth_table();"
-          "i = int(np.flatnonzero(t.image_ids == '961_right')[0]);"
-          "print(hashlib.sha256(sr.render(synth.row(t, i), 80, seed=3)"
-          ".tobytes()).hexdigest())")
-  outs = [subprocess.run([sys.executable, "-c", code], check=True, text=True,
-                         capture_output=True, cwd=ROOT).stdout.strip()
-          for _ in range(2)]
-  here = hashlib.sha256(sr.render(_row(table, "961_right"), 80, seed=3)
-                        .tobytes()).hexdigest()
+  code = (
+    "import hashlib; from agt_jax.data import synth, synth_render as sr;"
+    "import numpy as np; t = synth.synth_table();"
+    "i = int(np.flatnonzero(t.image_ids == '961_right')[0]);"
+    "print(hashlib.sha256(sr.render(synth.row(t, i), 80, seed=3)"
+    ".tobytes()).hexdigest())"
+  )
+  outs = [
+    subprocess.run(
+      [sys.executable, "-c", code],
+      check=True,
+      text=True,
+      capture_output=True,
+      cwd=ROOT,
+    ).stdout.strip()
+    for _ in range(2)
+  ]
+  here = hashlib.sha256(
+    sr.render(_row(table, "961_right"), 80, seed=3).tobytes()
+  ).hexdigest()
   assert outs[0] == outs[1] == here
 
 
 def test_visibility_knob_removes_signs(table):
-  row = _row(table, "4063_left")   # D
+  row = _row(table, "4063_left")  # D
   keep = sr.severities(row["keywords"], row["labels"], sr._Rng(0, 1))
-  gone = sr.severities(row["keywords"], row["labels"], sr._Rng(0, 1),
-                       {"D": 0.0})
+  gone = sr.severities(
+    row["keywords"], row["labels"], sr._Rng(0, 1), {"D": 0.0}
+  )
   assert "D" in keep and "D" not in gone
-  assert not np.array_equal(sr.render(row, 64),
-                            sr.render(row, 64, visibility={"D": 0.0}))
+  assert not np.array_equal(
+    sr.render(row, 64), sr.render(row, 64, visibility={"D": 0.0})
+  )
 
 
 def test_subtle_fraction(table):
   rng = sr._Rng(0, 2)
-  sev = [sr.severities(table.keywords[i], table.labels[i], rng).get("D")
-         for i in np.flatnonzero(table.labels[:, 1] == 1)]
+  sev = [
+    sr.severities(table.keywords[i], table.labels[i], rng).get("D")
+    for i in np.flatnonzero(table.labels[:, 1] == 1)
+  ]
   subtle = np.mean([s < 0.15 for s in sev])
   assert 0.10 <= subtle <= 0.20
 
@@ -114,8 +130,15 @@ def test_table_says_synthetic(table):
 
 def test_cache_survives_interruption(table, tmp_path):
   sub = table.take(np.arange(40))
-  folder = synth.build_cache(sub, tmp_path / "a", size=64, workers=1,
-                             chunk_size=8, progress=False, max_chunks=2)
+  folder = synth.build_cache(
+    sub,
+    tmp_path / "a",
+    size=64,
+    workers=1,
+    chunk_size=8,
+    progress=False,
+    max_chunks=2,
+  )
   assert not (folder / "meta.json").exists()
   with pytest.raises(FileNotFoundError, match="no complete 64px cache"):
     synth.open_cache(sub, tmp_path / "a", size=64)
@@ -126,8 +149,9 @@ def test_cache_survives_interruption(table, tmp_path):
   mm[20:30] = 255
   mm.flush()
   del mm
-  synth.build_cache(sub, tmp_path / "a", size=64, workers=2, chunk_size=8,
-                    progress=False)
+  synth.build_cache(
+    sub, tmp_path / "a", size=64, workers=2, chunk_size=8, progress=False
+  )
   resumed = np.asarray(synth.open_cache(sub, tmp_path / "a", size=64))
   synth.build_cache(sub, tmp_path / "b", size=64, workers=1, progress=False)
   fresh = np.asarray(synth.open_cache(sub, tmp_path / "b", size=64))
@@ -147,6 +171,7 @@ def test_cache_for_other_parameters_is_not_reused(table, tmp_path):
 
 def test_gallery_png(tmp_path):
   from PIL import Image
+
   path = synth.gallery(tmp_path / "g.png", size=64, per_class=2, multi=2)
   im = Image.open(path)
   assert im.size[0] == 2 * 68 + 4 and im.size[1] > 9 * 64
@@ -162,11 +187,25 @@ def test_registry_names_and_errors():
 
 def test_learnability_script_smoke(tmp_path):
   out = subprocess.run(
-      [sys.executable, str(ROOT / "benchmarks" / "synth_learnability.py"),
-       "--smoke", "--cache-dir", str(tmp_path), "--workers", "1"],
-      check=True, capture_output=True, text=True, cwd=ROOT,
-      env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin",
-           "PYTHONPATH": str(ROOT)}).stdout
+    [
+      sys.executable,
+      str(ROOT / "benchmarks" / "synth_learnability.py"),
+      "--smoke",
+      "--cache-dir",
+      str(tmp_path),
+      "--workers",
+      "1",
+    ],
+    check=True,
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    env={
+      "JAX_PLATFORMS": "cpu",
+      "PATH": "/usr/bin:/bin",
+      "PYTHONPATH": str(ROOT),
+    },
+  ).stdout
   rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
   assert [r["model"] for r in rows] == ["logreg_colour_blur", "small_cnn"]
   for r in rows:
@@ -189,12 +228,18 @@ def test_pretraining_stand_in_shares_no_image_or_render_seed(tmp_path):
   assert synth.pretrain_table(seed=1).labels.tolist() != pre.labels.tolist()
   # Rendered with its own seed into its own cache folder.
   table, source = registry.load_dataset(
-      "odir5k-synth-pretrain", cache_dir=tmp_path, image_size=32,
-      max_images=4, progress=False)
+    "odir5k-synth-pretrain",
+    cache_dir=tmp_path,
+    image_size=32,
+    max_images=4,
+    progress=False,
+  )
   assert (tmp_path / synth.PRETRAIN_NAME).is_dir()
   assert pre.meta["render_seed"] == synth.PRETRAIN_SEED
   i = 0
   again = sr.render(synth.row(table, i), 32, seed=synth.PRETRAIN_SEED)
   np.testing.assert_array_equal(source[i], again)
   assert registry.parse_data_spec("odir5k-synth-pretrain") == {
-      "dataset": "odir5k-synth-pretrain", "data_dir": None}
+    "dataset": "odir5k-synth-pretrain",
+    "data_dir": None,
+  }

@@ -15,11 +15,14 @@ def broken_odir(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
   truncated and one missing JPEG."""
   fixtures.make_odir_challenge(root)
   d = root / "ODIR-5K_Training_Images" / "ODIR-5K_Training_Dataset"
-  bad = {"corrupt": d / "2_left.jpg", "truncated": d / "305_right.jpg",
-         "missing": d / "372_left.jpg"}
+  bad = {
+    "corrupt": d / "2_left.jpg",
+    "truncated": d / "305_right.jpg",
+    "missing": d / "372_left.jpg",
+  }
   bad["corrupt"].write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 4)
   data = bad["truncated"].read_bytes()
-  bad["truncated"].write_bytes(data[:len(data) // 2])
+  bad["truncated"].write_bytes(data[: len(data) // 2])
   bad["missing"].unlink()
   return root, bad
 
@@ -27,29 +30,34 @@ def broken_odir(root: pathlib.Path) -> tuple[pathlib.Path, dict]:
 def test_all_bad_files_reported_in_one_line(tmp_path):
   root, bad = broken_odir(tmp_path / "odir")
   with pytest.raises(errors.BadImagesError) as e:
-    registry.load_dataset("odir5k", data_dir=root, cache_dir=tmp_path / "c",
-                          progress=False)
+    registry.load_dataset(
+      "odir5k", data_dir=root, cache_dir=tmp_path / "c", progress=False
+    )
   msg = str(e.value)
   assert "\n" not in msg
-  assert msg.startswith("odir5k: 3 of 6 image files are missing or do not "
-                        "decode: ")
+  assert msg.startswith(
+    "odir5k: 3 of 6 image files are missing or do not " "decode: "
+  )
   for path in bad.values():
     assert str(path) in msg
   assert f"{bad['missing']} (missing)" in msg
-  assert "truncated" in msg        # PIL's reason for the cut file
+  assert "truncated" in msg  # PIL's reason for the cut file
   assert "--set skip_bad_images=true" in msg
 
 
 def test_skip_bad_images_drops_and_lists_them(tmp_path):
   root, bad = broken_odir(tmp_path / "odir")
   table, source = registry.load_dataset(
-      "odir5k", data_dir=root, cache_dir=tmp_path / "c", progress=False,
-      skip_bad_images=True)
+    "odir5k",
+    data_dir=root,
+    cache_dir=tmp_path / "c",
+    progress=False,
+    skip_bad_images=True,
+  )
   assert len(table) == len(source) == 3
   skipped = table.meta["skipped_images"]
   assert sorted(s["path"] for s in skipped) == sorted(map(str, bad.values()))
-  assert {s["image_id"] for s in skipped} == {"2_left", "305_right",
-                                              "372_left"}
+  assert {s["image_id"] for s in skipped} == {"2_left", "305_right", "372_left"}
   assert all(source[i].shape == (512, 512, 3) for i in range(len(source)))
 
 
@@ -70,7 +78,7 @@ def test_good_files_are_cached_by_size_and_mtime(tmp_path, monkeypatch):
   assert verify.check_images(paths, cache_file=cache, progress=False) == []
   assert len(calls) == 6
   assert verify.check_images(paths, cache_file=cache, progress=False) == []
-  assert len(calls) == 6                        # nothing re-decoded
+  assert len(calls) == 6  # nothing re-decoded
   # A file that changes (size/mtime) is checked again, and found bad.
   pathlib.Path(paths[0]).write_bytes(b"garbage")
   got = verify.check_images(paths, cache_file=cache, progress=False)
@@ -79,14 +87,18 @@ def test_good_files_are_cached_by_size_and_mtime(tmp_path, monkeypatch):
 
 def test_png_and_real_images_pass(tmp_path):
   from PIL import Image
+
   img = fixtures.fundus_image(40, 50, 0)
   Image.fromarray(img).save(tmp_path / "a.png")
   Image.fromarray(img).save(tmp_path / "b.jpg")
-  assert verify.check_images([tmp_path / "a.png", tmp_path / "b.jpg"],
-                             progress=False) == []
+  assert (
+    verify.check_images(
+      [tmp_path / "a.png", tmp_path / "b.jpg"], progress=False
+    )
+    == []
+  )
   raw = (tmp_path / "a.png").read_bytes()
-  (tmp_path / "c.png").write_bytes(raw[:len(raw) // 2])
+  (tmp_path / "c.png").write_bytes(raw[: len(raw) // 2])
   got = verify.check_images([tmp_path / "c.png"], progress=False)
   assert len(got) == 1 and "does not decode" in got[0]["reason"]
-  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")),
-                                img)
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a.png")), img)

@@ -23,10 +23,22 @@ import pytest
 from tests.test_experiments_odir import ROOT, _final_state, env
 from tests.test_faults_signals import DRIVER, assert_same_run
 
-SETS = ["--set", "warmup_steps=2", "--set", "teacher_steps=6",
-        "--set", "student_steps=4", "--set", "ckpt_every=2",
-        "--set", "log_every=1", "--set", "eval_every=3",
-        "--set", "reweight=feedback"]
+SETS = [
+  "--set",
+  "warmup_steps=2",
+  "--set",
+  "teacher_steps=6",
+  "--set",
+  "student_steps=4",
+  "--set",
+  "ckpt_every=2",
+  "--set",
+  "log_every=1",
+  "--set",
+  "eval_every=3",
+  "--set",
+  "reweight=feedback",
+]
 BASE = ["--fold", "0", "--preset", "smoke", *SETS]
 
 
@@ -52,8 +64,14 @@ def two_processes(args, cache, kill=None, timeout=300):
   port = _free_port()
   procs, logs = [], []
   for i in range(2):
-    flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-             "--process-id", str(i)]
+    flags = [
+      "--coordinator",
+      f"127.0.0.1:{port}",
+      "--num-processes",
+      "2",
+      "--process-id",
+      str(i),
+    ]
     head = ["-c", DRIVER] if kill else ["-m", "experiments.odir"]
     extra = {"AGT_TEST_KILL": kill} if kill else {}
     # One compilation cache per process id: two processes writing the same
@@ -67,10 +85,16 @@ def two_processes(args, cache, kill=None, timeout=300):
     # Stdout (progress) is never read.
     cache.mkdir(parents=True, exist_ok=True)
     logs.append(tempfile.TemporaryFile(mode="w+", dir=cache))
-    procs.append(subprocess.Popen(
-        [sys.executable, *head, *args, *flags], cwd=ROOT,
-        env=_env(cache, 4, **extra), stdout=subprocess.DEVNULL,
-        stderr=logs[-1], text=True))
+    procs.append(
+      subprocess.Popen(
+        [sys.executable, *head, *args, *flags],
+        cwd=ROOT,
+        env=_env(cache, 4, **extra),
+        stdout=subprocess.DEVNULL,
+        stderr=logs[-1],
+        text=True,
+      )
+    )
 
   def stderr_of(i):
     logs[i].seek(0)
@@ -83,16 +107,20 @@ def two_processes(args, cache, kill=None, timeout=300):
   except subprocess.TimeoutExpired:
     for q in procs:
       if q.poll() is None:
-        q.send_signal(signal.SIGABRT)   # faulthandler prints the stacks
+        q.send_signal(signal.SIGABRT)  # faulthandler prints the stacks
     for q in procs:
       try:
         q.wait(timeout=30)
       except subprocess.TimeoutExpired:
         q.kill()
         q.wait()
-    pytest.fail(f"two processes did not finish in {timeout} s:\n" + "\n".join(
+    pytest.fail(
+      f"two processes did not finish in {timeout} s:\n"
+      + "\n".join(
         f"process {i} (rc {q.returncode}): {stderr_of(i)[-6000:]}"
-        for i, q in enumerate(procs)))
+        for i, q in enumerate(procs)
+      )
+    )
   out = [(p.returncode, stderr_of(i)) for i, p in enumerate(procs)]
   for f in logs:
     f.close()
@@ -104,9 +132,19 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("distributed")
   cache = root / "cache"
   one = subprocess.run(
-      [sys.executable, "-m", "experiments.odir", *BASE, "--workdir",
-       str(root / "one")], cwd=ROOT, env=_env(cache, 8), capture_output=True,
-      text=True)
+    [
+      sys.executable,
+      "-m",
+      "experiments.odir",
+      *BASE,
+      "--workdir",
+      str(root / "one"),
+    ],
+    cwd=ROOT,
+    env=_env(cache, 8),
+    capture_output=True,
+    text=True,
+  )
   assert one.returncode == 0, one.stderr[-3000:]
   two = two_processes([*BASE, "--workdir", str(root / "two")], cache)
   for code, err in two:
@@ -121,54 +159,79 @@ def test_two_processes_match_one_process_on_eight_devices(runs):
   assert rb["devices"] == {"count": 8, "processes": 2}
   assert ra["devices"] == {"count": 8, "processes": 1}
   assert ra["groups"]["groups"] == rb["groups"]["groups"]
-  assert ra["selection"]["teacher"]["step"] == \
-      rb["selection"]["teacher"]["step"]
+  assert (
+    ra["selection"]["teacher"]["step"] == rb["selection"]["teacher"]["step"]
+  )
   for model in ("teacher", "student"):
     for m in ("kappa", "f1", "auc", "final"):
       assert abs(ra[model]["odir"][m] - rb[model]["odir"][m]) <= 1e-3, (
-          model, m)
+        model,
+        m,
+      )
 
   def losses(wd):
-    return [(r["phase"], r["step"], r["loss"]) for r in map(
-        json.loads, (wd / "metrics.jsonl").read_text().splitlines())
-        if "loss" in r]
+    return [
+      (r["phase"], r["step"], r["loss"])
+      for r in map(json.loads, (wd / "metrics.jsonl").read_text().splitlines())
+      if "loss" in r
+    ]
+
   la, lb = losses(root / "one"), losses(root / "two")
-  assert [x[:2] for x in la] == [x[:2] for x in lb]   # each step once
-  np.testing.assert_allclose([x[2] for x in lb], [x[2] for x in la],
-                             rtol=1e-4)
+  assert [x[:2] for x in la] == [x[:2] for x in lb]  # each step once
+  np.testing.assert_allclose([x[2] for x in lb], [x[2] for x in la], rtol=1e-4)
   import jax
+
   for phase in ("teacher", "student"):
     a, _ = _final_state(root / "one" / "checkpoints" / phase)
     b, _ = _final_state(root / "two" / "checkpoints" / phase)
-    for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(
-        b["params"]), strict=True):
-      np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=2e-4,
-                                 atol=2e-5)
+    for x, y in zip(
+      jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]), strict=True
+    ):
+      np.testing.assert_allclose(
+        np.asarray(y), np.asarray(x), rtol=2e-4, atol=2e-5
+      )
   # Process 0 writes and shows the bar; process 1 logs one line a phase.
   err1 = two[1][1]
   assert "process 1 of 2: teacher fold 0 from step 0 of 6" in err1
-  assert "%|" not in err1   # no progress bar on process 1
+  assert "%|" not in err1  # no progress bar on process 1
 
 
 def test_two_processes_killed_and_resumed_are_bit_identical(runs):
   root, _ = runs
   wd, cache = root / "killed", root / "cache"
-  for code, err in two_processes([*BASE, "--workdir", str(wd)], cache,
-                                 kill="step:teacher:3"):
+  for code, err in two_processes(
+    [*BASE, "--workdir", str(wd)], cache, kill="step:teacher:3"
+  ):
     assert code == -signal.SIGKILL, err[-3000:]
   # One checkpoint, written by both processes together.
   step = wd / "checkpoints" / "teacher" / "2"
   assert sorted(p.name for p in (step / "data").glob("process_*")) == [
-      "process_0-of-2.json", "process_1-of-2.json"]
-  for code, err in two_processes([*BASE, "--workdir", str(wd), "--resume"],
-                                 cache):
+    "process_0-of-2.json",
+    "process_1-of-2.json",
+  ]
+  for code, err in two_processes(
+    [*BASE, "--workdir", str(wd), "--resume"], cache
+  ):
     assert code == 0, err[-3000:]
   assert_same_run(root / "two", wd)
   # One process resuming it is refused before training, naming the count.
   out = subprocess.run(
-      [sys.executable, "-m", "experiments.odir", *BASE, "--workdir", str(wd),
-       "--resume"], cwd=ROOT, env=_env(cache, 8), capture_output=True,
-      text=True)
+    [
+      sys.executable,
+      "-m",
+      "experiments.odir",
+      *BASE,
+      "--workdir",
+      str(wd),
+      "--resume",
+    ],
+    cwd=ROOT,
+    env=_env(cache, 8),
+    capture_output=True,
+    text=True,
+  )
   assert out.returncode == 2, out.stderr[-3000:]
-  assert "was written by 2 process(es) and this run has 1: resume with 2" \
-      in out.stderr.strip().splitlines()[-1]
+  assert (
+    "was written by 2 process(es) and this run has 1: resume with 2"
+    in out.stderr.strip().splitlines()[-1]
+  )

@@ -15,8 +15,14 @@ from tests.test_experiments_odir import ROOT, env
 
 
 def run_cli(module, args, cache, **kw):
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
-                        env=env(cache), capture_output=True, text=True, **kw)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=ROOT,
+    env=env(cache),
+    capture_output=True,
+    text=True,
+    **kw,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +31,23 @@ def cache(tmp_path_factory):
 
 
 def rows(workdir):
-  return [json.loads(l) for l in
-          (workdir / "results.jsonl").read_text().splitlines()]
+  return [
+    json.loads(l) for l in (workdir / "results.jsonl").read_text().splitlines()
+  ]
 
 
 def test_table1_smoke_every_method_then_skips(tmp_path, cache):
   wd = tmp_path / "t1"
-  args = ["--preset", "smoke", "--folds", "0", "--backbones", "resnet_tiny",
-          "--workdir", str(wd)]
+  args = [
+    "--preset",
+    "smoke",
+    "--folds",
+    "0",
+    "--backbones",
+    "resnet_tiny",
+    "--workdir",
+    str(wd),
+  ]
   out = run_cli("experiments.odir_table1", args, cache)
   assert out.returncode == 0, out.stderr[-3000:]
   got = rows(wd)
@@ -42,38 +57,69 @@ def test_table1_smoke_every_method_then_skips(tmp_path, cache):
   for label, _, _ in odir_table1.METHODS.values():
     assert f"| {label} |" in report, label
   assert (wd / "table1_resnet_tiny.png").stat().st_size > 1000
-  cfg = lambda m: json.loads((wd / f"{m}@resnet_tiny" / "fold0" /
-                              "config.json").read_text())
+  cfg = lambda m: json.loads(
+    (wd / f"{m}@resnet_tiny" / "fold0" / "config.json").read_text()
+  )
   assert cfg("eqlv2")["loss"] == "eqlv2" and cfg("ride")["experts"] == 3
   assert cfg("multi_teacher_kd")["teacher"] == "multi"
   # EQLv2 carried its statistics through the run (in the checkpoint).
-  assert (wd / "eqlv2@resnet_tiny" / "fold0" / "checkpoints" / "teacher"
-          ).exists()
-  again = run_cli("experiments.odir_table1",
-                  args + ["--methods", "bce", "ours"], cache)
+  assert (
+    wd / "eqlv2@resnet_tiny" / "fold0" / "checkpoints" / "teacher"
+  ).exists()
+  again = run_cli(
+    "experiments.odir_table1", args + ["--methods", "bce", "ours"], cache
+  )
   assert again.returncode == 0, again.stderr[-2000:]
   assert again.stdout.count("finished, skipped") == 2
 
 
 def test_table1_densenet_column(tmp_path, cache):
   wd = tmp_path / "t1d"
-  out = run_cli("experiments.odir_table1",
-                ["--preset", "smoke", "--folds", "0", "--methods", "ours",
-                 "--backbones", "densenet_tiny", "--workdir", str(wd)], cache)
+  out = run_cli(
+    "experiments.odir_table1",
+    [
+      "--preset",
+      "smoke",
+      "--folds",
+      "0",
+      "--methods",
+      "ours",
+      "--backbones",
+      "densenet_tiny",
+      "--workdir",
+      str(wd),
+    ],
+    cache,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "## Backbone: densenet_tiny" in (wd / "report.md").read_text()
 
 
 def test_ablation_smoke_runs_table3_and_skips_finished(tmp_path, cache):
   wd = tmp_path / "abl"
-  args = ["--preset", "smoke", "--folds", "0", "--table", "3", "--workdir",
-          str(wd), "--variants", "baseline", "agt_kd", "agt_frw_kd"]
+  args = [
+    "--preset",
+    "smoke",
+    "--folds",
+    "0",
+    "--table",
+    "3",
+    "--workdir",
+    str(wd),
+    "--variants",
+    "baseline",
+    "agt_kd",
+    "agt_frw_kd",
+  ]
   out = run_cli("experiments.odir_ablation", args, cache)
   assert out.returncode == 0, out.stderr[-2000:]
   report = (wd / "report.md").read_text()
   assert "Synthetic data" in report and "## Table 3" in report
-  for label in ("baseline (plain BCE)", "AGT + KD",
-                "AGT + stable RW (feedback) + KD"):
+  for label in (
+    "baseline (plain BCE)",
+    "AGT + KD",
+    "AGT + stable RW (feedback) + KD",
+  ):
     assert f"| {label} |" in report
   assert "Validation (what defaults are chosen on)" in report
   assert "| AGT + KD | " in report.split("Paired per-fold")[1]
@@ -81,9 +127,11 @@ def test_ablation_smoke_runs_table3_and_skips_finished(tmp_path, cache):
   kappa = {r["run"]: r["kappa"] for r in rows(wd)}
   holds = kappa["baseline"] < kappa["agt_kd"] < kappa["agt_frw_kd"]
   assert "## Paper ordering" in report
-  assert (f"AGT + stable RW (feedback) + KD {kappa['agt_frw_kd']:.3f}. The "
-          "paper's ordering baseline < AGT + KD < AGT + RW + KD "
-          + ("**holds**" if holds else "**does not hold**")) in report
+  assert (
+    f"AGT + stable RW (feedback) + KD {kappa['agt_frw_kd']:.3f}. The "
+    "paper's ordering baseline < AGT + KD < AGT + RW + KD "
+    + ("**holds**" if holds else "**does not hold**")
+  ) in report
   assert all("val_final" in r for r in rows(wd))
   cfg = json.loads((wd / "agt_frw_kd" / "fold0" / "config.json").read_text())
   assert cfg["reweight"] == "feedback" and cfg["kd"] == "cb"
@@ -96,11 +144,14 @@ def test_ablation_smoke_runs_table3_and_skips_finished(tmp_path, cache):
 
 def test_ablation_ordering_verdict_both_ways():
   from experiments import odir_ablation
+
   row = lambda run, k: {"run": run, "kappa": k}
-  up = odir_ablation._ordering([row("baseline", 0.1), row("agt_kd", 0.2),
-                                row("agt_frw_kd", 0.3)])
-  down = odir_ablation._ordering([row("baseline", 0.3), row("agt_kd", 0.2),
-                                  row("agt_frw_kd", 0.1)])
+  up = odir_ablation._ordering(
+    [row("baseline", 0.1), row("agt_kd", 0.2), row("agt_frw_kd", 0.3)]
+  )
+  down = odir_ablation._ordering(
+    [row("baseline", 0.3), row("agt_kd", 0.2), row("agt_frw_kd", 0.1)]
+  )
   assert len(up) == len(down) == 4
   assert up[2].endswith("**holds** here.")
   assert down[2].endswith("**does not hold** here.")
@@ -108,29 +159,54 @@ def test_ablation_ordering_verdict_both_ways():
 
 
 def test_rfmid_smoke_official_split(tmp_path, cache):
-  fixtures.make_rfmid(tmp_path / "rfmid",
-                      sizes={"train": 24, "val": 8, "test": 12})
+  fixtures.make_rfmid(
+    tmp_path / "rfmid", sizes={"train": 24, "val": 8, "test": 12}
+  )
   wd = tmp_path / "rf"
-  out = run_cli("experiments.rfmid",
-                ["--data", f"rfmid:{tmp_path / 'rfmid'}", "--preset", "smoke",
-                 "--methods", "bce", "ours_ride", "--backbones",
-                 "resnet_tiny", "--workdir", str(wd)], cache)
+  out = run_cli(
+    "experiments.rfmid",
+    [
+      "--data",
+      f"rfmid:{tmp_path / 'rfmid'}",
+      "--preset",
+      "smoke",
+      "--methods",
+      "bce",
+      "ours_ride",
+      "--backbones",
+      "resnet_tiny",
+      "--workdir",
+      str(wd),
+    ],
+    cache,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   report = (wd / "report.md").read_text()
   assert "Table 2 (RFMiD, official split)" in report
   assert "Synthetic" not in report and "rfmid" in report
-  folds = json.loads((wd / "ours_ride@resnet_tiny" / "fold0" / "folds.json"
-                      ).read_text())
+  folds = json.loads(
+    (wd / "ours_ride@resnet_tiny" / "fold0" / "folds.json").read_text()
+  )
   assert folds["mode"] == "official" and folds["num_test_images"] == 12
-  res = json.loads((wd / "ours_ride@resnet_tiny" / "fold0" / "results.json"
-                    ).read_text())
+  res = json.loads(
+    (wd / "ours_ride@resnet_tiny" / "fold0" / "results.json").read_text()
+  )
   assert len(res["class_names"]) == 29
 
 
 def test_rfmid_missing_data_is_a_clear_error(tmp_path, cache):
-  out = run_cli("experiments.rfmid", ["--data", f"rfmid:{tmp_path / 'none'}",
-                                      "--preset", "smoke", "--workdir",
-                                      str(tmp_path / "w")], cache)
+  out = run_cli(
+    "experiments.rfmid",
+    [
+      "--data",
+      f"rfmid:{tmp_path / 'none'}",
+      "--preset",
+      "smoke",
+      "--workdir",
+      str(tmp_path / "w"),
+    ],
+    cache,
+  )
   assert out.returncode == 2
   assert "RFMiD" in out.stderr and str(tmp_path / "none") in out.stderr
 
@@ -139,8 +215,16 @@ def test_cifar_forgetting_smoke_on_tfds_mock_data(tmp_path):
   (tmp_path / "cifar100").mkdir()
   wd = tmp_path / "c5"
   with tfds.testing.mock_data(num_examples=400, data_dir=str(tmp_path)):
-    code = cifar_forgetting.run(["--data", f"cifar100:{tmp_path}", "--preset",
-                                 "smoke", "--workdir", str(wd)])
+    code = cifar_forgetting.run(
+      [
+        "--data",
+        f"cifar100:{tmp_path}",
+        "--preset",
+        "smoke",
+        "--workdir",
+        str(wd),
+      ]
+    )
   assert code == 0
   report = (wd / "report.md").read_text()
   assert "cifar100-lt-100" in report and "Synthetic" not in report
@@ -155,23 +239,41 @@ def test_cifar_forgetting_smoke_on_tfds_mock_data(tmp_path):
 
 def test_gradient_dynamics_smoke(tmp_path, cache):
   wd = tmp_path / "g6"
-  out = run_cli("experiments.gradient_dynamics",
-                ["--preset", "smoke", "--workdir", str(wd)], cache)
+  out = run_cli(
+    "experiments.gradient_dynamics",
+    ["--preset", "smoke", "--workdir", str(wd)],
+    cache,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   report = (wd / "report.md").read_text()
   assert "| no_rw |" in report and "| rw |" in report
   assert "Synthetic data" in report
   assert (wd / "fig6.png").stat().st_size > 1000
   from experiments import gradient_dynamics
+
   d = gradient_dynamics.tail_dynamics(wd / "rw" / "fold0")
   assert len(d["pos"]) == 6 and len(d["tail_map"]) == 3
 
 
 def test_sweeps_smoke(tmp_path, cache):
   wd = tmp_path / "s7"
-  out = run_cli("experiments.sweeps",
-                ["--preset", "smoke", "--folds", "0", "--alphas", "0", "0.5",
-                 "--temperatures", "5", "--workdir", str(wd)], cache)
+  out = run_cli(
+    "experiments.sweeps",
+    [
+      "--preset",
+      "smoke",
+      "--folds",
+      "0",
+      "--alphas",
+      "0",
+      "0.5",
+      "--temperatures",
+      "5",
+      "--workdir",
+      str(wd),
+    ],
+    cache,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   report = (wd / "report.md").read_text()
   assert "## alpha sweep" in report and "## T sweep" in report
@@ -182,10 +284,12 @@ def test_sweeps_smoke(tmp_path, cache):
 
 def test_harness_read_rows_keeps_last_line_per_run(tmp_path):
   for k in (0.1, 0.2):
-    h.append_row(tmp_path, {"run": "a", "fold": 0, "preset": "smoke",
-                            "kappa": k})
-  h.append_row(tmp_path, {"run": "a", "fold": 1, "preset": "smoke",
-                          "kappa": 0.3})
+    h.append_row(
+      tmp_path, {"run": "a", "fold": 0, "preset": "smoke", "kappa": k}
+    )
+  h.append_row(
+    tmp_path, {"run": "a", "fold": 1, "preset": "smoke", "kappa": 0.3}
+  )
   got = sorted(h.read_rows(tmp_path), key=lambda r: r["fold"])
   assert [r["kappa"] for r in got] == [0.2, 0.3]
   assert h.mean_std([0.2, 0.3]) == "0.250 ± 0.050"
@@ -194,6 +298,7 @@ def test_harness_read_rows_keeps_last_line_per_run(tmp_path):
 
 def test_gbg_smoke_under_a_minute_then_skips(tmp_path, cache):
   import time
+
   wd = tmp_path / "gbg"
   args = ["--preset", "smoke", "--folds", "0", "--workdir", str(wd)]
   t0 = time.perf_counter()
@@ -202,23 +307,36 @@ def test_gbg_smoke_under_a_minute_then_skips(tmp_path, cache):
   assert out.returncode == 0, out.stderr[-3000:]
   got = rows(wd)
   assert [r["variant"] for r in got] == [
-      "gradient+mgda", "random+mgda", "single+per_class", "bce", "agt"]
+    "gradient+mgda",
+    "random+mgda",
+    "single+per_class",
+    "bce",
+    "agt",
+  ]
   assert [r["model"] for r in got] == ["gbg"] * 3 + ["teacher", "student"]
   report = (wd / "report.md").read_text()
   assert "synthetic" in report.lower()
-  for label in ("GBG + MGDA (paper)", "random groups + MGDA",
-                "MGDA per class, no groups", "plain BCE",
-                "AGT (teacher + student)"):
+  for label in (
+    "GBG + MGDA (paper)",
+    "random groups + MGDA",
+    "MGDA per class, no groups",
+    "plain BCE",
+    "AGT (teacher + student)",
+  ):
     assert f"| {label} |" in report, label
   assert (wd / "alpha.png").stat().st_size > 1000
   # MGDA's weights are logged every step, on the simplex.
-  metrics = [json.loads(l) for l in (wd / "gradient+mgda" / "fold0" /
-                                     "metrics.jsonl").read_text().splitlines()]
+  metrics = [
+    json.loads(l)
+    for l in (wd / "gradient+mgda" / "fold0" / "metrics.jsonl")
+    .read_text()
+    .splitlines()
+  ]
   alphas = [m["alpha"] for m in metrics if m.get("phase") == "gbg"]
-  assert alphas and all(abs(sum(a) - 1) < 1e-5 and len(a) == 4
-                        for a in alphas)
-  groups = json.loads((wd / "gradient+mgda" / "fold0" / "groups.json"
-                       ).read_text())
+  assert alphas and all(abs(sum(a) - 1) < 1e-5 and len(a) == 4 for a in alphas)
+  groups = json.loads(
+    (wd / "gradient+mgda" / "fold0" / "groups.json").read_text()
+  )
   assert groups["strategy"] == "gradient" and len(groups["groups"]) == 4
   print(f"experiments.gbg --preset smoke: {seconds:.1f} s")
   again = run_cli("experiments.gbg", args, cache)
@@ -227,20 +345,35 @@ def test_gbg_smoke_under_a_minute_then_skips(tmp_path, cache):
 
 def test_gbg_single_label_on_tfds_mock_cifar(tmp_path):
   from experiments import gbg
+
   (tmp_path / "cifar100").mkdir()
   wd = tmp_path / "gbg-cifar"
   # 20 images a class, imbalance 10: every class keeps at least 2.
   with tfds.testing.mock_data(num_examples=2000, data_dir=str(tmp_path)):
-    code = gbg.run(["--data", f"cifar100:{tmp_path}", "--preset", "smoke",
-                    "--imbalance", "10", "--grouping", "count", "--moo",
-                    "mgda", "--groups", "2", "--workdir", str(wd)])
+    code = gbg.run(
+      [
+        "--data",
+        f"cifar100:{tmp_path}",
+        "--preset",
+        "smoke",
+        "--imbalance",
+        "10",
+        "--grouping",
+        "count",
+        "--moo",
+        "mgda",
+        "--groups",
+        "2",
+        "--workdir",
+        str(wd),
+      ]
+    )
   assert code == 0
   (row,) = rows(wd)
   assert row["variant"] == "count+mgda"
   assert row["dataset"] == "cifar100-lt-10" and not row["synthetic"]
   assert 0.0 <= row["top1_all"] <= 1.0
-  res = json.loads((wd / "count+mgda" / "fold0" / "results.json")
-                   .read_text())
+  res = json.loads((wd / "count+mgda" / "fold0" / "results.json").read_text())
   assert res["config"]["model"] == "resnet8_cifar"
   assert res["config"]["objective"] == "auto"
   assert set(res["gbg"]["top1"]) == {"all", "many", "medium", "few"}

@@ -20,9 +20,20 @@ import pytest
 
 from tests.test_experiments_odir import ROOT, _final_state, env
 
-SETS = ["--set", "teacher_steps=10", "--set", "student_steps=6",
-        "--set", "ckpt_every=4", "--set", "log_every=1",
-        "--set", "eval_every=3", "--set", "reweight=feedback"]
+SETS = [
+  "--set",
+  "teacher_steps=10",
+  "--set",
+  "student_steps=6",
+  "--set",
+  "ckpt_every=4",
+  "--set",
+  "log_every=1",
+  "--set",
+  "eval_every=3",
+  "--set",
+  "reweight=feedback",
+]
 BASE = ["--fold", "0", "--preset", "smoke", *SETS]
 EIGHT = "--xla_force_host_platform_device_count=8"
 
@@ -62,27 +73,39 @@ def _env(cache, devices=1, **extra):
 
 
 def run(args, cache, devices=1, **kw):
-  return subprocess.run([sys.executable, "-m", "experiments.odir", *args],
-                        cwd=ROOT, env=_env(cache, devices), capture_output=True,
-                        text=True, **kw)
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.odir", *args],
+    cwd=ROOT,
+    env=_env(cache, devices),
+    capture_output=True,
+    text=True,
+    **kw,
+  )
 
 
 def killed_at(point, args, cache, devices=1):
-  out = subprocess.run([sys.executable, "-c", DRIVER, *args], cwd=ROOT,
-                       env=_env(cache, devices, AGT_TEST_KILL=point),
-                       capture_output=True, text=True)
+  out = subprocess.run(
+    [sys.executable, "-c", DRIVER, *args],
+    cwd=ROOT,
+    env=_env(cache, devices, AGT_TEST_KILL=point),
+    capture_output=True,
+    text=True,
+  )
   assert out.returncode == -signal.SIGKILL, (point, out.stderr[-2000:])
 
 
 def metric_keys(wd):
-  return [(r["phase"], r["step"]) for r in map(
-      json.loads, (wd / "metrics.jsonl").read_text().splitlines())]
+  return [
+    (r["phase"], r["step"])
+    for r in map(json.loads, (wd / "metrics.jsonl").read_text().splitlines())
+  ]
 
 
 def assert_same_run(ref, wd):
   """Bit-identical end states, selections and metrics; no duplicated
   history."""
   import jax
+
   for phase in ("teacher", "student"):
     a, sa = _final_state(ref / "checkpoints" / phase)
     b, sb = _final_state(wd / "checkpoints" / phase)
@@ -111,18 +134,23 @@ def reference(tmp_path_factory):
 def test_sigkill_at_three_points_per_phase_and_during_saves(reference):
   """Killed eleven times, at every kind of point, resumed each time."""
   root, wd = reference, reference / "killed"
-  points = ["step:warmup:1", "step:warmup:3", "step:warmup:4",
-            "step:teacher:1",     # before the first teacher checkpoint
-            "step:teacher:6",     # between checkpoints 4 and 8
-            "save:teacher:8",     # while checkpoint 8 is written
-            "step:teacher:10",    # last step, before its save
-            "step:student:2", "save:student:4", "step:student:5",
-            "save:student:6"]     # the final save
+  points = [
+    "step:warmup:1",
+    "step:warmup:3",
+    "step:warmup:4",
+    "step:teacher:1",  # before the first teacher checkpoint
+    "step:teacher:6",  # between checkpoints 4 and 8
+    "save:teacher:8",  # while checkpoint 8 is written
+    "step:teacher:10",  # last step, before its save
+    "step:student:2",
+    "save:student:4",
+    "step:student:5",
+    "save:student:6",
+  ]  # the final save
   for k, point in enumerate(points):
     args = [*BASE, "--workdir", str(wd)] + (["--resume"] if k else [])
     killed_at(point, args, root / "cache")
-    partial = [p for p in (wd / "checkpoints").glob("*/*") if "tmp" in
-               p.name]
+    partial = [p for p in (wd / "checkpoints").glob("*/*") if "tmp" in p.name]
     # Whatever the kill left half-written is never taken for a checkpoint.
     assert all(not p.name.isdigit() for p in partial)
   out = run([*BASE, "--workdir", str(wd), "--resume"], root / "cache")
@@ -134,8 +162,9 @@ def _wait_for(wd, phase, step, proc, timeout=300):
   deadline = time.time() + timeout
   path = wd / "metrics.jsonl"
   while time.time() < deadline and proc.poll() is None:
-    if path.exists() and any(k[0] == phase and k[1] >= step
-                             for k in metric_keys_safe(path)):
+    if path.exists() and any(
+      k[0] == phase and k[1] >= step for k in metric_keys_safe(path)
+    ):
       return
     time.sleep(0.05)
   raise AssertionError(f"{phase} step {step} never logged")
@@ -152,15 +181,22 @@ def metric_keys_safe(path):
   return keys
 
 
-@pytest.mark.parametrize("sig,phase,code", [
-    (signal.SIGINT, "teacher", 130), (signal.SIGTERM, "student", 143)])
-def test_signal_checkpoints_prints_one_line_and_resumes(reference, sig, phase,
-                                                        code):
+@pytest.mark.parametrize(
+  "sig,phase,code",
+  [(signal.SIGINT, "teacher", 130), (signal.SIGTERM, "student", 143)],
+)
+def test_signal_checkpoints_prints_one_line_and_resumes(
+  reference, sig, phase, code
+):
   root, wd = reference, reference / f"sig{int(sig)}"
   proc = subprocess.Popen(
-      [sys.executable, "-m", "experiments.odir", *BASE, "--workdir", str(wd)],
-      cwd=ROOT, env=_env(root / "cache"), stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
+    [sys.executable, "-m", "experiments.odir", *BASE, "--workdir", str(wd)],
+    cwd=ROOT,
+    env=_env(root / "cache"),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   _wait_for(wd, phase, 2, proc)
   proc.send_signal(sig)
   _, err = proc.communicate(timeout=300)
@@ -177,17 +213,24 @@ def test_signal_checkpoints_prints_one_line_and_resumes(reference, sig, phase,
   argv = shlex.split(command)
   assert argv[:3] == ["python", "-m", "experiments.odir"]
   assert argv[-1] == "--resume"
-  out = subprocess.run([sys.executable, *argv[1:]], cwd=ROOT,
-                       env=_env(root / "cache"), capture_output=True,
-                       text=True)
+  out = subprocess.run(
+    [sys.executable, *argv[1:]],
+    cwd=ROOT,
+    env=_env(root / "cache"),
+    capture_output=True,
+    text=True,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert_same_run(root / "ref", wd)
 
 
 @pytest.fixture(scope="module")
 def eight(reference):
-  out = run([*BASE, "--workdir", str(reference / "ref8")],
-            reference / "cache", devices=8)
+  out = run(
+    [*BASE, "--workdir", str(reference / "ref8")],
+    reference / "cache",
+    devices=8,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return reference / "ref8"
 
@@ -200,23 +243,34 @@ def test_eight_devices_match_one_device(reference, eight):
   rb = json.loads((eight / "results.json").read_text())
   assert ra["groups"]["groups"] == rb["groups"]["groups"]
   assert ra["device"] == rb["device"]
+
   def losses(wd):
-    return [r["loss"] for r in map(json.loads, (wd / "metrics.jsonl")
-                                   .read_text().splitlines())
-            if r["phase"] in ("warmup", "teacher", "student")]
+    return [
+      r["loss"]
+      for r in map(json.loads, (wd / "metrics.jsonl").read_text().splitlines())
+      if r["phase"] in ("warmup", "teacher", "student")
+    ]
+
   # Tolerance: float32 sums in a different order over a few steps.
   np.testing.assert_allclose(losses(eight), losses(ref), rtol=1e-4)
   for model in ("teacher", "student"):
     for m in ("auc", "kappa", "f1", "final"):
       assert abs(ra[model]["odir"][m] - rb[model]["odir"][m]) <= 0.02, (
-          model, m)
+        model,
+        m,
+      )
 
 
 def test_eight_devices_sigkill_and_resume_is_bit_identical(reference, eight):
   wd = reference / "killed8"
-  killed_at("step:teacher:6", [*BASE, "--workdir", str(wd)],
-            reference / "cache", devices=8)
-  out = run([*BASE, "--workdir", str(wd), "--resume"], reference / "cache",
-            devices=8)
+  killed_at(
+    "step:teacher:6",
+    [*BASE, "--workdir", str(wd)],
+    reference / "cache",
+    devices=8,
+  )
+  out = run(
+    [*BASE, "--workdir", str(wd), "--resume"], reference / "cache", devices=8
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert_same_run(eight, wd)

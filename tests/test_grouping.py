@@ -31,13 +31,14 @@ def test_relational_recovers_structure_and_keeps_pairs():
   named = sorted(sorted(NAMES[c] for c in grp) for grp in g)
   assert named == sorted([sorted("DAHM"), sorted("GC"), ["N", "O"]])
   # Without forcing N and O together, K-Means finds their family itself.
-  free = grouping.relational_groups(x, y, n_groups=3, together=(),
-                                    class_names=NAMES)
+  free = grouping.relational_groups(
+    x, y, n_groups=3, together=(), class_names=NAMES
+  )
   assert sorted(free) == sorted(g)
   # Forcing a pair that is not a family changes the result accordingly.
-  forced = grouping.relational_groups(x, y, n_groups=3,
-                                      together=(("N", "D"),),
-                                      class_names=NAMES)
+  forced = grouping.relational_groups(
+    x, y, n_groups=3, together=(("N", "D"),), class_names=NAMES
+  )
   assert (0, 1) in forced and forced != g
 
 
@@ -58,18 +59,21 @@ def test_pca_is_fitted_on_images_and_keeps_95_percent():
 
 def test_stability_varies_pca_size_and_seed():
   x, y = clustered_images()
-  s = grouping.grouping_stability(x, y, n_groups=3, class_names=NAMES,
-                                  seeds=range(10))
+  s = grouping.grouping_stability(
+    x, y, n_groups=3, class_names=NAMES, seeds=range(10)
+  )
   assert sorted({r["pca"] for r in s["runs"]}) == [30, 50, 64]  # capped at D
   assert s["mean_ari"] == 1.0 and 0 < s["n_components"] <= 64
   # Noise features: the groupings change with the PCA size or seed, and
   # every run is the grouping of its own (PCA size, seed), recomputed here
   # independently, scored against the 95%-variance reference.
   from sklearn.metrics import adjusted_rand_score
+
   rng = np.random.default_rng(1)
   xn, yn = rng.normal(size=(300, 40)), y[:300]
-  noisy = grouping.grouping_stability(xn, yn, n_groups=4, class_names=NAMES,
-                                      seeds=range(10))
+  noisy = grouping.grouping_stability(
+    xn, yn, n_groups=4, class_names=NAMES, seeds=range(10)
+  )
   assert 0 <= noisy["min_ari"] <= noisy["mean_ari"] < 1
 
   def assignment(groups):
@@ -83,20 +87,25 @@ def test_stability_varies_pca_size_and_seed():
   for size, seed in ((30, 7), (40, 2)):
     pca = grouping.fit_pca(xn, n_components=size)
     want = grouping.cluster_classes(
-        grouping.class_representations(xn, yn, pca), n_groups=4,
-        class_names=NAMES, seed=seed)
+      grouping.class_representations(xn, yn, pca),
+      n_groups=4,
+      class_names=NAMES,
+      seed=seed,
+    )
     run = runs[(size, seed)]
     assert tuple(map(tuple, run["groups"])) == want
-    assert run["ari"] == pytest.approx(adjusted_rand_score(
-        assignment(ref), assignment(want)))
+    assert run["ari"] == pytest.approx(
+      adjusted_rand_score(assignment(ref), assignment(want))
+    )
   assert len({tuple(map(tuple, r["groups"])) for r in noisy["runs"]}) > 1
 
 
 def test_relational_errors():
   x, y = clustered_images(n=100)
   with pytest.raises(ValueError, match="unknown classes"):
-    grouping.relational_groups(x, y, n_groups=3, together=(("N", "X"),),
-                               class_names=NAMES)
+    grouping.relational_groups(
+      x, y, n_groups=3, together=(("N", "X"),), class_names=NAMES
+    )
   with pytest.raises(ValueError, match="cannot make"):
     grouping.relational_groups(x, y, n_groups=9, class_names=NAMES)
 
@@ -104,31 +113,42 @@ def test_relational_errors():
 def test_shot_groups():
   counts = [3125, 1801, 326, 313, 280, 193, 268, 1200]
   assert grouping.shot_groups(counts) == ((0, 1, 7), (2, 3, 4), (5, 6))
-  assert grouping.shot_groups([500, 120, 50, 10], many=100, few=20) == \
-      ((0, 1), (2,), (3,))
+  assert grouping.shot_groups([500, 120, 50, 10], many=100, few=20) == (
+    (0, 1),
+    (2,),
+    (3,),
+  )
 
 
 def test_gradient_groups_cluster_aligned_gradients():
   rng = np.random.default_rng(0)
   dirs = rng.normal(size=(3, 100))
-  grads = np.stack([dirs[k] + 0.1 * rng.normal(size=100)
-                    for k in (0, 0, 1, 1, 2, 2, 0, 1)])
+  grads = np.stack(
+    [dirs[k] + 0.1 * rng.normal(size=100) for k in (0, 0, 1, 1, 2, 2, 0, 1)]
+  )
   g = grouping.gradient_groups(grads, n_groups=3)
   assert sorted(g) == [(0, 1, 6), (2, 3, 7), (4, 5)]
 
 
 def test_make_groups_by_name():
-  kw = dict(num_classes=8, class_names=NAMES,
-            class_counts=[3125, 1801, 326, 313, 280, 193, 268, 1200])
-  assert grouping.make_groups("paper", **kw) == \
-      ((1, 4, 5, 6), (2, 3), (0, 7))
+  kw = dict(
+    num_classes=8,
+    class_names=NAMES,
+    class_counts=[3125, 1801, 326, 313, 280, 193, 268, 1200],
+  )
+  assert grouping.make_groups("paper", **kw) == ((1, 4, 5, 6), (2, 3), (0, 7))
   assert grouping.make_groups("single", **kw) == (tuple(range(8)),)
   with pytest.raises(ValueError, match="unknown grouping"):
     grouping.make_groups("kmeans", **kw)
-  assert grouping.make_groups("count", n_groups=4, **kw) == \
-      ((0, 1), (2, 7), (3, 4), (5, 6))
-  assert grouping.make_groups("random", n_groups=4, seed=3, **kw) == \
-      grouping.random_groups(8, n_groups=4, seed=3)
+  assert grouping.make_groups("count", n_groups=4, **kw) == (
+    (0, 1),
+    (2, 7),
+    (3, 4),
+    (5, 6),
+  )
+  assert grouping.make_groups(
+    "random", n_groups=4, seed=3, **kw
+  ) == grouping.random_groups(8, n_groups=4, seed=3)
 
 
 def test_random_and_count_groups_partition_the_classes():
@@ -136,12 +156,13 @@ def test_random_and_count_groups_partition_the_classes():
     g = grouping.random_groups(10, n_groups=4, seed=seed)
     assert sorted(c for grp in g for c in grp) == list(range(10))
     assert sorted(map(len, g)) == [2, 2, 3, 3]
-  assert grouping.random_groups(10, n_groups=4, seed=0) != \
-      grouping.random_groups(10, n_groups=4, seed=1)
+  assert grouping.random_groups(
+    10, n_groups=4, seed=0
+  ) != grouping.random_groups(10, n_groups=4, seed=1)
   # By count: the 4 largest, the next 3, the last 3 (near-equal cuts).
-  assert grouping.count_groups([5, 90, 7, 60, 3, 80, 1, 70, 2, 40],
-                               n_groups=3) == ((1, 3, 5, 7), (0, 2, 9),
-                                               (4, 6, 8))
+  assert grouping.count_groups(
+    [5, 90, 7, 60, 3, 80, 1, 70, 2, 40], n_groups=3
+  ) == ((1, 3, 5, 7), (0, 2, 9), (4, 6, 8))
 
 
 def test_gradient_affinity_forms():
@@ -150,8 +171,9 @@ def test_gradient_affinity_forms():
   rng = np.random.default_rng(1)
   d = rng.normal(size=(3, 50))
   d[1] = -d[0] + 0.05 * rng.normal(size=50)
-  grads = np.stack([d[k] + 0.05 * rng.normal(size=50)
-                    for k in (0, 0, 1, 1, 2, 2)])
+  grads = np.stack(
+    [d[k] + 0.05 * rng.normal(size=50) for k in (0, 0, 1, 1, 2, 2)]
+  )
   for affinity in ("cos+1", "cos"):
     g = grouping.gradient_groups(grads, n_groups=3, affinity=affinity)
     assert sorted(g) == [(0, 1), (2, 3), (4, 5)], affinity
@@ -159,4 +181,5 @@ def test_gradient_affinity_forms():
     grouping.gradient_groups(grads, n_groups=3, affinity="dot")
   # As many groups as classes: every class alone.
   assert grouping.gradient_groups(grads, n_groups=6) == tuple(
-      (c,) for c in range(6))
+    (c,) for c in range(6)
+  )

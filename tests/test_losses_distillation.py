@@ -13,27 +13,35 @@ from tests import references as ref
 
 def logits_pair(n=16, c=8, seed=0):
   rng = np.random.default_rng(seed)
-  return (rng.normal(size=(n, c)).astype(np.float32) * 3,
-          rng.normal(size=(n, c)).astype(np.float32) * 3)
+  return (
+    rng.normal(size=(n, c)).astype(np.float32) * 3,
+    rng.normal(size=(n, c)).astype(np.float32) * 3,
+  )
 
 
 @pytest.mark.parametrize("direction", ["teacher_student", "student_teacher"])
 @pytest.mark.parametrize("temperature", [1.0, 5.0])
 def test_binary_kl_matches_reference(direction, temperature):
   zs, zt = logits_pair()
-  out = losses.binary_kl_divergence(zs, zt, temperature=temperature,
-                                    direction=direction)
+  out = losses.binary_kl_divergence(
+    zs, zt, temperature=temperature, direction=direction
+  )
   chex.assert_shape(out, zs.shape)
-  expected = ref.binary_kl(zs.astype(np.float64), zt.astype(np.float64),
-                           temperature, direction)
+  expected = ref.binary_kl(
+    zs.astype(np.float64), zt.astype(np.float64), temperature, direction
+  )
   # float32: the log-ratio terms cancel, so the error scales with T^2 ulps.
-  np.testing.assert_allclose(out, expected, rtol=2e-5,
-                             atol=1e-6 * temperature ** 2)
-  assert np.all(np.asarray(out) >= -1e-6 * temperature ** 2)
+  np.testing.assert_allclose(
+    out, expected, rtol=2e-5, atol=1e-6 * temperature**2
+  )
+  assert np.all(np.asarray(out) >= -1e-6 * temperature**2)
   with jax.enable_x64(True):
     out64 = losses.binary_kl_divergence(
-        jnp.asarray(zs, jnp.float64), jnp.asarray(zt, jnp.float64),
-        temperature=temperature, direction=direction)
+      jnp.asarray(zs, jnp.float64),
+      jnp.asarray(zt, jnp.float64),
+      temperature=temperature,
+      direction=direction,
+    )
     np.testing.assert_allclose(out64, expected, rtol=1e-10, atol=1e-13)
 
 
@@ -42,8 +50,9 @@ def test_directions_differ_and_vanish_on_equal_logits():
   a = losses.binary_kl_divergence(zs, zt, direction="teacher_student")
   b = losses.binary_kl_divergence(zs, zt, direction="student_teacher")
   assert not np.allclose(a, b)
-  np.testing.assert_allclose(losses.binary_kl_divergence(zs, zs), 0.0,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    losses.binary_kl_divergence(zs, zs), 0.0, atol=1e-6
+  )
 
 
 def test_unknown_direction_raises():
@@ -56,8 +65,9 @@ def test_kd_gradient_identity_and_teacher_is_constant():
   zs, zt = logits_pair()
   t = 5.0
   gs, gt = jax.grad(
-      lambda s, q: losses.binary_kl_divergence(s, q, temperature=t).sum(),
-      argnums=(0, 1))(zs, zt)
+    lambda s, q: losses.binary_kl_divergence(s, q, temperature=t).sum(),
+    argnums=(0, 1),
+  )(zs, zt)
   # d/dz_s T^2 KL(t||s) = T (sigmoid(z_s/T) - sigmoid(z_t/T)).
   expected = t * (ref.sigmoid(zs / t) - ref.sigmoid(zt / t))
   np.testing.assert_allclose(gs, expected, rtol=1e-4, atol=1e-6)
@@ -65,23 +75,31 @@ def test_kd_gradient_identity_and_teacher_is_constant():
   with jax.enable_x64(True):
     zt64 = jnp.asarray(zt, jnp.float64)
     for direction in ("teacher_student", "student_teacher"):
-      check_grads(lambda s: losses.binary_kl_divergence(
-          s, zt64, direction=direction), (jnp.asarray(zs, jnp.float64),),
-                  order=2, modes=("fwd", "rev"))
+      check_grads(
+        lambda s: losses.binary_kl_divergence(s, zt64, direction=direction),
+        (jnp.asarray(zs, jnp.float64),),
+        order=2,
+        modes=("fwd", "rev"),
+      )
 
 
 def test_cb_kd_weights_paper_examples_exact():
   counts = np.array([1000, 200, 50])
-  labels = np.array([[0, 1, 1],   # paper: classes 2 and 3 -> 0.8
-                     [0, 0, 1],   # single label -> 1
-                     [1, 1, 1],
-                     [1, 1, 0],
-                     [0, 0, 0]])  # no positive -> 1
+  labels = np.array(
+    [
+      [0, 1, 1],  # paper: classes 2 and 3 -> 0.8
+      [0, 0, 1],  # single label -> 1
+      [1, 1, 1],
+      [1, 1, 0],
+      [0, 0, 0],
+    ]
+  )  # no positive -> 1
   w = losses.class_balanced_kd_weights(labels, counts)
   np.testing.assert_allclose(w[0], 0.8, rtol=1e-6)
   assert w[1] == 1.0 and w[4] == 1.0
-  np.testing.assert_allclose(w, [ref.cb_kd_weight(r, counts) for r in labels],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    w, [ref.cb_kd_weight(r, counts) for r in labels], rtol=1e-6
+  )
   np.testing.assert_allclose(w[2:4], [0.7692307692, 0.8333333333], rtol=1e-6)
 
 
@@ -93,8 +111,9 @@ def test_class_balanced_kd_is_weighted_sum_of_kl():
   out = losses.class_balanced_kd(zs, zt, y, counts, temperature=5.0)
   chex.assert_shape(out, (16,))
   w = np.array([ref.cb_kd_weight(r, counts) for r in y])
-  expected = w * ref.binary_kl(zs.astype(np.float64), zt.astype(np.float64),
-                               5.0, "teacher_student").sum(1)
+  expected = w * ref.binary_kl(
+    zs.astype(np.float64), zt.astype(np.float64), 5.0, "teacher_student"
+  ).sum(1)
   np.testing.assert_allclose(out, expected, rtol=2e-5, atol=1e-4)
   jitted = jax.jit(losses.class_balanced_kd)(zs, zt, y, counts)
   np.testing.assert_allclose(out, jitted, rtol=1e-6)
@@ -106,21 +125,25 @@ def test_kd_finite_for_extreme_logits(dtype):
   zt = jnp.array([[1e4, -1e4, 30.0, -80.0]], dtype)
   out = losses.binary_kl_divergence(zs, zt, temperature=1.0)
   chex.assert_tree_all_finite(out)
-  chex.assert_tree_all_finite(jax.grad(
-      lambda s: losses.binary_kl_divergence(s, zt).sum())(zs))
+  chex.assert_tree_all_finite(
+    jax.grad(lambda s: losses.binary_kl_divergence(s, zt).sum())(zs)
+  )
 
 
 def test_kd_bad_input():
   zs, zt = logits_pair()
   with pytest.raises(ValueError, match=r"`teacher_logits` has shape"):
     losses.binary_kl_divergence(zs, zt[:, :3])
-  with pytest.raises(ValueError, match=r"`class_counts` must have shape \(8,\)"):
+  with pytest.raises(
+    ValueError, match=r"`class_counts` must have shape \(8,\)"
+  ):
     losses.class_balanced_kd_weights(np.ones((16, 8)), np.ones(3))
   with pytest.raises(TypeError, match=r"`student_logits` must have a floating"):
     losses.binary_kl_divergence(zs.astype(np.int32), zt)
 
 
 # -- Eq. 7 as written ----------------------------------------------------------
+
 
 def test_eq7_weights_paper_example_and_loop_reference():
   counts = np.array([1000.0, 200.0, 50.0])
@@ -143,8 +166,9 @@ def test_eq7_kd_matches_loop_reference_and_grads():
   y = (rng.random((6, 3)) < 0.5).astype(np.float32)
   y[0] = [1, 0, 0]
   counts = np.array([300.0, 40.0, 9.0])
-  got = np.asarray(losses.eq7_class_balanced_kd(zs, zt, y, counts,
-                                                temperature=5.0))
+  got = np.asarray(
+    losses.eq7_class_balanced_kd(zs, zt, y, counts, temperature=5.0)
+  )
   want = np.zeros((6, 3))
   for i in range(6):
     pos = [k for k in range(3) if y[i, k]]
@@ -160,6 +184,11 @@ def test_eq7_kd_matches_loop_reference_and_grads():
   per_image = np.asarray(losses.class_balanced_kd(zs, zt, y, counts))
   assert not np.allclose(got.sum(1), per_image)
   with jax.enable_x64(True):
-    check_grads(lambda a: losses.eq7_class_balanced_kd(
-        a, jnp.asarray(zt, jnp.float64), y, counts).sum(),
-        (jnp.asarray(zs, jnp.float64),), order=1, modes=("fwd", "rev"))
+    check_grads(
+      lambda a: losses.eq7_class_balanced_kd(
+        a, jnp.asarray(zt, jnp.float64), y, counts
+      ).sum(),
+      (jnp.asarray(zs, jnp.float64),),
+      order=1,
+      modes=("fwd", "rev"),
+    )

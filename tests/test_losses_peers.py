@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 
 from agt_jax import losses
@@ -21,27 +22,33 @@ TORCH = pathlib.Path(__file__).parent / "torch_references"
 
 # -- focal -------------------------------------------------------------------
 
+
 def test_focal_is_optax_and_matches_torchvision_formula():
   assert losses.sigmoid_focal_loss is optax.losses.sigmoid_focal_loss
   z, y = batch()
   out = losses.sigmoid_focal_loss(z, y, alpha=0.25, gamma=2.0)
-  np.testing.assert_allclose(out, ref.torchvision_focal(z, y), rtol=1e-5,
-                             atol=1e-7)
+  np.testing.assert_allclose(
+    out, ref.torchvision_focal(z, y), rtol=1e-5, atol=1e-7
+  )
   plain = losses.sigmoid_focal_loss(z, y, alpha=None, gamma=0.0)
   np.testing.assert_allclose(plain, ref.bce(z, y), rtol=1e-5, atol=1e-7)
 
 
 # -- class-balanced ----------------------------------------------------------
 
+
 def test_cb_weights_published_values():
   w = losses.class_balanced_weights(COUNTS, beta=0.9999)
   np.testing.assert_allclose(
-      w, [0.0327, 0.0637, 0.1259, 0.2606, 0.5196, 1.0375, 2.0735, 3.8865],
-      atol=6e-5)
+    w,
+    [0.0327, 0.0637, 0.1259, 0.2606, 0.5196, 1.0375, 2.0735, 3.8865],
+    atol=6e-5,
+  )
   np.testing.assert_allclose(w, ref.cb_weights(COUNTS, 0.9999), rtol=1e-5)
   np.testing.assert_allclose(jnp.sum(w), 8.0, rtol=1e-6)
-  np.testing.assert_allclose(losses.class_balanced_weights(COUNTS, beta=0.0),
-                             np.ones(8))
+  np.testing.assert_allclose(
+    losses.class_balanced_weights(COUNTS, beta=0.0), np.ones(8)
+  )
 
 
 @pytest.mark.parametrize("gamma", [0.0, 2.0])
@@ -52,8 +59,10 @@ def test_cb_loss_normalised_equals_official(gamma, beta):
   chex.assert_shape(per, z.shape)
   total = per.sum() / y.sum()
   np.testing.assert_allclose(
-      total, ref.cb_loss_official_total(z.astype(np.float64), y, COUNTS, beta,
-                                        gamma), rtol=1e-5)
+    total,
+    ref.cb_loss_official_total(z.astype(np.float64), y, COUNTS, beta, gamma),
+    rtol=1e-5,
+  )
   # The sample without positives has zero weight on all its logits.
   np.testing.assert_array_equal(per[0], 0.0)
 
@@ -64,26 +73,34 @@ def test_cb_positive_bce_weights_only_positive_terms():
   chex.assert_shape(per, z.shape)
   z64 = z.astype(np.float64)
   w = ref.cb_weights(COUNTS, 0.999)
-  log_p = -np.logaddexp(0.0, -z64)            # log sigmoid(z)
-  log_q = -np.logaddexp(0.0, z64)             # log (1 - sigmoid(z))
+  log_p = -np.logaddexp(0.0, -z64)  # log sigmoid(z)
+  log_q = -np.logaddexp(0.0, z64)  # log (1 - sigmoid(z))
   want = -(w[None] * y * log_p + (1 - y) * log_q)
   np.testing.assert_allclose(per, want, rtol=1e-5, atol=1e-7)
   # Negatives are plain BCE whatever the class; positives scale by w_c.
   plain = optax.sigmoid_binary_cross_entropy(z, y)
-  np.testing.assert_allclose(np.where(y == 0, per, 0),
-                             np.where(y == 0, plain, 0), rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(losses.class_balanced_weights(
-      COUNTS, beta=0.999)).sum(), 8.0, rtol=1e-6)
+  np.testing.assert_allclose(
+    np.where(y == 0, per, 0), np.where(y == 0, plain, 0), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    np.asarray(losses.class_balanced_weights(COUNTS, beta=0.999)).sum(),
+    8.0,
+    rtol=1e-6,
+  )
   masked = losses.class_balanced_positive_bce(z, y, COUNTS, where=y > 0)
   np.testing.assert_array_equal(np.where(y > 0, 0.0, masked), 0.0)
   with jax.enable_x64(True):
     check_grads(
-        lambda x: losses.class_balanced_positive_bce(x, y[:6], COUNTS),
-        (jnp.asarray(z64[:6]),), order=2, modes=("fwd", "rev"))
+      lambda x: losses.class_balanced_positive_bce(x, y[:6], COUNTS),
+      (jnp.asarray(z64[:6]),),
+      order=2,
+      modes=("fwd", "rev"),
+    )
 
 
 def test_cb_focal_modulator_stable_for_very_negative_logits():
-  z = jnp.array([[-120.0, -120.0]]); y = jnp.array([[1.0, 0.0]])
+  z = jnp.array([[-120.0, -120.0]])
+  y = jnp.array([[1.0, 0.0]])
   per = losses.class_balanced_loss(z, y, np.array([10, 10]), gamma=2.0)
   # Positive with p ~ 0: modulator (1-p)^2 = 1, loss = weight * 120.
   np.testing.assert_allclose(per[0, 0], 120.0, rtol=1e-5)
@@ -93,23 +110,31 @@ def test_cb_focal_modulator_stable_for_very_negative_logits():
 def test_cb_loss_grads():
   z, y = batch(n=6)
   with jax.enable_x64(True):
-    check_grads(lambda x: losses.class_balanced_loss(x, y, COUNTS, gamma=2.0),
-                (jnp.asarray(z, jnp.float64),), order=1, modes=("fwd", "rev"))
+    check_grads(
+      lambda x: losses.class_balanced_loss(x, y, COUNTS, gamma=2.0),
+      (jnp.asarray(z, jnp.float64),),
+      order=1,
+      modes=("fwd", "rev"),
+    )
 
 
 # -- distribution-balanced ---------------------------------------------------
+
 
 def test_db_loss_matches_reference_coco_and_voc():
   z, y = batch()
   out = losses.distribution_balanced_loss(z, y, COUNTS, N_TRAIN)
   chex.assert_shape(out, z.shape)
-  np.testing.assert_allclose(out, ref.db_loss(z, y, COUNTS, N_TRAIN),
-                             rtol=1e-4, atol=1e-7)
-  voc = dict(neg_scale=5.0, init_bias=0.05, map_alpha=0.1, map_beta=10.0,
-             map_gamma=0.3)
+  np.testing.assert_allclose(
+    out, ref.db_loss(z, y, COUNTS, N_TRAIN), rtol=1e-4, atol=1e-7
+  )
+  voc = dict(
+    neg_scale=5.0, init_bias=0.05, map_alpha=0.1, map_beta=10.0, map_gamma=0.3
+  )
   out = losses.distribution_balanced_loss(z, y, COUNTS, N_TRAIN, **voc)
-  np.testing.assert_allclose(out, ref.db_loss(z, y, COUNTS, N_TRAIN, **voc),
-                             rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(
+    out, ref.db_loss(z, y, COUNTS, N_TRAIN, **voc), rtol=1e-4, atol=1e-7
+  )
 
 
 def test_db_loss_no_side_effects_and_no_positive_weight():
@@ -128,12 +153,16 @@ def test_db_loss_no_side_effects_and_no_positive_weight():
 def test_db_loss_grads():
   z, y = batch(n=6)
   with jax.enable_x64(True):
-    check_grads(lambda x: losses.distribution_balanced_loss(
-        x, y, COUNTS, N_TRAIN), (jnp.asarray(z, jnp.float64),), order=1,
-                modes=("fwd", "rev"))
+    check_grads(
+      lambda x: losses.distribution_balanced_loss(x, y, COUNTS, N_TRAIN),
+      (jnp.asarray(z, jnp.float64),),
+      order=1,
+      modes=("fwd", "rev"),
+    )
 
 
 # -- EQLv2 -------------------------------------------------------------------
+
 
 def test_eqlv2_two_steps_match_reference():
   z1, y1 = batch(seed=1)
@@ -142,8 +171,9 @@ def test_eqlv2_two_steps_match_reference():
   l1, state = losses.eqlv2_loss(z1, y1, state)
   # First step: pos_neg = 100, every weight is (numerically) 1.
   np.testing.assert_allclose(l1, ref.bce(z1, y1), rtol=1e-5, atol=1e-7)
-  rl1, pg, ng, pn = ref.eqlv2_step(z1.astype(np.float64), y1, np.zeros(8),
-                                   np.zeros(8), np.full(8, 100.0))
+  rl1, pg, ng, pn = ref.eqlv2_step(
+    z1.astype(np.float64), y1, np.zeros(8), np.zeros(8), np.full(8, 100.0)
+  )
   np.testing.assert_allclose(state.pos_grad, pg, rtol=1e-5)
   np.testing.assert_allclose(state.neg_grad, ng, rtol=1e-5)
   l2, state2 = losses.eqlv2_loss(z2, y2, state)
@@ -169,18 +199,22 @@ def test_eqlv2_sharded_statistics_equal_unsharded():
   mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
   state = losses.eqlv2_init(8)
   fn = jax.shard_map(
-      lambda a, b, s: losses.eqlv2_loss(a, b, s, axis_name="data"),
-      mesh=mesh, in_specs=(P("data"), P("data"), P()),
-      out_specs=(P("data"), P()))
+    lambda a, b, s: losses.eqlv2_loss(a, b, s, axis_name="data"),
+    mesh=mesh,
+    in_specs=(P("data"), P("data"), P()),
+    out_specs=(P("data"), P()),
+  )
   dsh = NamedSharding(mesh, P("data"))
-  loss_sh, state_sh = jax.jit(fn)(jax.device_put(z, dsh),
-                                  jax.device_put(y, dsh), state)
+  loss_sh, state_sh = jax.jit(fn)(
+    jax.device_put(z, dsh), jax.device_put(y, dsh), state
+  )
   loss, state1 = losses.eqlv2_loss(z, y, state)
   np.testing.assert_allclose(loss_sh, loss, rtol=1e-6)
   chex.assert_trees_all_close(state_sh, state1, rtol=1e-5)
 
 
 # -- RIDE --------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("reweight", [False, True])
 @pytest.mark.parametrize("adf", [-0.2, 0.0, -0.45])
@@ -189,7 +223,8 @@ def test_ride_loss_matches_reference(reweight, adf):
   out = losses.ride_loss(z, t, COUNTS, reweight=reweight, diversity_factor=adf)
   chex.assert_shape(out, ())
   np.testing.assert_allclose(
-      out, ref.ride_loss(z, t, COUNTS, reweight=reweight, adf=adf), rtol=1e-5)
+    out, ref.ride_loss(z, t, COUNTS, reweight=reweight, adf=adf), rtol=1e-5
+  )
 
 
 def test_ldam_margins():
@@ -211,12 +246,14 @@ def test_ride_bad_targets():
 # (tests/torch_references/make_torch_references.py, versions in
 # versions.json) on the same seeded inputs; CI compares without torch.
 
+
 def test_ride_and_db_gradients_match_torch_autograd():
   want = np.load(TORCH / "torch_references.npz")
   z, t = ride_inputs()
   g = jax.grad(lambda x: losses.ride_loss(x, t, COUNTS, reweight=True))(z)
   np.testing.assert_allclose(g, want["ride_grad"], rtol=1e-4, atol=1e-6)
   zb, yb = batch()
-  g = jax.grad(lambda a: losses.distribution_balanced_loss(
-      a, yb, COUNTS, N_TRAIN).mean())(zb)
+  g = jax.grad(
+    lambda a: losses.distribution_balanced_loss(a, yb, COUNTS, N_TRAIN).mean()
+  )(zb)
   np.testing.assert_allclose(g, want["db_grad"], rtol=1e-4, atol=1e-7)

@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.test_util import check_grads
 from scipy.special import logit
 
@@ -16,7 +17,8 @@ from tests import references as ref
 def paper_batch():
   """Paper §3.4.3: batch of 10; tail class 1 positive (p=.6) + 9 negatives
   (p=.2); head class 5 positives (p=.7) + 5 negatives (p=.1)."""
-  z = np.zeros((10, 2)); y = np.zeros((10, 2))
+  z = np.zeros((10, 2))
+  y = np.zeros((10, 2))
   z[0, 0], y[0, 0] = logit(0.6), 1
   z[1:, 0] = logit(0.2)
   z[:5, 1], y[:5, 1] = logit(0.7), 1
@@ -53,8 +55,9 @@ def test_paper_example_count_weights_exact():
   np.testing.assert_allclose(w, [(1 / 9) ** 2, 1.0], rtol=1e-6)
   np.testing.assert_allclose(w[0], 0.0123457, rtol=1e-5)
   # Dataset counts: 1000 positives of 9000 examples -> (1000/8000)^2.
-  wd = losses.count_reweight_weights(y, class_counts=np.array([1000, 6000]),
-                                     num_examples=9000)
+  wd = losses.count_reweight_weights(
+    y, class_counts=np.array([1000, 6000]), num_examples=9000
+  )
   np.testing.assert_allclose(wd, [(1000 / 8000) ** 2, 1.0], rtol=1e-6)
 
 
@@ -75,8 +78,9 @@ def test_random_batch_matches_reference(beta):
   np.testing.assert_allclose(w, rw, rtol=1e-5, atol=1e-7)
   loss = losses.gradient_reweighted_bce(z, y, beta=beta)
   chex.assert_shape(loss, z.shape)
-  np.testing.assert_allclose(loss, ref.reweighted_bce(z, y, rw), rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    loss, ref.reweighted_bce(z, y, rw), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_class_without_positive_gets_zero_weight():
@@ -96,8 +100,9 @@ def test_row_and_element_where_masks():
   np.testing.assert_allclose(w_mask, w_sub, rtol=1e-6)
   loss = losses.gradient_reweighted_bce(z, y, where=rows)
   np.testing.assert_array_equal(loss[7:], 0.0)
-  np.testing.assert_allclose(loss[:7], losses.gradient_reweighted_bce(
-      z[:7], y[:7]), rtol=1e-6)
+  np.testing.assert_allclose(
+    loss[:7], losses.gradient_reweighted_bce(z[:7], y[:7]), rtol=1e-6
+  )
   elem = np.random.default_rng(1).random(z.shape) < 0.7
   pos, neg = losses.gradient_ratio_stats(z, y, where=elem)
   rpos, rneg = ref.ratio_stats(z, y, elem)
@@ -120,16 +125,32 @@ def test_gradient_treats_weights_as_constants():
 def test_reweighted_bce_check_grads_and_reference():
   z, y = random_batch()
   w = np.linspace(0.1, 1.0, z.shape[1])
-  np.testing.assert_allclose(losses.reweighted_bce(z, y, w),
-                             ref.reweighted_bce(z, y, w), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    losses.reweighted_bce(z, y, w),
+    ref.reweighted_bce(z, y, w),
+    rtol=1e-5,
+    atol=1e-6,
+  )
   with jax.enable_x64(True):
     zz = jnp.asarray(z, jnp.float64)
-    check_grads(lambda x: losses.reweighted_bce(x, y, w), (zz,), order=2,
-                modes=("fwd", "rev"))
-    check_grads(lambda x: losses.reweighted_bce(zz, y, x), (jnp.asarray(w),),
-                order=1, modes=("rev",))
-    check_grads(lambda x: losses.gradient_ratio_stats(x, y), (zz,), order=1,
-                modes=("fwd", "rev"))
+    check_grads(
+      lambda x: losses.reweighted_bce(x, y, w),
+      (zz,),
+      order=2,
+      modes=("fwd", "rev"),
+    )
+    check_grads(
+      lambda x: losses.reweighted_bce(zz, y, x),
+      (jnp.asarray(w),),
+      order=1,
+      modes=("rev",),
+    )
+    check_grads(
+      lambda x: losses.gradient_ratio_stats(x, y),
+      (zz,),
+      order=1,
+      modes=("fwd", "rev"),
+    )
 
 
 def test_jit_and_vmap():
@@ -141,7 +162,8 @@ def test_jit_and_vmap():
   batched = jax.vmap(losses.gradient_reweight_weights)(zs, ys)
   for k in range(3):
     np.testing.assert_allclose(
-        batched[k], losses.gradient_reweight_weights(zs[k], ys[k]), rtol=1e-6)
+      batched[k], losses.gradient_reweight_weights(zs[k], ys[k]), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -165,8 +187,11 @@ def test_shard_map_axis_name_equals_unsharded(n_devices):
   z, y = random_batch(n=32, seed=3)
   mesh = _mesh()
   sharded = jax.shard_map(
-      lambda a, b: losses.gradient_reweight_weights(a, b, axis_name="data"),
-      mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P())
+    lambda a, b: losses.gradient_reweight_weights(a, b, axis_name="data"),
+    mesh=mesh,
+    in_specs=(P("data"), P("data")),
+    out_specs=P(),
+  )
   dsh = NamedSharding(mesh, P("data"))
   zd, yd = jax.device_put(z, dsh), jax.device_put(y, dsh)
   w_sharded = jax.jit(sharded)(zd, yd)
@@ -177,13 +202,19 @@ def test_shard_map_axis_name_equals_unsharded(n_devices):
   assert not np.allclose(w_local, w_full)
   # The per-element loss too, with a row mask.
   rows = np.arange(32) % 5 != 0
-  loss_sh = jax.jit(jax.shard_map(
-      lambda a, b, m: losses.gradient_reweighted_bce(a, b, where=m,
-                                                     axis_name="data"),
-      mesh=mesh, in_specs=(P("data"),) * 3, out_specs=P("data")))(
-          zd, yd, jax.device_put(rows, dsh))
+  loss_sh = jax.jit(
+    jax.shard_map(
+      lambda a, b, m: losses.gradient_reweighted_bce(
+        a, b, where=m, axis_name="data"
+      ),
+      mesh=mesh,
+      in_specs=(P("data"),) * 3,
+      out_specs=P("data"),
+    )
+  )(zd, yd, jax.device_put(rows, dsh))
   np.testing.assert_allclose(
-      loss_sh, losses.gradient_reweighted_bce(z, y, where=rows), rtol=1e-6)
+    loss_sh, losses.gradient_reweighted_bce(z, y, where=rows), rtol=1e-6
+  )
 
 
 def test_jit_with_named_sharding_equals_unsharded():
@@ -191,11 +222,13 @@ def test_jit_with_named_sharding_equals_unsharded():
   dsh = NamedSharding(_mesh(), P("data"))
   zd, yd = jax.device_put(z, dsh), jax.device_put(y, dsh)
   w = jax.jit(losses.gradient_reweight_weights)(zd, yd)
-  np.testing.assert_allclose(w, losses.gradient_reweight_weights(z, y),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    w, losses.gradient_reweight_weights(z, y), rtol=1e-6
+  )
   loss = jax.jit(losses.gradient_reweighted_bce)(zd, yd)
-  np.testing.assert_allclose(loss, losses.gradient_reweighted_bce(z, y),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    loss, losses.gradient_reweighted_bce(z, y), rtol=1e-6
+  )
 
 
 def test_bad_input_errors_name_argument_and_shape():

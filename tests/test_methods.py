@@ -34,11 +34,19 @@ def test_config_choices_are_the_registries():
 
 
 def test_a_field_another_trainer_owns_is_refused_with_one_line():
-  with pytest.raises(ConfigError, match="rw_stats belongs to trainer='agt'; "
-                                        "trainer='transfer' ignores it"):
-    config_lib.validate(config_lib.get_config(
-        "smoke", trainer="transfer", student=False, grouping="none",
-        reweight="feedback", rw_stats="group"))
+  with pytest.raises(ConfigError) as e:
+    config_lib.validate(config_lib.get_config("smoke", attention="se"))
+  assert str(e.value) == (
+    "attention='se' belongs to trainer='transfer'; trainer='agt' ignores it."
+  )
+  with pytest.raises(ConfigError, match="kd='plain' belongs to trainer='agt'"):
+    config_lib.validate(
+      config_lib.get_config("smoke", trainer="gbg", student=False, kd="plain")
+    )
+  # The preset's own values of another trainer's fields are not a choice.
+  config_lib.validate(
+    config_lib.get_config("quick", trainer="gbg", student=False)
+  )
 
 
 def _toy_loss(logits, labels, options, **_):
@@ -49,38 +57,57 @@ def _toy_loss(logits, labels, options, **_):
 
 @pytest.fixture
 def toy_registered():
-  spec = methods.register(methods.TEACHER_LOSSES, methods.TeacherLoss(
-      "toy_squared", _toy_loss, "squared error on probabilities (test)"))
+  spec = methods.register(
+    methods.TEACHER_LOSSES,
+    methods.TeacherLoss(
+      "toy_squared", _toy_loss, "squared error on probabilities (test)"
+    ),
+  )
   yield spec
   del methods.TEACHER_LOSSES[spec.name]
 
 
 def test_a_loss_registered_from_outside_trains_a_step(toy_registered):
-  cfg = config_lib.validate(config_lib.get_config("smoke",
-                                                  loss="toy_squared"))
+  cfg = config_lib.validate(config_lib.get_config("smoke", loss="toy_squared"))
   groups = ((0, 7), (1, 2, 4, 5, 6), (3,))
   model, tx, options, _ = agt.build_teacher(
-      cfg, models.make_encoder(cfg.model), groups, np.arange(1, 9), 100)
+    cfg, models.make_encoder(cfg.model), groups, np.arange(1, 9), 100
+  )
   state = steps.init_state(model, tx, (cfg.crop, cfg.crop, 3), 0)
   rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.integers(0, 255, (4, cfg.crop, cfg.crop,
-                                                      3)), jnp.uint8),
-           "labels": jnp.asarray(rng.integers(0, 2, (4, 8)), jnp.int32),
-           "group": jnp.asarray(1, jnp.int32)}
-  fn = jax.jit(chex.assert_max_traces(
-      lambda s, b: steps.teacher_step(s, b, model=model, tx=tx,
-                                      options=options), n=1))
+  batch = {
+    "image": jnp.asarray(
+      rng.integers(0, 255, (4, cfg.crop, cfg.crop, 3)), jnp.uint8
+    ),
+    "labels": jnp.asarray(rng.integers(0, 2, (4, 8)), jnp.int32),
+    "group": jnp.asarray(1, jnp.int32),
+  }
+  fn = jax.jit(
+    chex.assert_max_traces(
+      lambda s, b: steps.teacher_step(
+        s, b, model=model, tx=tx, options=options
+      ),
+      n=1,
+    )
+  )
   new, m = fn(state, batch)
   # The loss is the toy's, recomputed from the same forward pass.
   (logits, _), _ = model.apply(
-      {"params": state["params"], "batch_stats": state["batch_stats"]},
-      batch["image"], train=True, mutable=["batch_stats", "aux"])
-  assert options.logit_shift is None    # the loss sees the logits as they are
+    {"params": state["params"], "batch_stats": state["batch_stats"]},
+    batch["image"],
+    train=True,
+    mutable=["batch_stats", "aux"],
+  )
+  assert options.logit_shift is None  # the loss sees the logits as they are
   want = _toy_loss(logits, batch["labels"].astype(jnp.float32), options)[0]
   np.testing.assert_allclose(m["loss"], want, rtol=1e-5)
-  assert not jax.tree.all(jax.tree.map(
-      lambda a, b: bool(jnp.array_equal(a, b)), state["params"]["encoder"],
-      new["params"]["encoder"]))
+  assert not jax.tree.all(
+    jax.tree.map(
+      lambda a, b: bool(jnp.array_equal(a, b)),
+      state["params"]["encoder"],
+      new["params"]["encoder"],
+    )
+  )
   # A name cannot be registered twice by accident.
   with pytest.raises(ValueError, match="already registered"):
     methods.register(methods.TEACHER_LOSSES, toy_registered)
@@ -96,34 +123,46 @@ def test_every_spec_that_needs_counts_is_refused_without_them():
 def test_stateful_specs_give_their_state():
   eq = methods.loss_state_init(steps.LossOptions(loss="eqlv2"), 8)
   assert set(eq) == {"pos_grad", "neg_grad", "pos_neg"}
-  assert methods.loss_state_init(steps.LossOptions(reweight="gradient"),
-                                 8) is None
+  assert (
+    methods.loss_state_init(steps.LossOptions(reweight="gradient"), 8) is None
+  )
   fb = methods.loss_state_init(steps.LossOptions(reweight="feedback"), 8)
   assert set(fb) == {"pos", "neg", "count"}
-  per_group = methods.loss_state_init(steps.LossOptions(
-      reweight="feedback", rw_stats="group", groups=((0, 1), (2,))), 3)
+  per_group = methods.loss_state_init(
+    steps.LossOptions(
+      reweight="feedback", rw_stats="group", groups=((0, 1), (2,))
+    ),
+    3,
+  )
   assert np.shape(per_group["pos"]) == (2, 3)
   # A loss that takes no re-weighting carries no feedback state.
-  assert methods.loss_state_init(steps.LossOptions(
-      loss="focal", reweight="feedback"), 8) is None
+  assert (
+    methods.loss_state_init(
+      steps.LossOptions(loss="focal", reweight="feedback"), 8
+    )
+    is None
+  )
 
 
 def test_transfer_losses_match_optax():
   z = jnp.linspace(-3, 3, 16).reshape(2, 8)
   y = (jnp.arange(16).reshape(2, 8) % 3 == 0).astype(jnp.float32)
   np.testing.assert_allclose(
-      steps.transfer_loss(z, y, steps.TransferOptions()),
-      optax.sigmoid_binary_cross_entropy(z, y))
+    steps.transfer_loss(z, y, steps.TransferOptions()),
+    optax.sigmoid_binary_cross_entropy(z, y),
+  )
 
 
 def test_methods_doc_is_generated_from_the_specs():
   got = (ROOT / "docs" / "methods.md").read_text()
   assert got == trainers.markdown(), (
-      "docs/methods.md is stale: python -m agt_jax.train.trainers > "
-      "docs/methods.md")
+    "docs/methods.md is stale: python -m agt_jax.train.trainers > "
+    "docs/methods.md"
+  )
 
 
 # -- the import graph -----------------------------------------------------------
+
 
 def _imports(path: pathlib.Path, module: str) -> set[str]:
   """Every ``agt_jax`` module ``path`` imports (top level or in a function)."""
@@ -135,8 +174,10 @@ def _imports(path: pathlib.Path, module: str) -> set[str]:
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ""
       if node.level:
-        base = ".".join(pkg.split(".")[:len(pkg.split(".")) - node.level + 1]
-                        + ([base] if base else []))
+        base = ".".join(
+          pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+          + ([base] if base else [])
+        )
       if base.startswith("agt_jax"):
         out.add(base)
         out |= {f"{base}.{a.name}" for a in node.names}
@@ -151,8 +192,10 @@ def _module_graph():
     if parts[-1] == "__init__":
       parts = parts[:-1]
     files[".".join(parts)] = p
-  graph = {m: {i for i in _imports(p, m) if i in files and i != m}
-           for m, p in files.items()}
+  graph = {
+    m: {i for i in _imports(p, m) if i in files and i != m}
+    for m, p in files.items()
+  }
   return graph
 
 
@@ -169,8 +212,9 @@ def test_the_import_graph_has_no_cycle():
       if m.startswith(n + "."):
         continue
       if state.get(n) == "open":
-        raise AssertionError("import cycle: " + " -> ".join(
-            stack[stack.index(n):] + [n]))
+        raise AssertionError(
+          "import cycle: " + " -> ".join(stack[stack.index(n) :] + [n])
+        )
       if n not in state:
         visit(n)
     stack.pop()
@@ -183,17 +227,27 @@ def test_the_import_graph_has_no_cycle():
 
 def test_the_cycle_check_finds_a_cycle(monkeypatch):
   graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}}
-  monkeypatch.setattr(sys.modules[__name__], "_module_graph", lambda: {
-      **graph, "agt_jax.train.loop": {"a"}})
+  monkeypatch.setattr(
+    sys.modules[__name__],
+    "_module_graph",
+    lambda: {**graph, "agt_jax.train.loop": {"a"}},
+  )
   with pytest.raises(AssertionError, match="import cycle: a -> b -> c -> a"):
     test_the_import_graph_has_no_cycle()
 
 
 def test_importing_the_losses_loads_no_heavy_dependency():
-  code = ("import sys, agt_jax.losses, agt_jax.train.steps\n"
-          "heavy = ('orbax', 'grain', 'tensorflow_datasets', 'sklearn', "
-          "'matplotlib')\n"
-          "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                       text=True, check=True, cwd=ROOT).stdout.strip()
+  code = (
+    "import sys, agt_jax.losses, agt_jax.train.steps\n"
+    "heavy = ('orbax', 'grain', 'tensorflow_datasets', 'sklearn', "
+    "'matplotlib')\n"
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=ROOT,
+  ).stdout.strip()
   assert out == "[]", out

@@ -24,7 +24,7 @@ def kappa_by_hand(y, pred):
 
 def test_odir_score_hand_computed():
   gt = np.array([[1, 0, 1, 0], [0, 0, 1, 1]])
-  pr = np.array([[.9, .2, .4, .6], [.1, .5, .7, .8]])
+  pr = np.array([[0.9, 0.2, 0.4, 0.6], [0.1, 0.5, 0.7, 0.8]])
   s = metrics.odir_score(gt, pr)
   # TP=3 FN=1 FP=1 TN=3 (0.5 is a negative): accuracy .75, kappa .5,
   # 14 of 16 positive/negative pairs ordered: AUC .875.
@@ -35,8 +35,10 @@ def test_odir_score_hand_computed():
 
 
 def test_odir_threshold_is_strict():
-  gt = np.zeros((4, 8), int); gt[:, 0] = 1
-  pr = np.full((4, 8), 0.5); pr[:, 0] = 0.9
+  gt = np.zeros((4, 8), int)
+  gt[:, 0] = 1
+  pr = np.full((4, 8), 0.5)
+  pr[:, 0] = 0.9
   s = metrics.odir_score(gt, pr)
   assert s["f1"] == 1.0  # with >= every 0.5 would be a false positive
   assert s["kappa"] == 1.0
@@ -72,12 +74,14 @@ def test_multilabel_report():
   r = metrics.multilabel_report(gt, pr, names, class_counts=[500, 60, 10, 0])
   for j, n in enumerate(names[:3]):
     assert r["per_class"][n]["auc"] == pytest.approx(
-        mann_whitney_auc(gt[:, j], pr[:, j]), rel=1e-12)
+      mann_whitney_auc(gt[:, j], pr[:, j]), rel=1e-12
+    )
     assert r["per_class"][n]["positives"] == gt[:, j].sum()
   assert math.isnan(r["per_class"]["d"]["auc"])  # no positive: undefined
   assert r["macro_auc_classes"] == 3
   assert r["macro_auc"] == pytest.approx(
-      np.mean([r["per_class"][n]["auc"] for n in names[:3]]))
+    np.mean([r["per_class"][n]["auc"] for n in names[:3]])
+  )
   assert r["shots"]["head"]["classes"] == ["a"]
   assert r["shots"]["medium"]["classes"] == ["b"]
   assert r["shots"]["tail"]["classes"] == ["c", "d"]
@@ -87,30 +91,34 @@ def test_multilabel_report():
 
 def test_sum_count_metrics_are_exact_means():
   a = {"loss": metrics.mean_metric(jnp.array([1.0, 2.0, 3.0]))}
-  b = {"loss": metrics.mean_metric(jnp.array([10.0, 0.0]),
-                                   where=jnp.array([True, False]))}
+  b = {
+    "loss": metrics.mean_metric(
+      jnp.array([10.0, 0.0]), where=jnp.array([True, False])
+    )
+  }
   merged = metrics.merge_metrics(a, b)
   # (1 + 2 + 3 + 10) / 4, not the mean of the two means.
   assert metrics.finalize_metrics(merged)["loss"] == pytest.approx(4.0)
 
 
 def test_top1_report_by_shot_tier_hand_computed():
-  counts = [500, 150, 60, 30, 10, 5]        # many: 0,1; medium: 2,3; few: 4,5
+  counts = [500, 150, 60, 30, 10, 5]  # many: 0,1; medium: 2,3; few: 4,5
   y = np.array([0, 0, 1, 2, 3, 3, 4, 5, 5, 5])
   pred = np.array([0, 1, 1, 2, 0, 3, 4, 0, 0, 5])
   scores = np.eye(6)[pred] * 0.9 + 0.01
   r = metrics.top1_report(np.eye(6)[y], scores, counts)
   # all 6/10; many {0,0,1}: 2/3; medium {2,3,3}: 2/3; few {4,5,5,5}: 2/4.
-  assert r == pytest.approx({"all": 0.6, "many": 2 / 3, "medium": 2 / 3,
-                             "few": 0.5})
-  assert metrics.top1_report(y, scores, counts) == r        # ids as labels
+  assert r == pytest.approx(
+    {"all": 0.6, "many": 2 / 3, "medium": 2 / 3, "few": 0.5}
+  )
+  assert metrics.top1_report(y, scores, counts) == r  # ids as labels
   r = metrics.top1_report(y[:3], scores[:3], counts)
   assert math.isnan(r["medium"]) and math.isnan(r["few"])
 
 
 def test_per_class_precision_recall_at_half_by_hand():
   y = np.array([[1, 0], [1, 1], [0, 1], [0, 0], [1, 0]])
-  p = np.array([[.9, .6], [.4, .7], [.6, .2], [.1, .8], [.7, .3]])
+  p = np.array([[0.9, 0.6], [0.4, 0.7], [0.6, 0.2], [0.1, 0.8], [0.7, 0.3]])
   r = metrics.multilabel_report(y, p, ["a", "b"])
   # a: predicted {0, 2, 4}, true {0, 1, 4}: TP 2, FP 1, FN 1.
   # b: predicted {0, 1, 3}, true {1, 2}: TP 1, FP 2, FN 1.

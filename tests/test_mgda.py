@@ -14,14 +14,21 @@ from tests import references as ref
 def exact_min_norm(v):
   g = v @ v.T
   k = len(v)
-  res = minimize(lambda c: c @ g @ c, np.full(k, 1 / k), jac=lambda c: 2 * g @ c,
-                 bounds=[(0, 1)] * k, method="SLSQP", options={"ftol": 1e-14},
-                 constraints=[{"type": "eq", "fun": lambda c: c.sum() - 1}])
+  res = minimize(
+    lambda c: c @ g @ c,
+    np.full(k, 1 / k),
+    jac=lambda c: 2 * g @ c,
+    bounds=[(0, 1)] * k,
+    method="SLSQP",
+    options={"ftol": 1e-14},
+    constraints=[{"type": "eq", "fun": lambda c: c.sum() - 1}],
+  )
   return res.x, res.fun
 
 
 def test_two_vector_cases():
-  a = jnp.array([1.0, 0.0]); b = jnp.array([0.0, 1.0])
+  a = jnp.array([1.0, 0.0])
+  b = jnp.array([0.0, 1.0])
   w, d = mgda.min_norm_weights(jnp.stack([a, b]))
   np.testing.assert_allclose(w, [0.5, 0.5], rtol=1e-6)
   np.testing.assert_allclose(d, 0.5, rtol=1e-6)
@@ -38,8 +45,9 @@ def test_two_vector_cases():
   np.testing.assert_allclose(w, [c, 1 - c], rtol=1e-6)
 
 
-@pytest.mark.parametrize("k,d,seed", [(3, 5, 0), (4, 20, 1), (5, 50, 2),
-                                      (6, 8, 3), (3, 1000, 4)])
+@pytest.mark.parametrize(
+  "k,d,seed", [(3, 5, 0), (4, 20, 1), (5, 50, 2), (6, 8, 3), (3, 1000, 4)]
+)
 def test_matches_reference_solver_and_exact_qp(k, d, seed):
   rng = np.random.default_rng(seed)
   v = rng.normal(size=(k, d)) + rng.normal(size=(1, d))  # correlated tasks
@@ -74,15 +82,20 @@ def test_jit_and_bounded_loop():
 
 def test_single_vector_and_bad_input():
   w, d = mgda.min_norm_weights(jnp.array([[3.0, 4.0]]))
-  np.testing.assert_allclose(w, [1.0]); np.testing.assert_allclose(d, 25.0)
-  with pytest.raises(ValueError, match=r"`vectors` must be a floating \[K, D\]"):
+  np.testing.assert_allclose(w, [1.0])
+  np.testing.assert_allclose(d, 25.0)
+  with pytest.raises(
+    ValueError, match=r"`vectors` must be a floating \[K, D\]"
+  ):
     mgda.min_norm_weights(jnp.ones(3))
 
 
 def test_gradient_normalizers():
-  g = jnp.array([[3.0, 4.0], [0.0, 2.0]]); l = jnp.array([2.0, 0.5])
+  g = jnp.array([[3.0, 4.0], [0.0, 2.0]])
+  l = jnp.array([2.0, 0.5])
   np.testing.assert_allclose(mgda.gradient_normalizers(g, l), [10.0, 1.0])
-  np.testing.assert_allclose(mgda.gradient_normalizers(g, l, kind="l2"),
-                             [5.0, 2.0])
+  np.testing.assert_allclose(
+    mgda.gradient_normalizers(g, l, kind="l2"), [5.0, 2.0]
+  )
   with pytest.raises(ValueError, match="kind"):
     mgda.gradient_normalizers(g, l, kind="l1")

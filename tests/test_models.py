@@ -11,8 +11,9 @@ from agt_jax import models
 from agt_jax.models import weights
 
 
-@pytest.mark.parametrize("name,dim", [("resnet_tiny", 16),
-                                      ("densenet_tiny", 16)])
+@pytest.mark.parametrize(
+  "name,dim", [("resnet_tiny", 16), ("densenet_tiny", 16)]
+)
 def test_tiny_encoders(name, dim):
   enc = models.make_encoder(name)
   x = jnp.zeros((2, 32, 32, 3), jnp.uint8)
@@ -23,14 +24,20 @@ def test_tiny_encoders(name, dim):
   assert "batch_stats" in upd
 
 
-@pytest.mark.parametrize("name,params,dim", [("resnet50", 23_508_032, 2048),
-                                             ("resnet18", 11_176_512, 512),
-                                             ("densenet121", 6_953_856, 1024)])
+@pytest.mark.parametrize(
+  "name,params,dim",
+  [
+    ("resnet50", 23_508_032, 2048),
+    ("resnet18", 11_176_512, 512),
+    ("densenet121", 6_953_856, 1024),
+  ],
+)
 def test_full_size_parameter_counts_match_torchvision(name, params, dim):
   """torchvision's counts without the classifier (fc / classifier)."""
   enc = models.make_encoder(name)
-  v = jax.eval_shape(enc.init, jax.random.key(0),
-                     jnp.zeros((1, 64, 64, 3), jnp.uint8))
+  v = jax.eval_shape(
+    enc.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.uint8)
+  )
   assert sum(x.size for x in jax.tree.leaves(v["params"])) == params
   out = jax.eval_shape(enc.apply, v, jnp.zeros((1, 64, 64, 3), jnp.uint8))
   assert out.shape == (1, dim)
@@ -40,12 +47,16 @@ def test_cifar_resnet32_has_the_published_size():
   """ResNet-32 of He et al. (CIFAR): 0.46M parameters; with a 10-class
   linear layer (650) it is the 464,154 of the LDAM/GBG code."""
   enc = models.make_encoder("resnet32")
-  v = jax.eval_shape(enc.init, jax.random.key(0),
-                     jnp.zeros((1, 32, 32, 3), jnp.uint8))
+  v = jax.eval_shape(
+    enc.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.uint8)
+  )
   assert sum(x.size for x in jax.tree.leaves(v["params"])) + 650 == 464_154
   # 3 stages x 5 blocks x 2 convs + the stem = 31 conv layers (+ fc = 32).
-  convs = [k for k in jax.tree_util.tree_flatten_with_path(v["params"])[0]
-           if "kernel" in jax.tree_util.keystr(k[0])]
+  convs = [
+    k
+    for k in jax.tree_util.tree_flatten_with_path(v["params"])[0]
+    if "kernel" in jax.tree_util.keystr(k[0])
+  ]
   assert len(convs) == 31
   out = jax.eval_shape(enc.apply, v, jnp.zeros((2, 32, 32, 3), jnp.uint8))
   assert out.shape == (2, 64)
@@ -71,7 +82,9 @@ def test_torchvision_import_matches_torch_outputs():
   give the features torch computed from the same weights and images
   (tests/torch_references, made by make_torch_references.py)."""
   import json
+
   from tests import references as ref
+
   here = pathlib.Path(__file__).parent / "torch_references"
   specs = json.loads((here / "torchvision_specs.json").read_text())
   want = np.load(here / "torch_references.npz")
@@ -83,8 +96,9 @@ def test_torchvision_import_matches_torch_outputs():
     p, s = weights.from_torchvision(state, v["params"], v["batch_stats"])
     ours = np.asarray(enc.apply({"params": p, "batch_stats": s}, x))
     # Tolerance: float32 accumulation-order differences through ~50 layers.
-    np.testing.assert_allclose(ours, want[f"{name}_features"], rtol=1e-3,
-                               atol=1e-3)
+    np.testing.assert_allclose(
+      ours, want[f"{name}_features"], rtol=1e-3, atol=1e-3
+    )
 
 
 def test_torchvision_vit_b16_import_matches_torch_outputs():
@@ -92,7 +106,9 @@ def test_torchvision_vit_b16_import_matches_torch_outputs():
   imported, give torch's class token (after encoder.ln) for two 224 px
   images."""
   import json
+
   from tests import references as ref
+
   here = pathlib.Path(__file__).parent / "torch_references"
   spec = json.loads((here / "torchvision_specs.json").read_text())["vit_b16"]
   want = np.load(here / "torch_references.npz")["vit_b16_features"]
@@ -100,14 +116,13 @@ def test_torchvision_vit_b16_import_matches_torch_outputs():
   enc = models.make_encoder("vit_b16")
   v = enc.init(jax.random.key(0), jnp.asarray(x[:1]))
   n = sum(a.size for a in jax.tree.leaves(v["params"]))
-  assert n == 85_798_656      # torchvision vit_b_16 without heads.head
+  assert n == 85_798_656  # torchvision vit_b_16 without heads.head
   state = ref.torchvision_like_state(spec, linear="fan_in")
   p, _ = weights.from_torchvision(state, v["params"], {})
   ours = np.asarray(jax.jit(enc.apply)({"params": p}, x))
   np.testing.assert_allclose(ours, want, rtol=1e-3, atol=1e-3)
   # A map of patch tokens when unpooled: 14 x 14 at 224 px.
-  fmap = models.make_encoder("vit_b16", pool=False).apply({"params": p},
-                                                          x[:1])
+  fmap = models.make_encoder("vit_b16", pool=False).apply({"params": p}, x[:1])
   assert fmap.shape == (1, 14, 14, 768)
   bad = dict(state)
   bad["encoder.layers.encoder_layer_0.mlp.9.weight"] = np.zeros((1,))
@@ -128,19 +143,24 @@ def test_import_rejects_incomplete_state_dict():
 
 def test_load_encoder_from_our_checkpoint(tmp_path):
   import orbax.checkpoint as ocp
+
   from agt_jax.train import steps
-  teacher = models.Teacher(models.make_encoder("resnet_tiny"),
-                           groups=((0, 1), (2,)), num_classes=3)
+
+  teacher = models.Teacher(
+    models.make_encoder("resnet_tiny"), groups=((0, 1), (2,)), num_classes=3
+  )
   tx = steps.teacher_tx(2, 1e-3)
   state = steps.init_state(teacher, tx, (32, 32, 3), seed=3)
   ckpt = ocp.CheckpointManager(tmp_path / "teacher")
   ckpt.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
   ckpt.wait_until_finished()
   student = models.Student(models.make_encoder("resnet_tiny"), num_classes=3)
-  sstate = steps.init_state(student, steps.adam(1e-3, 0.9, 0.99),
-                            (32, 32, 3), seed=4)
+  sstate = steps.init_state(
+    student, steps.adam(1e-3, 0.9, 0.99), (32, 32, 3), seed=4
+  )
   p, b = weights.load_encoder(tmp_path / "teacher", sstate)
-  np.testing.assert_array_equal(p["conv1"]["kernel"],
-                                state["params"]["encoder"]["conv1"]["kernel"])
+  np.testing.assert_array_equal(
+    p["conv1"]["kernel"], state["params"]["encoder"]["conv1"]["kernel"]
+  )
   with pytest.raises(FileNotFoundError, match="no such"):
     weights.load_encoder(tmp_path / "nope", sstate)

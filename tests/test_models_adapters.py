@@ -13,10 +13,14 @@ def test_residual_adapter_eq1_by_hand():
   m = adapters.ResidualAdapter(lambda_init=0.0)
   v = m.init(jax.random.key(0), f)
   assert v["params"]["lam"] == 0.0 and "bias" not in v["params"]["A"]
-  a = np.array([[2.0, 0.0], [1.0, 3.0]])        # flax kernel: f @ a
-  lam = np.log(3.0)                              # sigmoid = 0.75
-  v = {"params": {"lam": jnp.asarray(lam, jnp.float32),
-                  "A": {"kernel": jnp.asarray(a, jnp.float32)}}}
+  a = np.array([[2.0, 0.0], [1.0, 3.0]])  # flax kernel: f @ a
+  lam = np.log(3.0)  # sigmoid = 0.75
+  v = {
+    "params": {
+      "lam": jnp.asarray(lam, jnp.float32),
+      "A": {"kernel": jnp.asarray(a, jnp.float32)},
+    }
+  }
   got = m.apply(v, f)
   # Row 1: A f' = [1*2 + 2*1, 1*0 + 2*3] = [4, 6];
   # 0.75 [1, 2] + 0.25 [4, 6] = [1.75, 3.0]. Row 2: A f' = [-1, -3];
@@ -40,7 +44,13 @@ def test_ensembler_eq3_concatenates_both_inputs():
   xw, xr = jnp.array([[1.0, 2.0]]), jnp.array([[3.0, 4.0]])
   v = m.init(jax.random.key(0), xw, xr)
   assert v["params"]["K"]["kernel"].shape == (4, 1)
-  v = {"params": {"K": {"kernel": jnp.array([[1.0], [0.0], [0.5], [2.0]]),
-                        "bias": jnp.array([0.25])}}}
+  v = {
+    "params": {
+      "K": {
+        "kernel": jnp.array([[1.0], [0.0], [0.5], [2.0]]),
+        "bias": jnp.array([0.25]),
+      }
+    }
+  }
   # 1*1 + 2*0 + 3*0.5 + 4*2 + 0.25 = 10.75
   np.testing.assert_allclose(m.apply(v, xw, xr), [[10.75]], rtol=1e-6)

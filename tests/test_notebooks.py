@@ -25,14 +25,17 @@ def _check_losses_tour(ns):
   # The paper's worked example (§3.4.3) and the KD weights the text quotes.
   np.testing.assert_allclose(ns["pos"], [-0.04, -0.15], atol=1e-6)
   np.testing.assert_allclose(ns["neg"], [0.18, 0.05], atol=1e-6)
-  w = np.asarray(ns["w"])     # the batch-of-64 weights, last cell
+  w = np.asarray(ns["w"])  # the batch-of-64 weights, last cell
   assert w.shape == (8,) and np.all((w > 0) & (w <= 1))
-  np.testing.assert_allclose(np.asarray(ns["w_kd"]), [0.8, 1.0, 0.769],
-                             atol=1e-3)
+  np.testing.assert_allclose(
+    np.asarray(ns["w_kd"]), [0.8, 1.0, 0.769], atol=1e-3
+  )
 
 
-CHECKS = {"agt_walkthrough.ipynb": (_check_walkthrough, 1),
-          "losses_tour.ipynb": (_check_losses_tour, 2)}
+CHECKS = {
+  "agt_walkthrough.ipynb": (_check_walkthrough, 1),
+  "losses_tour.ipynb": (_check_losses_tour, 2),
+}
 
 
 def test_every_notebook_has_checks():
@@ -43,15 +46,18 @@ def test_every_notebook_has_checks():
 def test_notebook_runs(path, monkeypatch):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   shown = []
-  monkeypatch.setattr(plt, "show", lambda *a, **k: shown.append(
-      len(plt.gcf().axes)))
+  monkeypatch.setattr(
+    plt, "show", lambda *a, **k: shown.append(len(plt.gcf().axes))
+  )
   nb = json.loads(path.read_text())
   namespace: dict = {}
   for i, cell in enumerate(nb["cells"]):
     if cell["cell_type"] == "code":
-      exec(compile("".join(cell["source"]), f"{path.name}[{i}]", "exec"),
-           namespace)
+      exec(
+        compile("".join(cell["source"]), f"{path.name}[{i}]", "exec"), namespace
+      )
   plt.close("all")
   check, figures = CHECKS[path.name]
   assert len(shown) == figures and all(n >= 1 for n in shown)

@@ -12,8 +12,9 @@ def _readme() -> str:
 
 def test_readme_losses_example_runs():
   text = _readme()
-  match = re.search(r"<!-- readme-example -->\s*```python\n(.*?)```", text,
-                    re.S)
+  match = re.search(
+    r"<!-- readme-example -->\s*```python\n(.*?)```", text, re.S
+  )
   assert match, "README example block not found"
   namespace: dict = {}
   exec(compile(match.group(1), "README.md", "exec"), namespace)
@@ -28,4 +29,4 @@ def test_ci_runs_the_readme_test_command():
   assert "ci:test-command" in ci and "set -euo pipefail" in ci
   # The README leads with the install-and-run command, then the tests.
   first_bash = text.index("```bash")
-  assert "pip install -e ." in text[first_bash:first_bash + 200]
+  assert "pip install -e ." in text[first_bash : first_bash + 200]

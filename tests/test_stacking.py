@@ -11,8 +11,11 @@ from agt_jax import stacking
 from tests.test_experiments import cache, run_cli  # noqa: F401
 
 N, C = 12, 3
-FOLDS = {0: np.array([0, 3, 6, 9]), 1: np.array([1, 4, 7, 10]),
-         2: np.array([2, 5, 8, 11])}
+FOLDS = {
+  0: np.array([0, 3, 6, 9]),
+  1: np.array([1, 4, 7, 10]),
+  2: np.array([2, 5, 8, 11]),
+}
 
 
 def honest(seed=0):
@@ -24,17 +27,20 @@ def test_assemble_oof_places_every_row_from_its_own_fold():
   preds = {"a": honest(0), "b": honest(1)}
   oof = stacking.assemble_oof(preds, FOLDS, N)
   assert oof.shape == (N, 2, C) and np.isfinite(oof).all()
-  for k, (rows, p) in preds["b"].items():
+  for _k, (rows, p) in preds["b"].items():
     np.testing.assert_array_equal(oof[rows, 1], p)
 
 
 def test_assemble_oof_refuses_a_leaked_row():
   preds = {"a": honest(0), "b": honest(1)}
   rows, p = preds["b"][0]
-  preds["b"][0] = (np.array([0, 3, 6, 1]), p)   # row 1 is fold 1's
-  with pytest.raises(stacking.LeakError, match="b fold 0: 1 predicted rows "
-                     "were not held out by fold 0 .e.g. row 1, held out by "
-                     "fold 1"):
+  preds["b"][0] = (np.array([0, 3, 6, 1]), p)  # row 1 is fold 1's
+  with pytest.raises(
+    stacking.LeakError,
+    match="b fold 0: 1 predicted rows "
+    "were not held out by fold 0 .e.g. row 1, held out by "
+    "fold 1",
+  ):
     stacking.assemble_oof(preds, FOLDS, N)
   preds = {"a": honest(0)}
   del preds["a"][2]
@@ -48,6 +54,7 @@ def test_assemble_oof_refuses_a_leaked_row():
 class Spy:
   """A meta-classifier that records which rows (column 0 holds the row id)
   it was fitted on and predicts the mean label it saw."""
+
   fitted: list = []
 
   def fit(self, x, y):
@@ -62,7 +69,7 @@ class Spy:
 def test_nested_cv_never_fits_on_the_fold_it_scores():
   rng = np.random.default_rng(0)
   y = (rng.random((N, C)) < 0.5).astype(int)
-  y[:2] = [[1, 1, 1], [0, 0, 0]]             # every class has both values
+  y[:2] = [[1, 1, 1], [0, 0, 0]]  # every class has both values
   y[[3, 4, 5]] = [[1, 0, 1], [0, 1, 0], [1, 1, 0]]
   fold_of = np.empty(N, int)
   for k, rows in FOLDS.items():
@@ -72,12 +79,13 @@ def test_nested_cv_never_fits_on_the_fold_it_scores():
   out = stacking.nested_cv_stack(x, y, fold_of, Spy)
   assert len(Spy.fitted) == 3 * C
   for k, rows in FOLDS.items():
-    for seen in Spy.fitted[k * C:(k + 1) * C]:
+    for seen in Spy.fitted[k * C : (k + 1) * C]:
       assert seen == set(range(N)) - set(rows.tolist())
     # Each fold's rows get the other folds' label means.
     others = np.setdiff1d(np.arange(N), rows)
-    np.testing.assert_allclose(out[rows], np.broadcast_to(
-        y[others].mean(0), (len(rows), C)))
+    np.testing.assert_allclose(
+      out[rows], np.broadcast_to(y[others].mean(0), (len(rows), C))
+    )
 
 
 def test_meta_learner_learns_from_the_better_model():
@@ -86,11 +94,12 @@ def test_meta_learner_learns_from_the_better_model():
   y = (rng.random((n, 2)) < 0.3).astype(int)
   good = np.clip(y + rng.normal(0, 0.2, y.shape), 0, 1)
   noise = rng.random((n, 2))
-  x = np.concatenate([noise, good], 1)          # model 0: noise, 1: good
+  x = np.concatenate([noise, good], 1)  # model 0: noise, 1: good
   fold_of = np.arange(n) % 4
   make = stacking.make_meta("hgb")
   stacked = stacking.nested_cv_stack(x, y, fold_of, make)
   from sklearn.metrics import roc_auc_score
+
   assert roc_auc_score(y[:, 0], stacked[:, 0]) > 0.9
   imp = stacking.meta_importance(stacking.fit_meta(x, y, make), x, y, 2)
   assert imp.shape == (2, 2)
@@ -102,8 +111,7 @@ def test_meta_learner_learns_from_the_better_model():
 def test_class_mapping_odir_to_rfmid():
   odir = ["N", "D", "G", "C", "A", "H", "M", "O"]
   rfmid = ["DR", "ARMD", "MH", "DN", "MYA", "ODC", "NORMAL"]
-  pairs, unmapped = stacking.class_mapping(odir, rfmid,
-                                           stacking.ODIR_TO_RFMID)
+  pairs, unmapped = stacking.class_mapping(odir, rfmid, stacking.ODIR_TO_RFMID)
   assert pairs == [(0, 6), (1, 0), (2, 5), (4, 1), (6, 4)]
   assert unmapped == ["C", "H", "O"]
   same, none = stacking.class_mapping(odir, odir)
@@ -114,12 +122,25 @@ def test_class_mapping_odir_to_rfmid():
 
 def test_stack_ensemble_smoke(tmp_path, cache):
   from tests import fixtures
-  fixtures.make_rfmid(tmp_path / "rfmid",
-                      sizes={"train": 24, "val": 8, "test": 12})
+
+  fixtures.make_rfmid(
+    tmp_path / "rfmid", sizes={"train": 24, "val": 8, "test": 12}
+  )
   wd = tmp_path / "stack"
-  out = run_cli("experiments.stack_ensemble", [
-      "--preset", "smoke", "--workdir", str(wd), "--external",
-      "shifted-synth", "--external", f"rfmid:{tmp_path / 'rfmid'}"], cache)
+  out = run_cli(
+    "experiments.stack_ensemble",
+    [
+      "--preset",
+      "smoke",
+      "--workdir",
+      str(wd),
+      "--external",
+      "shifted-synth",
+      "--external",
+      f"rfmid:{tmp_path / 'rfmid'}",
+    ],
+    cache,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "## Out-of-fold scores" in out.stdout
   assert out.stdout.count("## External") == 2
@@ -137,26 +158,38 @@ def test_stack_ensemble_smoke(tmp_path, cache):
   assert "## External: odir5k-synth shifted" in report
   ext = json.loads((wd / "external.json").read_text())
   assert ext[0]["synthetic"] and ext[0]["patient_overlap"].startswith("none")
-  assert set(ext[0]["auc"]) == {"resnet_tiny", "densenet_tiny",
-                                "mean of models", "stacked (hgb)",
-                                "stacked (logistic)"}
+  assert set(ext[0]["auc"]) == {
+    "resnet_tiny",
+    "densenet_tiny",
+    "mean of models",
+    "stacked (hgb)",
+    "stacked (logistic)",
+  }
   assert "| stacked (logistic) |" in report
   rf = ext[1]
   assert rf["dataset"] == "rfmid" and not rf["synthetic"]
   assert rf["images"] == 44
-  assert rf["mapping"] == {"N": "NORMAL", "D": "DR", "G": "ODC",
-                           "A": "ARMD", "M": "MYA"}
+  assert rf["mapping"] == {
+    "N": "NORMAL",
+    "D": "DR",
+    "G": "ODC",
+    "A": "ARMD",
+    "M": "MYA",
+  }
   assert rf["unmapped"] == ["C", "H", "O"]
   assert "unmapped (dropped): C, H, O" in report
   assert (wd / "importance.png").stat().st_size > 1000
-  bad = run_cli("experiments.stack_ensemble",
-                ["--preset", "smoke", "--workdir", str(wd), "--folds", "0"],
-                cache)
+  bad = run_cli(
+    "experiments.stack_ensemble",
+    ["--preset", "smoke", "--workdir", str(wd), "--folds", "0"],
+    cache,
+  )
   assert bad.returncode == 2 and "needs every fold" in bad.stderr
 
 
 def test_xgboost_meta_learner_names_its_extra(monkeypatch):
   import builtins
+
   real = builtins.__import__
 
   def no_xgboost(name, *a, **k):
@@ -180,32 +213,41 @@ def test_importance_is_scored_on_held_out_rows():
   x = np.concatenate([rng.random((n, 1)), good], 1)
   fold_of = np.arange(n) % 5
   make = stacking.make_meta("hgb")
-  stacked, fold_models = stacking.nested_cv_stack(x, y, fold_of, make,
-                                                  return_models=True)
+  stacked, fold_models = stacking.nested_cv_stack(
+    x, y, fold_of, make, return_models=True
+  )
   assert sorted(fold_models) == [0, 1, 2, 3, 4]
-  np.testing.assert_allclose(stacked, stacking.nested_cv_stack(
-      x, y, fold_of, make))
+  np.testing.assert_allclose(
+    stacked, stacking.nested_cv_stack(x, y, fold_of, make)
+  )
   held = stacking.nested_cv_importance(fold_models, x, y, fold_of, 2)
   inside = stacking.meta_importance(stacking.fit_meta(x, y, make), x, y, 2)
   assert held.shape == inside.shape == (2, 1)
-  assert held[1, 0] > 0.1                      # the useful model matters
-  assert abs(held[0, 0]) < 0.03                # noise does not, held out
-  assert inside[0, 0] > held[0, 0] + 0.03      # but seems to, in-sample
+  assert held[1, 0] > 0.1  # the useful model matters
+  assert abs(held[0, 0]) < 0.03  # noise does not, held out
+  assert inside[0, 0] > held[0, 0] + 0.03  # but seems to, in-sample
   # The average is fold k's importance of fold k's models on fold k's rows,
   # weighted by rows: recompute it by hand from meta_importance.
-  by_hand = np.mean([stacking.meta_importance(
-      fold_models[k], x[fold_of == k], y[fold_of == k], 2, seed=k)
-      for k in range(5)], 0)
+  by_hand = np.mean(
+    [
+      stacking.meta_importance(
+        fold_models[k], x[fold_of == k], y[fold_of == k], 2, seed=k
+      )
+      for k in range(5)
+    ],
+    0,
+  )
   np.testing.assert_allclose(held, by_hand)
 
 
 def test_importance_of_a_class_without_both_labels_is_nan_held_out():
   x = np.random.default_rng(0).random((20, 2))
   y = np.zeros((20, 2), int)
-  y[::3, 0] = 1                               # class 1: never positive
+  y[::3, 0] = 1  # class 1: never positive
   fold_of = np.arange(20) % 2
-  _, fm = stacking.nested_cv_stack(x, y, fold_of, stacking.make_meta(
-      "logistic"), return_models=True)
+  _, fm = stacking.nested_cv_stack(
+    x, y, fold_of, stacking.make_meta("logistic"), return_models=True
+  )
   imp = stacking.nested_cv_importance(fm, x, y, fold_of, 2)
   assert np.isfinite(imp[:, 0]).all() and np.isnan(imp[:, 1]).all()
 
@@ -219,9 +261,11 @@ def test_xgboost_meta_learner_learns_when_installed():
   x = np.concatenate([rng.random((n, 2)), good], 1)
   fold_of = np.arange(n) % 4
   make = stacking.make_meta("xgboost")
-  stacked, fm = stacking.nested_cv_stack(x, y, fold_of, make,
-                                         return_models=True)
+  stacked, fm = stacking.nested_cv_stack(
+    x, y, fold_of, make, return_models=True
+  )
   from sklearn.metrics import roc_auc_score
+
   assert min(roc_auc_score(y[:, c], stacked[:, c]) for c in range(2)) > 0.9
   imp = stacking.nested_cv_importance(fm, x, y, fold_of, 2)
   assert (imp[1] > imp[0] + 0.1).all()

@@ -18,7 +18,8 @@ def test_tune_thresholds_maximises_f1_per_class():
   th = evaluation.tune_thresholds(y, p)
   for j in range(3):
     f1 = lambda t: metrics.multilabel_report(
-        y[:, [j]], (p[:, [j]] > t).astype(float), ["c"])["macro_f1"]
+      y[:, [j]], (p[:, [j]] > t).astype(float), ["c"]
+    )["macro_f1"]
     # No threshold on a fine grid beats the tuned one.
     best_grid = max(f1(t) for t in np.linspace(0, 1, 401))
     assert f1(th[j]) >= best_grid - 1e-12
@@ -40,10 +41,14 @@ def test_tuned_score_with_half_thresholds_is_the_official_score():
   t = np.full(8, 0.5)
   t[0] = 0.3
   from sklearn.metrics import f1_score
+
   want0 = f1_score(y[:, 0], p[:, 0] > 0.3)
   rest = [f1_score(y[:, c], p[:, c] > 0.5) for c in range(1, 8)]
-  np.testing.assert_allclose(evaluation.tuned_score(y, p, t)["macro_f1"],
-                             np.mean([want0, *rest]), rtol=1e-12)
+  np.testing.assert_allclose(
+    evaluation.tuned_score(y, p, t)["macro_f1"],
+    np.mean([want0, *rest]),
+    rtol=1e-12,
+  )
   # Thresholds at 0: everything positive, kappa 0.
   assert abs(evaluation.tuned_score(y, p, np.zeros(8))["kappa"]) < 1e-12
 
@@ -51,17 +56,23 @@ def test_tuned_score_with_half_thresholds_is_the_official_score():
 def test_negative_probabilities_and_collapse_message():
   y = np.array([[1, 0], [0, 0], [0, 1]])
   p = np.array([[0.9, 0.8], [0.4, 0.6], [0.2, 0.1]])
-  np.testing.assert_allclose(evaluation.negative_probabilities(y, p),
-                             [0.3, 0.7])
+  np.testing.assert_allclose(
+    evaluation.negative_probabilities(y, p), [0.3, 0.7]
+  )
   cfg = config_lib.get_config("smoke", reweight="gradient", beta=2.0)
   collapsed = np.full(8, 0.9)
-  msg = evaluation.collapse_message(collapsed, NAMES, "teacher", cfg,
-                                    "validation split")
+  msg = evaluation.collapse_message(
+    collapsed, NAMES, "teacher", cfg, "validation split"
+  )
   assert msg.startswith("The teacher collapsed: 8 of 8 classes")
   assert "reweight=feedback" in msg and msg.endswith(".")
   # Half of the classes or fewer above 0.5: no message.
-  assert evaluation.collapse_message(np.r_[np.full(4, .9), np.full(4, .1)],
-                                     NAMES, "teacher", cfg, "x") is None
+  assert (
+    evaluation.collapse_message(
+      np.r_[np.full(4, 0.9), np.full(4, 0.1)], NAMES, "teacher", cfg, "x"
+    )
+    is None
+  )
   msg = evaluation.collapse_message(collapsed, NAMES, "student", cfg, "x")
   assert "teacher" in msg
 
@@ -84,7 +95,7 @@ def test_report_carries_calibration_per_class_by_hand():
   y = np.array([[1, 0], [0, 0], [0, 1], [1, 1]])
   p = np.array([[0.9, 0.2], [0.6, 0.7], [0.1, 0.4], [0.7, 0.8]])
   r = metrics.multilabel_report(y, p, ["a", "b"])["per_class"]
-  assert r["a"]["called_positive"] == 0.75          # 0.9, 0.6, 0.7 > 0.5
+  assert r["a"]["called_positive"] == 0.75  # 0.9, 0.6, 0.7 > 0.5
   assert r["a"]["p_neg"] == pytest.approx((0.6 + 0.1) / 2)
   assert r["b"]["called_positive"] == 0.5
   assert r["b"]["p_neg"] == pytest.approx((0.2 + 0.7) / 2)

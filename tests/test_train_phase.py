@@ -21,12 +21,18 @@ def test_truncate_drops_the_resumed_phase_after_the_restored_step(tmp_path):
     w.write({"phase": "teacher", "step": step, "loss": 0.5})
   w.write({"phase": "eval_teacher", "step": 4, "final": 0.1})
   w.write({"phase": "eval_teacher", "step": 8, "final": 0.2})
-  with open(w.path, "a") as f:     # a kill in the middle of a write
+  with open(w.path, "a") as f:  # a kill in the middle of a write
     f.write('{"phase": "teacher", "st')
   w.truncate("teacher", 4)
   got = [(r["phase"], r["step"]) for r in _lines(w.path)]
-  assert got == [("warmup", 2), ("warmup", 4), ("warmup", 6),
-                 ("teacher", 2), ("teacher", 4), ("eval_teacher", 4)]
+  assert got == [
+    ("warmup", 2),
+    ("warmup", 4),
+    ("warmup", 6),
+    ("teacher", 2),
+    ("teacher", 4),
+    ("eval_teacher", 4),
+  ]
   assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -40,6 +46,7 @@ def test_make_mesh_names_batch_sizes_that_split():
   assert make_mesh(4 * n, 2 * n).devices.size == n
   if n == 1:
     pytest.skip("every batch splits over one device")
-  with pytest.raises(ConfigError, match=r"batch_size=.*multiple of "
-                     rf"{n}.*{2 * n}"):
+  with pytest.raises(
+    ConfigError, match=r"batch_size=.*multiple of " rf"{n}.*{2 * n}"
+  ):
     make_mesh(2 * n + 1)

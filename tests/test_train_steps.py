@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from agt_jax import losses, models
 from agt_jax.train import steps
@@ -15,17 +16,20 @@ GROUPS = ((1, 4, 5, 6), (2, 3), (0, 7))
 
 
 def make(groups=GROUPS, lr=1e-2):
-  model = models.Teacher(models.make_encoder("resnet_tiny"), groups=groups,
-                         num_classes=8)
+  model = models.Teacher(
+    models.make_encoder("resnet_tiny"), groups=groups, num_classes=8
+  )
   tx = steps.teacher_tx(len(groups), lr)
   return model, tx, steps.init_state(model, tx, (32, 32, 3), seed=0)
 
 
 def batch(t, n=16, seed=0):
   rng = np.random.default_rng((seed, t))
-  return {"image": rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8),
-          "labels": (rng.random((n, 8)) < 0.3).astype(np.uint8),
-          "group": np.int32(t % len(GROUPS))}
+  return {
+    "image": rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8),
+    "labels": (rng.random((n, 8)) < 0.3).astype(np.uint8),
+    "group": np.int32(t % len(GROUPS)),
+  }
 
 
 def host(tree):
@@ -35,8 +39,9 @@ def host(tree):
 def test_teacher_logits_are_in_global_class_order():
   model, _, state = make()
   x = batch(0)["image"]
-  logits, feats = model.apply({"params": state["params"],
-                               "batch_stats": state["batch_stats"]}, x)
+  logits, feats = model.apply(
+    {"params": state["params"], "batch_stats": state["batch_stats"]}, x
+  )
   assert logits.shape == (16, 8) and feats.shape[0] == 16
   # Class 3 (C) is the second output of head_g1.
   h = state["params"]["head_g1"]
@@ -51,8 +56,9 @@ def test_one_compile_and_frozen_heads_bit_identical():
   @jax.jit
   @chex.assert_max_traces(n=1)
   def step(s, b):
-    return steps.teacher_step(s, b, model=model, tx=tx,
-                              options=steps.LossOptions())
+    return steps.teacher_step(
+      s, b, model=model, tx=tx, options=steps.LossOptions()
+    )
 
   chex.clear_trace_counter()
   for t in range(6):  # groups 0, 1, 2, 0, 1, 2
@@ -61,23 +67,37 @@ def test_one_compile_and_frozen_heads_bit_identical():
     g = t % 3
     for k in range(3):
       head = f"head_g{k}"
-      inner = lambda s: s["opt_state"].inner_states[head].inner_state.inner_state
+      inner = (
+        lambda s: s["opt_state"].inner_states[head].inner_state.inner_state
+      )
       if k == g:
-        assert not np.array_equal(state["params"][head]["kernel"],
-                                  before["params"][head]["kernel"])
+        assert not np.array_equal(
+          state["params"][head]["kernel"], before["params"][head]["kernel"]
+        )
       else:
-        chex.assert_trees_all_equal(state["params"][head],
-                                    before["params"][head])
+        chex.assert_trees_all_equal(
+          state["params"][head], before["params"][head]
+        )
         chex.assert_trees_all_equal(inner(host(state)), inner(before))
-    assert not np.array_equal(state["params"]["encoder"]["conv1"]["kernel"],
-                              before["params"]["encoder"]["conv1"]["kernel"])
+    assert not np.array_equal(
+      state["params"]["encoder"]["conv1"]["kernel"],
+      before["params"]["encoder"]["conv1"]["kernel"],
+    )
     assert int(m["group"]) == g
   # Each head's own Adam count advanced only on its group's steps.
-  counts = [int(state["opt_state"].inner_states[f"head_g{k}"].inner_state
-                .inner_state[0].count) for k in range(3)]
+  counts = [
+    int(
+      state["opt_state"]
+      .inner_states[f"head_g{k}"]
+      .inner_state.inner_state[0]
+      .count
+    )
+    for k in range(3)
+  ]
   assert counts == [2, 2, 2]
-  assert int(state["opt_state"].inner_states["encoder"].inner_state[0].count) \
-      == 6
+  assert (
+    int(state["opt_state"].inner_states["encoder"].inner_state[0].count) == 6
+  )
 
 
 def test_inactive_heads_logits_still_train_the_encoder():
@@ -89,12 +109,15 @@ def test_inactive_heads_logits_still_train_the_encoder():
 
   def enc_grad(mask):
     def f(p):
-      (logits, _), _ = model.apply({"params": p,
-                                    "batch_stats": state["batch_stats"]},
-                                   b["image"], train=True,
-                                   mutable=["batch_stats"])
+      (logits, _), _ = model.apply(
+        {"params": p, "batch_stats": state["batch_stats"]},
+        b["image"],
+        train=True,
+        mutable=["batch_stats"],
+      )
       per, _ = steps.teacher_loss_terms(logits, labels, steps.LossOptions())
       return (per * mask).sum()
+
     return jax.grad(f)(state["params"])["encoder"]["conv1"]["kernel"]
 
   all_classes = enc_grad(jnp.ones(8))
@@ -107,10 +130,17 @@ def test_metrics_match_the_loss_library():
   b = batch(1)
   params = host(state["params"])
   stats = host(state["batch_stats"])
-  _, m = jax.jit(lambda s, bb: steps.teacher_step(
-      s, bb, model=model, tx=tx, options=steps.LossOptions()))(state, b)
-  (logits, _), _ = model.apply({"params": params, "batch_stats": stats},
-                               b["image"], train=True, mutable=["batch_stats"])
+  _, m = jax.jit(
+    lambda s, bb: steps.teacher_step(
+      s, bb, model=model, tx=tx, options=steps.LossOptions()
+    )
+  )(state, b)
+  (logits, _), _ = model.apply(
+    {"params": params, "batch_stats": stats},
+    b["image"],
+    train=True,
+    mutable=["batch_stats"],
+  )
   w = losses.gradient_reweight_weights(logits, b["labels"])
   np.testing.assert_allclose(m["w"], w, rtol=1e-5, atol=1e-7)
   expected = losses.gradient_reweighted_bce(logits, b["labels"]).sum() / 16
@@ -121,14 +151,17 @@ def test_metrics_match_the_loss_library():
 def test_ablation_losses(reweight):
   model, tx, state = make()
   b = batch(0)
-  _, m = jax.jit(lambda s, bb: steps.teacher_step(
-      s, bb, model=model, tx=tx,
-      options=steps.LossOptions(reweight=reweight)))(state, b)
+  _, m = jax.jit(
+    lambda s, bb: steps.teacher_step(
+      s, bb, model=model, tx=tx, options=steps.LossOptions(reweight=reweight)
+    )
+  )(state, b)
   if reweight == "none":
     np.testing.assert_array_equal(m["w"], 1.0)
   else:
-    np.testing.assert_allclose(m["w"], losses.count_reweight_weights(
-        b["labels"]), rtol=1e-6)
+    np.testing.assert_allclose(
+      m["w"], losses.count_reweight_weights(b["labels"]), rtol=1e-6
+    )
   with pytest.raises(ValueError, match="reweight"):
     steps.LossOptions(reweight="eql")
 
@@ -156,24 +189,29 @@ def test_eight_devices_match_one_device(n_devices, reweight):
   sharded = jax.jit(step, donate_argnums=0)
   for t in range(3):
     b = batch(t)
-    b = {"image": jax.device_put(b["image"], dsh),
-         "labels": jax.device_put(b["labels"], dsh),
-         "group": jax.device_put(b["group"], rep)}
+    b = {
+      "image": jax.device_put(b["image"], dsh),
+      "labels": jax.device_put(b["labels"], dsh),
+      "group": jax.device_put(b["group"], rep),
+    }
     s8, m8 = sharded(s8, b)
   assert s8["params"]["encoder"]["conv1"]["kernel"].sharding.is_fully_replicated
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
   # Adam divides by sqrt(v): for near-zero gradients a summation-order ulp
   # can move a weight by a visible fraction of lr (1e-2) after 3 steps, so
   # parameters are compared at 1% of one step.
-  chex.assert_trees_all_close(host(s8["params"]), host(s1["params"]),
-                              rtol=1e-4, atol=1e-4)
-  chex.assert_trees_all_close(host(s8["batch_stats"]),
-                              host(s1["batch_stats"]), rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(
+    host(s8["params"]), host(s1["params"]), rtol=1e-4, atol=1e-4
+  )
+  chex.assert_trees_all_close(
+    host(s8["batch_stats"]), host(s1["batch_stats"]), rtol=1e-4, atol=1e-6
+  )
   np.testing.assert_allclose(m8["w"], m1["w"], rtol=1e-5, atol=1e-7)
   if reweight == "feedback":
     # The statistics are over the global batch on both.
-    chex.assert_trees_all_close(host(s8["loss_state"]),
-                                host(s1["loss_state"]), rtol=1e-5)
+    chex.assert_trees_all_close(
+      host(s8["loss_state"]), host(s1["loss_state"]), rtol=1e-5
+    )
 
 
 def test_feedback_step_compiles_once_and_carries_the_library_statistics():
@@ -190,19 +228,24 @@ def test_feedback_step_compiles_once_and_carries_the_library_statistics():
   stats = losses.feedback_reweight_init(8)
   for t in range(4):
     b = batch(t)
-    variables = {"params": host(state["params"]),
-                 "batch_stats": host(state["batch_stats"])}
-    (logits, _), _ = model.apply(variables, b["image"], train=True,
-                                 mutable=["batch_stats"])
+    variables = {
+      "params": host(state["params"]),
+      "batch_stats": host(state["batch_stats"]),
+    }
+    (logits, _), _ = model.apply(
+      variables, b["image"], train=True, mutable=["batch_stats"]
+    )
     w = losses.feedback_reweight_weights(stats)
-    per, stats = losses.feedback_reweighted_bce(logits, b["labels"], stats,
-                                                decay=0.9)
+    per, stats = losses.feedback_reweighted_bce(
+      logits, b["labels"], stats, decay=0.9
+    )
     state, m = step(state, b)
     np.testing.assert_allclose(m["loss"], per.sum() / 16, rtol=1e-5)
     np.testing.assert_allclose(m["w"], w, rtol=1e-5, atol=1e-7)
     for k, v in stats._asdict().items():
-      np.testing.assert_allclose(state["loss_state"][k], v, rtol=1e-5,
-                                 err_msg=k)
+      np.testing.assert_allclose(
+        state["loss_state"][k], v, rtol=1e-5, err_msg=k
+      )
   assert int(state["loss_state"]["count"]) == 4
   assert float(np.min(m["w"])) < 1.0
 
@@ -216,9 +259,18 @@ def test_student_step_kd_options():
   counts = jnp.array([900, 500, 90, 80, 70, 50, 60, 300], jnp.float32)
   out = {}
   for kd in ("cb", "eq7", "plain", "none"):
-    fn = jax.jit(lambda s, b, v, kd=kd: steps.student_step(
-        s, b, v, model=student, teacher_model=teacher, tx=stx,
-        class_counts=counts, options=steps.KDOptions(kd=kd)))
+    fn = jax.jit(
+      lambda s, b, v, kd=kd: steps.student_step(
+        s,
+        b,
+        v,
+        model=student,
+        teacher_model=teacher,
+        tx=stx,
+        class_counts=counts,
+        options=steps.KDOptions(kd=kd),
+      )
+    )
     _, m = fn(sstate, batch(0), tv)
     out[kd] = m
     np.testing.assert_allclose(m["loss"], m["bce"] + m["kd"], rtol=1e-6)
@@ -234,7 +286,8 @@ def test_plain_step_runs():
   tx = optax.adam(1e-3)
   s = steps.init_state(student, tx, (32, 32, 3), seed=0)
   s, m = jax.jit(lambda s, b: steps.plain_step(s, b, model=student, tx=tx))(
-      s, batch(0))
+    s, batch(0)
+  )
   assert np.isfinite(m["loss"]) and int(s["step"]) == 1
 
 
@@ -245,24 +298,30 @@ COUNTS = (900, 500, 90, 80, 70, 50, 60, 300)
 def test_peer_losses_share_the_step_with_published_reductions(name):
   model, tx, state = make()
   b = batch(2)
-  options = steps.LossOptions(loss=name, class_counts=COUNTS,
-                              num_examples=1000)
+  options = steps.LossOptions(loss=name, class_counts=COUNTS, num_examples=1000)
   params = host(state["params"])
   stats = host(state["batch_stats"])
-  _, m = jax.jit(lambda s, bb: steps.teacher_step(
-      s, bb, model=model, tx=tx, options=options))(state, b)
-  (logits, _), _ = model.apply({"params": params, "batch_stats": stats},
-                               b["image"], train=True, mutable=["batch_stats"])
+  _, m = jax.jit(
+    lambda s, bb: steps.teacher_step(s, bb, model=model, tx=tx, options=options)
+  )(state, b)
+  (logits, _), _ = model.apply(
+    {"params": params, "batch_stats": stats},
+    b["image"],
+    train=True,
+    mutable=["batch_stats"],
+  )
   y = b["labels"]
   counts = np.array(COUNTS)
   expected = {
-      "focal": lambda: losses.sigmoid_focal_loss(logits, y, alpha=0.25).mean(),
-      "cb": lambda: losses.class_balanced_loss(logits, y, counts).sum()
-                    / y.sum(),
-      "cb_focal": lambda: losses.class_balanced_loss(
-          logits, y, counts, gamma=2.0).sum() / y.sum(),
-      "db": lambda: losses.distribution_balanced_loss(logits, y, counts,
-                                                      1000).mean(),
+    "focal": lambda: losses.sigmoid_focal_loss(logits, y, alpha=0.25).mean(),
+    "cb": lambda: losses.class_balanced_loss(logits, y, counts).sum() / y.sum(),
+    "cb_focal": lambda: losses.class_balanced_loss(
+      logits, y, counts, gamma=2.0
+    ).sum()
+    / y.sum(),
+    "db": lambda: losses.distribution_balanced_loss(
+      logits, y, counts, 1000
+    ).mean(),
   }[name]()
   np.testing.assert_allclose(m["loss"], expected, rtol=1e-5)
   np.testing.assert_array_equal(m["w"], 1.0)
@@ -284,16 +343,20 @@ def _variant(name):
   if name == "eqlv2":
     model, tx, state = make()
     options = steps.LossOptions(loss="eqlv2", **opts)
-    state = steps.init_state(model, tx, (32, 32, 3), 0,
-                             loss_state=steps.initial_loss_state(options, 8))
+    state = steps.init_state(
+      model, tx, (32, 32, 3), 0, loss_state=steps.initial_loss_state(options, 8)
+    )
   elif name in ("ride", "ours_ride"):
-    model = models.Teacher(enc, groups=GROUPS, num_classes=8, experts=3,
-                           expert_scale=30.0)
+    model = models.Teacher(
+      enc, groups=GROUPS, num_classes=8, experts=3, expert_scale=30.0
+    )
     tx = steps.teacher_tx(len(GROUPS), 1e-2)
     state = steps.init_state(model, tx, (32, 32, 3), 0)
     options = steps.LossOptions(
-        loss="ride", reweight="gradient" if name == "ours_ride" else "none",
-        **opts)
+      loss="ride",
+      reweight="gradient" if name == "ours_ride" else "none",
+      **opts,
+    )
   elif name == "bags":
     model = models.Teacher(enc, groups=GROUPS, num_classes=8, others=True)
     tx = steps.joint_tx(1e-2)
@@ -310,8 +373,9 @@ def _variant(name):
   return model, tx, state, options
 
 
-@pytest.mark.parametrize("name", ["eqlv2", "ib", "ride", "ours_ride", "bags",
-                                  "multi"])
+@pytest.mark.parametrize(
+  "name", ["eqlv2", "ib", "ride", "ours_ride", "bags", "multi"]
+)
 def test_baselines_compile_once_over_groups_and_learn(name):
   model, tx, state, options = _variant(name)
 
@@ -336,40 +400,52 @@ def test_baselines_compile_once_over_groups_and_learn(name):
 
 def test_eqlv2_step_carries_the_library_statistics():
   model, tx, state, options = _variant("eqlv2")
-  fn = jax.jit(lambda s, b: steps.teacher_step(s, b, model=model, tx=tx,
-                                               options=options))
+  fn = jax.jit(
+    lambda s, b: steps.teacher_step(s, b, model=model, tx=tx, options=options)
+  )
   stats = losses.eqlv2_init(8)
   for t in range(3):
     b = batch(t)
-    variables = {"params": host(state["params"]),
-                 "batch_stats": host(state["batch_stats"])}
-    (logits, _), _ = model.apply(variables, b["image"], train=True,
-                                 mutable=["batch_stats"])
+    variables = {
+      "params": host(state["params"]),
+      "batch_stats": host(state["batch_stats"]),
+    }
+    (logits, _), _ = model.apply(
+      variables, b["image"], train=True, mutable=["batch_stats"]
+    )
     per, stats = losses.eqlv2_loss(logits, b["labels"], stats)
     state, m = fn(state, b)
     np.testing.assert_allclose(m["loss"], per.sum() / 16, rtol=1e-5)
     for k, v in stats._asdict().items():
-      np.testing.assert_allclose(state["loss_state"][k], v, rtol=1e-5,
-                                 err_msg=k)
+      np.testing.assert_allclose(
+        state["loss_state"][k], v, rtol=1e-5, err_msg=k
+      )
   assert float(np.asarray(state["loss_state"]["pos_grad"]).sum()) > 0
 
 
 def test_ib_switches_from_bce_at_its_start_step():
   model, tx, state, options = _variant("ib")
-  fn = jax.jit(lambda s, b: steps.teacher_step(s, b, model=model, tx=tx,
-                                               options=options))
+  fn = jax.jit(
+    lambda s, b: steps.teacher_step(s, b, model=model, tx=tx, options=options)
+  )
   for t in range(3):
     b = batch(t)
-    variables = {"params": host(state["params"]),
-                 "batch_stats": host(state["batch_stats"])}
-    (logits, feats), _ = model.apply(variables, b["image"], train=True,
-                                     mutable=["batch_stats"])
+    variables = {
+      "params": host(state["params"]),
+      "batch_stats": host(state["batch_stats"]),
+    }
+    (logits, feats), _ = model.apply(
+      variables, b["image"], train=True, mutable=["batch_stats"]
+    )
     y = b["labels"]
     if t < 2:
       want = optax.sigmoid_binary_cross_entropy(logits, y).sum(-1).mean()
     else:
-      want = losses.influence_balanced_loss(logits, y, feats,
-                                            np.array(COUNTS)).sum(-1).mean()
+      want = (
+        losses.influence_balanced_loss(logits, y, feats, np.array(COUNTS))
+        .sum(-1)
+        .mean()
+      )
     state, m = fn(state, b)
     np.testing.assert_allclose(m["loss"], want, rtol=1e-4)
 
@@ -377,13 +453,16 @@ def test_ib_switches_from_bce_at_its_start_step():
 def test_ours_ride_updates_only_the_active_heads_experts():
   model, tx, state, options = _variant("ours_ride")
   before = host(state["params"])
-  state, _ = jax.jit(lambda s, b: steps.teacher_step(
-      s, b, model=model, tx=tx, options=options))(state, batch(1))
+  state, _ = jax.jit(
+    lambda s, b: steps.teacher_step(s, b, model=model, tx=tx, options=options)
+  )(state, batch(1))
   after = host(state["params"])
   for g in (0, 2):
     chex.assert_trees_all_equal(before[f"head_g{g}"], after[f"head_g{g}"])
-  assert not np.array_equal(before["head_g1"]["expert0"]["kernel"],
-                            after["head_g1"]["expert0"]["kernel"])
+  assert not np.array_equal(
+    before["head_g1"]["expert0"]["kernel"],
+    after["head_g1"]["expert0"]["kernel"],
+  )
   assert set(before["head_g1"]) == {"expert0", "expert1", "expert2"}
 
 
@@ -393,12 +472,17 @@ def test_multi_teacher_encoders_learn_only_their_subset():
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
 
   def loss_of_class(params, c):
-    (logits, _), _ = model.apply({**variables, "params": params}, b["image"],
-                                 train=True, mutable=["batch_stats"])
-    return optax.sigmoid_binary_cross_entropy(logits[:, c],
-                                              b["labels"][:, c]).sum()
+    (logits, _), _ = model.apply(
+      {**variables, "params": params},
+      b["image"],
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return optax.sigmoid_binary_cross_entropy(
+      logits[:, c], b["labels"][:, c]
+    ).sum()
 
-  g = jax.grad(loss_of_class)(state["params"], 2)   # class 2 is in group 1
+  g = jax.grad(loss_of_class)(state["params"], 2)  # class 2 is in group 1
   norms = {k: float(optax.tree.norm(v)) for k, v in g.items()}
   assert norms["encoder_g1"] > 0
   assert norms["encoder_g0"] == 0 and norms["encoder_g2"] == 0
@@ -406,16 +490,24 @@ def test_multi_teacher_encoders_learn_only_their_subset():
 
 def test_subset_kd_student_step():
   model, _, state = make()
-  teacher_vars = {"params": state["params"],
-                  "batch_stats": state["batch_stats"]}
+  teacher_vars = {
+    "params": state["params"],
+    "batch_stats": state["batch_stats"],
+  }
   student = models.Student(models.make_encoder("resnet_tiny"), num_classes=8)
   tx = steps.adam(1e-3, 0.9, 0.99)
   s = steps.init_state(student, tx, (32, 32, 3), 1)
   kd = steps.KDOptions(kd="subset", groups=GROUPS)
-  _, m = steps.student_step(s, batch(0), teacher_vars, model=student,
-                            teacher_model=model, tx=tx,
-                            class_counts=jnp.asarray(COUNTS, jnp.float32),
-                            options=kd)
+  _, m = steps.student_step(
+    s,
+    batch(0),
+    teacher_vars,
+    model=student,
+    teacher_model=model,
+    tx=tx,
+    class_counts=jnp.asarray(COUNTS, jnp.float32),
+    options=kd,
+  )
   assert float(m["kd"]) > 0
   with pytest.raises(ValueError, match="groups"):
     steps.KDOptions(kd="subset")
@@ -424,17 +516,18 @@ def test_subset_kd_student_step():
 def test_teacher_parts_choose_schedule_and_reject_bad_combinations():
   from agt_jax import config as config_lib
   from agt_jax.train.agt import build_teacher
+
   enc = models.make_encoder("resnet_tiny")
-  parts = lambda **kw: build_teacher(config_lib.get_config("smoke", **kw),
-                                      enc, GROUPS, np.array(COUNTS), 1000)
-  assert parts()[3] is False                      # AGT alternates
-  assert parts(loss="bags")[3] is True            # BAGS trains heads jointly
+  parts = lambda **kw: build_teacher(
+    config_lib.get_config("smoke", **kw), enc, GROUPS, np.array(COUNTS), 1000
+  )
+  assert parts()[3] is False  # AGT alternates
+  assert parts(loss="bags")[3] is True  # BAGS trains heads jointly
   model, _, _, joint = parts(teacher="multi")
   assert joint and isinstance(model, models.MultiTeacher)
   assert parts(loss="ride")[0].experts == 3
   # Bad combinations are rejected by config.validate, before any compute.
-  check = lambda **kw: config_lib.validate(config_lib.get_config("smoke",
-                                                                 **kw))
+  check = lambda **kw: config_lib.validate(config_lib.get_config("smoke", **kw))
   with pytest.raises(ValueError, match="shared-encoder"):
     check(teacher="multi", loss="ride")
   with pytest.raises(ValueError, match="experts >= 2"):
@@ -446,23 +539,34 @@ def test_teacher_parts_choose_schedule_and_reject_bad_combinations():
 def test_frozen_encoder_keeps_weights_and_batch_stats_bit_identical():
   """Paper 001, Task 1.2: only the head trains; the encoder's parameters
   and batch-norm statistics do not move at all."""
-  model = models.Student(models.make_encoder("resnet_tiny"), num_classes=3,
-                         freeze_encoder=True)
+  model = models.Student(
+    models.make_encoder("resnet_tiny"), num_classes=3, freeze_encoder=True
+  )
   tx = steps.frozen_encoder_tx(optax.adam(1e-2))
   state = steps.init_state(model, tx, (16, 16, 3), seed=0)
-  before = jax.tree.map(np.asarray, {"p": state["params"],
-                                     "s": state["batch_stats"]})
+  before = jax.tree.map(
+    np.asarray, {"p": state["params"], "s": state["batch_stats"]}
+  )
   rng = np.random.default_rng(0)
   step = jax.jit(lambda s, b: steps.plain_step(s, b, model=model, tx=tx))
   for _ in range(3):
-    batch = {"image": rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8),
-             "labels": (rng.random((8, 3)) < 0.5).astype(np.uint8)}
+    batch = {
+      "image": rng.integers(0, 255, (8, 16, 16, 3), dtype=np.uint8),
+      "labels": (rng.random((8, 3)) < 0.5).astype(np.uint8),
+    }
     state, _ = step(state, batch)
-  for a, b in zip(jax.tree.leaves(before["p"]["encoder"]),
-                  jax.tree.leaves(state["params"]["encoder"]), strict=True):
+  for a, b in zip(
+    jax.tree.leaves(before["p"]["encoder"]),
+    jax.tree.leaves(state["params"]["encoder"]),
+    strict=True,
+  ):
     np.testing.assert_array_equal(a, np.asarray(b))
-  for a, b in zip(jax.tree.leaves(before["s"]),
-                  jax.tree.leaves(state["batch_stats"]), strict=True):
+  for a, b in zip(
+    jax.tree.leaves(before["s"]),
+    jax.tree.leaves(state["batch_stats"]),
+    strict=True,
+  ):
     np.testing.assert_array_equal(a, np.asarray(b))
-  assert not np.array_equal(before["p"]["head"]["kernel"],
-                            np.asarray(state["params"]["head"]["kernel"]))
+  assert not np.array_equal(
+    before["p"]["head"]["kernel"], np.asarray(state["params"]["head"]["kernel"])
+  )

@@ -20,9 +20,13 @@ COUNTS = (40, 12, 3)
 
 
 def make(*, freeze=False, attention="none", head="mlp", lr=1e-2):
-  model = models.TransferNet(models.make_encoder("resnet_tiny", pool=False),
-                             num_classes=3, attention=attention, head=head,
-                             freeze_encoder=freeze)
+  model = models.TransferNet(
+    models.make_encoder("resnet_tiny", pool=False),
+    num_classes=3,
+    attention=attention,
+    head=head,
+    freeze_encoder=freeze,
+  )
   tx = steps.adam(lr, 0.9, 0.99)
   if freeze:
     tx = steps.frozen_encoder_tx(tx)
@@ -32,9 +36,11 @@ def make(*, freeze=False, attention="none", head="mlp", lr=1e-2):
 def batch(t, n=8):
   rng = np.random.default_rng(t)
   labels = (rng.random((n, 3)) < 0.4).astype(np.uint8)
-  labels[0] = 1                       # every class has a positive
-  return {"image": rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8),
-          "labels": labels}
+  labels[0] = 1  # every class has a positive
+  return {
+    "image": rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8),
+    "labels": labels,
+  }
 
 
 def host(tree):
@@ -54,28 +60,36 @@ def test_frozen_encoder_stays_bit_identical_and_one_compile(attention):
 
   chex.clear_trace_counter()
   losses = []
-  for t in range(3):
+  for _t in range(3):
     state, m = step(state, batch(0))
     losses.append(float(m["loss"]))
   after = host(state)
-  chex.assert_trees_all_equal(after["params"]["encoder"],
-                              before["params"]["encoder"])
+  chex.assert_trees_all_equal(
+    after["params"]["encoder"], before["params"]["encoder"]
+  )
   chex.assert_trees_all_equal(after["batch_stats"], before["batch_stats"])
-  assert not np.array_equal(after["params"]["head"]["out"]["kernel"],
-                            before["params"]["head"]["out"]["kernel"])
+  assert not np.array_equal(
+    after["params"]["head"]["out"]["kernel"],
+    before["params"]["head"]["out"]["kernel"],
+  )
   assert losses[-1] < losses[0]
 
 
 def test_full_fine_tune_moves_encoder_and_batch_stats():
   model, tx, state = make()
   before = host(state)
-  state, _ = steps.transfer_step(state, batch(0), model=model, tx=tx,
-                                 options=steps.TransferOptions())
+  state, _ = steps.transfer_step(
+    state, batch(0), model=model, tx=tx, options=steps.TransferOptions()
+  )
   after = host(state)
-  assert not np.array_equal(after["params"]["encoder"]["conv1"]["kernel"],
-                            before["params"]["encoder"]["conv1"]["kernel"])
-  assert not np.array_equal(after["batch_stats"]["encoder"]["bn1"]["mean"],
-                            before["batch_stats"]["encoder"]["bn1"]["mean"])
+  assert not np.array_equal(
+    after["params"]["encoder"]["conv1"]["kernel"],
+    before["params"]["encoder"]["conv1"]["kernel"],
+  )
+  assert not np.array_equal(
+    after["batch_stats"]["encoder"]["bn1"]["mean"],
+    before["batch_stats"]["encoder"]["bn1"]["mean"],
+  )
 
 
 def test_transfer_losses_against_references():
@@ -88,12 +102,15 @@ def test_transfer_losses_against_references():
     np.testing.assert_allclose(bce, ref.bce(z, y), rtol=1e-12)
     focal = steps.transfer_loss(zj, yj, steps.TransferOptions(loss="focal"))
     np.testing.assert_allclose(
-        focal, ref.torchvision_focal(z, y, alpha=0.5, gamma=1.0), rtol=1e-10)
-    cb = steps.transfer_loss(zj, yj, steps.TransferOptions(
-        loss="cb", class_counts=COUNTS))
+      focal, ref.torchvision_focal(z, y, alpha=0.5, gamma=1.0), rtol=1e-10
+    )
+    cb = steps.transfer_loss(
+      zj, yj, steps.TransferOptions(loss="cb", class_counts=COUNTS)
+    )
     w = ref.cb_weights(np.array(COUNTS), 0.999)
-    want = -(w * y * np.log(ref.sigmoid(z)) + (1 - y) * np.log(
-        1 - ref.sigmoid(z)))
+    want = -(
+      w * y * np.log(ref.sigmoid(z)) + (1 - y) * np.log(1 - ref.sigmoid(z))
+    )
     # The step carries the counts as float32: weights to float32 precision.
     np.testing.assert_allclose(cb, want, rtol=1e-6)
   with pytest.raises(ValueError, match="class_counts"):
@@ -110,14 +127,19 @@ def test_cam_entropy_term_is_the_grad_cam_entropy_of_positives():
   probs, cams = transfer.grad_cam(model, v, jnp.asarray(b["image"]))
   pos = b["labels"] > 0
   want_h = float(transfer.cam_entropy(cams, where=pos).sum() / pos.sum())
-  want_bce = float(ref.bce(np.asarray(jax.scipy.special.logit(probs),
-                                      np.float64), b["labels"]).mean())
-  _, m = steps.transfer_step(state, b, model=model, tx=tx,
-                             options=steps.TransferOptions(cam_entropy=0.5))
+  want_bce = float(
+    ref.bce(
+      np.asarray(jax.scipy.special.logit(probs), np.float64), b["labels"]
+    ).mean()
+  )
+  _, m = steps.transfer_step(
+    state, b, model=model, tx=tx, options=steps.TransferOptions(cam_entropy=0.5)
+  )
   np.testing.assert_allclose(float(m["cam_entropy"]), want_h, rtol=1e-4)
   np.testing.assert_allclose(float(m["task_loss"]), want_bce, rtol=1e-4)
-  np.testing.assert_allclose(float(m["loss"]),
-                             want_bce + 0.5 * (1 - want_h), rtol=1e-4)
+  np.testing.assert_allclose(
+    float(m["loss"]), want_bce + 0.5 * (1 - want_h), rtol=1e-4
+  )
 
 
 def test_cam_entropy_gradient_reaches_the_head():
@@ -127,37 +149,45 @@ def test_cam_entropy_gradient_reaches_the_head():
   b = batch(2)
   g = {}
   for w in (0.0, 1.0):
-    s1, _ = steps.transfer_step(host(state), b, model=model, tx=tx,
-                                options=steps.TransferOptions(cam_entropy=w))
+    s1, _ = steps.transfer_step(
+      host(state),
+      b,
+      model=model,
+      tx=tx,
+      options=steps.TransferOptions(cam_entropy=w),
+    )
     g[w] = host(s1)["params"]["head"]["out"]["kernel"]
   assert not np.allclose(g[0.0], g[1.0])
 
 
 def test_init_from_a_selected_transfer_checkpoint_loads_every_variable(
-    tmp_path):
-  from agt_jax.train.checkpoint import BestCheckpoint
+  tmp_path,
+):
   from agt_jax.models import weights
+  from agt_jax.train.checkpoint import BestCheckpoint
+
   model, tx, state = make(attention="se")
-  state, _ = steps.transfer_step(state, batch(0), model=model, tx=tx,
-                                 options=steps.TransferOptions())
-  variables = host({"params": state["params"],
-                    "batch_stats": state["batch_stats"]})
+  state, _ = steps.transfer_step(
+    state, batch(0), model=model, tx=tx, options=steps.TransferOptions()
+  )
+  variables = host(
+    {"params": state["params"], "batch_stats": state["batch_stats"]}
+  )
   best = BestCheckpoint(tmp_path / "transfer_best")
   best.save(1, variables, {"step": 1})
   best.close()
   _, _, fresh = make(attention="se")
-  loaded = transfer.load_init(str(tmp_path / "transfer_best"),
-                                    host(fresh))
+  loaded = transfer.load_init(str(tmp_path / "transfer_best"), host(fresh))
   chex.assert_trees_all_equal(loaded["params"], variables["params"])
-  chex.assert_trees_all_equal(loaded["batch_stats"],
-                              variables["batch_stats"])
+  chex.assert_trees_all_equal(loaded["batch_stats"], variables["batch_stats"])
   # Another head (no SE): only the encoder comes across.
   _, _, other = make(attention="none")
   other = host(other)
   assert weights.load_variables(tmp_path / "transfer_best", other) is None
   part = transfer.load_init(str(tmp_path / "transfer_best"), other)
-  chex.assert_trees_all_equal(part["params"]["encoder"],
-                              variables["params"]["encoder"])
+  chex.assert_trees_all_equal(
+    part["params"]["encoder"], variables["params"]["encoder"]
+  )
   chex.assert_trees_all_equal(part["params"]["head"], other["params"]["head"])
 
 
@@ -176,8 +206,12 @@ def test_flip_rotate_augmentation():
   # A 90-degree bound really rotates: a bright corner moves.
   corner = np.zeros((40, 40, 3), np.uint8)
   corner[:20, :20] = 255
-  outs = {images.flip_rotate(corner, 40, np.random.default_rng(s),
-                             degrees=90).tobytes() for s in range(4)}
+  outs = {
+    images.flip_rotate(
+      corner, 40, np.random.default_rng(s), degrees=90
+    ).tobytes()
+    for s in range(4)
+  }
   assert len(outs) == 4
 
 
@@ -194,12 +228,11 @@ def test_transfer_config_checks():
   with pytest.raises(ConfigError, match="grouping=none"):
     config_lib.validate(base)
   with pytest.raises(ConfigError, match="distilled"):
-    config_lib.validate(config_lib.replace(base, grouping="none",
-                                           student=True))
+    config_lib.validate(config_lib.replace(base, grouping="none", student=True))
   with pytest.raises(ConfigError, match="attention='x'"):
-    config_lib.validate(config_lib.replace(base, grouping="none",
-                                           attention="x"))
+    config_lib.validate(
+      config_lib.replace(base, grouping="none", attention="x")
+    )
   with pytest.raises(ConfigError, match="dropout"):
-    config_lib.validate(config_lib.replace(base, grouping="none",
-                                           dropout=1.0))
+    config_lib.validate(config_lib.replace(base, grouping="none", dropout=1.0))
   config_lib.validate(config_lib.replace(base, grouping="none"))

@@ -8,13 +8,20 @@ Names are imported lazily, so e.g. the renderer works without Grain or tfds.
 import importlib
 
 _EXPORTS = {
-    "DatasetNotFoundError": "errors", "ImageReadError": "errors",
-    "LabelFileError": "errors", "ImageTable": "table",
-    "fold_split": "folds", "patient_folds": "folds",
-    "load_odir5k": "odir", "packaged_label_table": "odir",
-    "load_rfmid": "rfmid", "load_cifar100_lt": "cifar",
-    "group_mixed_batches": "samplers", "validate_groups": "samplers",
-    "load_dataset": "registry", "load_synth": "synth",
+  "DatasetNotFoundError": "errors",
+  "ImageReadError": "errors",
+  "LabelFileError": "errors",
+  "ImageTable": "table",
+  "fold_split": "folds",
+  "patient_folds": "folds",
+  "load_odir5k": "odir",
+  "packaged_label_table": "odir",
+  "load_rfmid": "rfmid",
+  "load_cifar100_lt": "cifar",
+  "group_mixed_batches": "samplers",
+  "validate_groups": "samplers",
+  "load_dataset": "registry",
+  "load_synth": "synth",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,24 +27,28 @@ holds a prepared cifar100/ dataset; then pass that root, e.g.
 """
 
 
-def lt_class_counts(imbalance_factor: float, *, num_classes: int = 100,
-                    max_per_class: int = 500) -> np.ndarray:
+def lt_class_counts(
+  imbalance_factor: float, *, num_classes: int = 100, max_per_class: int = 500
+) -> np.ndarray:
   """Exponential profile :math:`n_c = \\lfloor n_{max} \\rho^{-c/(C-1)}
   \\rfloor` with imbalance factor :math:`\\rho` (Cao et al. 2019)."""
   c = np.arange(num_classes)
-  return (max_per_class * (1.0 / imbalance_factor) ** (c / (num_classes - 1.0))
-          ).astype(np.int64)
+  return (
+    max_per_class * (1.0 / imbalance_factor) ** (c / (num_classes - 1.0))
+  ).astype(np.int64)
 
 
-def lt_indices(labels, imbalance_factor: float, *, seed: int = 0
-               ) -> np.ndarray:
+def lt_indices(labels, imbalance_factor: float, *, seed: int = 0) -> np.ndarray:
   """Indices of the long-tailed subset: for each class in order, its indices
   are shuffled with a legacy ``RandomState(seed)`` and the first ``n_c`` kept
   (the reference implementation's procedure, so the subset is reproducible)."""
   labels = np.asarray(labels)
   num_classes = int(labels.max()) + 1
-  counts = lt_class_counts(imbalance_factor, num_classes=num_classes,
-                           max_per_class=int(np.bincount(labels).max()))
+  counts = lt_class_counts(
+    imbalance_factor,
+    num_classes=num_classes,
+    max_per_class=int(np.bincount(labels).max()),
+  )
   rng = np.random.RandomState(seed)
   keep = []
   for c, n in enumerate(counts):
@@ -56,6 +60,7 @@ def lt_indices(labels, imbalance_factor: float, *, seed: int = 0
 
 def _numpy_global(module: str, name: str):
   import importlib
+
   try:
     mod = importlib.import_module(f"numpy._core.{module}")
   except ImportError:  # numpy 1
@@ -68,15 +73,20 @@ def _numpy_global(module: str, name: str):
 # ``_frombuffer``), scalars, dtypes, and the latin-1 bytes encoding of
 # protocol 2. Nothing that runs other code.
 _ALLOWED = {
-    **{(f"numpy.{core}.{module}", name): (
-        lambda module=module, name=name: _numpy_global(module, name))
-       for core in ("core", "_core")
-       for module, name in (("multiarray", "_reconstruct"),
-                            ("multiarray", "scalar"),
-                            ("numeric", "_frombuffer"))},
-    ("numpy", "ndarray"): lambda: np.ndarray,
-    ("numpy", "dtype"): lambda: np.dtype,
-    ("_codecs", "encode"): lambda: __import__("codecs").encode,
+  **{
+    (f"numpy.{core}.{module}", name): (
+      lambda module=module, name=name: _numpy_global(module, name)
+    )
+    for core in ("core", "_core")
+    for module, name in (
+      ("multiarray", "_reconstruct"),
+      ("multiarray", "scalar"),
+      ("numeric", "_frombuffer"),
+    )
+  },
+  ("numpy", "ndarray"): lambda: np.ndarray,
+  ("numpy", "dtype"): lambda: np.dtype,
+  ("_codecs", "encode"): lambda: __import__("codecs").encode,
 }
 
 
@@ -93,22 +103,26 @@ class _DataOnlyUnpickler(pickle.Unpickler):
     make = _ALLOWED.get((module, name))
     if make is None:
       raise UnsafePickleError(
-          f"{self.name}: refused to unpickle {module}.{name}; a CIFAR-100 "
-          "python file holds only arrays, lists and numbers, so this file "
-          "is not one (replace it with the original from "
-          "https://www.cs.toronto.edu/~kriz/cifar.html).")
+        f"{self.name}: refused to unpickle {module}.{name}; a CIFAR-100 "
+        "python file holds only arrays, lists and numbers, so this file "
+        "is not one (replace it with the original from "
+        "https://www.cs.toronto.edu/~kriz/cifar.html)."
+      )
     return make()
 
 
 def _unpickle(blob: bytes, name: str = "pickle") -> dict:
   import io
+
   try:
     return _DataOnlyUnpickler(io.BytesIO(blob), name=name).load()
   except UnsafePickleError:
     raise
   except Exception as e:  # truncated or not a pickle at all
-    raise UnsafePickleError(f"{name}: not a readable CIFAR-100 python "
-                            f"pickle ({type(e).__name__}: {e}).") from None
+    raise UnsafePickleError(
+      f"{name}: not a readable CIFAR-100 python "
+      f"pickle ({type(e).__name__}: {e})."
+    ) from None
 
 
 def _from_python(files: dict[str, bytes]):
@@ -124,13 +138,16 @@ def _from_python(files: dict[str, bytes]):
 
 def _from_tfds(data_dir: pathlib.Path):
   import tensorflow_datasets as tfds
+
   out = {}
   builder = tfds.builder("cifar100", data_dir=str(data_dir))
   for split in ("train", "test"):
     src = builder.as_data_source(split)
     items = [src[i] for i in range(len(src))]
-    out[split] = (np.stack([it["image"] for it in items]).astype(np.uint8),
-                  np.array([int(it["label"]) for it in items]))
+    out[split] = (
+      np.stack([it["image"] for it in items]).astype(np.uint8),
+      np.array([int(it["label"]) for it in items]),
+    )
   names = builder.info.features["label"].names
   return out, list(names)
 
@@ -150,8 +167,9 @@ def read_cifar100(root):
           files[name] = tf.extractfile(m).read()
     return _from_python(files)
   if folder.is_dir() and (folder / "train").is_file():
-    return _from_python({n: (folder / n).read_bytes()
-                         for n in ("train", "test", "meta")})
+    return _from_python(
+      {n: (folder / n).read_bytes() for n in ("train", "test", "meta")}
+    )
   if (root / "cifar100").is_dir():
     return _from_tfds(root)
   raise DatasetNotFoundError("CIFAR-100", root, looked, INSTRUCTIONS)
@@ -169,19 +187,30 @@ def load_cifar100_lt(root, *, imbalance_factor: float = 100, seed: int = 0):
   x_tr, y_tr = data["train"]
   keep = lt_indices(y_tr, imbalance_factor, seed=seed)
   counts = np.bincount(y_tr[keep], minlength=len(names))
-  shots = {"head": np.flatnonzero(counts > 100).tolist(),
-           "medium": np.flatnonzero((counts >= 20) & (counts <= 100)).tolist(),
-           "tail": np.flatnonzero(counts < 20).tolist()}
+  shots = {
+    "head": np.flatnonzero(counts > 100).tolist(),
+    "medium": np.flatnonzero((counts >= 20) & (counts <= 100)).tolist(),
+    "tail": np.flatnonzero(counts < 20).tolist(),
+  }
   out = {}
-  for split, (x, y) in (("train", (x_tr[keep], y_tr[keep])),
-                        ("test", data["test"])):
+  for split, (x, y) in (
+    ("train", (x_tr[keep], y_tr[keep])),
+    ("test", data["test"]),
+  ):
     ids = np.array([f"{split}/{i}" for i in range(len(y))])
     table = ImageTable(
-        name=f"cifar100-lt-{int(imbalance_factor)}",
-        class_names=tuple(names), image_ids=ids,
-        labels=np.eye(len(names), dtype=np.uint8)[y], patient_ids=ids,
-        splits=np.array([split] * len(y)),
-        meta={"imbalance_factor": imbalance_factor, "seed": seed,
-              "shots": shots, "synthetic": False})
+      name=f"cifar100-lt-{int(imbalance_factor)}",
+      class_names=tuple(names),
+      image_ids=ids,
+      labels=np.eye(len(names), dtype=np.uint8)[y],
+      patient_ids=ids,
+      splits=np.array([split] * len(y)),
+      meta={
+        "imbalance_factor": imbalance_factor,
+        "seed": seed,
+        "shots": shots,
+        "synthetic": False,
+      },
+    )
     out[split] = (table, ArrayImageSource(np.ascontiguousarray(x)))
   return out

@@ -12,8 +12,9 @@ class DatasetNotFoundError(AgtError, FileNotFoundError):
   def __init__(self, name: str, root, looked_for, instructions: str):
     looked = "\n".join(f"  - {p}" for p in looked_for)
     super().__init__(
-        f"{name}: no dataset found under {root}.\nLooked for:\n{looked}\n\n"
-        f"How to get it:\n{instructions.strip()}")
+      f"{name}: no dataset found under {root}.\nLooked for:\n{looked}\n\n"
+      f"How to get it:\n{instructions.strip()}"
+    )
 
 
 class LabelFileError(AgtError, ValueError):

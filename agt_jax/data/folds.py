@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import pathlib
-
 import numpy as np
 
 from agt_jax.data.table import ImageTable
@@ -20,8 +17,9 @@ def _patient_label_union(table: ImageTable):
   return patients, inverse, union
 
 
-def _iterative_stratification(labels: np.ndarray, k: int,
-                              rng: np.random.Generator) -> np.ndarray:
+def _iterative_stratification(
+  labels: np.ndarray, k: int, rng: np.random.Generator
+) -> np.ndarray:
   """Sechidis et al. (2011) iterative stratification of multi-label rows.
 
   Repeatedly takes the label with the fewest remaining examples and deals its
@@ -56,8 +54,9 @@ def _iterative_stratification(labels: np.ndarray, k: int,
   return fold
 
 
-def patient_folds(table: ImageTable, *, num_folds: int = 5, seed: int = 0,
-                  mode: str = "random") -> np.ndarray:
+def patient_folds(
+  table: ImageTable, *, num_folds: int = 5, seed: int = 0, mode: str = "random"
+) -> np.ndarray:
   """Assigns every image a fold in ``[0, num_folds)`` by patient.
 
   ``random`` (the paper): the sorted patient IDs are permuted with ``seed``
@@ -72,22 +71,30 @@ def patient_folds(table: ImageTable, *, num_folds: int = 5, seed: int = 0,
     raise InputError(f"fold mode must be one of {MODES}, got {mode!r}.")
   patients, inverse, union = _patient_label_union(table)
   if len(patients) < num_folds:
-    raise InputError(f"{table.name}: {len(patients)} patients cannot make "
-                     f"{num_folds} folds.")
+    raise InputError(
+      f"{table.name}: {len(patients)} patients cannot make "
+      f"{num_folds} folds."
+    )
   rng = np.random.default_rng(seed)
   if mode == "random":
     patient_fold = np.empty(len(patients), np.int64)
-    for f, part in enumerate(np.array_split(rng.permutation(len(patients)),
-                                            num_folds)):
+    for f, part in enumerate(
+      np.array_split(rng.permutation(len(patients)), num_folds)
+    ):
       patient_fold[part] = f
   else:
     patient_fold = _iterative_stratification(union, num_folds, rng)
   return patient_fold[inverse]
 
 
-def fold_indices(table: ImageTable, fold: int, *, num_folds: int = 5,
-                 seed: int = 0, mode: str = "random"
-                 ) -> tuple[np.ndarray, np.ndarray, dict]:
+def fold_indices(
+  table: ImageTable,
+  fold: int,
+  *,
+  num_folds: int = 5,
+  seed: int = 0,
+  mode: str = "random",
+) -> tuple[np.ndarray, np.ndarray, dict]:
   """``(train_idx, test_idx, assignment)`` for test fold ``fold``.
 
   ``mode="official"`` uses the table's own ``splits`` column instead (RFMiD,
@@ -97,11 +104,15 @@ def fold_indices(table: ImageTable, fold: int, *, num_folds: int = 5,
   """
   if mode == "official":
     if table.splits is None or not np.any(table.splits == "test"):
-      raise InputError(f"{table.name}: fold mode 'official' needs a table "
-                       "with an official 'test' split.")
+      raise InputError(
+        f"{table.name}: fold mode 'official' needs a table "
+        "with an official 'test' split."
+      )
     if fold != 0:
-      raise InputError(f"fold mode 'official' has a single split (fold 0), "
-                       f"got fold {fold}.")
+      raise InputError(
+        f"fold mode 'official' has a single split (fold 0), "
+        f"got fold {fold}."
+      )
     test = table.splits == "test"
   elif not 0 <= fold < num_folds:
     raise InputError(f"fold must be in [0, {num_folds}), got {fold}.")
@@ -110,39 +121,45 @@ def fold_indices(table: ImageTable, fold: int, *, num_folds: int = 5,
     test = folds == fold
   if not test.any() or test.all():
     raise InputError(
-        f"{table.name}: test fold {fold} of {num_folds} holds "
-        f"{int(test.sum())} of {len(test)} images "
-        f"({len(np.unique(table.patient_ids))} patients), so its "
-        f"{'test' if not test.any() else 'training'} split is empty; use "
-        "more images or fewer folds.")
+      f"{table.name}: test fold {fold} of {num_folds} holds "
+      f"{int(test.sum())} of {len(test)} images "
+      f"({len(np.unique(table.patient_ids))} patients), so its "
+      f"{'test' if not test.any() else 'training'} split is empty; use "
+      "more images or fewer folds."
+    )
   assignment = {
-      "dataset": table.name, "num_folds": num_folds, "fold": fold,
-      "seed": seed, "mode": mode, "num_train_images": int((~test).sum()),
-      "num_test_images": int(test.sum()),
-      "test_patients": sorted(set(table.patient_ids[test].tolist()),
-                              key=lambda p: (len(p), p)),
+    "dataset": table.name,
+    "num_folds": num_folds,
+    "fold": fold,
+    "seed": seed,
+    "mode": mode,
+    "num_train_images": int((~test).sum()),
+    "num_test_images": int(test.sum()),
+    "test_patients": sorted(
+      set(table.patient_ids[test].tolist()), key=lambda p: (len(p), p)
+    ),
   }
   return np.flatnonzero(~test), np.flatnonzero(test), assignment
 
 
-def fold_split(table: ImageTable, fold: int, *, num_folds: int = 5,
-               seed: int = 0, mode: str = "random"
-               ) -> tuple[ImageTable, ImageTable, dict]:
+def fold_split(
+  table: ImageTable,
+  fold: int,
+  *,
+  num_folds: int = 5,
+  seed: int = 0,
+  mode: str = "random",
+) -> tuple[ImageTable, ImageTable, dict]:
   """``(train, test, assignment)`` tables for test fold ``fold``."""
-  train, test, assignment = fold_indices(table, fold, num_folds=num_folds,
-                                         seed=seed, mode=mode)
+  train, test, assignment = fold_indices(
+    table, fold, num_folds=num_folds, seed=seed, mode=mode
+  )
   return table.take(train), table.take(test), assignment
 
 
-def save_assignment(assignment: dict, workdir) -> pathlib.Path:
-  path = pathlib.Path(workdir) / "fold_assignment.json"
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(assignment, indent=1))
-  return path
-
-
-def validation_split(table: ImageTable, train_idx, *, fraction: float = 0.1,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(
+  table: ImageTable, train_idx, *, fraction: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
   """``(fit_idx, val_idx)``: a patient-level validation split carved from a
   training fold.
 
@@ -152,18 +169,22 @@ def validation_split(table: ImageTable, train_idx, *, fraction: float = 0.1,
   fold is not touched. ``fraction=0`` gives an empty validation split.
   """
   if not 0.0 <= fraction < 1.0:
-    raise InputError(f"validation fraction must be in [0, 1), got "
-                     f"{fraction}.")
+    raise InputError(
+      f"validation fraction must be in [0, 1), got " f"{fraction}."
+    )
   train_idx = np.asarray(train_idx)
   if fraction == 0.0:
     return train_idx, train_idx[:0]
-  patients, inverse = np.unique(table.patient_ids[train_idx],
-                                return_inverse=True)
+  patients, inverse = np.unique(
+    table.patient_ids[train_idx], return_inverse=True
+  )
   n_val = max(1, int(round(fraction * len(patients))))
   if n_val >= len(patients):
-    raise InputError(f"{table.name}: a validation split of {fraction:.0%} "
-                     f"leaves no training patient ({len(patients)} in the "
-                     "training fold).")
+    raise InputError(
+      f"{table.name}: a validation split of {fraction:.0%} "
+      f"leaves no training patient ({len(patients)} in the "
+      "training fold)."
+    )
   # Seeded apart from the fold assignment so the two never coincide.
   rng = np.random.default_rng([seed, 1])
   is_val = np.zeros(len(patients), bool)

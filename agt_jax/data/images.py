@@ -26,7 +26,9 @@ def read_image(path) -> np.ndarray:
     raise ImageReadError(f"cannot decode image {path}: {e}") from e
 
 
-def fov_bbox(image: np.ndarray, *, threshold: int = 15) -> tuple[int, int, int, int]:
+def fov_bbox(
+  image: np.ndarray, *, threshold: int = 15
+) -> tuple[int, int, int, int]:
   """``(top, bottom, left, right)`` of the circular field of view: the rows and
   columns whose brightest channel exceeds ``threshold`` somewhere. Falls back
   to the whole image when nothing is bright."""
@@ -45,7 +47,7 @@ def crop_to_fov(image: np.ndarray, *, threshold: int = 15) -> np.ndarray:
   h, w = crop.shape[:2]
   s = max(h, w)
   out = np.zeros((s, s, 3), np.uint8)
-  out[(s - h) // 2:(s - h) // 2 + h, (s - w) // 2:(s - w) // 2 + w] = crop
+  out[(s - h) // 2 : (s - h) // 2 + h, (s - w) // 2 : (s - w) // 2 + w] = crop
   return out
 
 
@@ -54,8 +56,9 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
   if image.shape[0] == size and image.shape[1] == size:
     return image
   im = Image.fromarray(image)
-  return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR,
-                              reducing_gap=2.0))
+  return np.asarray(
+    im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+  )
 
 
 def prepare_fundus(path, *, size: int = 512, fov: bool = True) -> np.ndarray:
@@ -66,8 +69,9 @@ def prepare_fundus(path, *, size: int = 512, fov: bool = True) -> np.ndarray:
   return resize(image, size)
 
 
-def random_crop_flip(image: np.ndarray, crop: int, rng: np.random.Generator
-                     ) -> np.ndarray:
+def random_crop_flip(
+  image: np.ndarray, crop: int, rng: np.random.Generator
+) -> np.ndarray:
   """Training augmentation: a random ``crop`` square and a horizontal flip
   with probability 1/2 (paper §3.8: 512 -> random 448 crop)."""
   h, w = image.shape[:2]
@@ -75,14 +79,19 @@ def random_crop_flip(image: np.ndarray, crop: int, rng: np.random.Generator
     raise ValueError(f"crop {crop} is larger than the image {h}x{w}.")
   top = int(rng.integers(h - crop + 1))
   left = int(rng.integers(w - crop + 1))
-  out = image[top:top + crop, left:left + crop]
+  out = image[top : top + crop, left : left + crop]
   if rng.random() < 0.5:
     out = out[:, ::-1]
   return np.ascontiguousarray(out)
 
 
-def flip_rotate(image: np.ndarray, crop: int, rng: np.random.Generator, *,
-                degrees: float = 15.0) -> np.ndarray:
+def flip_rotate(
+  image: np.ndarray,
+  crop: int,
+  rng: np.random.Generator,
+  *,
+  degrees: float = 15.0,
+) -> np.ndarray:
   """Paper 001's training augmentation: horizontal and vertical flips (each
   with probability 1/2) and a rotation drawn uniformly from ±``degrees``
   (bilinear, black corners as the fundus background), then the central
@@ -93,8 +102,11 @@ def flip_rotate(image: np.ndarray, crop: int, rng: np.random.Generator, *,
   if rng.random() < 0.5:
     out = out[::-1]
   angle = float(rng.uniform(-degrees, degrees))
-  out = np.asarray(Image.fromarray(np.ascontiguousarray(out)).rotate(
-      angle, resample=Image.Resampling.BILINEAR))
+  out = np.asarray(
+    Image.fromarray(np.ascontiguousarray(out)).rotate(
+      angle, resample=Image.Resampling.BILINEAR
+    )
+  )
   return center_crop(out, crop)
 
 
@@ -107,7 +119,7 @@ def center_crop(image: np.ndarray, crop: int) -> np.ndarray:
   if crop > min(h, w):
     raise ValueError(f"crop {crop} is larger than the image {h}x{w}.")
   top, left = (h - crop) // 2, (w - crop) // 2
-  return np.ascontiguousarray(image[top:top + crop, left:left + crop])
+  return np.ascontiguousarray(image[top : top + crop, left : left + crop])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +129,7 @@ class FileImageSource:
   Files already at ``size`` x ``size`` (e.g. a prepared 512 copy) skip the
   crop and resize.
   """
+
   paths: tuple[str, ...]
   size: int = 512
   fov: bool = True
@@ -136,6 +149,7 @@ class FileImageSource:
 @dataclasses.dataclass(frozen=True)
 class ArrayImageSource:
   """Images from a `[n, S, S, 3]` uint8 array or memmap (a prepared cache)."""
+
   array: np.ndarray
 
   def __len__(self) -> int:
@@ -148,6 +162,7 @@ class ArrayImageSource:
 @dataclasses.dataclass(frozen=True)
 class SubsetSource:
   """Index ``i`` of a split -> image ``indices[i]`` of the full source."""
+
   source: object
   indices: np.ndarray
 

@@ -24,9 +24,14 @@ import re
 import numpy as np
 
 ODIR_CLASSES = ("N", "D", "G", "C", "A", "H", "M", "O")
-QUALITY_KEYWORDS = frozenset({
-    "lens dust", "low image quality", "optic disk photographically invisible",
-    "image offset"})
+QUALITY_KEYWORDS = frozenset(
+  {
+    "lens dust",
+    "low image quality",
+    "optic disk photographically invisible",
+    "image offset",
+  }
+)
 NON_FUNDUS_KEYWORDS = frozenset({"anterior segment image", "no fundus image"})
 IGNORABLE_POLICIES = ("as_normal", "drop", "keep_zero")
 
@@ -50,10 +55,15 @@ def keyword_class(keyword: str) -> str | None:
     return None
   if keyword == "normal fundus":
     return "N"
-  rules = (("glaucoma", "G"), ("cataract", "C"),
-           ("age-related macular degeneration", "A"),
-           ("hypertensive retinopathy", "H"), ("myopi", "M"),
-           ("diabetic retinopathy", "D"), ("proliferative retinopathy", "D"))
+  rules = (
+    ("glaucoma", "G"),
+    ("cataract", "C"),
+    ("age-related macular degeneration", "A"),
+    ("hypertensive retinopathy", "H"),
+    ("myopi", "M"),
+    ("diabetic retinopathy", "D"),
+    ("proliferative retinopathy", "D"),
+  )
   for needle, cls in rules:
     if needle in keyword:
       return cls
@@ -75,15 +85,18 @@ def keyword_flags(cell: str) -> dict[str, bool]:
   kws = split_keywords(cell)
   classes = [keyword_class(k) for k in kws]
   return {
-      "ignorable_only": bool(kws) and all(c is None for c in classes),
-      "has_ignorable": any(k in QUALITY_KEYWORDS for k in kws),
-      "non_fundus": any(k in NON_FUNDUS_KEYWORDS for k in kws),
+    "ignorable_only": bool(kws) and all(c is None for c in classes),
+    "has_ignorable": any(k in QUALITY_KEYWORDS for k in kws),
+    "non_fundus": any(k in NON_FUNDUS_KEYWORDS for k in kws),
   }
 
 
-def apply_ignorable_policy(labels: np.ndarray, ignorable_only: np.ndarray,
-                           non_fundus: np.ndarray, policy: str = "as_normal"
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def apply_ignorable_policy(
+  labels: np.ndarray,
+  ignorable_only: np.ndarray,
+  non_fundus: np.ndarray,
+  policy: str = "as_normal",
+) -> tuple[np.ndarray, np.ndarray]:
   """Applies the policy for images whose keywords are all ignorable.
 
   * ``as_normal`` (default, the official patient-level convention): quality-
@@ -94,8 +107,10 @@ def apply_ignorable_policy(labels: np.ndarray, ignorable_only: np.ndarray,
   Returns ``(labels, keep)`` where ``keep`` is a boolean row mask.
   """
   if policy not in IGNORABLE_POLICIES:
-    raise ValueError(f"ignorable policy must be one of {IGNORABLE_POLICIES}, "
-                     f"got {policy!r}.")
+    raise ValueError(
+      f"ignorable policy must be one of {IGNORABLE_POLICIES}, "
+      f"got {policy!r}."
+    )
   labels = np.array(labels, np.uint8, copy=True)
   ign = np.asarray(ignorable_only, bool)
   nonf = np.asarray(non_fundus, bool)

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import grain
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from agt_jax.data import images
 
@@ -30,6 +31,7 @@ class LoadAndAugment:
   carries each row's global ``"slot"``, which seeds its augmentation and is
   dropped here.
   """
+
   source: object  # FileImageSource / ArrayImageSource / any index -> image
   crop: int
   train: bool
@@ -54,19 +56,28 @@ class LoadAndAugment:
     return {**batch, "image": np.stack(out)}
 
 
-def with_images(batches: grain.MapDataset, source, *, crop: int,
-                train: bool, seed: int = 0, augment: str = "crop_flip"
-                ) -> grain.MapDataset:
+def with_images(
+  batches: grain.MapDataset,
+  source,
+  *,
+  crop: int,
+  train: bool,
+  seed: int = 0,
+  augment: str = "crop_flip",
+) -> grain.MapDataset:
   """Attaches (augmented) images to every batch of a sampler dataset."""
   if augment not in images.AUGMENTATIONS:
-    raise ValueError(f"augment must be one of {images.AUGMENTATIONS}, got "
-                     f"{augment!r}.")
-  return batches.map_with_index(LoadAndAugment(source, crop, train, seed,
-                                               augment))
+    raise ValueError(
+      f"augment must be one of {images.AUGMENTATIONS}, got " f"{augment!r}."
+    )
+  return batches.map_with_index(
+    LoadAndAugment(source, crop, train, seed, augment)
+  )
 
 
-def eval_batches(num_examples: int, labels, *, batch_size: int
-                 ) -> grain.MapDataset:
+def eval_batches(
+  num_examples: int, labels, *, batch_size: int
+) -> grain.MapDataset:
   """Sequential evaluation batches; the last one is padded with index 0 and
   carries ``"valid"`` so metrics skip the padding."""
   labels = np.asarray(labels)
@@ -81,34 +92,44 @@ def eval_batches(num_examples: int, labels, *, batch_size: int
   return grain.MapDataset.range(steps).map(make)
 
 
-def to_iterator(ds: grain.MapDataset, *, workers: int = 0,
-                prefetch: int = 2) -> grain.DatasetIterator:
+def to_iterator(
+  ds: grain.MapDataset, *, workers: int = 0, prefetch: int = 2
+) -> grain.DatasetIterator:
   """An iterator with ``get_state``/``set_state`` (orbax-checkpointable via
   ``grain.checkpoint``); ``workers > 0`` decodes in worker processes."""
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0,
-                                               prefetch_buffer_size=0))
+  it_ds = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+  )
   if workers > 0:
     from absl import flags
+
     if not flags.FLAGS.is_parsed():
       # Grain reads absl flags in its workers; scripts without absl.app
       # never parse them.
       flags.FLAGS.mark_as_parsed()
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=prefetch))
+    it_ds = it_ds.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=prefetch
+      )
+    )
   return iter(it_ds)
 
 
-def data_sharding(mesh: jax.sharding.Mesh, axis: str = "data"
-                  ) -> NamedSharding:
+def data_sharding(mesh: jax.sharding.Mesh, axis: str = "data") -> NamedSharding:
   return NamedSharding(mesh, P(axis))
 
 
-def host_batches(batches: grain.MapDataset, *, process_index: int | None = None,
-                 process_count: int | None = None) -> grain.MapDataset:
+def host_batches(
+  batches: grain.MapDataset,
+  *,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> grain.MapDataset:
   """This process's rows of every global batch (all of them on one
   process), taken before images are attached: a host decodes only its own
   images."""
   from agt_jax.data import samplers
+
   n = jax.process_count() if process_count is None else process_count
   if n == 1:
     return batches
@@ -116,8 +137,9 @@ def host_batches(batches: grain.MapDataset, *, process_index: int | None = None,
   return samplers.host_slice(batches, process_index=i, process_count=n)
 
 
-def device_batches(iterator: Iterator[dict], sharding: NamedSharding
-                   ) -> Iterator[dict]:
+def device_batches(
+  iterator: Iterator[dict], sharding: NamedSharding
+) -> Iterator[dict]:
   """Makes each host batch part of a global batch on the mesh: arrays are
   split along the batch axis (this process's rows, see
   :func:`host_batches`), scalars (e.g. ``group``) replicated."""
@@ -127,6 +149,9 @@ def device_batches(iterator: Iterator[dict], sharding: NamedSharding
 
 def global_batch(batch: dict, sharding: NamedSharding) -> dict:
   replicated = NamedSharding(sharding.mesh, P())
-  return {k: jax.make_array_from_process_local_data(
-      sharding if np.ndim(v) else replicated, np.asarray(v))
-          for k, v in batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(
+      sharding if np.ndim(v) else replicated, np.asarray(v)
+    )
+    for k, v in batch.items()
+  }

@@ -14,13 +14,21 @@ from agt_jax.errors import ConfigError
 # Rendered here, no folder needed (every output made from them says
 # "synthetic").
 OFFLINE = ("odir5k-synth", "odir5k-synth-pretrain")
-NAMES = ("odir5k-synth", "odir5k-synth-pretrain", "odir5k", "rfmid",
-         "cifar100-lt-100",
-         "cifar100-lt-50", "cifar100-lt-10")
+NAMES = (
+  "odir5k-synth",
+  "odir5k-synth-pretrain",
+  "odir5k",
+  "rfmid",
+  "cifar100-lt-100",
+  "cifar100-lt-50",
+  "cifar100-lt-10",
+)
 # ``--data`` names that are not dataset names.
 ALIASES = {"odir5k-kaggle": "odir5k", "cifar100": "cifar100-lt-100"}
-DATA_FLAG_HELP = ("odir5k-synth (offline default), or NAME:PATH for data in "
-                  "a local folder: odir5k:PATH, rfmid:PATH, cifar100:PATH")
+DATA_FLAG_HELP = (
+  "odir5k-synth (offline default), or NAME:PATH for data in "
+  "a local folder: odir5k:PATH, rfmid:PATH, cifar100:PATH"
+)
 
 
 def parse_data_spec(spec: str) -> dict:
@@ -39,11 +47,19 @@ def parse_data_spec(spec: str) -> dict:
   raise ConfigError(f"--data: expected {DATA_FLAG_HELP}; got {spec!r}.")
 
 
-def load_dataset(name: str, *, data_dir=None, cache_dir=None,
-                 image_size: int = 512, seed: int = 0,
-                 ignorable_policy: str = "as_normal", workers=None,
-                 progress: bool = True, max_images: int | None = None,
-                 skip_bad_images: bool = False):
+def load_dataset(
+  name: str,
+  *,
+  data_dir=None,
+  cache_dir=None,
+  image_size: int = 512,
+  seed: int = 0,
+  ignorable_policy: str = "as_normal",
+  workers=None,
+  progress: bool = True,
+  max_images: int | None = None,
+  skip_bad_images: bool = False,
+):
   """``(table, image_source)`` for a dataset name.
 
   * ``odir5k-synth`` (the offline default): rendered into ``cache_dir`` once;
@@ -64,22 +80,41 @@ def load_dataset(name: str, *, data_dir=None, cache_dir=None,
   ``table.meta["skipped_images"]``.
   """
   if name == "odir5k-synth-pretrain":
-    return synth.load_pretrain(cache_dir, size=image_size, seed=seed,
-                               workers=workers, progress=progress,
-                               max_images=max_images)
+    return synth.load_pretrain(
+      cache_dir,
+      size=image_size,
+      seed=seed,
+      workers=workers,
+      progress=progress,
+      max_images=max_images,
+    )
   if name == "odir5k-synth":
-    return synth.load_synth(cache_dir, size=image_size, seed=seed,
-                            ignorable_policy=ignorable_policy, workers=workers,
-                            progress=progress, max_images=max_images)
-  table, source = _load_real(name, data_dir=data_dir, image_size=image_size,
-                             seed=seed, ignorable_policy=ignorable_policy)
+    return synth.load_synth(
+      cache_dir,
+      size=image_size,
+      seed=seed,
+      ignorable_policy=ignorable_policy,
+      workers=workers,
+      progress=progress,
+      max_images=max_images,
+    )
+  table, source = _load_real(
+    name,
+    data_dir=data_dir,
+    image_size=image_size,
+    seed=seed,
+    ignorable_policy=ignorable_policy,
+  )
   if table.paths is not None:
     root = str(pathlib.Path(data_dir).expanduser().absolute())
-    cache = (pathlib.Path(cache_dir or synth.default_cache_dir()).expanduser()
-             / "image_checks" /
-             f"{name}-{hashlib.sha1(root.encode()).hexdigest()[:12]}.json")
-    table = verify.verified(table, name, skip_bad=skip_bad_images,
-                            cache_file=cache, progress=progress)
+    cache = (
+      pathlib.Path(cache_dir or synth.default_cache_dir()).expanduser()
+      / "image_checks"
+      / f"{name}-{hashlib.sha1(root.encode()).hexdigest()[:12]}.json"
+    )
+    table = verify.verified(
+      table, name, skip_bad=skip_bad_images, cache_file=cache, progress=progress
+    )
     source = images.FileImageSource(tuple(table.paths), size=image_size)
   if max_images:
     keep = np.arange(min(max_images, len(table)))
@@ -89,9 +124,11 @@ def load_dataset(name: str, *, data_dir=None, cache_dir=None,
 
 def _load_real(name, *, data_dir, image_size, seed, ignorable_policy):
   if name in ("odir5k", "rfmid") and data_dir is None:
-    raise ConfigError(f"dataset {name!r} is read from a local folder: pass "
-                      f"--data {name}:PATH (data_dir= in Python); the offline "
-                      "default is 'odir5k-synth'.")
+    raise ConfigError(
+      f"dataset {name!r} is read from a local folder: pass "
+      f"--data {name}:PATH (data_dir= in Python); the offline "
+      "default is 'odir5k-synth'."
+    )
   if name == "odir5k":
     t = odir.load_odir5k(data_dir, ignorable_policy=ignorable_policy)
     return t, images.FileImageSource(tuple(t.paths), size=image_size)
@@ -101,19 +138,26 @@ def _load_real(name, *, data_dir, image_size, seed, ignorable_policy):
   if name.startswith("cifar100-lt-"):
     factor = int(name.rsplit("-", 1)[1])
     if data_dir is None:
-      raise ConfigError(f"dataset {name!r} is read from a local folder: "
-                        "pass --data cifar100:PATH (a folder with "
-                        "cifar-100-python.tar.gz or a prepared tfds "
-                        "cifar100).")
-    parts = cifar.load_cifar100_lt(pathlib.Path(data_dir),
-                                   imbalance_factor=factor, seed=seed)
+      raise ConfigError(
+        f"dataset {name!r} is read from a local folder: "
+        "pass --data cifar100:PATH (a folder with "
+        "cifar-100-python.tar.gz or a prepared tfds "
+        "cifar100)."
+      )
+    parts = cifar.load_cifar100_lt(
+      pathlib.Path(data_dir), imbalance_factor=factor, seed=seed
+    )
     (tr, xtr), (te, xte) = parts["train"], parts["test"]
     table = ImageTable(
-        name=tr.name, class_names=tr.class_names,
-        image_ids=np.concatenate([tr.image_ids, te.image_ids]),
-        labels=np.concatenate([tr.labels, te.labels]),
-        patient_ids=np.concatenate([tr.patient_ids, te.patient_ids]),
-        splits=np.concatenate([tr.splits, te.splits]), meta=tr.meta)
+      name=tr.name,
+      class_names=tr.class_names,
+      image_ids=np.concatenate([tr.image_ids, te.image_ids]),
+      labels=np.concatenate([tr.labels, te.labels]),
+      patient_ids=np.concatenate([tr.patient_ids, te.patient_ids]),
+      splits=np.concatenate([tr.splits, te.splits]),
+      meta=tr.meta,
+    )
     return table, images.ArrayImageSource(
-        np.concatenate([xtr.array, xte.array]))
+      np.concatenate([xtr.array, xte.array])
+    )
   raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(NAMES)}.")

@@ -26,33 +26,86 @@ from agt_jax.data.errors import DatasetNotFoundError, LabelFileError
 from agt_jax.data.table import ImageTable
 
 CONDITIONS = (
-    "DR", "ARMD", "MH", "DN", "MYA", "BRVO", "TSLN", "ERM", "LS", "MS", "CSR",
-    "ODC", "CRVO", "TV", "AH", "ODP", "ODE", "ST", "AION", "PT", "RT", "RS",
-    "CRS", "EDN", "RPEC", "MHL", "RP", "CWS", "CB", "ODPM", "PRH", "MNF", "HR",
-    "CRAO", "TD", "CME", "PTCR", "CF", "VH", "MCA", "VS", "BRAO", "PLQ", "HPED",
-    "CL")
+  "DR",
+  "ARMD",
+  "MH",
+  "DN",
+  "MYA",
+  "BRVO",
+  "TSLN",
+  "ERM",
+  "LS",
+  "MS",
+  "CSR",
+  "ODC",
+  "CRVO",
+  "TV",
+  "AH",
+  "ODP",
+  "ODE",
+  "ST",
+  "AION",
+  "PT",
+  "RT",
+  "RS",
+  "CRS",
+  "EDN",
+  "RPEC",
+  "MHL",
+  "RP",
+  "CWS",
+  "CB",
+  "ODPM",
+  "PRH",
+  "MNF",
+  "HR",
+  "CRAO",
+  "TD",
+  "CME",
+  "PTCR",
+  "CF",
+  "VH",
+  "MCA",
+  "VS",
+  "BRAO",
+  "PLQ",
+  "HPED",
+  "CL",
+)
 CSV_COLUMNS = ("ID", "Disease_Risk") + CONDITIONS  # 47 columns
 MAIN_27 = CONDITIONS[:27]
 RARE_18 = CONDITIONS[27:]
 CLASSES_29 = ("NORMAL",) + MAIN_27 + ("OTHER",)
 
 _LAYOUTS = {
-    "challenge": {
-        "train": ("Training_Set/Training_Set/RFMiD_Training_Labels.csv",
-                  "Training_Set/Training_Set/Training"),
-        "val": ("Evaluation_Set/Evaluation_Set/RFMiD_Validation_Labels.csv",
-                "Evaluation_Set/Evaluation_Set/Validation"),
-        "test": ("Test_Set/Test_Set/RFMiD_Testing_Labels.csv",
-                 "Test_Set/Test_Set/Test"),
-    },
-    "dataport": {
-        "train": ("2. Groundtruths/a. RFMiD_Training_Labels.csv",
-                  "1. Original Images/a. Training Set"),
-        "val": ("2. Groundtruths/b. RFMiD_Validation_Labels.csv",
-                "1. Original Images/b. Validation Set"),
-        "test": ("2. Groundtruths/c. RFMiD_Testing_Labels.csv",
-                 "1. Original Images/c. Testing Set"),
-    },
+  "challenge": {
+    "train": (
+      "Training_Set/Training_Set/RFMiD_Training_Labels.csv",
+      "Training_Set/Training_Set/Training",
+    ),
+    "val": (
+      "Evaluation_Set/Evaluation_Set/RFMiD_Validation_Labels.csv",
+      "Evaluation_Set/Evaluation_Set/Validation",
+    ),
+    "test": (
+      "Test_Set/Test_Set/RFMiD_Testing_Labels.csv",
+      "Test_Set/Test_Set/Test",
+    ),
+  },
+  "dataport": {
+    "train": (
+      "2. Groundtruths/a. RFMiD_Training_Labels.csv",
+      "1. Original Images/a. Training Set",
+    ),
+    "val": (
+      "2. Groundtruths/b. RFMiD_Validation_Labels.csv",
+      "1. Original Images/b. Validation Set",
+    ),
+    "test": (
+      "2. Groundtruths/c. RFMiD_Testing_Labels.csv",
+      "1. Original Images/c. Testing Set",
+    ),
+  },
 }
 
 INSTRUCTIONS = """
@@ -78,28 +131,34 @@ def read_labels_csv(path) -> tuple[list[str], np.ndarray]:
       the file, row and column.
   """
   path = pathlib.Path(path)
-  reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"),
-                                  newline=""))
+  reader = csv.reader(
+    io.StringIO(path.read_text(encoding="utf-8-sig"), newline="")
+  )
   header = [h.strip() for h in next(reader, [])]
   if tuple(header) != CSV_COLUMNS:
     missing = [c for c in CSV_COLUMNS if c not in header]
     extra = [c for c in header if c not in CSV_COLUMNS]
     raise LabelFileError(
-        f"{path}: expected the {len(CSV_COLUMNS)} RFMiD columns "
-        f"ID, Disease_Risk, DR, ..., CL; missing {missing}, unexpected "
-        f"{extra}.")
+      f"{path}: expected the {len(CSV_COLUMNS)} RFMiD columns "
+      f"ID, Disease_Risk, DR, ..., CL; missing {missing}, unexpected "
+      f"{extra}."
+    )
   ids, rows = [], []
   for r, row in enumerate(reader, start=2):
     if not row or all(not c.strip() for c in row):
       continue
     if len(row) != len(CSV_COLUMNS):
-      raise LabelFileError(f"{path}: row {r} has {len(row)} columns, expected "
-                           f"{len(CSV_COLUMNS)}.")
+      raise LabelFileError(
+        f"{path}: row {r} has {len(row)} columns, expected "
+        f"{len(CSV_COLUMNS)}."
+      )
     values = []
     for name, cell in zip(CSV_COLUMNS[1:], row[1:]):
       if cell.strip() not in ("0", "1"):
-        raise LabelFileError(f"{path}: row {r}, column {name!r}: label value "
-                             f"{cell!r} is not 0 or 1.")
+        raise LabelFileError(
+          f"{path}: row {r}, column {name!r}: label value "
+          f"{cell!r} is not 0 or 1."
+        )
       values.append(int(cell))
     ids.append(row[0].strip())
     rows.append(values)
@@ -112,8 +171,9 @@ def to_29_classes(raw: np.ndarray) -> np.ndarray:
   normal = 1 - raw[:, 0]
   main = raw[:, [col[c] for c in MAIN_27]]
   other = raw[:, [col[c] for c in RARE_18]].max(1)
-  return np.concatenate([normal[:, None], main, other[:, None]], 1
-                        ).astype(np.uint8)
+  return np.concatenate([normal[:, None], main, other[:, None]], 1).astype(
+    np.uint8
+  )
 
 
 def _image_path(image_dir: pathlib.Path, image_id: str) -> pathlib.Path:
@@ -147,8 +207,13 @@ def load_rfmid(root, *, splits=("train", "val", "test")) -> ImageTable:
         split_col += [split] * len(sid)
       ids = np.array(ids)
       return ImageTable(
-          name="rfmid", class_names=CLASSES_29, image_ids=ids,
-          labels=np.concatenate(labels), patient_ids=ids.copy(),
-          paths=np.array(paths, dtype=object), splits=np.array(split_col),
-          meta={"layout": layout, "synthetic": False, "root": str(root)})
+        name="rfmid",
+        class_names=CLASSES_29,
+        image_ids=ids,
+        labels=np.concatenate(labels),
+        patient_ids=ids.copy(),
+        paths=np.array(paths, dtype=object),
+        splits=np.array(split_col),
+        meta={"layout": layout, "synthetic": False, "root": str(root)},
+      )
   raise DatasetNotFoundError("RFMiD", root, looked, INSTRUCTIONS)

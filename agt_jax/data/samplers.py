@@ -25,9 +25,12 @@ _INFINITE_STEPS = 1 << 40
 
 # -- groups ------------------------------------------------------------------
 
-def validate_groups(groups: Sequence[Sequence[int | str]], num_classes: int,
-                    class_names: Sequence[str] | None = None
-                    ) -> tuple[tuple[int, ...], ...]:
+
+def validate_groups(
+  groups: Sequence[Sequence[int | str]],
+  num_classes: int,
+  class_names: Sequence[str] | None = None,
+) -> tuple[tuple[int, ...], ...]:
   """Checks that ``groups`` partition the classes; accepts indices or names.
 
   Raises:
@@ -41,24 +44,31 @@ def validate_groups(groups: Sequence[Sequence[int | str]], num_classes: int,
     for c in group:
       if isinstance(c, str):
         if class_names is None or c not in class_names:
-          raise InputError(f"group {gi}: unknown class {c!r} (classes: "
-                           f"{list(class_names or [])}).")
+          raise InputError(
+            f"group {gi}: unknown class {c!r} (classes: "
+            f"{list(class_names or [])})."
+          )
         c = list(class_names).index(c)
       c = int(c)
       if not 0 <= c < num_classes:
-        raise InputError(f"group {gi}: class index {c} outside "
-                         f"[0, {num_classes}).")
+        raise InputError(
+          f"group {gi}: class index {c} outside " f"[0, {num_classes})."
+        )
       if c in seen:
-        raise InputError(f"class {c} is in group {seen[c]} and group {gi}; "
-                         "each class must be in exactly one group.")
+        raise InputError(
+          f"class {c} is in group {seen[c]} and group {gi}; "
+          "each class must be in exactly one group."
+        )
       seen[c] = gi
       members.append(c)
     out.append(tuple(members))
   missing = sorted(set(range(num_classes)) - set(seen))
   if missing:
     names = [class_names[c] for c in missing] if class_names else missing
-    raise InputError(f"classes {names} are in no group; groups must cover "
-                     f"all {num_classes} classes.")
+    raise InputError(
+      f"classes {names} are in no group; groups must cover "
+      f"all {num_classes} classes."
+    )
   return tuple(out)
 
 
@@ -67,6 +77,7 @@ class RoundRobinSchedule:
   """Group of step ``t``: cycles through the groups, ``switch_every`` steps
   per group (1 = the paper's per-step alternation; larger blocks reproduce the
   forgetting experiment of paper Fig. 5)."""
+
   num_groups: int
   switch_every: int = 1
 
@@ -76,23 +87,18 @@ class RoundRobinSchedule:
   def visits_before(self, step: int) -> int:
     """Steps before ``step`` that had the same group."""
     block = step // self.switch_every
-    return (block // self.num_groups) * self.switch_every + step % self.switch_every
-
-
-def make_schedule(schedule: str, num_groups: int, switch_every: int = 1):
-  if schedule != "round_robin":
-    raise InputError(f"unknown schedule {schedule!r}; supported: 'round_robin' "
-                     "(use switch_every > 1 for blocks).")
-  if switch_every < 1:
-    raise InputError(f"switch_every must be >= 1, got {switch_every}.")
-  return RoundRobinSchedule(num_groups, switch_every)
+    return (
+      block // self.num_groups
+    ) * self.switch_every + step % self.switch_every
 
 
 # -- picklable per-example pieces (mp_prefetch workers pickle them) -----------
 
+
 @dataclasses.dataclass(frozen=True)
 class _ClassThenImage:
   """Draws a class with probability ``class_p``, then one of its images."""
+
   class_ids: np.ndarray
   class_p: np.ndarray
   members: tuple[np.ndarray, ...]
@@ -101,15 +107,6 @@ class _ClassThenImage:
     k = rng.choice(len(self.class_ids), p=self.class_p)
     m = self.members[k]
     return int(m[rng.integers(len(m))])
-
-
-@dataclasses.dataclass(frozen=True)
-class _WeightedImage:
-  cumulative: np.ndarray
-
-  def __call__(self, _, rng: np.random.Generator) -> int:
-    return int(np.searchsorted(self.cumulative, rng.random() *
-                               self.cumulative[-1], side="right"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +155,9 @@ class _GroupMixSelection(grain.transforms.DatasetSelectionMap):
 def _outside(labels: np.ndarray, classes) -> list[int]:
   """The classes outside ``classes`` that have images: where a group's
   "others" slots draw from."""
-  return [c for c in range(labels.shape[1])
-          if c not in classes and labels[:, c].any()]
+  return [
+    c for c in range(labels.shape[1]) if c not in classes and labels[:, c].any()
+  ]
 
 
 def _members(labels: np.ndarray, classes) -> tuple[np.ndarray, ...]:
@@ -173,8 +171,9 @@ def _check_labels(labels) -> np.ndarray:
   bad = ~np.isin(labels, (0, 1))
   if bad.any():
     r, c = np.argwhere(bad)[0]
-    raise InputError(f"labels must be 0/1; row {r}, column {c} is "
-                     f"{labels[r, c]!r}.")
+    raise InputError(
+      f"labels must be 0/1; row {r}, column {c} is " f"{labels[r, c]!r}."
+    )
   return labels.astype(np.uint8)
 
 
@@ -186,12 +185,17 @@ def group_sizes(batch_size: int, alpha: float) -> tuple[int, int]:
   return batch_size - b_other, b_other
 
 
-def group_mixed_batches(labels, groups, *, batch_size: int, alpha: float,
-                        seed: int, schedule: str = "round_robin",
-                        switch_every: int = 1,
-                        num_steps: int | None = None,
-                        class_names: Sequence[str] | None = None
-                        ) -> grain.MapDataset:
+def group_mixed_batches(
+  labels,
+  groups,
+  *,
+  batch_size: int,
+  alpha: float,
+  seed: int,
+  switch_every: int = 1,
+  num_steps: int | None = None,
+  class_names: Sequence[str] | None = None,
+) -> grain.MapDataset:
   """The AGT teacher's batches (paper Algorithms 2 and 4).
 
   For the active group ``g`` of step ``t`` (see :class:`RoundRobinSchedule`):
@@ -213,7 +217,6 @@ def group_mixed_batches(labels, groups, *, batch_size: int, alpha: float,
     batch_size: ``b``.
     alpha: share of "others" slots.
     seed: sampling seed.
-    schedule: ``"round_robin"``.
     switch_every: steps per group before switching (1 = every step).
     num_steps: dataset length (default: effectively infinite).
     class_names: to resolve group names.
@@ -224,7 +227,9 @@ def group_mixed_batches(labels, groups, *, batch_size: int, alpha: float,
   labels = _check_labels(labels)
   groups = validate_groups(groups, labels.shape[1], class_names)
   b_group, b_other = group_sizes(batch_size, alpha)
-  sched = make_schedule(schedule, len(groups), switch_every)
+  if switch_every < 1:
+    raise InputError(f"switch_every must be >= 1, got {switch_every}.")
+  sched = RoundRobinSchedule(len(groups), switch_every)
   num_steps = _INFINITE_STEPS if num_steps is None else int(num_steps)
   parents, others = [], []
   for g, classes in enumerate(groups):
@@ -232,26 +237,42 @@ def group_mixed_batches(labels, groups, *, batch_size: int, alpha: float,
     if b_group and len(idx) == 0:
       names = [class_names[c] for c in classes] if class_names else classes
       raise InputError(f"group {g} {names} has no training image.")
-    parents.append(grain.MapDataset.source(idx).seed(seed * 7919 + g)
-                   .shuffle().repeat())
+    parents.append(
+      grain.MapDataset.source(idx).seed(seed * 7919 + g).shuffle().repeat()
+    )
     outside = _outside(labels, classes)
     if b_other and not outside:
-      raise InputError(f"group {g}: no class outside it has images to draw "
-                       "'others' from; use alpha=0 or more groups.")
-    pick = _ClassThenImage(np.array(outside), np.full(len(outside),
-                                                      1 / max(len(outside), 1)),
-                           _members(labels, outside))
-    others.append(grain.MapDataset.range(sys.maxsize)
-                  .random_map(pick, seed=seed * 7919 + 1000 + g))
+      raise InputError(
+        f"group {g}: no class outside it has images to draw "
+        "'others' from; use alpha=0 or more groups."
+      )
+    pick = _ClassThenImage(
+      np.array(outside),
+      np.full(len(outside), 1 / max(len(outside), 1)),
+      _members(labels, outside),
+    )
+    others.append(
+      grain.MapDataset.range(sys.maxsize).random_map(
+        pick, seed=seed * 7919 + 1000 + g
+      )
+    )
   selection = _GroupMixSelection(sched, batch_size, b_group, num_steps)
   ds = grain.MapDataset.select_from_datasets(parents + others, selection)
-  return (ds.batch(batch_size, drop_remainder=True, batch_fn=np.asarray)
-          .map(_AttachLabels(labels)).map_with_index(_AttachGroup(sched)))
+  return (
+    ds.batch(batch_size, drop_remainder=True, batch_fn=np.asarray)
+    .map(_AttachLabels(labels))
+    .map_with_index(_AttachGroup(sched))
+  )
 
 
-def group_mixed_prevalence(labels, groups, *, batch_size: int, alpha: float,
-                           class_names: Sequence[str] | None = None
-                           ) -> np.ndarray:
+def group_mixed_prevalence(
+  labels,
+  groups,
+  *,
+  batch_size: int,
+  alpha: float,
+  class_names: Sequence[str] | None = None,
+) -> np.ndarray:
   r"""`[G, C]` expected prevalence of each class in the batches of
   :func:`group_mixed_batches` whose active group is ``g`` (closed form).
 
@@ -279,14 +300,19 @@ def group_mixed_prevalence(labels, groups, *, batch_size: int, alpha: float,
       out[g] += b_group / batch_size * own.mean(0)
     outside = _outside(labels, classes)
     if b_other and outside:
-      per_class = np.stack([labels[labels[:, k] > 0].mean(0)
-                            for k in outside])
+      per_class = np.stack([labels[labels[:, k] > 0].mean(0) for k in outside])
       out[g] += b_other / batch_size * per_class.mean(0)
   return out
 
 
-def prior_shift(labels, groups, *, batch_size: int, alpha: float,
-                class_names: Sequence[str] | None = None) -> np.ndarray:
+def prior_shift(
+  labels,
+  groups,
+  *,
+  batch_size: int,
+  alpha: float,
+  class_names: Sequence[str] | None = None,
+) -> np.ndarray:
   r"""`[G, C]` log-odds shift of the group-mixed sampler,
   :math:`\delta_{gc} = \mathrm{logit}(q_{gc}) - \mathrm{logit}(p_c)`,
   with :math:`q` from :func:`group_mixed_prevalence` and :math:`p_c` the
@@ -300,8 +326,9 @@ def prior_shift(labels, groups, *, batch_size: int, alpha: float,
   that are never (or always) positive get 0.
   """
   labels = _check_labels(labels)
-  q = group_mixed_prevalence(labels, groups, batch_size=batch_size,
-                             alpha=alpha, class_names=class_names)
+  q = group_mixed_prevalence(
+    labels, groups, batch_size=batch_size, alpha=alpha, class_names=class_names
+  )
   p = labels.astype(np.float64).mean(0)
   ok = (p > 0) & (p < 1)
   eps = 1e-6
@@ -311,22 +338,26 @@ def prior_shift(labels, groups, *, batch_size: int, alpha: float,
   return np.where(ok[None], delta, 0.0)
 
 
-def _batched(index_ds: grain.MapDataset, labels, batch_size
-             ) -> grain.MapDataset:
-  return index_ds.batch(batch_size, drop_remainder=True,
-                        batch_fn=np.asarray).map(_AttachLabels(labels))
+def _batched(
+  index_ds: grain.MapDataset, labels, batch_size
+) -> grain.MapDataset:
+  return index_ds.batch(
+    batch_size, drop_remainder=True, batch_fn=np.asarray
+  ).map(_AttachLabels(labels))
 
 
-def instance_balanced_batches(labels, *, batch_size: int, seed: int
-                              ) -> grain.MapDataset:
+def instance_balanced_batches(
+  labels, *, batch_size: int, seed: int
+) -> grain.MapDataset:
   """Plain shuffled epochs of all images (instance-balanced sampling)."""
   labels = _check_labels(labels)
   idx = grain.MapDataset.range(len(labels)).seed(seed).shuffle().repeat()
   return _batched(idx, labels, batch_size)
 
 
-def class_aware_batches(labels, *, batch_size: int, seed: int,
-                        power: float = 0.0) -> grain.MapDataset:
+def class_aware_batches(
+  labels, *, batch_size: int, seed: int, power: float = 0.0
+) -> grain.MapDataset:
   """Class-aware sampling: class ``c`` with probability
   :math:`\\propto n_c^{power}`, then one of its images uniformly.
 
@@ -345,14 +376,9 @@ def class_aware_batches(labels, *, batch_size: int, seed: int,
 
 def class_balanced_batches(labels, *, batch_size: int, seed: int):
   """Class uniformly, then an image of it uniformly."""
-  return class_aware_batches(labels, batch_size=batch_size, seed=seed,
-                             power=0.0)
-
-
-def square_root_batches(labels, *, batch_size: int, seed: int):
-  """Class with probability :math:`\\propto \\sqrt{n_c}`, then an image."""
-  return class_aware_batches(labels, batch_size=batch_size, seed=seed,
-                             power=0.5)
+  return class_aware_batches(
+    labels, batch_size=batch_size, seed=seed, power=0.0
+  )
 
 
 def instance_class_balanced_weights(labels) -> np.ndarray:
@@ -365,19 +391,9 @@ def instance_class_balanced_weights(labels) -> np.ndarray:
   return w
 
 
-def weighted_random_batches(labels, *, batch_size: int, seed: int
-                            ) -> grain.MapDataset:
-  """WRS (TFA-LT stage I): images drawn with replacement with probability
-  :math:`\\propto \\sum_{c \\in pos(i)} 1/n_c`, so rare classes dominate."""
-  labels = _check_labels(labels)
-  w = np.cumsum(instance_class_balanced_weights(labels))
-  idx = grain.MapDataset.range(sys.maxsize).random_map(_WeightedImage(w),
-                                                       seed=seed)
-  return _batched(idx, labels, batch_size)
-
-
-def random_undersample_indices(labels, *, seed: int,
-                               target: int | None = None) -> np.ndarray:
+def random_undersample_indices(
+  labels, *, seed: int, target: int | None = None
+) -> np.ndarray:
   """RUS (TFA-LT stage I): a fixed subset where head classes are thinned.
 
   Each image is kept with probability :math:`\\min(1, t / n_{c^*})`, with
@@ -392,22 +408,15 @@ def random_undersample_indices(labels, *, seed: int,
   rarest = masked.min(1)
   rarest[np.isinf(rarest)] = counts.max()
   keep = np.random.default_rng(seed).random(len(labels)) < np.minimum(
-      1.0, t / rarest)
+    1.0, t / rarest
+  )
   return np.flatnonzero(keep)
-
-
-def random_undersampled_batches(labels, *, batch_size: int, seed: int,
-                                target: int | None = None):
-  """Shuffled epochs over the RUS subset (indices refer to ``labels``)."""
-  labels = _check_labels(labels)
-  subset = random_undersample_indices(labels, seed=seed, target=target)
-  idx = grain.MapDataset.source(subset).seed(seed).shuffle().repeat()
-  return _batched(idx, labels, batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
 class _GroupAwareCompletion:
   """One GAC batch from step ``t``'s seed (see :func:`gac_batches`)."""
+
   labels: np.ndarray
   groups: tuple[tuple[int, ...], ...]
   batch_size: int
@@ -421,14 +430,15 @@ class _GroupAwareCompletion:
     out = list(rng.integers(n, size=self.batch_size - m * len(self.groups)))
     drawn = self.labels[np.asarray(out, np.int64)]
     for g, classes in enumerate(self.groups):
-      if not (len(out) and drawn[:, list(classes)].any()):   # missing
+      if not (len(out) and drawn[:, list(classes)].any()):  # missing
         out += [self.picks[g](None, rng) for _ in range(m)]
     out += list(rng.integers(n, size=self.batch_size - len(out)))
     return np.asarray(out, np.int64)
 
 
-def gac_class_probabilities(counts, groups, *, rho: float = 0.9999,
-                            lam: float = 1e-5) -> list[np.ndarray]:
+def gac_class_probabilities(
+  counts, groups, *, rho: float = 0.9999, lam: float = 1e-5
+) -> list[np.ndarray]:
   r"""GAC's within-group class probabilities (paper 004, appendix).
 
   Group :math:`V_i` gets one :math:`\beta_i` from its own imbalance, and
@@ -460,16 +470,24 @@ def gac_class_probabilities(counts, groups, *, rho: float = 0.9999,
     if not len(seen):
       raise InputError(f"group {list(classes)} has no training image.")
     beta = min(rho + lam * np.log(seen.max() / seen.min()), 1 - 1e-12)
-    p = np.where(n > 0, (1 - beta) / (1 - np.power(beta, np.maximum(n, 1))),
-                 0.0)
+    p = np.where(
+      n > 0, (1 - beta) / (1 - np.power(beta, np.maximum(n, 1))), 0.0
+    )
     out.append(p / p.sum())
   return out
 
 
-def gac_batches(labels, groups, *, batch_size: int, seed: int,
-                fraction: float = 0.1, rho: float = 0.9999,
-                lam: float = 1e-5,
-                class_names: Sequence[str] | None = None) -> grain.MapDataset:
+def gac_batches(
+  labels,
+  groups,
+  *,
+  batch_size: int,
+  seed: int,
+  fraction: float = 0.1,
+  rho: float = 0.9999,
+  lam: float = 1e-5,
+  class_names: Sequence[str] | None = None,
+) -> grain.MapDataset:
   """Group-Aware Completion sampler (GBG, paper 004), fixed batch size.
 
   Each batch draws ``b - G m`` images uniformly, ``m = ceil(fraction b)``
@@ -482,21 +500,25 @@ def gac_batches(labels, groups, *, batch_size: int, seed: int,
   groups = validate_groups(groups, labels.shape[1], class_names)
   per_group = int(np.ceil(fraction * batch_size))
   if per_group * len(groups) > batch_size:
-    raise InputError(f"{len(groups)} groups x {per_group} do not fit a batch "
-                     f"of {batch_size}.")
+    raise InputError(
+      f"{len(groups)} groups x {per_group} do not fit a batch "
+      f"of {batch_size}."
+    )
   probs = gac_class_probabilities(labels.sum(0), groups, rho=rho, lam=lam)
   picks = []
   for classes, p in zip(groups, probs):
     cls = np.asarray(classes)[p > 0]
     picks.append(_ClassThenImage(cls, p[p > 0], _members(labels, cls)))
-  fn = _GroupAwareCompletion(labels, groups, batch_size, per_group, seed,
-                             tuple(picks))
+  fn = _GroupAwareCompletion(
+    labels, groups, batch_size, per_group, seed, tuple(picks)
+  )
   idx = grain.MapDataset.range(_INFINITE_STEPS).map_with_index(fn)
   return idx.map(_AttachLabels(labels))
 
 
-def host_slice(ds: grain.MapDataset, *, process_index: int,
-               process_count: int) -> grain.MapDataset:
+def host_slice(
+  ds: grain.MapDataset, *, process_index: int, process_count: int
+) -> grain.MapDataset:
   """This host's contiguous rows of every batch (the global batch is the
   concatenation over hosts, as ``jax.make_array_from_process_local_data``
   expects). Each row keeps its position in the global batch as ``"slot"``,

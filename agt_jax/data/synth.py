@@ -35,30 +35,37 @@ from collections.abc import Mapping
 import numpy as np
 
 from agt_jax import io
-from agt_jax.data import odir
+from agt_jax.data import odir, synth_render
 from agt_jax.data import odir_keywords as kw
-from agt_jax.data import synth_render
 from agt_jax.data.images import ArrayImageSource
 from agt_jax.data.table import ImageTable
 
 NAME = "odir5k-synth"
-SYNTHETIC_NOTE = ("synthetic: real ODIR-5K labels with procedurally rendered "
-                  "images (odir5k-synth)")
+SYNTHETIC_NOTE = (
+  "synthetic: real ODIR-5K labels with procedurally rendered "
+  "images (odir5k-synth)"
+)
 
 
 def default_cache_dir() -> pathlib.Path:
   env = os.environ.get("AGT_JAX_CACHE")
   if env:
     return pathlib.Path(env).expanduser()
-  return pathlib.Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")
-                      ).expanduser() / "agt_jax"
+  return (
+    pathlib.Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
+    / "agt_jax"
+  )
 
 
 def synth_table(*, ignorable_policy: str = "as_normal") -> ImageTable:
   """The label table of odir5k-synth (no paths: images are rendered)."""
   t = odir.packaged_label_table(ignorable_policy=ignorable_policy)
-  meta = {**t.meta, "synthetic": True, "note": SYNTHETIC_NOTE,
-          "renderer_version": synth_render.RENDERER_VERSION}
+  meta = {
+    **t.meta,
+    "synthetic": True,
+    "note": SYNTHETIC_NOTE,
+    "renderer_version": synth_render.RENDERER_VERSION,
+  }
   return dataclasses.replace(t, name=NAME, meta=meta)
 
 
@@ -67,15 +74,17 @@ PRETRAIN_NAME = "odir5k-synth-pretrain"
 # seed odir5k-synth and its shifted copies are rendered with (small ints).
 PRETRAIN_SEED = 1_000_003
 PRETRAIN_NOTE = (
-    "synthetic pretraining stand-in (odir5k-synth-pretrain): label rows "
-    "resampled with replacement from the ODIR-5K label table and rendered "
-    f"with render seed {PRETRAIN_SEED} + seed under new image ids; it shares "
-    "the label table (so label co-occurrences) and the renderer with "
-    "odir5k-synth, and no image, image id or render seed")
+  "synthetic pretraining stand-in (odir5k-synth-pretrain): label rows "
+  "resampled with replacement from the ODIR-5K label table and rendered "
+  f"with render seed {PRETRAIN_SEED} + seed under new image ids; it shares "
+  "the label table (so label co-occurrences) and the renderer with "
+  "odir5k-synth, and no image, image id or render seed"
+)
 
 
-def pretrain_table(*, seed: int = 0, ignorable_policy: str = "as_normal"
-                   ) -> ImageTable:
+def pretrain_table(
+  *, seed: int = 0, ignorable_policy: str = "as_normal"
+) -> ImageTable:
   """The pretraining stand-in's label table (for the ImageNet + FGADR
   pretraining every method starts from in the paper, which cannot be
   downloaded here): ``n`` rows drawn with replacement from the label table
@@ -87,34 +96,61 @@ def pretrain_table(*, seed: int = 0, ignorable_policy: str = "as_normal"
   pick = np.random.default_rng((PRETRAIN_SEED, seed)).integers(n, size=n)
   t = base.take(pick)
   ids = np.array([f"pre{k}" for k in range(n)])
-  meta = {**t.meta, "note": PRETRAIN_NOTE, "pretrain_seed": seed,
-          "render_seed": PRETRAIN_SEED + seed}
-  return dataclasses.replace(t, name=PRETRAIN_NAME, image_ids=ids,
-                             patient_ids=ids.copy(), splits=None, meta=meta)
+  meta = {
+    **t.meta,
+    "note": PRETRAIN_NOTE,
+    "pretrain_seed": seed,
+    "render_seed": PRETRAIN_SEED + seed,
+  }
+  return dataclasses.replace(
+    t,
+    name=PRETRAIN_NAME,
+    image_ids=ids,
+    patient_ids=ids.copy(),
+    splits=None,
+    meta=meta,
+  )
 
 
-def load_pretrain(cache_dir=None, *, size: int = 512, seed: int = 0,
-                  workers: int | None = None, progress: bool = True,
-                  max_images: int | None = None):
+def load_pretrain(
+  cache_dir=None,
+  *,
+  size: int = 512,
+  seed: int = 0,
+  workers: int | None = None,
+  progress: bool = True,
+  max_images: int | None = None,
+):
   """``(table, ArrayImageSource)`` of the pretraining stand-in
   (:func:`pretrain_table`), rendered into its own cache folder."""
-  return _cached(pretrain_table(seed=seed), cache_dir, size=size,
-                 seed=PRETRAIN_SEED + seed, workers=workers,
-                 progress=progress, max_images=max_images,
-                 name=PRETRAIN_NAME)
+  return _cached(
+    pretrain_table(seed=seed),
+    cache_dir,
+    size=size,
+    seed=PRETRAIN_SEED + seed,
+    workers=workers,
+    progress=progress,
+    max_images=max_images,
+    name=PRETRAIN_NAME,
+  )
 
 
 def row(table: ImageTable, i: int) -> dict:
   """The renderer's input for row ``i``."""
   keywords = str(table.keywords[i])
-  return {"image": str(table.image_ids[i]), "eye": str(table.eyes[i]),
-          "keywords": keywords, "labels": table.labels[i].tolist(),
-          "has_ignorable": kw.keyword_flags(keywords)["has_ignorable"]}
+  return {
+    "image": str(table.image_ids[i]),
+    "eye": str(table.eyes[i]),
+    "keywords": keywords,
+    "labels": table.labels[i].tolist(),
+    "has_ignorable": kw.keyword_flags(keywords)["has_ignorable"],
+  }
 
 
 @dataclasses.dataclass(frozen=True)
 class RenderSource:
   """Renders image ``i`` on access (deterministic; no cache)."""
+
   table: ImageTable
   size: int = 512
   seed: int = 0
@@ -124,17 +160,29 @@ class RenderSource:
     return len(self.table)
 
   def __getitem__(self, i: int) -> np.ndarray:
-    return synth_render.render(row(self.table, int(i)), self.size,
-                               seed=self.seed,
-                               visibility=dict(self.visibility) or None)
+    return synth_render.render(
+      row(self.table, int(i)),
+      self.size,
+      seed=self.seed,
+      visibility=dict(self.visibility) or None,
+    )
 
 
 # -- the cache ---------------------------------------------------------------
 
+
 def _fingerprint(table: ImageTable, size: int, seed: int, visibility) -> str:
   h = hashlib.sha256()
-  h.update(json.dumps([synth_render.RENDERER_VERSION, size, seed,
-                       sorted((visibility or {}).items())]).encode())
+  h.update(
+    json.dumps(
+      [
+        synth_render.RENDERER_VERSION,
+        size,
+        seed,
+        sorted((visibility or {}).items()),
+      ]
+    ).encode()
+  )
   h.update(np.ascontiguousarray(table.labels).tobytes())
   h.update("\n".join(table.image_ids.tolist()).encode())
   h.update("\n".join(table.keywords.tolist()).encode())
@@ -146,41 +194,61 @@ _atomic_write = io.atomic_write_bytes
 
 def _save_done(path: pathlib.Path, done: np.ndarray) -> None:
   import io
+
   buf = io.BytesIO()
   np.save(buf, done)
   _atomic_write(path, buf.getvalue())
 
 
-def cache_path(cache_dir, size: int, seed: int, name: str = NAME
-               ) -> pathlib.Path:
-  return (pathlib.Path(cache_dir).expanduser() / name /
-          f"{size}px-seed{seed}-r{synth_render.RENDERER_VERSION}")
+def cache_path(
+  cache_dir, size: int, seed: int, name: str = NAME
+) -> pathlib.Path:
+  return (
+    pathlib.Path(cache_dir).expanduser()
+    / name
+    / f"{size}px-seed{seed}-r{synth_render.RENDERER_VERSION}"
+  )
 
 
 _WORKER: dict = {}
 
 
 def _init_worker(table, size, seed, visibility, images_path, n):
-  _WORKER.update(table=table, size=size, seed=seed, visibility=visibility,
-                 images=np.memmap(images_path, np.uint8, "r+",
-                                  shape=(n, size, size, 3)))
+  _WORKER.update(
+    table=table,
+    size=size,
+    seed=seed,
+    visibility=visibility,
+    images=np.memmap(images_path, np.uint8, "r+", shape=(n, size, size, 3)),
+  )
 
 
 def _render_chunk(chunk: np.ndarray) -> np.ndarray:
   w = _WORKER
   for i in chunk:
-    w["images"][i] = synth_render.render(row(w["table"], int(i)), w["size"],
-                                         seed=w["seed"],
-                                         visibility=w["visibility"])
+    w["images"][i] = synth_render.render(
+      row(w["table"], int(i)),
+      w["size"],
+      seed=w["seed"],
+      visibility=w["visibility"],
+    )
   w["images"].flush()
   return chunk
 
 
-def build_cache(table: ImageTable, cache_dir=None, *, size: int = 512,
-                seed: int = 0, workers: int | None = None,
-                chunk_size: int = 32, visibility: Mapping | None = None,
-                progress: bool = True, max_chunks: int | None = None,
-                name: str = NAME) -> pathlib.Path:
+def build_cache(
+  table: ImageTable,
+  cache_dir=None,
+  *,
+  size: int = 512,
+  seed: int = 0,
+  workers: int | None = None,
+  chunk_size: int = 32,
+  visibility: Mapping | None = None,
+  progress: bool = True,
+  max_chunks: int | None = None,
+  name: str = NAME,
+) -> pathlib.Path:
   """Renders every image of ``table`` into the cache (resuming if partial).
 
   Args:
@@ -221,7 +289,7 @@ def build_cache(table: ImageTable, cache_dir=None, *, size: int = 512,
     _atomic_write(fp_path, fp.encode())
   done = np.load(done_path) if done_path.exists() else np.zeros(n, bool)
   todo = np.flatnonzero(~done)
-  chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
+  chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
   if max_chunks is not None:
     chunks = chunks[:max_chunks]
   workers = workers or os.cpu_count() or 1
@@ -232,11 +300,21 @@ def build_cache(table: ImageTable, cache_dir=None, *, size: int = 512,
     except ImportError:  # a bare environment: no bar, same result
       tqdm = None
     if tqdm is not None:
-      bar = tqdm(total=n, initial=int(done.sum()), unit="img",
-                 desc=f"rendering {name} {size}px (synthetic)")
+      bar = tqdm(
+        total=n,
+        initial=int(done.sum()),
+        unit="img",
+        desc=f"rendering {name} {size}px (synthetic)",
+      )
   t0 = time.perf_counter()
-  args = (table, size, seed, dict(visibility or {}) or None, str(images_path),
-          n)
+  args = (
+    table,
+    size,
+    seed,
+    dict(visibility or {}) or None,
+    str(images_path),
+    n,
+  )
   if workers <= 1:
     _init_worker(*args)
     results = map(_render_chunk, chunks)
@@ -259,12 +337,18 @@ def build_cache(table: ImageTable, cache_dir=None, *, size: int = 512,
       bar.close()
     _WORKER.clear()
   if done.all():
-    meta = {"name": name, "synthetic": True,
-            "note": SYNTHETIC_NOTE if name == NAME else PRETRAIN_NOTE,
-            "images": n, "size": size, "seed": seed,
-            "renderer_version": synth_render.RENDERER_VERSION,
-            "fingerprint": fp, "build_seconds": time.perf_counter() - t0,
-            "workers": workers}
+    meta = {
+      "name": name,
+      "synthetic": True,
+      "note": SYNTHETIC_NOTE if name == NAME else PRETRAIN_NOTE,
+      "images": n,
+      "size": size,
+      "seed": seed,
+      "renderer_version": synth_render.RENDERER_VERSION,
+      "fingerprint": fp,
+      "build_seconds": time.perf_counter() - t0,
+      "workers": workers,
+    }
     _atomic_write(meta_path, json.dumps(meta, indent=1).encode())
   return folder
 
@@ -280,55 +364,100 @@ def _is_complete(folder: pathlib.Path, fingerprint: str) -> bool:
   return meta.get("fingerprint") == fingerprint
 
 
-def open_cache(table: ImageTable, cache_dir=None, *, size: int = 512,
-               seed: int = 0, visibility: Mapping | None = None,
-               name: str = NAME) -> np.memmap:
+def open_cache(
+  table: ImageTable,
+  cache_dir=None,
+  *,
+  size: int = 512,
+  seed: int = 0,
+  visibility: Mapping | None = None,
+  name: str = NAME,
+) -> np.memmap:
   """The complete cache as a read-only memmap; raises if it is incomplete."""
   folder = cache_path(cache_dir or default_cache_dir(), size, seed, name)
   if not _is_complete(folder, _fingerprint(table, size, seed, visibility)):
     raise FileNotFoundError(
-        f"{NAME}: no complete {size}px cache in {folder} (an interrupted "
-        "build is finished by build_cache or `python -m agt_jax.data.synth "
-        "build`).")
-  return np.memmap(folder / "images.u8", np.uint8, "r",
-                   shape=(len(table), size, size, 3))
+      f"{NAME}: no complete {size}px cache in {folder} (an interrupted "
+      "build is finished by build_cache or `python -m agt_jax.data.synth "
+      "build`)."
+    )
+  return np.memmap(
+    folder / "images.u8", np.uint8, "r", shape=(len(table), size, size, 3)
+  )
 
 
-def load_synth(cache_dir=None, *, size: int = 512, seed: int = 0,
-               ignorable_policy: str = "as_normal", build: bool = True,
-               workers: int | None = None, progress: bool = True,
-               visibility: Mapping | None = None,
-               max_images: int | None = None):
+def load_synth(
+  cache_dir=None,
+  *,
+  size: int = 512,
+  seed: int = 0,
+  ignorable_policy: str = "as_normal",
+  build: bool = True,
+  workers: int | None = None,
+  progress: bool = True,
+  visibility: Mapping | None = None,
+  max_images: int | None = None,
+):
   """``(table, ArrayImageSource)`` of odir5k-synth (its first ``max_images``
   rows if given), building the cache first when needed."""
-  return _cached(synth_table(ignorable_policy=ignorable_policy), cache_dir,
-                 size=size, seed=seed, build=build, workers=workers,
-                 progress=progress, visibility=visibility,
-                 max_images=max_images)
+  return _cached(
+    synth_table(ignorable_policy=ignorable_policy),
+    cache_dir,
+    size=size,
+    seed=seed,
+    build=build,
+    workers=workers,
+    progress=progress,
+    visibility=visibility,
+    max_images=max_images,
+  )
 
 
-def _cached(table: ImageTable, cache_dir, *, size: int, seed: int,
-            build: bool = True, workers=None, progress: bool = True,
-            visibility=None, max_images=None, name: str = NAME):
+def _cached(
+  table: ImageTable,
+  cache_dir,
+  *,
+  size: int,
+  seed: int,
+  build: bool = True,
+  workers=None,
+  progress: bool = True,
+  visibility=None,
+  max_images=None,
+  name: str = NAME,
+):
   """``(table, ArrayImageSource)`` of ``table``'s first ``max_images``
   rows, rendered into the cache ``name`` first when ``build``."""
   if max_images:
     table = table.take(np.arange(min(max_images, len(table))))
   if build:
-    build_cache(table, cache_dir, size=size, seed=seed, workers=workers,
-                progress=progress, visibility=visibility, name=name)
-  return table, ArrayImageSource(open_cache(
-      table, cache_dir, size=size, seed=seed, visibility=visibility,
-      name=name))
+    build_cache(
+      table,
+      cache_dir,
+      size=size,
+      seed=seed,
+      workers=workers,
+      progress=progress,
+      visibility=visibility,
+      name=name,
+    )
+  return table, ArrayImageSource(
+    open_cache(
+      table, cache_dir, size=size, seed=seed, visibility=visibility, name=name
+    )
+  )
 
 
 # -- gallery -----------------------------------------------------------------
 
-def gallery(path, *, size: int = 192, per_class: int = 4, multi: int = 4,
-            seed: int = 0) -> pathlib.Path:
+
+def gallery(
+  path, *, size: int = 192, per_class: int = 4, multi: int = 4, seed: int = 0
+) -> pathlib.Path:
   """Writes a PNG grid: ``per_class`` single-label examples per class, then
   ``multi`` multi-label images, each captioned with its labels."""
   from PIL import Image, ImageDraw
+
   table = synth_table()
   names = table.class_names
   single = table.labels.sum(1) == 1
@@ -341,16 +470,23 @@ def gallery(path, *, size: int = 192, per_class: int = 4, multi: int = 4,
   idx = np.flatnonzero(table.labels.sum(1) >= 2)
   idx = idx[np.linspace(0, len(idx) - 1, multi).astype(int)]
   picks += idx.tolist()
-  captions += ["+".join(n for n, v in zip(names, table.labels[i]) if v)
-               for i in idx]
+  captions += [
+    "+".join(n for n, v in zip(names, table.labels[i]) if v) for i in idx
+  ]
   cols = per_class
   rows_n = -(-len(picks) // cols)
   pad, head = 4, 28
-  canvas = Image.new("RGB", (cols * (size + pad) + pad,
-                             head + rows_n * (size + pad) + pad), (255,) * 3)
+  canvas = Image.new(
+    "RGB",
+    (cols * (size + pad) + pad, head + rows_n * (size + pad) + pad),
+    (255,) * 3,
+  )
   draw = ImageDraw.Draw(canvas)
-  draw.text((pad, 8), f"{NAME} - SYNTHETIC images rendered from real ODIR-5K "
-            "labels", fill=(0, 0, 0))
+  draw.text(
+    (pad, 8),
+    f"{NAME} - SYNTHETIC images rendered from real ODIR-5K " "labels",
+    fill=(0, 0, 0),
+  )
   for k, (i, cap) in enumerate(zip(picks, captions)):
     img = synth_render.render(row(table, i), size, seed=seed)
     x = pad + (k % cols) * (size + pad)
@@ -366,8 +502,9 @@ def gallery(path, *, size: int = 192, per_class: int = 4, multi: int = 4,
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(prog="python -m agt_jax.data.synth",
-                              description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(
+    prog="python -m agt_jax.data.synth", description=__doc__.split("\n")[0]
+  )
   sub = p.add_subparsers(dest="cmd", required=True)
   b = sub.add_parser("build", help="render the image cache")
   b.add_argument("--cache-dir", type=pathlib.Path, default=None)
@@ -375,16 +512,25 @@ def main(argv=None) -> None:
   b.add_argument("--seed", type=int, default=0)
   b.add_argument("--workers", type=int, default=None)
   g = sub.add_parser("gallery", help="write a PNG grid of examples")
-  g.add_argument("--out", type=pathlib.Path,
-                 default=pathlib.Path("odir5k_synth_gallery.png"))
+  g.add_argument(
+    "--out", type=pathlib.Path, default=pathlib.Path("odir5k_synth_gallery.png")
+  )
   g.add_argument("--size", type=int, default=192)
   a = p.parse_args(argv)
   if a.cmd == "build":
     t0 = time.perf_counter()
-    folder = build_cache(synth_table(), a.cache_dir, size=a.size, seed=a.seed,
-                         workers=a.workers)
-    print(json.dumps({"cache": str(folder), "seconds": time.perf_counter() - t0,
-                      "synthetic": True}))
+    folder = build_cache(
+      synth_table(), a.cache_dir, size=a.size, seed=a.seed, workers=a.workers
+    )
+    print(
+      json.dumps(
+        {
+          "cache": str(folder),
+          "seconds": time.perf_counter() - t0,
+          "synthetic": True,
+        }
+      )
+    )
   else:
     print(gallery(a.out, size=a.size))
 

@@ -29,8 +29,16 @@ from agt_jax.data import odir_keywords as kw
 RENDERER_VERSION = "1"
 
 # Per-class visibility knobs: multiply each class's sign strength.
-DEFAULT_VISIBILITY = {"N": 1.0, "D": 1.0, "G": 1.0, "C": 1.0, "A": 1.0,
-                      "H": 1.0, "M": 1.0, "O": 1.0}
+DEFAULT_VISIBILITY = {
+  "N": 1.0,
+  "D": 1.0,
+  "G": 1.0,
+  "C": 1.0,
+  "A": 1.0,
+  "H": 1.0,
+  "M": 1.0,
+  "O": 1.0,
+}
 SUBTLE_FRACTION = 0.15  # share of positives rendered with severity < 0.15
 
 # Colours (linear-ish RGB in [0, 1]).
@@ -59,8 +67,11 @@ class _Rng:
   _BLOCK = 1024
 
   def __init__(self, *key: int):
-    self._g = np.random.Generator(np.random.PCG64(
-        np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key])))
+    self._g = np.random.Generator(
+      np.random.PCG64(
+        np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key])
+      )
+    )
     self._buf: list[float] = []
 
   def _next(self) -> float:
@@ -81,7 +92,8 @@ class _Rng:
   def normal(self, mu: float = 0.0, sigma: float = 1.0) -> float:
     u1, u2 = self._next(), self._next()
     return mu + sigma * math.sqrt(-2 * math.log(1 - u1)) * math.cos(
-        2 * math.pi * u2)
+      2 * math.pi * u2
+    )
 
   def array(self, shape) -> np.ndarray:
     return self._g.random(shape, dtype=np.float64).astype(np.float32)
@@ -93,11 +105,13 @@ def image_seed(image_id: str, seed: int) -> tuple[int, int]:
 
 # -- severity from keywords --------------------------------------------------
 
+
 def _d_stage(kws) -> float | None:
   stage = None
   for k in kws:
-    if "proliferative diabetic" in k or (k.startswith("proliferative")
-                                         and "non" not in k):
+    if "proliferative diabetic" in k or (
+      k.startswith("proliferative") and "non" not in k
+    ):
       s = 0.95 if "severe" in k else 0.85
     elif "severe non" in k or "severe nonproliferative" in k:
       s = 0.7
@@ -106,7 +120,7 @@ def _d_stage(kws) -> float | None:
     elif "mild" in k and "retinopathy" in k and "hypertensive" not in k:
       s = 0.25
     elif "diabetic retinopathy" in k:
-      s = 0.45 if not ("suspect" in k) else 0.2
+      s = 0.45 if "suspect" not in k else 0.2
     else:
       continue
     if "suspect" in k:
@@ -115,8 +129,12 @@ def _d_stage(kws) -> float | None:
   return stage
 
 
-def severities(keywords: str, labels, rng: _Rng,
-               visibility: Mapping[str, float] | None = None) -> dict:
+def severities(
+  keywords: str,
+  labels,
+  rng: _Rng,
+  visibility: Mapping[str, float] | None = None,
+) -> dict:
   """Per-class severity in [0, 1] for the positive classes of one image.
 
   Keyword grades set the range (e.g. mild NPDR low, PDR high); about
@@ -141,12 +159,13 @@ def severities(keywords: str, labels, rng: _Rng,
       s = rng.u(0.3, 1.0)
     if rng.chance(SUBTLE_FRACTION):
       s = rng.u(0.03, 0.15)
-    if s * vis[c] > 0:   # visibility 0 removes the class's signs
+    if s * vis[c] > 0:  # visibility 0 removes the class's signs
       out[c] = s * vis[c]
   return out
 
 
 # -- the canvas --------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class _Geometry:
@@ -154,9 +173,9 @@ class _Geometry:
   cx: float
   cy: float
   radius: float
-  side: int          # +1: disc on the viewer's right (right eye)
-  disc: tuple        # (y, x)
-  disc_r: float      # disc radius (horizontal)
+  side: int  # +1: disc on the viewer's right (right eye)
+  disc: tuple  # (y, x)
+  disc_r: float  # disc radius (horizontal)
   disc_ratio: float  # vertical / horizontal
   disc_angle: float
   fovea: tuple
@@ -169,13 +188,29 @@ def _geometry(size: int, eye: str, rng: _Rng, offset: bool) -> _Geometry:
   if offset:
     cx += size * rng.u(0.12, 0.22) * (1 if rng.chance(0.5) else -1)
   side = 1 if eye == "right" else -1
-  fovea = (cy + radius * rng.u(0.02, 0.08), cx - side * radius * rng.u(0.08, 0.16))
+  fovea = (
+    cy + radius * rng.u(0.02, 0.08),
+    cx - side * radius * rng.u(0.08, 0.16),
+  )
   dd = 2 * 0.135 * radius
-  ang = math.radians(rng.u(4, 10))   # fovea 4-10 degrees below the disc
+  ang = math.radians(rng.u(4, 10))  # fovea 4-10 degrees below the disc
   dist = dd * rng.u(2.3, 2.6)
-  disc = (fovea[0] - dist * math.sin(ang), fovea[1] + side * dist * math.cos(ang))
-  return _Geometry(size, cx, cy, radius, side, disc, dd / 2 * rng.u(0.75, 1.3),
-                   rng.u(1.05, 1.15), 0.0, fovea)
+  disc = (
+    fovea[0] - dist * math.sin(ang),
+    fovea[1] + side * dist * math.cos(ang),
+  )
+  return _Geometry(
+    size,
+    cx,
+    cy,
+    radius,
+    side,
+    disc,
+    dd / 2 * rng.u(0.75, 1.3),
+    rng.u(1.05, 1.15),
+    0.0,
+    fovea,
+  )
 
 
 def _upsampled_noise(rng: _Rng, size: int, cells: int) -> np.ndarray:
@@ -183,9 +218,19 @@ def _upsampled_noise(rng: _Rng, size: int, cells: int) -> np.ndarray:
   return np.asarray(small.resize((size, size), Image.Resampling.BICUBIC))
 
 
-def _stamp(img: np.ndarray, cy: float, cx: float, ry: float, rx: float,
-           color, alpha: float, *, soft: float = 0.35, angle: float = 0.0,
-           ring: float = 0.0) -> None:
+def _stamp(
+  img: np.ndarray,
+  cy: float,
+  cx: float,
+  ry: float,
+  rx: float,
+  color,
+  alpha: float,
+  *,
+  soft: float = 0.35,
+  angle: float = 0.0,
+  ring: float = 0.0,
+) -> None:
   """Blends an elliptical spot into ``img`` in place (local window only)."""
   s = img.shape[0]
   r = max(ry, rx) * (1 + soft) + 1
@@ -219,16 +264,27 @@ class _Vessels:
     self.size = size
     self.segments = []  # (kind, points, width)
 
-  def grow(self, rng: _Rng, kind: str, y: float, x: float, theta: float,
-           width: float, length: float, curve: float, depth: int,
-           tortuosity: float = 0.0, avoid=None) -> None:
+  def grow(
+    self,
+    rng: _Rng,
+    kind: str,
+    y: float,
+    x: float,
+    theta: float,
+    width: float,
+    length: float,
+    curve: float,
+    depth: int,
+    tortuosity: float = 0.0,
+    avoid=None,
+  ) -> None:
     pts = [(x, y)]
     step = self.size * 0.015
     n = max(int(length / step), 2)
     next_branch = rng.int(4, 10)
     for i in range(n):
       theta += curve + rng.normal(0, 0.03 + tortuosity)
-      if avoid is not None:   # arc around the fovea
+      if avoid is not None:  # arc around the fovea
         fy, fx, fr = avoid
         dy, dx = y - fy, x - fx
         dist = math.hypot(dy, dx)
@@ -243,22 +299,32 @@ class _Vessels:
         next_branch = i + rng.int(6, 14)
         sign = 1 if rng.chance(0.5) else -1
         child = width * rng.u(0.55, 0.75)
-        self.grow(rng, kind, y, x, theta + sign * rng.u(0.5, 1.0), child,
-                  length * rng.u(0.25, 0.5), rng.normal(0, 0.02), depth - 1,
-                  tortuosity, None)
-        width = (max(width ** 3 - child ** 3, (0.5 * width) ** 3)) ** (1 / 3)
+        self.grow(
+          rng,
+          kind,
+          y,
+          x,
+          theta + sign * rng.u(0.5, 1.0),
+          child,
+          length * rng.u(0.25, 0.5),
+          rng.normal(0, 0.02),
+          depth - 1,
+          tortuosity,
+          None,
+        )
+        width = (max(width**3 - child**3, (0.5 * width) ** 3)) ** (1 / 3)
     self.segments.append((kind, pts, width))
 
-  def draw(self, image: Image.Image, artery_scale: float, artery_color,
-           vein_color) -> None:
+  def draw(
+    self, image: Image.Image, artery_scale: float, artery_color, vein_color
+  ) -> None:
     d = ImageDraw.Draw(image)
     a_rgb = tuple(int(v * 255) for v in artery_color)
     v_rgb = tuple(int(v * 255) for v in vein_color)
     # Veins first, then arteries on top with a central light reflex.
     for kind, pts, width in sorted(self.segments, key=lambda t: t[0] == "art"):
       if kind == "vein":
-        d.line(pts, fill=v_rgb, width=max(int(round(width)), 1),
-               joint="curve")
+        d.line(pts, fill=v_rgb, width=max(int(round(width)), 1), joint="curve")
       else:
         w = max(int(round(width * artery_scale)), 1)
         d.line(pts, fill=a_rgb, width=w, joint="curve")
@@ -269,8 +335,14 @@ class _Vessels:
 
 # -- the renderer ------------------------------------------------------------
 
-def render(row: Mapping, size: int, *, seed: int = 0,
-           visibility: Mapping[str, float] | None = None) -> np.ndarray:
+
+def render(
+  row: Mapping,
+  size: int,
+  *,
+  seed: int = 0,
+  visibility: Mapping[str, float] | None = None,
+) -> np.ndarray:
   """One synthetic fundus image for a label-table row.
 
   Args:
@@ -288,8 +360,9 @@ def render(row: Mapping, size: int, *, seed: int = 0,
   kws = kw.split_keywords(row.get("keywords", ""))
   sev = severities(row.get("keywords", ""), labels, rng, visibility)
   quality = set(kws) & kw.QUALITY_KEYWORDS
-  offset = bool(quality & {"image offset",
-                           "optic disk photographically invisible"})
+  offset = bool(
+    quality & {"image offset", "optic disk photographically invisible"}
+  )
   geo = _geometry(size, row.get("eye", "left"), rng, offset)
   s = size
   fy, fx = geo.fovea
@@ -299,26 +372,40 @@ def render(row: Mapping, size: int, *, seed: int = 0,
   # fine "sensor" octave, vignetting and the darker macula (one distribution
   # for every class).
   pig = rng.u(0.8, 1.15)
-  tint = np.array([rng.u(0.95, 1.05), rng.u(0.85, 1.15), rng.u(0.8, 1.2)],
-                  np.float32)
+  tint = np.array(
+    [rng.u(0.95, 1.05), rng.u(0.85, 1.15), rng.u(0.8, 1.2)], np.float32
+  )
   q = max(s // 4, 8)
-  tex = (0.5 * _upsampled_noise(rng, q, 6) + 0.25 * _upsampled_noise(rng, q, 18)
-         + 0.15 * _upsampled_noise(rng, q, 48) + 0.1 * rng.array((q, q)))
+  tex = (
+    0.5 * _upsampled_noise(rng, q, 6)
+    + 0.25 * _upsampled_noise(rng, q, 18)
+    + 0.15 * _upsampled_noise(rng, q, 48)
+    + 0.1 * rng.array((q, q))
+  )
   k = s / q
   qy = (np.arange(q, dtype=np.float32)[:, None] + 0.5) * k
   qx = (np.arange(q, dtype=np.float32)[None, :] + 0.5) * k
-  r2 = ((qy - geo.cy) ** 2 + (qx - geo.cx) ** 2) / geo.radius ** 2
-  mac = rng.u(0.3, 0.5) * np.exp(-((qy - fy) ** 2 + (qx - fx) ** 2)
-                                 / (2 * (1.1 * mr) ** 2))
+  r2 = ((qy - geo.cy) ** 2 + (qx - geo.cx) ** 2) / geo.radius**2
+  mac = rng.u(0.3, 0.5) * np.exp(
+    -((qy - fy) ** 2 + (qx - fx) ** 2) / (2 * (1.1 * mr) ** 2)
+  )
   tex_amp = rng.u(0.2, 0.75)
-  tilt = rng.u(0.0, 0.25)   # uneven illumination, any direction
+  tilt = rng.u(0.0, 0.25)  # uneven illumination, any direction
   ang = rng.u(0, 2 * math.pi)
-  grad = tilt * (((qy - geo.cy) * math.sin(ang) + (qx - geo.cx) * math.cos(ang))
-                 / geo.radius)
-  shade_q = ((1.0 - 0.35 * r2) * (1.0 - tex_amp / 2 + tex_amp * tex)
-             * (1.0 - mac) * (1.0 + grad))
-  shade = np.asarray(Image.fromarray(shade_q.astype(np.float32), "F").resize(
-      (s, s), Image.Resampling.BILINEAR))
+  grad = tilt * (
+    ((qy - geo.cy) * math.sin(ang) + (qx - geo.cx) * math.cos(ang)) / geo.radius
+  )
+  shade_q = (
+    (1.0 - 0.35 * r2)
+    * (1.0 - tex_amp / 2 + tex_amp * tex)
+    * (1.0 - mac)
+    * (1.0 + grad)
+  )
+  shade = np.asarray(
+    Image.fromarray(shade_q.astype(np.float32), "F").resize(
+      (s, s), Image.Resampling.BILINEAR
+    )
+  )
 
   # Choroidal tessellation: faint in a quarter of all images; strong in M and
   # in the O keyword "tessellated fundus".
@@ -351,12 +438,31 @@ def render(row: Mapping, size: int, *, seed: int = 0,
       off = 0.2 * geo.disc_r * (1 if kind == "art" else -1)
       y0 = dy + vert * geo.disc_r * 0.3
       theta0 = math.atan2(vert * 1.0, -geo.side * 0.5)
-      vessels.grow(rng, kind, y0, dx + off, theta0, base_w * wscale,
-                   geo.radius * 1.7, vert * geo.side * 0.024, 2,
-                   0.03 * h, (fy, fx, mr))
-      vessels.grow(rng, kind, y0, dx + off, math.atan2(vert * 1.0,
-                                                       geo.side * 0.7),
-                   base_w * wscale * 0.65, geo.radius * 0.8, 0.0, 2, 0.03 * h)
+      vessels.grow(
+        rng,
+        kind,
+        y0,
+        dx + off,
+        theta0,
+        base_w * wscale,
+        geo.radius * 1.7,
+        vert * geo.side * 0.024,
+        2,
+        0.03 * h,
+        (fy, fx, mr),
+      )
+      vessels.grow(
+        rng,
+        kind,
+        y0,
+        dx + off,
+        math.atan2(vert * 1.0, geo.side * 0.7),
+        base_w * wscale * 0.65,
+        geo.radius * 0.8,
+        0.0,
+        2,
+        0.03 * h,
+      )
   canvas = Image.fromarray(img)
   vessels.draw(canvas, 1.0 - 0.35 * h, _ARTERY * (1 + 0.12 * h), _VEIN)
   img = np.array(canvas)
@@ -396,22 +502,31 @@ def render(row: Mapping, size: int, *, seed: int = 0,
   haze = np.array([0.95, 0.78, 0.6], np.float32)
   for c in range(3):
     lut = np.clip(levels * exposure * (1 - veil) + haze[c] * veil, 0, 1)
-    img[..., c] = np.take((lut ** gamma * 255 + 0.5).astype(np.uint8),
-                          img[..., c])
+    img[..., c] = np.take(
+      (lut**gamma * 255 + 0.5).astype(np.uint8), img[..., c]
+    )
   # Sensor noise, its level varying per image (same law for every class).
   noise = rng.u(0.0, 7.0)
   if noise > 0.5:
     tile = _noise_tile(seed)
-    oy, ox = rng.int(0, _TILE - s + 1) if s < _TILE else 0, \
-        rng.int(0, _TILE - s + 1) if s < _TILE else 0
-    n = tile[oy:oy + s, ox:ox + s] * noise
-    if n.shape != (s, s):   # images larger than the tile: repeat it
+    oy, ox = (
+      rng.int(0, _TILE - s + 1) if s < _TILE else 0,
+      rng.int(0, _TILE - s + 1) if s < _TILE else 0,
+    )
+    n = tile[oy : oy + s, ox : ox + s] * noise
+    if n.shape != (s, s):  # images larger than the tile: repeat it
       n = np.resize(tile, (s, s)) * noise
     img = np.clip(img + n[..., None], 0, 255).astype(np.uint8)
   fov = Image.new("L", (s, s))
-  ImageDraw.Draw(fov).ellipse((geo.cx - geo.radius, geo.cy - geo.radius,
-                               geo.cx + geo.radius, geo.cy + geo.radius),
-                              fill=1)
+  ImageDraw.Draw(fov).ellipse(
+    (
+      geo.cx - geo.radius,
+      geo.cy - geo.radius,
+      geo.cx + geo.radius,
+      geo.cy + geo.radius,
+    ),
+    fill=1,
+  )
   img *= np.asarray(fov)[..., None]
   if row.get("has_ignorable") and "lens dust" in kws:
     _lens_dust(img, s, seed)
@@ -454,9 +569,17 @@ def _distractors(img, rng, geo):
     for _ in range(rng.int(2, 7)):
       a = rng.u(-0.9, 0.9) + (math.pi / 2 if rng.chance(0.5) else -math.pi / 2)
       d = geo.disc_r * rng.u(1.5, 4.0)
-      _stamp(img, dy + d * math.sin(a), dx - geo.side * d * abs(math.cos(a)),
-             px * rng.u(4, 8), px * rng.u(15, 30), _WHITE, rng.u(0.08, 0.2),
-             soft=1.5, angle=rng.u(0, math.pi))
+      _stamp(
+        img,
+        dy + d * math.sin(a),
+        dx - geo.side * d * abs(math.cos(a)),
+        px * rng.u(4, 8),
+        px * rng.u(15, 30),
+        _WHITE,
+        rng.u(0.08, 0.2),
+        soft=1.5,
+        angle=rng.u(0, math.pi),
+      )
   if rng.chance(0.3):
     for _ in range(rng.int(1, 6)):
       y, x = _posterior_pole(rng, geo, 0.9)
@@ -467,7 +590,7 @@ def _distractors(img, rng, geo):
       y, x = _posterior_pole(rng, geo, 0.9)
       r = px * rng.u(1.0, 2.5)
       _stamp(img, y, x, r, r, _WHITE, rng.u(0.3, 0.7), soft=0.6)
-  if rng.chance(0.35):   # vessel stubs seen end-on: red dots like MAs
+  if rng.chance(0.35):  # vessel stubs seen end-on: red dots like MAs
     for _ in range(rng.int(1, 5)):
       y, x = _posterior_pole(rng, geo, 0.9)
       r = px * rng.u(0.8, 1.7)
@@ -489,8 +612,9 @@ def _tessellation_mask(rng, s) -> np.ndarray:
       pts.append((x, y))
     d.line(pts, fill=255, width=max(int(s * 0.014), 1), joint="curve")
   small = layer.resize((s // 2, s // 2), Image.Resampling.BILINEAR)
-  return np.asarray(small.resize((s, s), Image.Resampling.BILINEAR),
-                    np.float32) * (1.0 / 255)
+  return np.asarray(
+    small.resize((s, s), Image.Resampling.BILINEAR), np.float32
+  ) * (1.0 / 255)
 
 
 def _av_nicking(img, rng, vessels, h):
@@ -504,28 +628,63 @@ def _av_nicking(img, rng, vessels, h):
       continue
     bg = img[int(y), int(x)].astype(np.float32) / 255 * 1.6
     r = s * 0.01
-    _stamp(img, y, x, r, r * 1.8, np.clip(bg, 0, 1), 0.4 * h, soft=0.6,
-           angle=rng.u(0, math.pi))
+    _stamp(
+      img,
+      y,
+      x,
+      r,
+      r * 1.8,
+      np.clip(bg, 0, 1),
+      0.4 * h,
+      soft=0.6,
+      angle=rng.u(0, math.pi),
+    )
 
 
 def _disc(img, rng, geo, sev, kws):
   dy, dx = geo.disc
   r = geo.disc_r
   ratio, angle = geo.disc_ratio, 0.0
-  if "M" in sev:   # tilted, oval disc
+  if "M" in sev:  # tilted, oval disc
     ratio = 1.15 + 0.35 * sev["M"]
     angle = rng.u(-0.4, 0.4)
   geo.disc_ratio, geo.disc_angle = ratio, angle
-  _stamp(img, dy, dx, r * ratio, r, _DISC * rng.u(0.78, 1.0), 0.9, soft=0.3,
-         angle=angle)
-  if "G" in sev and rng.chance(0.3):   # peripapillary atrophy in glaucoma
-    _stamp(img, dy, dx - geo.side * r * 0.9, r * 0.9, r * 0.35, _ATROPHY,
-           0.5, soft=0.4)
+  _stamp(
+    img,
+    dy,
+    dx,
+    r * ratio,
+    r,
+    _DISC * rng.u(0.78, 1.0),
+    0.9,
+    soft=0.3,
+    angle=angle,
+  )
+  if "G" in sev and rng.chance(0.3):  # peripapillary atrophy in glaucoma
+    _stamp(
+      img,
+      dy,
+      dx - geo.side * r * 0.9,
+      r * 0.9,
+      r * 0.35,
+      _ATROPHY,
+      0.5,
+      soft=0.4,
+    )
   if "myelinated nerve fibers" in kws:
     for _ in range(6):
       a = rng.u(0, 2 * math.pi)
-      _stamp(img, dy + r * 1.4 * math.sin(a), dx + r * 1.4 * math.cos(a),
-             r * 0.8, r * 0.3, _WHITE, 0.7, soft=0.8, angle=a)
+      _stamp(
+        img,
+        dy + r * 1.4 * math.sin(a),
+        dx + r * 1.4 * math.cos(a),
+        r * 0.8,
+        r * 0.3,
+        _WHITE,
+        0.7,
+        soft=0.8,
+        angle=a,
+      )
 
 
 def _cup(img, rng, geo, sev):
@@ -535,18 +694,35 @@ def _cup(img, rng, geo, sev):
   # Physiological cups scale with the disc: big discs have big cups, so cup
   # area alone does not tell glaucoma (the cup-to-disc ratio and shape do).
   disc_scale = geo.disc_r / (0.135 * geo.radius)
-  cdr, elong = float(np.clip(rng.u(0.1, 0.45) * disc_scale ** 1.5, 0.1, 0.6)), 1.0
+  cdr, elong = float(np.clip(rng.u(0.1, 0.45) * disc_scale**1.5, 0.1, 0.6)), 1.0
   if "G" in sev:
     g = sev["G"]
     cdr = 0.5 + 0.4 * g
     elong = 1.0 + 0.3 * g
-    if rng.chance(0.1):   # splinter haemorrhage at the rim
-      _stamp(img, dy + r * geo.disc_ratio * 0.9, dx + r * 0.3, r * 0.25,
-             r * 0.06, _HAEM, 0.8, soft=0.3, angle=rng.u(-0.3, 0.3))
+    if rng.chance(0.1):  # splinter haemorrhage at the rim
+      _stamp(
+        img,
+        dy + r * geo.disc_ratio * 0.9,
+        dx + r * 0.3,
+        r * 0.25,
+        r * 0.06,
+        _HAEM,
+        0.8,
+        soft=0.3,
+        angle=rng.u(-0.3, 0.3),
+      )
   cr = r * cdr
-  _stamp(img, dy, dx, cr * geo.disc_ratio * elong, cr, _CUP,
-         rng.u(0.45, 0.75), soft=0.4,
-         angle=geo.disc_angle)
+  _stamp(
+    img,
+    dy,
+    dx,
+    cr * geo.disc_ratio * elong,
+    cr,
+    _CUP,
+    rng.u(0.45, 0.75),
+    soft=0.4,
+    angle=geo.disc_angle,
+  )
 
 
 def _posterior_pole(rng, geo, spread=0.55):
@@ -562,11 +738,11 @@ def _diabetic(img, rng, geo, s_d):
   # Lesion contrast grows with severity, so subtle cases are faint as well
   # as few.
   alpha = 0.25 + 0.55 * min(s_d, 1.0)
-  for _ in range(int(1 + 14 * s_d)):   # microaneurysms
+  for _ in range(int(1 + 14 * s_d)):  # microaneurysms
     y, x = _posterior_pole(rng, geo)
     r = px * rng.u(0.8, 1.7)
     _stamp(img, y, x, r, r, _HAEM, alpha, soft=0.4)
-  if s_d > 0.4:   # dot/blot haemorrhages, hard exudates, cotton-wool spots
+  if s_d > 0.4:  # dot/blot haemorrhages, hard exudates, cotton-wool spots
     for _ in range(int(14 * (s_d - 0.35))):
       y, x = _posterior_pole(rng, geo, 0.75)
       r = px * rng.u(2.5, 6.0)
@@ -581,15 +757,23 @@ def _diabetic(img, rng, geo, s_d):
       y, x = _posterior_pole(rng, geo, 0.7)
       r = px * rng.u(6, 11)
       _stamp(img, y, x, r, r * 1.3, _CWS, 0.6, soft=1.2, angle=rng.u(0, 3))
-  if s_d > 0.8:    # neovascular tufts and a preretinal haemorrhage
+  if s_d > 0.8:  # neovascular tufts and a preretinal haemorrhage
     dy, dx = geo.disc
     for _ in range(3):
       y = dy + rng.normal(0, geo.disc_r)
       x = dx + rng.normal(0, geo.disc_r)
       for _ in range(8):
-        _stamp(img, y + rng.normal(0, 4 * px), x + rng.normal(0, 4 * px),
-               px * 0.8, px * 5, _HAEM * 1.4, 0.7, soft=0.4,
-               angle=rng.u(0, math.pi))
+        _stamp(
+          img,
+          y + rng.normal(0, 4 * px),
+          x + rng.normal(0, 4 * px),
+          px * 0.8,
+          px * 5,
+          _HAEM * 1.4,
+          0.7,
+          soft=0.4,
+          angle=rng.u(0, math.pi),
+        )
     y, x = _posterior_pole(rng, geo, 0.6)
     _stamp(img, y, x, px * 16, px * 24, _HAEM, 0.9, soft=0.15)
 
@@ -597,27 +781,52 @@ def _diabetic(img, rng, geo, s_d):
 def _amd(img, rng, geo, s_a, kws):
   fy, fx = geo.fovea
   px = img.shape[0] / 512
-  wet = any("wet" in k for k in kws) or (not any("dry" in k for k in kws)
-                                         and rng.chance(0.3))
+  wet = any("wet" in k for k in kws) or (
+    not any("dry" in k for k in kws) and rng.chance(0.3)
+  )
   alpha = 0.3 + 0.5 * min(s_a, 1.0)
-  for _ in range(int(2 + 12 * s_a)):   # drusen within ~1.5 DD of the fovea
+  for _ in range(int(2 + 12 * s_a)):  # drusen within ~1.5 DD of the fovea
     a, d = rng.u(0, 2 * math.pi), geo.disc_r * 3 * math.sqrt(rng.u(0, 1))
     r = px * (rng.u(3, 6) if rng.chance(0.4) else rng.u(1.5, 3))
-    _stamp(img, fy + d * math.sin(a), fx + d * math.cos(a), r, r, _DRUSEN,
-           alpha, soft=1.0)
-  for _ in range(int(8 * s_a)):   # RPE mottling
+    _stamp(
+      img,
+      fy + d * math.sin(a),
+      fx + d * math.cos(a),
+      r,
+      r,
+      _DRUSEN,
+      alpha,
+      soft=1.0,
+    )
+  for _ in range(int(8 * s_a)):  # RPE mottling
     a, d = rng.u(0, 2 * math.pi), geo.disc_r * 2 * math.sqrt(rng.u(0, 1))
     r = px * rng.u(2, 5)
-    _stamp(img, fy + d * math.sin(a), fx + d * math.cos(a), r, r, _PIGMENT,
-           0.5, soft=0.8)
+    _stamp(
+      img,
+      fy + d * math.sin(a),
+      fx + d * math.cos(a),
+      r,
+      r,
+      _PIGMENT,
+      0.5,
+      soft=0.8,
+    )
   if wet:
     r = px * (8 + 18 * s_a)
     _stamp(img, fy, fx, r, r * 1.2, _CNV, alpha, soft=0.6)
-    for _ in range(int(3 + 8 * s_a)):   # exudates around the lesion
+    for _ in range(int(3 + 8 * s_a)):  # exudates around the lesion
       a = rng.u(0, 2 * math.pi)
       rr = px * rng.u(1.5, 3)
-      _stamp(img, fy + r * 1.5 * math.sin(a), fx + r * 1.6 * math.cos(a), rr,
-             rr, _EXUDATE, alpha, soft=0.3)
+      _stamp(
+        img,
+        fy + r * 1.5 * math.sin(a),
+        fx + r * 1.6 * math.cos(a),
+        rr,
+        rr,
+        _EXUDATE,
+        alpha,
+        soft=0.3,
+      )
   elif s_a > 0.7:  # geographic atrophy
     r = px * (8 + 16 * s_a)
     _stamp(img, fy, fx, r, r * 1.1, _ATROPHY, alpha, soft=0.1)
@@ -626,11 +835,20 @@ def _amd(img, rng, geo, s_a, kws):
 def _hypertensive_lesions(img, rng, geo, h):
   dy, dx = geo.disc
   px = img.shape[0] / 512
-  for _ in range(int(8 * (h - 0.5))):   # flame haemorrhages, radial to disc
+  for _ in range(int(8 * (h - 0.5))):  # flame haemorrhages, radial to disc
     a = rng.u(0, 2 * math.pi)
     d = geo.disc_r * rng.u(1.5, 4)
-    _stamp(img, dy + d * math.sin(a), dx + d * math.cos(a), px * 2,
-           px * 9, _HAEM, 0.85, soft=0.4, angle=-a + math.pi / 2)
+    _stamp(
+      img,
+      dy + d * math.sin(a),
+      dx + d * math.cos(a),
+      px * 2,
+      px * 9,
+      _HAEM,
+      0.85,
+      soft=0.4,
+      angle=-a + math.pi / 2,
+    )
   for _ in range(int(4 * (h - 0.5))):
     y, x = _posterior_pole(rng, geo, 0.6)
     _stamp(img, y, x, px * 7, px * 9, _CWS, 0.55, soft=1.2)
@@ -641,11 +859,18 @@ def _myopia(img, rng, geo, s_m):
   r = geo.disc_r
   # Peripapillary atrophy: a temporal crescent with a pigment edge.
   cx = dx - geo.side * r * (0.7 + 0.4 * s_m)
-  _stamp(img, dy, cx, r * 1.2, r * (0.5 + 0.6 * s_m), _ATROPHY, 0.6,
-         soft=0.3)
-  _stamp(img, dy, cx - geo.side * r * 0.5 * s_m, r * 1.1, r * 0.15,
-         _PIGMENT, 0.3, soft=0.6)
-  if s_m > 0.5:   # diffuse/patchy atrophy at the posterior pole, Fuchs spot
+  _stamp(img, dy, cx, r * 1.2, r * (0.5 + 0.6 * s_m), _ATROPHY, 0.6, soft=0.3)
+  _stamp(
+    img,
+    dy,
+    cx - geo.side * r * 0.5 * s_m,
+    r * 1.1,
+    r * 0.15,
+    _PIGMENT,
+    0.3,
+    soft=0.6,
+  )
+  if s_m > 0.5:  # diffuse/patchy atrophy at the posterior pole, Fuchs spot
     fy, fx = geo.fovea
     for _ in range(int(1 + 4 * (s_m - 0.5))):
       y, x = _posterior_pole(rng, geo, 0.35)
@@ -666,16 +891,32 @@ def _other(img, rng, geo, s_o, kws):
       continue
     if "epiretinal membrane" in k:
       for _ in range(8):
-        _stamp(img, fy + rng.normal(0, 15 * px), fx + rng.normal(0, 15 * px),
-               px * 1.2, px * 14, _WHITE, 0.35 * (0.5 + s_o), soft=1.0,
-               angle=rng.u(0, math.pi))
+        _stamp(
+          img,
+          fy + rng.normal(0, 15 * px),
+          fx + rng.normal(0, 15 * px),
+          px * 1.2,
+          px * 14,
+          _WHITE,
+          0.35 * (0.5 + s_o),
+          soft=1.0,
+          angle=rng.u(0, math.pi),
+        )
       drew = True
     elif "drusen" in k:
       for _ in range(int(6 + 20 * s_o)):
         a, d = rng.u(0, 2 * math.pi), geo.disc_r * 3 * math.sqrt(rng.u(0, 1))
         r = px * rng.u(1.5, 4)
-        _stamp(img, fy + d * math.sin(a), fx + d * math.cos(a), r, r,
-               _DRUSEN, alpha, soft=1.0)
+        _stamp(
+          img,
+          fy + d * math.sin(a),
+          fx + d * math.cos(a),
+          r,
+          r,
+          _DRUSEN,
+          alpha,
+          soft=1.0,
+        )
       drew = True
     elif "laser" in k or "photocoagulation" in k:
       for _ in range(int(15 + 30 * s_o)):
@@ -687,29 +928,55 @@ def _other(img, rng, geo, s_o, kws):
         _stamp(img, y, x, r * 0.5, r * 0.5, _PIGMENT, alpha * 0.8, soft=0.4)
       drew = True
     elif "myelinated" in k:
-      drew = True   # drawn with the disc
+      drew = True  # drawn with the disc
     elif "vein occlusion" in k or "brvo" in k or "crvo" in k:
       a0 = rng.u(0, 2 * math.pi)
       for _ in range(int(10 + 20 * s_o)):
         a = a0 + rng.normal(0, 0.35)
         d = geo.disc_r * rng.u(1.5, 6)
-        _stamp(img, dy + d * math.sin(a), dx + d * math.cos(a), px * 2,
-               px * 8, _HAEM, alpha, soft=0.4, angle=-a + math.pi / 2)
+        _stamp(
+          img,
+          dy + d * math.sin(a),
+          dx + d * math.cos(a),
+          px * 2,
+          px * 8,
+          _HAEM,
+          alpha,
+          soft=0.4,
+          angle=-a + math.pi / 2,
+        )
       drew = True
     elif "atrophy" in k or "pigment" in k:
       for _ in range(int(2 + 4 * s_o)):
         y, x = _posterior_pole(rng, geo, 0.8)
         rr = geo.disc_r * rng.u(0.3, 0.8)
-        _stamp(img, y, x, rr, rr, _ATROPHY if "atrophy" in k else _PIGMENT,
-               alpha, soft=0.3)
+        _stamp(
+          img,
+          y,
+          x,
+          rr,
+          rr,
+          _ATROPHY if "atrophy" in k else _PIGMENT,
+          alpha,
+          soft=0.3,
+        )
       drew = True
     elif "retinitis pigmentosa" in k:
       for _ in range(int(20 + 30 * s_o)):
         y, x = _posterior_pole(rng, geo, 1.0)
-        _stamp(img, y, x, px * 2, px * 6, _PIGMENT, 0.8, soft=0.3,
-               angle=rng.u(0, math.pi))
+        _stamp(
+          img,
+          y,
+          x,
+          px * 2,
+          px * 6,
+          _PIGMENT,
+          0.8,
+          soft=0.3,
+          angle=rng.u(0, math.pi),
+        )
       drew = True
-  if not drew:   # generic pool for rare keywords: a few mixed lesions
+  if not drew:  # generic pool for rare keywords: a few mixed lesions
     for _ in range(int(2 + 6 * s_o)):
       y, x = _posterior_pole(rng, geo, 0.8)
       col = (_PIGMENT, _ATROPHY, _HAEM, _WHITE)[rng.int(0, 4)]
@@ -724,5 +991,6 @@ def _lens_dust(out: np.ndarray, size: int, seed: int) -> None:
   for _ in range(rng.int(3, 7)):
     y, x = rng.u(0.2, 0.8) * size, rng.u(0.2, 0.8) * size
     r = size * rng.u(0.01, 0.025)
-    _stamp(out, y, x, r, r, np.array([0.35, 0.3, 0.28], np.float32), 0.35,
-           soft=0.8)
+    _stamp(
+      out, y, x, r, r, np.array([0.35, 0.3, 0.28], np.float32), 0.35, soft=0.8
+    )

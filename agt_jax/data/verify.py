@@ -53,8 +53,9 @@ def _key(path: str) -> list | None:
   return [st.st_size, st.st_mtime_ns]
 
 
-def check_images(paths, *, cache_file=None, workers: int | None = None,
-                 progress: bool = True) -> list[dict]:
+def check_images(
+  paths, *, cache_file=None, workers: int | None = None, progress: bool = True
+) -> list[dict]:
   """``[{"path", "reason"}]`` for every file in ``paths`` that is missing or
   does not decode; ``[]`` when all are good.
 
@@ -83,8 +84,13 @@ def check_images(paths, *, cache_file=None, workers: int | None = None,
     if progress:
       try:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(todo), desc="checking image files",
-                   unit="file", mininterval=1.0)
+
+        bar = tqdm(
+          total=len(todo),
+          desc="checking image files",
+          unit="file",
+          mininterval=1.0,
+        )
       except ImportError:
         bar = None
     n = workers or min(16, os.cpu_count() or 1)
@@ -101,8 +107,9 @@ def check_images(paths, *, cache_file=None, workers: int | None = None,
     if cache_file is not None:
       cache_file = pathlib.Path(cache_file)
       cache_file.parent.mkdir(parents=True, exist_ok=True)
-      io.atomic_write_text(cache_file, json.dumps(
-          {"version": CACHE_VERSION, "good": cache}))
+      io.atomic_write_text(
+        cache_file, json.dumps({"version": CACHE_VERSION, "good": cache})
+      )
   return [{"path": p, "reason": bad[p]} for p in paths if p in bad]
 
 
@@ -110,14 +117,17 @@ def bad_images_message(name: str, bad: list[dict], total: int) -> str:
   """One line: how many files are bad, up to 20 of them, and what to do."""
   shown = "; ".join(f"{b['path']} ({b['reason']})" for b in bad[:_SHOWN])
   more = f"; and {len(bad) - _SHOWN} more" if len(bad) > _SHOWN else ""
-  return (f"{name}: {len(bad)} of {total} image files are missing or do not "
-          f"decode: {shown}{more}. Replace them, or pass --set "
-          "skip_bad_images=true to train without them (the list is written "
-          "to the workdir as skipped_images.json).")
+  return (
+    f"{name}: {len(bad)} of {total} image files are missing or do not "
+    f"decode: {shown}{more}. Replace them, or pass --set "
+    "skip_bad_images=true to train without them (the list is written "
+    "to the workdir as skipped_images.json)."
+  )
 
 
-def verified(table, name: str, *, skip_bad: bool, cache_file=None,
-             progress: bool = True):
+def verified(
+  table, name: str, *, skip_bad: bool, cache_file=None, progress: bool = True
+):
   """``table`` with every image file checked: raises
   :class:`~agt_jax.data.errors.BadImagesError` listing the bad files, or
   (``skip_bad``) drops their rows and records them in
@@ -131,6 +141,10 @@ def verified(table, name: str, *, skip_bad: bool, cache_file=None,
   keep = np.array([str(p) not in dropped for p in table.paths])
   ids = dict(zip(map(str, table.paths), map(str, table.image_ids)))
   out = table.take(np.flatnonzero(keep))
-  return dataclasses.replace(out, meta={
-      **out.meta, "skipped_images": [{**b, "image_id": ids[b["path"]]}
-                                     for b in bad]})
+  return dataclasses.replace(
+    out,
+    meta={
+      **out.meta,
+      "skipped_images": [{**b, "image_id": ids[b["path"]]} for b in bad],
+    },
+  )

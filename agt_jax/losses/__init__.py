@@ -24,62 +24,68 @@ Peers, with their published conventions:
 from optax.losses import sigmoid_focal_loss
 
 from agt_jax.losses._bags import bags_loss
-from agt_jax.losses._class_balanced import class_balanced_loss
-from agt_jax.losses._class_balanced import class_balanced_positive_bce
-from agt_jax.losses._class_balanced import class_balanced_weights
-from agt_jax.losses._distillation import binary_kl_divergence
-from agt_jax.losses._distillation import class_balanced_kd
-from agt_jax.losses._distillation import class_balanced_kd_weights
-from agt_jax.losses._distillation import eq7_class_balanced_kd
-from agt_jax.losses._distillation import eq7_kd_weights
-from agt_jax.losses._distillation import subset_kd_weights
+from agt_jax.losses._class_balanced import (
+  class_balanced_loss,
+  class_balanced_positive_bce,
+  class_balanced_weights,
+)
+from agt_jax.losses._distillation import (
+  binary_kl_divergence,
+  class_balanced_kd,
+  class_balanced_kd_weights,
+  eq7_class_balanced_kd,
+  eq7_kd_weights,
+  subset_kd_weights,
+)
 from agt_jax.losses._distribution_balanced import distribution_balanced_loss
-from agt_jax.losses._eqlv2 import EQLv2State
-from agt_jax.losses._eqlv2 import eqlv2_init
-from agt_jax.losses._eqlv2 import eqlv2_loss
-from agt_jax.losses._feedback_reweighting import FeedbackState
-from agt_jax.losses._feedback_reweighting import feedback_reweight_init
-from agt_jax.losses._feedback_reweighting import feedback_reweight_weights
-from agt_jax.losses._feedback_reweighting import feedback_reweighted_bce
-from agt_jax.losses._influence_balanced import influence_balanced_loss
-from agt_jax.losses._influence_balanced import influence_balanced_weights
-from agt_jax.losses._reweighting import count_reweight_weights
-from agt_jax.losses._reweighting import gradient_ratio_stats
-from agt_jax.losses._reweighting import gradient_reweight_weights
-from agt_jax.losses._reweighting import gradient_reweighted_bce
-from agt_jax.losses._reweighting import reweighted_bce
-from agt_jax.losses._ride import ldam_margins
-from agt_jax.losses._ride import ride_loss
-from agt_jax.losses._ride import ride_multilabel_loss
+from agt_jax.losses._eqlv2 import EQLv2State, eqlv2_init, eqlv2_loss
+from agt_jax.losses._feedback_reweighting import (
+  FeedbackState,
+  feedback_reweight_init,
+  feedback_reweight_weights,
+  feedback_reweighted_bce,
+)
+from agt_jax.losses._influence_balanced import (
+  influence_balanced_loss,
+  influence_balanced_weights,
+)
+from agt_jax.losses._reweighting import (
+  count_reweight_weights,
+  gradient_ratio_stats,
+  gradient_reweight_weights,
+  gradient_reweighted_bce,
+  reweighted_bce,
+)
+from agt_jax.losses._ride import ldam_margins, ride_loss, ride_multilabel_loss
 
 __all__ = [
-    "EQLv2State",
-    "FeedbackState",
-    "bags_loss",
-    "binary_kl_divergence",
-    "class_balanced_kd",
-    "class_balanced_kd_weights",
-    "class_balanced_loss",
-    "class_balanced_positive_bce",
-    "class_balanced_weights",
-    "count_reweight_weights",
-    "distribution_balanced_loss",
-    "eq7_class_balanced_kd",
-    "eq7_kd_weights",
-    "eqlv2_init",
-    "eqlv2_loss",
-    "feedback_reweight_init",
-    "feedback_reweight_weights",
-    "feedback_reweighted_bce",
-    "gradient_ratio_stats",
-    "gradient_reweight_weights",
-    "gradient_reweighted_bce",
-    "influence_balanced_loss",
-    "influence_balanced_weights",
-    "ldam_margins",
-    "reweighted_bce",
-    "ride_loss",
-    "ride_multilabel_loss",
-    "sigmoid_focal_loss",
-    "subset_kd_weights",
+  "EQLv2State",
+  "FeedbackState",
+  "bags_loss",
+  "binary_kl_divergence",
+  "class_balanced_kd",
+  "class_balanced_kd_weights",
+  "class_balanced_loss",
+  "class_balanced_positive_bce",
+  "class_balanced_weights",
+  "count_reweight_weights",
+  "distribution_balanced_loss",
+  "eq7_class_balanced_kd",
+  "eq7_kd_weights",
+  "eqlv2_init",
+  "eqlv2_loss",
+  "feedback_reweight_init",
+  "feedback_reweight_weights",
+  "feedback_reweighted_bce",
+  "gradient_ratio_stats",
+  "gradient_reweight_weights",
+  "gradient_reweighted_bce",
+  "influence_balanced_loss",
+  "influence_balanced_weights",
+  "ldam_margins",
+  "reweighted_bce",
+  "ride_loss",
+  "ride_multilabel_loss",
+  "sigmoid_focal_loss",
+  "subset_kd_weights",
 ]

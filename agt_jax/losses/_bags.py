@@ -21,18 +21,20 @@ def _kept_others(is_fg, key, ratio: float):
   u = jnp.where(is_fg, jnp.inf, u)
   k = jnp.minimum(jnp.floor(ratio * jnp.sum(is_fg)), n - jnp.sum(is_fg))
   order = jnp.argsort(u)
-  rank = jnp.empty((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+  rank = (
+    jnp.empty((n,), jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+  )
   return is_fg | (rank < k)
 
 
 def bags_loss(
-    logits: ArrayLike,
-    others_logits: ArrayLike,
-    labels: ArrayLike,
-    groups: Sequence[Sequence[int]],
-    *,
-    key: jax.Array | None = None,
-    others_ratio: float = 8.0,
+  logits: ArrayLike,
+  others_logits: ArrayLike,
+  labels: ArrayLike,
+  groups: Sequence[Sequence[int]],
+  *,
+  key: jax.Array | None = None,
+  others_ratio: float = 8.0,
 ) -> tuple[jax.Array, jax.Array]:
   r"""Grouped BCE with an "others" output per group (BAGS, multi-label).
 
@@ -78,26 +80,34 @@ def bags_loss(
   o = jnp.asarray(others_logits).astype(z.dtype)
   n, c = z.shape
   if o.shape != (n, len(groups)):
-    raise ValueError(f"`others_logits` must be [N, G]=({n}, {len(groups)}), "
-                     f"got {o.shape}.")
+    raise ValueError(
+      f"`others_logits` must be [N, G]=({n}, {len(groups)}), " f"got {o.shape}."
+    )
   y = jnp.asarray(labels).astype(z.dtype)
   member = np.zeros((len(groups), c), np.float32)
   for g, classes in enumerate(groups):
     member[g, list(classes)] = 1.0
   if not np.all(member.sum(0) == 1):
-    raise ValueError("`groups` must partition the classes (each class in "
-                     "exactly one group).")
+    raise ValueError(
+      "`groups` must partition the classes (each class in "
+      "exactly one group)."
+    )
   member = jnp.asarray(member, z.dtype)
-  is_fg = (y @ member.T) > 0                      # [N, G]
+  is_fg = (y @ member.T) > 0  # [N, G]
   if key is None:
     kept = jnp.ones_like(is_fg)
   else:
     keys = jax.random.split(key, len(groups))
-    kept = jnp.stack([_kept_others(is_fg[:, g], keys[g], others_ratio)
-                      for g in range(len(groups))], axis=1)
+    kept = jnp.stack(
+      [
+        _kept_others(is_fg[:, g], keys[g], others_ratio)
+        for g in range(len(groups))
+      ],
+      axis=1,
+    )
   kept = kept.astype(z.dtype)
-  denom = jnp.maximum(kept.sum(0), 1.0)           # [G]
-  row_w = kept / denom                             # [N, G]
+  denom = jnp.maximum(kept.sum(0), 1.0)  # [G]
+  row_w = kept / denom  # [N, G]
   bce = -(y * jax.nn.log_sigmoid(z) + (1.0 - y) * jax.nn.log_sigmoid(-z))
   t = 1.0 - is_fg.astype(z.dtype)
   bce_o = -(t * jax.nn.log_sigmoid(o) + (1.0 - t) * jax.nn.log_sigmoid(-o))

@@ -10,9 +10,9 @@ from agt_jax.losses import _checks
 
 
 def class_balanced_weights(
-    class_counts: ArrayLike,
-    *,
-    beta: float = 0.9999,
+  class_counts: ArrayLike,
+  *,
+  beta: float = 0.9999,
 ) -> jax.Array:
   r"""Effective-number class weights, normalised to sum to :math:`C`.
 
@@ -44,12 +44,12 @@ def class_balanced_weights(
 
 
 def class_balanced_loss(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    class_counts: ArrayLike,
-    *,
-    beta: float = 0.9999,
-    gamma: float = 0.0,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  class_counts: ArrayLike,
+  *,
+  beta: float = 0.9999,
+  gamma: float = 0.0,
 ) -> jax.Array:
   r"""Class-balanced sigmoid (``gamma=0``) or focal loss, per element.
 
@@ -90,24 +90,26 @@ def class_balanced_loss(
   labels = jnp.asarray(labels).astype(logits.dtype)
   w = class_balanced_weights(class_counts, beta=beta).astype(logits.dtype)
   sample_w = jnp.sum(labels * w[None, :], axis=1, keepdims=True)
-  bce = -(labels * jax.nn.log_sigmoid(logits)
-          + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+  bce = -(
+    labels * jax.nn.log_sigmoid(logits)
+    + (1.0 - labels) * jax.nn.log_sigmoid(-logits)
+  )
   if gamma == 0.0:
     modulator = 1.0
   else:
-    modulator = jnp.exp(-gamma * labels * logits
-                        - gamma * jax.nn.softplus(-logits))
+    modulator = jnp.exp(
+      -gamma * labels * logits - gamma * jax.nn.softplus(-logits)
+    )
   return sample_w * modulator * bce
 
 
-
 def class_balanced_positive_bce(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    class_counts: ArrayLike,
-    *,
-    beta: float = 0.999,
-    where: ArrayLike | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  class_counts: ArrayLike,
+  *,
+  beta: float = 0.999,
+  where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Class-balanced BCE on the **positive terms only** (paper 001, Task 2).
 
@@ -141,8 +143,10 @@ def class_balanced_positive_bce(
   _checks.check_class_vector(class_counts, "class_counts", logits.shape[1])
   labels = jnp.asarray(labels).astype(logits.dtype)
   w = class_balanced_weights(class_counts, beta=beta).astype(logits.dtype)
-  per = -(w * labels * jax.nn.log_sigmoid(logits)
-          + (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+  per = -(
+    w * labels * jax.nn.log_sigmoid(logits)
+    + (1.0 - labels) * jax.nn.log_sigmoid(-logits)
+  )
   if where is not None:
     per = jnp.where(where, per, 0.0)
   return per

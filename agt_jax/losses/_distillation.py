@@ -12,11 +12,11 @@ _DIRECTIONS = ("teacher_student", "student_teacher")
 
 
 def binary_kl_divergence(
-    student_logits: ArrayLike,
-    teacher_logits: ArrayLike,
-    *,
-    temperature: float = 5.0,
-    direction: str = "teacher_student",
+  student_logits: ArrayLike,
+  teacher_logits: ArrayLike,
+  *,
+  temperature: float = 5.0,
+  direction: str = "teacher_student",
 ) -> jax.Array:
   r"""Per-class KL divergence between binary softened distributions (Eqs. 5-6).
 
@@ -54,23 +54,29 @@ def binary_kl_divergence(
     Sci. Rep. 2026, Eqs. 5-6.
   """
   if direction not in _DIRECTIONS:
-    raise ValueError(f"`direction` must be one of {_DIRECTIONS}, got "
-                     f"{direction!r}.")
-  _checks.check_logits_labels(student_logits, teacher_logits,
-                              "student_logits", "teacher_logits")
+    raise ValueError(
+      f"`direction` must be one of {_DIRECTIONS}, got " f"{direction!r}."
+    )
+  _checks.check_logits_labels(
+    student_logits, teacher_logits, "student_logits", "teacher_logits"
+  )
   _checks.check_floating(teacher_logits, "teacher_logits")
   zs = jnp.asarray(student_logits) / temperature
-  zt = jax.lax.stop_gradient(
-      jnp.asarray(teacher_logits).astype(zs.dtype)) / temperature
+  zt = (
+    jax.lax.stop_gradient(jnp.asarray(teacher_logits).astype(zs.dtype))
+    / temperature
+  )
   log_s1, log_s0 = jax.nn.log_sigmoid(zs), jax.nn.log_sigmoid(-zs)
   log_t1, log_t0 = jax.nn.log_sigmoid(zt), jax.nn.log_sigmoid(-zt)
   if direction == "teacher_student":
-    kl = (jnp.exp(log_t1) * (log_t1 - log_s1)
-          + jnp.exp(log_t0) * (log_t0 - log_s0))
+    kl = jnp.exp(log_t1) * (log_t1 - log_s1) + jnp.exp(log_t0) * (
+      log_t0 - log_s0
+    )
   else:
-    kl = (jnp.exp(log_s1) * (log_s1 - log_t1)
-          + jnp.exp(log_s0) * (log_s0 - log_t0))
-  return (temperature ** 2) * kl
+    kl = jnp.exp(log_s1) * (log_s1 - log_t1) + jnp.exp(log_s0) * (
+      log_s0 - log_t0
+    )
+  return (temperature**2) * kl
 
 
 def _inverse_counts_on_positives(labels, class_counts) -> jax.Array:
@@ -85,8 +91,8 @@ def _inverse_counts_on_positives(labels, class_counts) -> jax.Array:
 
 
 def class_balanced_kd_weights(
-    labels: ArrayLike,
-    class_counts: ArrayLike,
+  labels: ArrayLike,
+  class_counts: ArrayLike,
 ) -> jax.Array:
   r"""Per-sample class-balanced distillation weights (paper §3.5).
 
@@ -123,13 +129,13 @@ def class_balanced_kd_weights(
 
 
 def class_balanced_kd(
-    student_logits: ArrayLike,
-    teacher_logits: ArrayLike,
-    labels: ArrayLike,
-    class_counts: ArrayLike,
-    *,
-    temperature: float = 5.0,
-    direction: str = "teacher_student",
+  student_logits: ArrayLike,
+  teacher_logits: ArrayLike,
+  labels: ArrayLike,
+  class_counts: ArrayLike,
+  *,
+  temperature: float = 5.0,
+  direction: str = "teacher_student",
 ) -> jax.Array:
   r"""Class-balanced distillation loss per sample (paper Eq. 7).
 
@@ -158,8 +164,9 @@ def class_balanced_kd(
     Sci. Rep. 2026, Eqs. 7-8.
   """
   _checks.check_same_shape(labels, "labels", student_logits, "student_logits")
-  kl = binary_kl_divergence(student_logits, teacher_logits,
-                            temperature=temperature, direction=direction)
+  kl = binary_kl_divergence(
+    student_logits, teacher_logits, temperature=temperature, direction=direction
+  )
   w = class_balanced_kd_weights(labels, class_counts).astype(kl.dtype)
   return w * jnp.sum(kl, axis=-1)
 
@@ -195,8 +202,8 @@ def subset_kd_weights(groups, labels_or_counts: ArrayLike) -> jax.Array:
 
 
 def eq7_kd_weights(
-    labels: ArrayLike,
-    class_counts: ArrayLike,
+  labels: ArrayLike,
+  class_counts: ArrayLike,
 ) -> jax.Array:
   r"""Per-(sample, positive class) weights of paper Eq. 7, as written.
 
@@ -232,13 +239,13 @@ def eq7_kd_weights(
 
 
 def eq7_class_balanced_kd(
-    student_logits: ArrayLike,
-    teacher_logits: ArrayLike,
-    labels: ArrayLike,
-    class_counts: ArrayLike,
-    *,
-    temperature: float = 5.0,
-    direction: str = "teacher_student",
+  student_logits: ArrayLike,
+  teacher_logits: ArrayLike,
+  labels: ArrayLike,
+  class_counts: ArrayLike,
+  *,
+  temperature: float = 5.0,
+  direction: str = "teacher_student",
 ) -> jax.Array:
   r"""Class-balanced distillation per element, paper Eq. 7 as written.
 
@@ -268,6 +275,7 @@ def eq7_class_balanced_kd(
     Sci. Rep. 2026, Eqs. 5-7.
   """
   _checks.check_same_shape(labels, "labels", student_logits, "student_logits")
-  kl = binary_kl_divergence(student_logits, teacher_logits,
-                            temperature=temperature, direction=direction)
+  kl = binary_kl_divergence(
+    student_logits, teacher_logits, temperature=temperature, direction=direction
+  )
   return eq7_kd_weights(labels, class_counts).astype(kl.dtype) * kl

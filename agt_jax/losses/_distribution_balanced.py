@@ -10,18 +10,18 @@ from agt_jax.losses import _checks
 
 
 def distribution_balanced_loss(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    class_counts: ArrayLike,
-    num_examples: ArrayLike,
-    *,
-    neg_scale: float = 2.0,
-    init_bias: float = 0.05,
-    map_alpha: float = 0.1,
-    map_beta: float = 10.0,
-    map_gamma: float = 0.2,
-    focal_gamma: float = 2.0,
-    balance_param: float = 2.0,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  class_counts: ArrayLike,
+  num_examples: ArrayLike,
+  *,
+  neg_scale: float = 2.0,
+  init_bias: float = 0.05,
+  map_alpha: float = 0.1,
+  map_beta: float = 10.0,
+  map_gamma: float = 0.2,
+  focal_gamma: float = 2.0,
+  balance_param: float = 2.0,
 ) -> jax.Array:
   r"""Distribution-Balanced loss (re-balanced weights + NTR + focal), per element.
 
@@ -73,10 +73,11 @@ def distribution_balanced_loss(
   repeat_rate = jnp.sum(y.astype(jnp.float32) * freq_inv, axis=1, keepdims=True)
   # r_i = 0 (no positive) makes the ratio +inf and the sigmoid 1, as in the
   # reference; the explicit where avoids 0/0 warnings and NaNs.
-  ratio = jnp.where(repeat_rate > 0,
-                    freq_inv[None, :] / jnp.where(repeat_rate > 0,
-                                                  repeat_rate, 1.0),
-                    jnp.inf)
+  ratio = jnp.where(
+    repeat_rate > 0,
+    freq_inv[None, :] / jnp.where(repeat_rate > 0, repeat_rate, 1.0),
+    jnp.inf,
+  )
   w = (jax.nn.sigmoid(map_beta * (ratio - map_gamma)) + map_alpha).astype(dtype)
   prior = -jnp.log(jnp.asarray(num_examples, jnp.float32) / n - 1.0)
   z = logits + (prior * init_bias / neg_scale).astype(dtype)

@@ -20,6 +20,7 @@ class EQLv2State(NamedTuple):
     pos_neg: `[C]` ``pos_grad / (neg_grad + 1e-10)``; starts at 100 so every
       weight is 1 at the first step, as the reference's "no statistics yet".
   """
+
   pos_grad: jax.Array
   neg_grad: jax.Array
   pos_neg: jax.Array
@@ -45,21 +46,23 @@ def eqlv2_init(num_classes: int, *, dtype=jnp.float32) -> EQLv2State:
     Tan et al., *Equalization Loss v2*, CVPR 2021.
   """
   # Separate buffers: a donated train state must not alias two leaves.
-  return EQLv2State(pos_grad=jnp.zeros((num_classes,), dtype),
-                    neg_grad=jnp.zeros((num_classes,), dtype),
-                    pos_neg=jnp.full((num_classes,), 100.0, dtype))
+  return EQLv2State(
+    pos_grad=jnp.zeros((num_classes,), dtype),
+    neg_grad=jnp.zeros((num_classes,), dtype),
+    pos_neg=jnp.full((num_classes,), 100.0, dtype),
+  )
 
 
 def eqlv2_loss(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    state: EQLv2State,
-    *,
-    gamma: float = 12.0,
-    mu: float = 0.8,
-    alpha: float = 4.0,
-    where: ArrayLike | None = None,
-    axis_name: str | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  state: EQLv2State,
+  *,
+  gamma: float = 12.0,
+  mu: float = 0.8,
+  alpha: float = 4.0,
+  where: ArrayLike | None = None,
+  axis_name: str | None = None,
 ) -> tuple[jax.Array, EQLv2State]:
   r"""EQLv2 weighted BCE per element, and the updated statistics.
 
@@ -108,8 +111,9 @@ def eqlv2_loss(
   neg_w = q.astype(logits.dtype)
   pos_w = 1.0 + alpha * (1.0 - neg_w)
   weight = jax.lax.stop_gradient(pos_w * y + neg_w * (1.0 - y))
-  bce = -(y * jax.nn.log_sigmoid(logits)
-          + (1.0 - y) * jax.nn.log_sigmoid(-logits))
+  bce = -(
+    y * jax.nn.log_sigmoid(logits) + (1.0 - y) * jax.nn.log_sigmoid(-logits)
+  )
   loss = jnp.where(mask > 0, bce * weight, 0.0)
 
   p = jax.lax.stop_gradient(jax.nn.sigmoid(logits))
@@ -120,6 +124,7 @@ def eqlv2_loss(
     pos_grad, neg_grad = jax.lax.psum((pos_grad, neg_grad), axis_name)
   pos_grad = state.pos_grad + pos_grad
   neg_grad = state.neg_grad + neg_grad
-  new_state = EQLv2State(pos_grad=pos_grad, neg_grad=neg_grad,
-                         pos_neg=pos_grad / (neg_grad + 1e-10))
+  new_state = EQLv2State(
+    pos_grad=pos_grad, neg_grad=neg_grad, pos_neg=pos_grad / (neg_grad + 1e-10)
+  )
   return loss, new_state

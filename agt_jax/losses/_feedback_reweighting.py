@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from agt_jax.losses import _checks
-from agt_jax.losses import _reweighting
+from agt_jax.losses import _checks, _reweighting
 
 
 class FeedbackState(NamedTuple):
@@ -31,13 +30,15 @@ class FeedbackState(NamedTuple):
       :math:`w \\sum_{neg} p`.
     count: `[]` number of updates so far (0: no statistics, every weight 1).
   """
+
   pos: jax.Array
   neg: jax.Array
   count: jax.Array
 
 
-def feedback_reweight_init(num_classes: int, *, dtype=jnp.float32
-                           ) -> FeedbackState:
+def feedback_reweight_init(
+  num_classes: int, *, dtype=jnp.float32
+) -> FeedbackState:
   """Empty statistics for `num_classes` outputs: every weight starts at 1.
 
   Args:
@@ -53,13 +54,16 @@ def feedback_reweight_init(num_classes: int, *, dtype=jnp.float32
     Tan et al., *Equalization Loss v2*, CVPR 2021 (carried statistics).
   """
   # Separate buffers: a donated train state must not alias two leaves.
-  return FeedbackState(pos=jnp.zeros((num_classes,), dtype),
-                       neg=jnp.zeros((num_classes,), dtype),
-                       count=jnp.zeros((), jnp.int32))
+  return FeedbackState(
+    pos=jnp.zeros((num_classes,), dtype),
+    neg=jnp.zeros((num_classes,), dtype),
+    count=jnp.zeros((), jnp.int32),
+  )
 
 
-def feedback_reweight_weights(state: FeedbackState, *, beta: float = 2.0,
-                              eps: float = 1e-8) -> jax.Array:
+def feedback_reweight_weights(
+  state: FeedbackState, *, beta: float = 2.0, eps: float = 1e-8
+) -> jax.Array:
   r"""The `[C]` negative weights that the statistics in ``state`` give.
 
   .. math::
@@ -83,21 +87,22 @@ def feedback_reweight_weights(state: FeedbackState, *, beta: float = 2.0,
     Sci. Rep. 2026, Eqs. 2-3.
   """
   ratio = state.pos / (state.neg + eps)
-  w = jnp.where(state.count > 0, _reweighting._ratio_to_weight(ratio, beta),
-                1.0)
+  w = jnp.where(
+    state.count > 0, _reweighting._ratio_to_weight(ratio, beta), 1.0
+  )
   return jax.lax.stop_gradient(w.astype(state.pos.dtype))
 
 
 def feedback_reweighted_bce(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    state: FeedbackState,
-    *,
-    beta: float = 2.0,
-    decay: float = 0.99,
-    eps: float = 1e-8,
-    where: ArrayLike | None = None,
-    axis_name: str | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  state: FeedbackState,
+  *,
+  beta: float = 2.0,
+  decay: float = 0.99,
+  eps: float = 1e-8,
+  where: ArrayLike | None = None,
+  axis_name: str | None = None,
 ) -> tuple[jax.Array, FeedbackState]:
   r"""Eq. 4's weighted BCE with weights from fed-back gradient statistics.
 
@@ -169,7 +174,8 @@ def feedback_reweighted_bce(
   if axis_name is not None:
     pos, neg = jax.lax.psum((pos, neg), axis_name)
   new_state = FeedbackState(
-      pos=decay * state.pos + (1.0 - decay) * pos,
-      neg=decay * state.neg + (1.0 - decay) * w * neg,
-      count=state.count + 1)
+    pos=decay * state.pos + (1.0 - decay) * pos,
+    neg=decay * state.neg + (1.0 - decay) * w * neg,
+    count=state.count + 1,
+  )
   return loss, new_state

@@ -27,14 +27,14 @@ def influence_balanced_weights(class_counts: ArrayLike) -> jax.Array:
 
 
 def influence_balanced_loss(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    features: ArrayLike,
-    class_counts: ArrayLike,
-    *,
-    alpha: float = 1000.0,
-    epsilon: float = 1e-3,
-    where: ArrayLike | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  features: ArrayLike,
+  class_counts: ArrayLike,
+  *,
+  alpha: float = 1000.0,
+  epsilon: float = 1e-3,
+  where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Influence-balanced BCE per element (multi-label adaptation).
 
@@ -78,8 +78,10 @@ def influence_balanced_loss(
   _checks.check_rank(features, 2, "features", "[N, D]")
   z = jnp.asarray(logits)
   if jnp.shape(features)[0] != z.shape[0]:
-    raise ValueError(f"`features` has {jnp.shape(features)[0]} rows but "
-                     f"`logits` has {z.shape[0]}.")
+    raise ValueError(
+      f"`features` has {jnp.shape(features)[0]} rows but "
+      f"`logits` has {z.shape[0]}."
+    )
   _checks.check_class_vector(class_counts, "class_counts", z.shape[1])
   y = jnp.asarray(labels).astype(z.dtype)
   h = jnp.asarray(features).astype(z.dtype)

@@ -16,11 +16,11 @@ from agt_jax.losses import _checks
 
 
 def gradient_ratio_stats(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    where: ArrayLike | None = None,
-    axis_name: str | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  *,
+  where: ArrayLike | None = None,
+  axis_name: str | None = None,
 ) -> tuple[jax.Array, jax.Array]:
   r"""Per-class mean positive and negative BCE logit gradients (paper Eq. 1).
 
@@ -80,13 +80,13 @@ def _ratio_to_weight(ratio: jax.Array, beta: float) -> jax.Array:
 
 
 def gradient_reweight_weights(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    beta: float = 2.0,
-    eps: float = 1e-8,
-    where: ArrayLike | None = None,
-    axis_name: str | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  *,
+  beta: float = 2.0,
+  eps: float = 1e-8,
+  where: ArrayLike | None = None,
+  axis_name: str | None = None,
 ) -> jax.Array:
   r"""Per-class negative weights from the batch gradient ratio (Eqs. 2-3).
 
@@ -124,20 +124,21 @@ def gradient_reweight_weights(
     using alternate group training and gradient-based re-weighting*,
     Sci. Rep. 2026, Eqs. 2-3 and the worked example of §3.4.3.
   """
-  pos, neg = gradient_ratio_stats(logits, labels, where=where,
-                                  axis_name=axis_name)
+  pos, neg = gradient_ratio_stats(
+    logits, labels, where=where, axis_name=axis_name
+  )
   ratio = jnp.abs(pos) / (jnp.abs(neg) + eps)
   return jax.lax.stop_gradient(_ratio_to_weight(ratio, beta))
 
 
 def count_reweight_weights(
-    labels: ArrayLike,
-    *,
-    beta: float = 2.0,
-    eps: float = 1e-8,
-    class_counts: ArrayLike | None = None,
-    num_examples: ArrayLike | None = None,
-    where: ArrayLike | None = None,
+  labels: ArrayLike,
+  *,
+  beta: float = 2.0,
+  eps: float = 1e-8,
+  class_counts: ArrayLike | None = None,
+  num_examples: ArrayLike | None = None,
+  where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Count-based negative weights: the ablation of paper Table 4.
 
@@ -170,8 +171,10 @@ def count_reweight_weights(
   labels = jnp.asarray(labels)
   _checks.check_rank(labels, 2, "labels", "[N, C]")
   if (class_counts is None) != (num_examples is None):
-    raise ValueError("`class_counts` and `num_examples` must be given together "
-                     "(dataset counts) or both omitted (batch counts).")
+    raise ValueError(
+      "`class_counts` and `num_examples` must be given together "
+      "(dataset counts) or both omitted (batch counts)."
+    )
   if class_counts is not None:
     _checks.check_class_vector(class_counts, "class_counts", labels.shape[1])
     n_pos = jnp.asarray(class_counts, jnp.float32)
@@ -180,8 +183,10 @@ def count_reweight_weights(
     y = labels.astype(jnp.float32)
     if where is not None:
       if _checks.shape_of(where) != (labels.shape[0],):
-        raise ValueError(f"`where` must have shape ({labels.shape[0]},), got "
-                         f"{_checks.shape_of(where)}.")
+        raise ValueError(
+          f"`where` must have shape ({labels.shape[0]},), got "
+          f"{_checks.shape_of(where)}."
+        )
       row = jnp.asarray(where, jnp.float32)[:, None]
     else:
       row = jnp.ones((labels.shape[0], 1), jnp.float32)
@@ -192,9 +197,9 @@ def count_reweight_weights(
 
 
 def reweighted_bce(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    negative_weights: ArrayLike,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  negative_weights: ArrayLike,
 ) -> jax.Array:
   r"""Binary cross-entropy with the negative terms scaled per class (Eq. 4).
 
@@ -229,21 +234,24 @@ def reweighted_bce(
     jnp.broadcast_shapes(w.shape, logits.shape)
   except ValueError:
     raise ValueError(
-        f"`negative_weights` has shape {w.shape}, which does not broadcast to "
-        f"logits' shape {logits.shape}; pass [C] per-class weights.") from None
+      f"`negative_weights` has shape {w.shape}, which does not broadcast to "
+      f"logits' shape {logits.shape}; pass [C] per-class weights."
+    ) from None
   w = w.astype(logits.dtype)
-  return -(labels * jax.nn.log_sigmoid(logits)
-           + w * (1.0 - labels) * jax.nn.log_sigmoid(-logits))
+  return -(
+    labels * jax.nn.log_sigmoid(logits)
+    + w * (1.0 - labels) * jax.nn.log_sigmoid(-logits)
+  )
 
 
 def gradient_reweighted_bce(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    beta: float = 2.0,
-    eps: float = 1e-8,
-    where: ArrayLike | None = None,
-    axis_name: str | None = None,
+  logits: ArrayLike,
+  labels: ArrayLike,
+  *,
+  beta: float = 2.0,
+  eps: float = 1e-8,
+  where: ArrayLike | None = None,
+  axis_name: str | None = None,
 ) -> jax.Array:
   r"""The AGT teacher loss per element: Eq. 4 with Eq. 1-3 weights.
 
@@ -272,8 +280,9 @@ def gradient_reweighted_bce(
     using alternate group training and gradient-based re-weighting*,
     Sci. Rep. 2026, Eqs. 1-4, Algorithm 3.
   """
-  w = gradient_reweight_weights(logits, labels, beta=beta, eps=eps,
-                                where=where, axis_name=axis_name)
+  w = gradient_reweight_weights(
+    logits, labels, beta=beta, eps=eps, where=where, axis_name=axis_name
+  )
   loss = reweighted_bce(logits, labels, w)
   if where is None:
     return loss

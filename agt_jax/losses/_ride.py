@@ -10,8 +10,9 @@ from agt_jax.losses import _checks
 from agt_jax.losses._class_balanced import class_balanced_weights
 
 
-def ldam_margins(class_counts: ArrayLike, *, max_margin: float = 0.5
-                 ) -> jax.Array:
+def ldam_margins(
+  class_counts: ArrayLike, *, max_margin: float = 0.5
+) -> jax.Array:
   r"""LDAM per-class margins.
 
   .. math::
@@ -34,17 +35,17 @@ def ldam_margins(class_counts: ArrayLike, *, max_margin: float = 0.5
 
 
 def ride_loss(
-    expert_logits: ArrayLike,
-    targets: ArrayLike,
-    class_counts: ArrayLike,
-    *,
-    scale: float = 30.0,
-    max_margin: float = 0.5,
-    reweight: bool = False,
-    diversity_factor: float = -0.2,
-    beta: float = 0.9999,
-    base_temperature: float = 1.0,
-    reweight_factor: float = 0.05,
+  expert_logits: ArrayLike,
+  targets: ArrayLike,
+  class_counts: ArrayLike,
+  *,
+  scale: float = 30.0,
+  max_margin: float = 0.5,
+  reweight: bool = False,
+  diversity_factor: float = -0.2,
+  beta: float = 0.9999,
+  base_temperature: float = 1.0,
+  reweight_factor: float = 0.05,
 ) -> jax.Array:
   r"""The RIDE training loss for :math:`E` experts (single-label softmax).
 
@@ -96,8 +97,10 @@ def ride_loss(
   e, n, c = z.shape
   targets = jnp.asarray(targets)
   if targets.shape != (n,) or not jnp.issubdtype(targets.dtype, jnp.integer):
-    raise ValueError(f"`targets` must be [N]=({n},) integer class indices, got "
-                     f"shape {targets.shape} dtype {targets.dtype}.")
+    raise ValueError(
+      f"`targets` must be [N]=({n},) integer class indices, got "
+      f"shape {targets.shape} dtype {targets.dtype}."
+    )
   _checks.check_class_vector(class_counts, "class_counts", c)
   counts = jnp.asarray(class_counts, jnp.float32)
   onehot = jax.nn.one_hot(targets, c, dtype=z.dtype)
@@ -115,7 +118,8 @@ def ride_loss(
   t_mean = jnp.mean(temperature)
   sample_w = class_w[targets]
   target_dist = jax.lax.stop_gradient(
-      jax.nn.softmax(mean_logits / temperature, axis=-1))
+    jax.nn.softmax(mean_logits / temperature, axis=-1)
+  )
 
   total = jnp.zeros((), z.dtype)
   for k in range(e):
@@ -124,22 +128,26 @@ def ride_loss(
     ce = -jnp.sum(onehot * jax.nn.log_softmax(ce_logits, axis=-1), axis=-1)
     total += jnp.sum(sample_w * ce) / jnp.sum(sample_w)
     log_q = jax.nn.log_softmax(z[k] / temperature, axis=-1)
-    kl = jnp.sum(jax.scipy.special.xlogy(target_dist, target_dist)
-                 - target_dist * log_q) / n
+    kl = (
+      jnp.sum(
+        jax.scipy.special.xlogy(target_dist, target_dist) - target_dist * log_q
+      )
+      / n
+    )
     total += diversity_factor * t_mean * t_mean * kl
   return total
 
 
 def ride_multilabel_loss(
-    expert_logits: ArrayLike,
-    labels: ArrayLike,
-    class_counts: ArrayLike,
-    *,
-    scale: float = 30.0,
-    max_margin: float = 0.5,
-    diversity_factor: float = -0.2,
-    temperature: float = 1.0,
-    negative_weights: ArrayLike | None = None,
+  expert_logits: ArrayLike,
+  labels: ArrayLike,
+  class_counts: ArrayLike,
+  *,
+  scale: float = 30.0,
+  max_margin: float = 0.5,
+  diversity_factor: float = -0.2,
+  temperature: float = 1.0,
+  negative_weights: ArrayLike | None = None,
 ) -> jax.Array:
   r"""RIDE for multi-label sigmoid outputs (the adaptation used in Table 1).
 
@@ -185,8 +193,9 @@ def ride_multilabel_loss(
   _checks.check_same_shape(labels, "labels", z[0], "expert_logits[0]")
   _checks.check_class_vector(class_counts, "class_counts", c)
   y = jnp.asarray(labels).astype(z.dtype)
-  margin = (ldam_margins(class_counts, max_margin=max_margin) * scale
-            ).astype(z.dtype)
+  margin = (ldam_margins(class_counts, max_margin=max_margin) * scale).astype(
+    z.dtype
+  )
   if negative_weights is None:
     w = jnp.ones((c,), z.dtype)
   else:
@@ -198,11 +207,14 @@ def ride_multilabel_loss(
   total = jnp.zeros((), z.dtype)
   for k in range(e):
     zm = z[k] - y * margin[None, :]
-    bce = -(y * jax.nn.log_sigmoid(zm)
-            + w[None, :] * (1.0 - y) * jax.nn.log_sigmoid(-zm))
+    bce = -(
+      y * jax.nn.log_sigmoid(zm)
+      + w[None, :] * (1.0 - y) * jax.nn.log_sigmoid(-zm)
+    )
     total += bce.sum(-1).mean()
     zs = z[k] / temperature
-    kl = (jnp.exp(t1) * (t1 - jax.nn.log_sigmoid(zs))
-          + jnp.exp(t0) * (t0 - jax.nn.log_sigmoid(-zs)))
-    total += diversity_factor * temperature ** 2 * kl.sum(-1).mean()
+    kl = jnp.exp(t1) * (t1 - jax.nn.log_sigmoid(zs)) + jnp.exp(t0) * (
+      t0 - jax.nn.log_sigmoid(-zs)
+    )
+    total += diversity_factor * temperature**2 * kl.sum(-1).mean()
   return total

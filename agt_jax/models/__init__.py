@@ -6,18 +6,37 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from agt_jax.models.densenet import DenseNet121, DenseNetTiny
-from agt_jax.models.heads import (GroupHead, MultiTeacher, NormedDense,
-                                   Student, Teacher, encoder_name, head_name)
+from agt_jax.models.heads import (
+  GroupHead,
+  MultiTeacher,
+  NormedDense,
+  Student,
+  Teacher,
+  encoder_name,
+  head_name,
+)
+from agt_jax.models.resnet import (
+  ResNet8Cifar,
+  ResNet18,
+  ResNet32,
+  ResNet50,
+  ResNetSmall,
+  ResNetTiny,
+)
 from agt_jax.models.transfer import TransferNet
 from agt_jax.models.vit import ViTB16, ViTTiny
-from agt_jax.models.resnet import (ResNet8Cifar, ResNet18, ResNet32, ResNet50,
-                                   ResNetSmall, ResNetTiny)
 
 ENCODERS = {
-    "resnet18": ResNet18, "resnet50": ResNet50, "densenet121": DenseNet121,
-    "resnet_small": ResNetSmall, "resnet_tiny": ResNetTiny, "densenet_tiny": DenseNetTiny,
-    "resnet32": ResNet32, "resnet8_cifar": ResNet8Cifar,
-    "vit_b16": ViTB16, "vit_tiny": ViTTiny,
+  "resnet18": ResNet18,
+  "resnet50": ResNet50,
+  "densenet121": DenseNet121,
+  "resnet_small": ResNetSmall,
+  "resnet_tiny": ResNetTiny,
+  "densenet_tiny": DenseNetTiny,
+  "resnet32": ResNet32,
+  "resnet8_cifar": ResNet8Cifar,
+  "vit_b16": ViTB16,
+  "vit_tiny": ViTTiny,
 }
 
 
@@ -25,8 +44,9 @@ ENCODERS = {
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def make_encoder(name: str, *, dtype=jnp.float32, axis_name=None,
-                 pool: bool = True):
+def make_encoder(
+  name: str, *, dtype=jnp.float32, axis_name=None, pool: bool = True
+):
   """Encoder by name; ``pool=False`` returns its last feature map
   ``[N, h, w, D]`` instead of ``[N, D]`` (ViT: the patch tokens as a map
   instead of the class token)."""
@@ -35,6 +55,16 @@ def make_encoder(name: str, *, dtype=jnp.float32, axis_name=None,
   return ENCODERS[name](dtype=dtype, axis_name=axis_name, pool=pool)
 
 
-__all__ = ["DTYPES", "ENCODERS", "GroupHead", "MultiTeacher", "NormedDense", "Student",
-           "Teacher", "TransferNet", "encoder_name", "head_name",
-           "make_encoder"]
+__all__ = [
+  "DTYPES",
+  "ENCODERS",
+  "GroupHead",
+  "MultiTeacher",
+  "NormedDense",
+  "Student",
+  "Teacher",
+  "TransferNet",
+  "encoder_name",
+  "head_name",
+  "make_encoder",
+]

@@ -18,13 +18,15 @@ class ResidualAdapter(nn.Module):
   (initialised at ``lambda_init``; the paper gives no value, 0 starts at an
   even mix). Features ``[N, d] -> [N, d]``.
   """
+
   lambda_init: float = 0.0
 
   @nn.compact
   def __call__(self, features):
     d = features.shape[-1]
-    lam = self.param("lam", lambda _: jnp.asarray(self.lambda_init,
-                                                   jnp.float32))
+    lam = self.param(
+      "lam", lambda _: jnp.asarray(self.lambda_init, jnp.float32)
+    )
     adapted = nn.Dense(d, use_bias=False, name="A")(features)
     s = jax.nn.sigmoid(lam)
     return s * features + (1.0 - s) * adapted
@@ -35,9 +37,11 @@ def cosine_logits(features, text_embeddings, *, tau: float = 0.01):
   image feature ``[N, d]`` to each class embedding ``[C, d]``, over the
   temperature; ``[N, C]``. Softmax of these is Eq. 2's ``p(ŷ = c | I)``."""
   f = features / jnp.maximum(
-      jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+    jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12
+  )
   t = text_embeddings / jnp.maximum(
-      jnp.linalg.norm(text_embeddings, axis=-1, keepdims=True), 1e-12)
+    jnp.linalg.norm(text_embeddings, axis=-1, keepdims=True), 1e-12
+  )
   return f @ t.T / tau
 
 
@@ -46,6 +50,7 @@ class LinearEnsembler(nn.Module):
   concatenated (paper 002, Eq. 3). Feature-wise: ``x`` are the adapted
   features and ``out`` is ``d`` (then :func:`cosine_logits`); logit-wise:
   ``x`` are the two adapters' logits and ``out`` is ``C``."""
+
   out: int
 
   @nn.compact

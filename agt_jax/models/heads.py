@@ -20,14 +20,20 @@ def encoder_name(group_index: int) -> str:
 
 class NormedDense(nn.Module):
   """Cosine classifier ``s * <x/|x|, w_k/|w_k|>`` (RIDE's normalised experts)."""
+
   features: int
   scale: float = 30.0
 
   @nn.compact
   def __call__(self, x):
     x = x.astype(jnp.float32)
-    w = self.param("kernel", nn.initializers.uniform(1.0),
-                   (x.shape[-1], self.features)) * 2.0 - 1.0
+    w = (
+      self.param(
+        "kernel", nn.initializers.uniform(1.0), (x.shape[-1], self.features)
+      )
+      * 2.0
+      - 1.0
+    )
     x = x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + 1e-12)
     w = w / (jnp.linalg.norm(w, axis=0, keepdims=True) + 1e-12)
     return self.scale * x @ w
@@ -39,6 +45,7 @@ class GroupHead(nn.Module):
 
   Returns ``[E, N, K (+1)]``; the "others" output, when present, is last.
   """
+
   num_classes: int
   experts: int = 1
   expert_scale: float | None = None
@@ -73,6 +80,7 @@ class Teacher(nn.Module):
   Returns:
     ``(logits [N, C], features [N, D])``.
   """
+
   encoder: nn.Module
   groups: Sequence[Sequence[int]]
   num_classes: int
@@ -85,13 +93,21 @@ class Teacher(nn.Module):
 
   def setup(self):
     if self._simple():
-      self.heads = {head_name(g): nn.Dense(len(classes), name=head_name(g))
-                    for g, classes in enumerate(self.groups)}
+      self.heads = {
+        head_name(g): nn.Dense(len(classes), name=head_name(g))
+        for g, classes in enumerate(self.groups)
+      }
     else:
-      self.heads = {head_name(g): GroupHead(
-          len(classes), experts=self.experts, expert_scale=self.expert_scale,
-          others=self.others, name=head_name(g))
-          for g, classes in enumerate(self.groups)}
+      self.heads = {
+        head_name(g): GroupHead(
+          len(classes),
+          experts=self.experts,
+          expert_scale=self.expert_scale,
+          others=self.others,
+          name=head_name(g),
+        )
+        for g, classes in enumerate(self.groups)
+      }
 
   def __call__(self, x, train: bool = False):
     features = self.encoder(x, train=train)
@@ -99,16 +115,20 @@ class Teacher(nn.Module):
 
   def logits_from_features(self, features):
     order = np.concatenate([np.asarray(c, np.int32) for c in self.groups])
-    inverse = np.argsort(order)   # static: position of class c in the concat
-    parts = [self.heads[head_name(g)](features)
-             for g in range(len(self.groups))]
+    inverse = np.argsort(order)  # static: position of class c in the concat
+    parts = [
+      self.heads[head_name(g)](features) for g in range(len(self.groups))
+    ]
     if self._simple():
       return jnp.concatenate(parts, axis=-1)[:, inverse].astype(jnp.float32)
     if self.others:
-      self.sow("aux", "others_logits",
-               jnp.concatenate([p[..., -1:].mean(0) for p in parts], -1))
+      self.sow(
+        "aux",
+        "others_logits",
+        jnp.concatenate([p[..., -1:].mean(0) for p in parts], -1),
+      )
       parts = [p[..., :-1] for p in parts]
-    experts = jnp.concatenate(parts, axis=-1)[..., inverse]   # [E, N, C]
+    experts = jnp.concatenate(parts, axis=-1)[..., inverse]  # [E, N, C]
     self.sow("aux", "expert_logits", experts)
     return experts.mean(0)
 
@@ -121,6 +141,7 @@ class MultiTeacher(nn.Module):
   Returns:
     ``(logits [N, C], features [N, G * D])``.
   """
+
   encoder: nn.Module
   groups: Sequence[Sequence[int]]
   num_classes: int
@@ -145,6 +166,7 @@ class Student(nn.Module):
   and keeps its running statistics); pair it with
   :func:`agt_jax.train.steps.frozen_encoder_tx` so its weights stay fixed.
   """
+
   encoder: nn.Module
   num_classes: int
   freeze_encoder: bool = False
@@ -153,4 +175,5 @@ class Student(nn.Module):
   def __call__(self, x, train: bool = False):
     features = self.encoder(x, train=train and not self.freeze_encoder)
     return nn.Dense(self.num_classes, name="head")(features).astype(
-        jnp.float32), features
+      jnp.float32
+    ), features

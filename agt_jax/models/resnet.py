@@ -21,6 +21,7 @@ ModuleDef = Any
 
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions (ResNet-18/34)."""
+
   filters: int
   conv: ModuleDef
   norm: ModuleDef
@@ -30,21 +31,32 @@ class BasicBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     residual = x
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides),
-                  padding=((1, 1), (1, 1)), name="conv1")(x)
+    y = self.conv(
+      self.filters,
+      (3, 3),
+      (self.strides, self.strides),
+      padding=((1, 1), (1, 1)),
+      name="conv1",
+    )(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = self.conv(self.filters, (3, 3), padding=((1, 1), (1, 1)),
-                  name="conv2")(y)
+    y = self.conv(self.filters, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(
+      y
+    )
     y = self.norm(name="bn2", scale_init=nn.initializers.zeros_init())(y)
     if residual.shape != y.shape:
-      residual = self.conv(self.filters, (1, 1), (self.strides, self.strides),
-                           name="downsample_conv")(residual)
+      residual = self.conv(
+        self.filters,
+        (1, 1),
+        (self.strides, self.strides),
+        name="downsample_conv",
+      )(residual)
       residual = self.norm(name="downsample_bn")(residual)
     return nn.relu(residual + y)
 
 
 class Bottleneck(nn.Module):
   """1x1 - 3x3 (strided, as torchvision v1.5) - 1x1 (ResNet-50+)."""
+
   filters: int
   conv: ModuleDef
   norm: ModuleDef
@@ -56,15 +68,23 @@ class Bottleneck(nn.Module):
     residual = x
     y = self.conv(self.filters, (1, 1), name="conv1")(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides),
-                  padding=((1, 1), (1, 1)), name="conv2")(y)
+    y = self.conv(
+      self.filters,
+      (3, 3),
+      (self.strides, self.strides),
+      padding=((1, 1), (1, 1)),
+      name="conv2",
+    )(y)
     y = nn.relu(self.norm(name="bn2")(y))
     y = self.conv(self.filters * 4, (1, 1), name="conv3")(y)
     y = self.norm(name="bn3", scale_init=nn.initializers.zeros_init())(y)
     if residual.shape != y.shape:
-      residual = self.conv(self.filters * 4, (1, 1),
-                           (self.strides, self.strides),
-                           name="downsample_conv")(residual)
+      residual = self.conv(
+        self.filters * 4,
+        (1, 1),
+        (self.strides, self.strides),
+        name="downsample_conv",
+      )(residual)
       residual = self.norm(name="downsample_bn")(residual)
     return nn.relu(residual + y)
 
@@ -84,6 +104,7 @@ class ResNet(nn.Module):
     pool: average-pool the last map to `[N, D]`; False returns the map
       `[N, h, w, D]` itself (attention heads, Grad-CAM).
   """
+
   stage_sizes: Sequence[int]
   block_cls: ModuleDef
   width: int = 64
@@ -101,16 +122,25 @@ class ResNet(nn.Module):
     conv, norm = conv_and_norm(self, train)
     x = normalize_images(x, self.dtype)
     k, pad = self.stem_kernel, self.stem_kernel // 2
-    x = conv(self.width, (k, k), (self.stem_stride, self.stem_stride),
-             padding=((pad, pad), (pad, pad)), name="conv1")(x)
+    x = conv(
+      self.width,
+      (k, k),
+      (self.stem_stride, self.stem_stride),
+      padding=((pad, pad), (pad, pad)),
+      name="conv1",
+    )(x)
     x = nn.relu(norm(name="bn1")(x))
     if self.stem_pool:
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
-        x = self.block_cls(self.width * 2 ** i, conv=conv, norm=norm,
-                           strides=2 if i > 0 and j == 0 else 1,
-                           name=f"layer{i + 1}_{j}")(x)
+        x = self.block_cls(
+          self.width * 2**i,
+          conv=conv,
+          norm=norm,
+          strides=2 if i > 0 and j == 0 else 1,
+          name=f"layer{i + 1}_{j}",
+        )(x)
     if not self.pool:
       return x
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
@@ -120,6 +150,7 @@ class CifarBlock(nn.Module):
   """Basic block of the CIFAR ResNets (He et al. 2016, §4.2) with the
   parameter-free "option A" shortcut: a strided identity whose new channels
   are zeros, as in the LDAM/GBG code."""
+
   filters: int
   conv: ModuleDef
   norm: ModuleDef
@@ -127,18 +158,25 @@ class CifarBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    y = self.conv(self.filters, (3, 3), (self.strides, self.strides),
-                  padding=((1, 1), (1, 1)), name="conv1")(x)
+    y = self.conv(
+      self.filters,
+      (3, 3),
+      (self.strides, self.strides),
+      padding=((1, 1), (1, 1)),
+      name="conv1",
+    )(x)
     y = nn.relu(self.norm(name="bn1")(y))
-    y = self.conv(self.filters, (3, 3), padding=((1, 1), (1, 1)),
-                  name="conv2")(y)
+    y = self.conv(self.filters, (3, 3), padding=((1, 1), (1, 1)), name="conv2")(
+      y
+    )
     y = self.norm(name="bn2")(y)
     residual = x
     if residual.shape != y.shape:
-      residual = residual[:, ::self.strides, ::self.strides, :]
+      residual = residual[:, :: self.strides, :: self.strides, :]
       extra = self.filters - residual.shape[-1]
-      residual = jnp.pad(residual, ((0, 0), (0, 0), (0, 0),
-                                    (extra // 2, extra - extra // 2)))
+      residual = jnp.pad(
+        residual, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2))
+      )
     return nn.relu(residual + y)
 
 
@@ -153,9 +191,14 @@ def conv_and_norm(module, train: bool):
   """Bias-free conv and BatchNorm (torchvision's momentum/epsilon) partials
   in the module's dtype; BatchNorm syncs over ``module.axis_name``."""
   conv = functools.partial(module.conv, use_bias=False, dtype=module.dtype)
-  norm = functools.partial(module.norm, use_running_average=not train,
-                           momentum=0.9, epsilon=1e-5, dtype=module.dtype,
-                           axis_name=module.axis_name)
+  norm = functools.partial(
+    module.norm,
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    dtype=module.dtype,
+    axis_name=module.axis_name,
+  )
   return conv, norm
 
 
@@ -165,22 +208,27 @@ def normalize_images(x, dtype):
   return ((x - IMAGENET_MEAN) / IMAGENET_STD).astype(dtype)
 
 
-ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
-                             block_cls=BasicBlock)
-ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
-                             block_cls=Bottleneck)
+ResNet18 = functools.partial(
+  ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock
+)
+ResNet50 = functools.partial(
+  ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottleneck
+)
 # Tests and smoke runs: one block per stage, narrow.
-ResNetTiny = functools.partial(ResNet, stage_sizes=(1, 1), block_cls=BasicBlock,
-                               width=8)
+ResNetTiny = functools.partial(
+  ResNet, stage_sizes=(1, 1), block_cls=BasicBlock, width=8
+)
 # CPU "quick" runs: ResNet-18 layout at a quarter of the width.
-ResNetSmall = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
-                                block_cls=BasicBlock, width=16)
+ResNetSmall = functools.partial(
+  ResNet, stage_sizes=(2, 2, 2, 2), block_cls=BasicBlock, width=16
+)
 # ResNet-(6n+2) for 32x32 images (He et al. 2016, §4.2): a 3x3 stem, three
 # stages of n option-A blocks (width, 2x, 4x), no pool. n = 5 is ResNet-32,
 # paper 004's CIFAR backbone; n = 1 at width 8 is for tests.
-_CIFAR = dict(block_cls=CifarBlock, stem_kernel=3, stem_stride=1,
-              stem_pool=False)
-ResNet32 = functools.partial(ResNet, stage_sizes=(5, 5, 5), width=16,
-                             **_CIFAR)
-ResNet8Cifar = functools.partial(ResNet, stage_sizes=(1, 1, 1), width=8,
-                                 **_CIFAR)
+_CIFAR = dict(
+  block_cls=CifarBlock, stem_kernel=3, stem_stride=1, stem_pool=False
+)
+ResNet32 = functools.partial(ResNet, stage_sizes=(5, 5, 5), width=16, **_CIFAR)
+ResNet8Cifar = functools.partial(
+  ResNet, stage_sizes=(1, 1, 1), width=8, **_CIFAR
+)

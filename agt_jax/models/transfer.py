@@ -15,8 +15,14 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-__all__ = ["MLPHead", "SpatialSelfAttention", "SqueezeExcite", "TransferNet",
-           "cam_entropy", "grad_cam"]
+__all__ = [
+  "MLPHead",
+  "SpatialSelfAttention",
+  "SqueezeExcite",
+  "TransferNet",
+  "cam_entropy",
+  "grad_cam",
+]
 
 ATTENTIONS = ("none", "se", "mha")
 HEADS = ("linear", "mlp")
@@ -26,6 +32,7 @@ class SqueezeExcite(nn.Module):
   """Squeeze-and-excitation (Hu et al. 2018): channel gates
   ``σ(W2 relu(W1 mean_hw(x)))`` multiply the map; ``[N, h, w, k]`` in and
   out, ``k / reduction`` hidden units (paper 001: reduction 16)."""
+
   reduction: int = 16
 
   @nn.compact
@@ -42,24 +49,29 @@ class SpatialSelfAttention(nn.Module):
   tokens are the ``h * w`` positions, pre-LayerNorm, residual:
   ``t + MHA(LN(t), LN(t))``. ``[N, h, w, k]`` in and out; ``k`` must be a
   multiple of ``num_heads`` (paper 001: 8 heads)."""
+
   num_heads: int = 8
 
   @nn.compact
   def __call__(self, x):
     n, h, w, k = x.shape
     if k % self.num_heads:
-      raise ValueError(f"attention='mha': {k} channels do not split into "
-                       f"{self.num_heads} heads.")
+      raise ValueError(
+        f"attention='mha': {k} channels do not split into "
+        f"{self.num_heads} heads."
+      )
     t = x.astype(jnp.float32).reshape(n, h * w, k)
     y = nn.LayerNorm(name="norm")(t)
-    y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads,
-                                        name="attention")(y, y)
+    y = nn.MultiHeadDotProductAttention(
+      num_heads=self.num_heads, name="attention"
+    )(y, y)
     return (t + y).reshape(n, h, w, k)
 
 
 class MLPHead(nn.Module):
   """``d -> hidden, ReLU, dropout, -> C`` (paper 001's classifier: 512
   hidden units, dropout 0.5); ``hidden=0`` is one linear layer."""
+
   num_classes: int
   hidden: int = 512
   dropout: float = 0.5
@@ -86,6 +98,7 @@ class TransferNet(nn.Module):
       its running statistics); pair it with
       :func:`agt_jax.train.steps.frozen_encoder_tx`.
   """
+
   encoder: nn.Module
   num_classes: int
   attention: str = "none"
@@ -98,17 +111,22 @@ class TransferNet(nn.Module):
 
   def setup(self):
     if self.attention not in ATTENTIONS:
-      raise ValueError(f"attention must be one of {ATTENTIONS}, got "
-                       f"{self.attention!r}.")
+      raise ValueError(
+        f"attention must be one of {ATTENTIONS}, got " f"{self.attention!r}."
+      )
     if self.head not in HEADS:
       raise ValueError(f"head must be one of {HEADS}, got {self.head!r}.")
-    self.attend = {"none": None,
-                   "se": SqueezeExcite(self.reduction, name="se"),
-                   "mha": SpatialSelfAttention(self.num_heads, name="mha"),
-                   }[self.attention]
-    self.classifier = MLPHead(self.num_classes,
-                              hidden=self.hidden if self.head == "mlp" else 0,
-                              dropout=self.dropout, name="head")
+    self.attend = {
+      "none": None,
+      "se": SqueezeExcite(self.reduction, name="se"),
+      "mha": SpatialSelfAttention(self.num_heads, name="mha"),
+    }[self.attention]
+    self.classifier = MLPHead(
+      self.num_classes,
+      hidden=self.hidden if self.head == "mlp" else 0,
+      dropout=self.dropout,
+      name="head",
+    )
 
   def __call__(self, x, train: bool = False):
     return self.from_map(self.feature_map(x, train=train), train=train)
@@ -122,8 +140,10 @@ class TransferNet(nn.Module):
     own map only (what makes :func:`grad_cam` per image)."""
     if fmap.ndim == 2:
       if self.attend is not None:
-        raise ValueError(f"attention={self.attention!r} needs a spatial map; "
-                         "this encoder returns pooled features.")
+        raise ValueError(
+          f"attention={self.attention!r} needs a spatial map; "
+          "this encoder returns pooled features."
+        )
       pooled = fmap.astype(jnp.float32)
     else:
       if self.attend is not None:
@@ -140,7 +160,7 @@ def _cams(fmap, head_fn, num_classes):
   # One pullback per class; summing class c over the batch still gives each
   # image its own gradient (an image's logits read only its own map).
   grads = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, logits.shape))[0])(eye)
-  alpha = jnp.mean(grads.astype(jnp.float32), axis=(2, 3))    # [C, N, k]
+  alpha = jnp.mean(grads.astype(jnp.float32), axis=(2, 3))  # [C, N, k]
   cam = jnp.einsum("cnk,nhwk->nchw", alpha, fmap.astype(jnp.float32))
   return logits, nn.relu(cam)
 

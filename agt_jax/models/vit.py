@@ -27,6 +27,7 @@ _LN = functools.partial(nn.LayerNorm, epsilon=1e-6)
 class SelfAttention(nn.Module):
   """torchvision's ``nn.MultiheadAttention`` (batch first, self-attention):
   one ``in_proj`` to q, k, v, scaled dot-product per head, ``out_proj``."""
+
   num_heads: int
   dtype: Any = jnp.float32
 
@@ -35,12 +36,14 @@ class SelfAttention(nn.Module):
     n, length, d = x.shape
     dh = d // self.num_heads
     qkv = nn.Dense(3 * d, dtype=self.dtype, name="in_proj")(x)
-    q, k, v = (a.reshape(n, length, self.num_heads, dh)
-               for a in jnp.split(qkv, 3, axis=-1))
-    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / jnp.sqrt(dh).astype(
-        q.dtype)
+    q, k, v = (
+      a.reshape(n, length, self.num_heads, dh)
+      for a in jnp.split(qkv, 3, axis=-1)
+    )
+    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k) / jnp.sqrt(dh).astype(q.dtype)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(
-        v.dtype)
+      v.dtype
+    )
     out = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, length, d)
     return nn.Dense(d, dtype=self.dtype, name="out_proj")(out)
 
@@ -53,7 +56,8 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     y = SelfAttention(self.num_heads, self.dtype, name="self_attention")(
-        _LN(dtype=self.dtype, name="ln_1")(x))
+      _LN(dtype=self.dtype, name="ln_1")(x)
+    )
     x = x + y
     y = _LN(dtype=self.dtype, name="ln_2")(x)
     y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_0")(y)
@@ -71,6 +75,7 @@ class ViT(nn.Module):
   patches: 197 tokens); ``train`` and ``axis_name`` are accepted for the
   encoder interface (no batch norm, no dropout: torchvision's defaults).
   """
+
   patch: int = 16
   hidden: int = 768
   depth: int = 12
@@ -85,27 +90,38 @@ class ViT(nn.Module):
     del train
     x = normalize_images(x, self.dtype)
     p = self.patch
-    x = nn.Conv(self.hidden, (p, p), (p, p), padding="VALID",
-                dtype=self.dtype, name="conv_proj")(x)
+    x = nn.Conv(
+      self.hidden,
+      (p, p),
+      (p, p),
+      padding="VALID",
+      dtype=self.dtype,
+      name="conv_proj",
+    )(x)
     n, gh, gw, d = x.shape
     x = x.reshape(n, gh * gw, d)
     cls = self.param("class_token", nn.initializers.zeros, (1, 1, d))
-    x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, d)).astype(x.dtype),
-                         x], axis=1)
-    pos = self.param("pos_embedding", nn.initializers.normal(0.02),
-                     (1, gh * gw + 1, d))
+    x = jnp.concatenate(
+      [jnp.broadcast_to(cls, (n, 1, d)).astype(x.dtype), x], axis=1
+    )
+    pos = self.param(
+      "pos_embedding", nn.initializers.normal(0.02), (1, gh * gw + 1, d)
+    )
     x = x + pos.astype(x.dtype)
     for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype,
-                       name=f"encoder_layer_{i}")(x)
+      x = EncoderBlock(
+        self.num_heads, self.mlp_dim, self.dtype, name=f"encoder_layer_{i}"
+      )(x)
     x = _LN(dtype=self.dtype, name="ln")(x).astype(jnp.float32)
     if self.pool:
       return x[:, 0]
     return x[:, 1:].reshape(n, gh, gw, d)
 
 
-ViTB16 = functools.partial(ViT, patch=16, hidden=768, depth=12, num_heads=12,
-                           mlp_dim=3072)
+ViTB16 = functools.partial(
+  ViT, patch=16, hidden=768, depth=12, num_heads=12, mlp_dim=3072
+)
 # Tests and smoke runs: the same layout, 2 blocks of width 32.
-ViTTiny = functools.partial(ViT, patch=8, hidden=32, depth=2, num_heads=4,
-                            mlp_dim=64)
+ViTTiny = functools.partial(
+  ViT, patch=8, hidden=32, depth=2, num_heads=4, mlp_dim=64
+)

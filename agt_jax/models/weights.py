@@ -30,8 +30,10 @@ def _assign(target: dict, path: tuple, value: np.ndarray, *, name: str):
   if old is None:
     raise KeyError(f"{name}: no parameter {'/'.join(path)} in the model.")
   if tuple(old.shape) != tuple(value.shape):
-    raise ValueError(f"{name}: {'/'.join(path)} has shape {value.shape}, the "
-                     f"model expects {tuple(old.shape)}.")
+    raise ValueError(
+      f"{name}: {'/'.join(path)} has shape {value.shape}, the "
+      f"model expects {tuple(old.shape)}."
+    )
   node[path[-1]] = np.asarray(value, np.asarray(old).dtype)
 
 
@@ -40,11 +42,14 @@ def _flax_module_path(torch_module: str) -> tuple[str, ...]:
   m = re.fullmatch(r"layer(\d+)\.(\d+)\.(.+)", torch_module)
   if m:
     i, j, rest = m.groups()
-    rest = {"downsample.0": "downsample_conv",
-            "downsample.1": "downsample_bn"}.get(rest, rest)
+    rest = {
+      "downsample.0": "downsample_conv",
+      "downsample.1": "downsample_bn",
+    }.get(rest, rest)
     return (f"layer{i}_{j}", rest)
-  m = re.fullmatch(r"features\.denseblock(\d+)\.denselayer(\d+)\.(\w+)",
-                   torch_module)
+  m = re.fullmatch(
+    r"features\.denseblock(\d+)\.denselayer(\d+)\.(\w+)", torch_module
+  )
   if m:
     i, j, rest = m.groups()
     return (f"denseblock{i}_layer{j}", rest)
@@ -58,17 +63,24 @@ def _flax_module_path(torch_module: str) -> tuple[str, ...]:
 
 
 def _numpy(tensor) -> np.ndarray:
-  return tensor.detach().cpu().numpy() if hasattr(tensor, "detach") \
-      else np.asarray(tensor)
+  return (
+    tensor.detach().cpu().numpy()
+    if hasattr(tensor, "detach")
+    else np.asarray(tensor)
+  )
 
 
 def _check_filled(params, filled, name):
-  expected = {tuple(k.key for k in p) for p, _ in
-              jax.tree_util.tree_leaves_with_path(params)}
+  expected = {
+    tuple(k.key for k in p)
+    for p, _ in jax.tree_util.tree_leaves_with_path(params)
+  }
   missing = sorted(expected - filled)
   if missing:
-    raise KeyError(f"{name}: {len(missing)} encoder parameters are missing "
-                   f"from the state dict, e.g. {'/'.join(missing[0])}.")
+    raise KeyError(
+      f"{name}: {len(missing)} encoder parameters are missing "
+      f"from the state dict, e.g. {'/'.join(missing[0])}."
+    )
 
 
 def _from_torchvision_vit(state_dict, params, name):
@@ -100,18 +112,27 @@ def _from_torchvision_vit(state_dict, params, name):
       layer, rest = m.groups()
       rest = rest.replace("linear_1", "0").replace("linear_2", "3")
       table = {
-          "ln_1.weight": ("ln_1", "scale"), "ln_1.bias": ("ln_1", "bias"),
-          "ln_2.weight": ("ln_2", "scale"), "ln_2.bias": ("ln_2", "bias"),
-          "self_attention.in_proj_weight": ("self_attention", "in_proj",
-                                            "kernel"),
-          "self_attention.in_proj_bias": ("self_attention", "in_proj",
-                                          "bias"),
-          "self_attention.out_proj.weight": ("self_attention", "out_proj",
-                                             "kernel"),
-          "self_attention.out_proj.bias": ("self_attention", "out_proj",
-                                           "bias"),
-          "mlp.0.weight": ("mlp_0", "kernel"), "mlp.0.bias": ("mlp_0", "bias"),
-          "mlp.3.weight": ("mlp_3", "kernel"), "mlp.3.bias": ("mlp_3", "bias")}
+        "ln_1.weight": ("ln_1", "scale"),
+        "ln_1.bias": ("ln_1", "bias"),
+        "ln_2.weight": ("ln_2", "scale"),
+        "ln_2.bias": ("ln_2", "bias"),
+        "self_attention.in_proj_weight": (
+          "self_attention",
+          "in_proj",
+          "kernel",
+        ),
+        "self_attention.in_proj_bias": ("self_attention", "in_proj", "bias"),
+        "self_attention.out_proj.weight": (
+          "self_attention",
+          "out_proj",
+          "kernel",
+        ),
+        "self_attention.out_proj.bias": ("self_attention", "out_proj", "bias"),
+        "mlp.0.weight": ("mlp_0", "kernel"),
+        "mlp.0.bias": ("mlp_0", "bias"),
+        "mlp.3.weight": ("mlp_3", "kernel"),
+        "mlp.3.bias": ("mlp_3", "bias"),
+      }
       if rest not in table:
         raise KeyError(f"{name}: unexpected ViT state-dict key {key!r}.")
       path = (layer,) + table[rest]
@@ -120,8 +141,9 @@ def _from_torchvision_vit(state_dict, params, name):
   return params
 
 
-def from_torchvision(state_dict: dict, params: dict, batch_stats: dict,
-                     name: str = "state dict") -> tuple[dict, dict]:
+def from_torchvision(
+  state_dict: dict, params: dict, batch_stats: dict, name: str = "state dict"
+) -> tuple[dict, dict]:
   """Converts a torchvision ResNet/DenseNet/ViT state dict into copies of
   ``params``/``batch_stats`` (the encoder subtrees). The classifier
   (``fc``/``classifier``/``heads``) is ignored; every encoder parameter must
@@ -138,8 +160,9 @@ def from_torchvision(state_dict: dict, params: dict, batch_stats: dict,
       continue
     path = _flax_module_path(module)
     if leaf == "weight" and value.ndim == 4:
-      _assign(params, path + ("kernel",), value.transpose(2, 3, 1, 0),
-              name=name)
+      _assign(
+        params, path + ("kernel",), value.transpose(2, 3, 1, 0), name=name
+      )
       filled.add(path + ("kernel",))
     elif leaf == "weight":
       _assign(params, path + ("scale",), value, name=name)
@@ -160,23 +183,28 @@ def _restore_ours(path: pathlib.Path) -> tuple[pathlib.Path, dict]:
   checkpoints: a phase folder (its latest step), a best-variables folder
   (``<phase>_best``) or one step folder."""
   import orbax.checkpoint as ocp
+
   # orbax restores absolute paths only; --init is usually relative.
   path = pathlib.Path(path).expanduser().absolute()
 
   def item(d):
-    return next((d / n for n in ("state", "variables") if (d / n).exists()),
-                None)
+    return next(
+      (d / n for n in ("state", "variables") if (d / n).exists()), None
+    )
 
   step_dir = path
   if item(path) is None:
     steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
     if not steps:
-      raise FileNotFoundError(f"--init {path}: not a checkpoint folder (no "
-                              "step folders and no state/).")
+      raise FileNotFoundError(
+        f"--init {path}: not a checkpoint folder (no "
+        "step folders and no state/)."
+      )
     step_dir = path / str(steps[-1])
   if item(step_dir) is None:
-    raise FileNotFoundError(f"--init {step_dir}: no state/ or variables/ in "
-                            "it.")
+    raise FileNotFoundError(
+      f"--init {step_dir}: no state/ or variables/ in " "it."
+    )
   return step_dir, ocp.StandardCheckpointer().restore(item(step_dir))
 
 
@@ -188,10 +216,14 @@ def load_variables(path, like: dict) -> dict | None:
   if path.suffix in (".pth", ".pt") or not path.exists():
     return None
   _, restored = _restore_ours(path)
-  got = {k: jax.tree.map(np.shape, restored.get(k, {}))
-         for k in ("params", "batch_stats")}
-  want = {k: jax.tree.map(np.shape, like.get(k, {}))
-          for k in ("params", "batch_stats")}
+  got = {
+    k: jax.tree.map(np.shape, restored.get(k, {}))
+    for k in ("params", "batch_stats")
+  }
+  want = {
+    k: jax.tree.map(np.shape, like.get(k, {}))
+    for k in ("params", "batch_stats")
+  }
   if got != want:
     return None
   return {k: restored.get(k, {}) for k in ("params", "batch_stats")}
@@ -208,8 +240,10 @@ def load_encoder(path, state: dict) -> tuple[dict, dict]:
     try:
       import torch
     except ImportError:
-      raise ImportError("--init with a .pth file needs PyTorch: "
-                        "pip install 'agt-jax[torch]'.") from None
+      raise ImportError(
+        "--init with a .pth file needs PyTorch: "
+        "pip install 'agt-jax[torch]'."
+      ) from None
     sd = torch.load(path, map_location="cpu", weights_only=True)
     return from_torchvision(sd, enc_params, enc_stats, name=str(path))
   step_dir, restored = _restore_ours(path)
@@ -217,13 +251,16 @@ def load_encoder(path, state: dict) -> tuple[dict, dict]:
     p = restored["params"]["encoder"]
     b = restored["batch_stats"].get("encoder", {})
   except KeyError:
-    raise KeyError(f"--init {step_dir}: the checkpoint has no encoder.") \
-        from None
+    raise KeyError(
+      f"--init {step_dir}: the checkpoint has no encoder."
+    ) from None
   got = jax.tree.map(np.shape, p)
   want = jax.tree.map(np.shape, enc_params)
   if got != want:
-    raise ValueError(f"--init {step_dir}: its encoder does not match this "
-                     "model (different architecture or width).")
+    raise ValueError(
+      f"--init {step_dir}: its encoder does not match this "
+      "model (different architecture or width)."
+    )
   return p, b
 
 
@@ -231,11 +268,14 @@ def load_init(path, state: dict) -> dict:
   """``state`` with its encoder weights copied from ``path`` (our checkpoint
   folder, or a torchvision ``.pth`` state dict); a multi-teacher's
   ``encoder_g*`` all start from the same weights."""
-  keys = [k for k in state["params"] if k == "encoder"
-          or k.startswith("encoder_g")]
+  keys = [
+    k for k in state["params"] if k == "encoder" or k.startswith("encoder_g")
+  ]
   params, stats = dict(state["params"]), dict(state["batch_stats"])
   for k in keys:
-    view = {"params": {"encoder": params[k]},
-            "batch_stats": {"encoder": stats.get(k, {})}}
+    view = {
+      "params": {"encoder": params[k]},
+      "batch_stats": {"encoder": stats.get(k, {})},
+    }
     params[k], stats[k] = load_encoder(path, view)
   return {**state, "params": params, "batch_stats": stats}

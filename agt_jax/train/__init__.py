@@ -8,11 +8,13 @@ not pull in checkpointing (orbax) or the data pipeline (grain).
 
 import importlib
 
-_LAZY = {"ConfigMismatchError": "agt_jax.errors",
-         "NonFiniteLossError": "agt_jax.errors",
-         "train_and_evaluate": "agt_jax.train.loop",
-         "load_trained": "agt_jax.train.loop",
-         "summarize_folds": "agt_jax.train.summary"}
+_LAZY = {
+  "ConfigMismatchError": "agt_jax.errors",
+  "NonFiniteLossError": "agt_jax.errors",
+  "train_and_evaluate": "agt_jax.train.loop",
+  "load_trained": "agt_jax.train.loop",
+  "summarize_folds": "agt_jax.train.summary",
+}
 
 __all__ = sorted(_LAZY)
 

@@ -25,8 +25,7 @@ def train(config, data, groups, ctx) -> dict[str, Trained]:
 
 def model(config, phase: str, groups, num_classes: int):
   """The untrained model of ``phase`` (``teacher`` or ``student``)."""
-  encoder = models.make_encoder(config.model,
-                                dtype=models.DTYPES[config.dtype])
+  encoder = models.make_encoder(config.model, dtype=models.DTYPES[config.dtype])
   if phase == "student":
     return models.Student(encoder, num_classes=num_classes)
   # The model does not depend on the counts (only the loss options do).
@@ -36,8 +35,11 @@ def model(config, phase: str, groups, num_classes: int):
 def joint(config) -> bool:
   """Whether every teacher head trains every step on instance-balanced
   batches (the joint schedule, BAGS, the multi-teacher baseline)."""
-  return (config.schedule == "joint" or config.teacher == "multi"
-          or methods.TEACHER_LOSSES.get_spec(config.loss).joint)
+  return (
+    config.schedule == "joint"
+    or config.teacher == "multi"
+    or methods.TEACHER_LOSSES.get_spec(config.loss).joint
+  )
 
 
 def teacher_sampling(config, groups, joint: bool, num_classes: int):
@@ -57,8 +59,7 @@ def own_group_shift(shift: np.ndarray, groups) -> np.ndarray:
   return out
 
 
-def build_teacher(config, encoder, groups, counts, num_train,
-                  logit_shift=None):
+def build_teacher(config, encoder, groups, counts, num_train, logit_shift=None):
   """``(model, optimiser, loss options, joint)`` of the teacher phase.
 
   AGT alternates groups (``teacher_tx`` updates only the active head);
@@ -70,25 +71,34 @@ def build_teacher(config, encoder, groups, counts, num_train,
   """
   is_joint = joint(config)
   c = len(counts)
-  if config.teacher == "multi":   # combinations checked by config.validate
+  if config.teacher == "multi":  # combinations checked by config.validate
     model = models.MultiTeacher(encoder, groups=groups, num_classes=c)
   else:
     model = models.Teacher(
-        encoder, groups=groups, num_classes=c,
-        **methods.TEACHER_LOSSES.get_spec(config.loss).head(config))
+      encoder,
+      groups=groups,
+      num_classes=c,
+      **methods.TEACHER_LOSSES.get_spec(config.loss).head(config),
+    )
   if is_joint:
     tx = steps.joint_tx(config.lr, b1=config.b1, b2=config.b2)
   else:
     tx = steps.teacher_tx(len(groups), config.lr, b1=config.b1, b2=config.b2)
   options = steps.LossOptions(
-      reweight=config.reweight, beta=config.beta, decay=config.rw_decay,
-      loss=config.loss,
-      class_counts=tuple(int(x) for x in counts), num_examples=int(num_train),
-      groups=tuple(tuple(int(x) for x in g) for g in groups),
-      ib_start_step=int(round(config.ib_start * config.teacher_steps)),
-      seed=config.seed, rw_stats=config.rw_stats,
-      logit_shift=None if logit_shift is None else tuple(
-          tuple(float(v) for v in row) for row in np.asarray(logit_shift)))
+    reweight=config.reweight,
+    beta=config.beta,
+    decay=config.rw_decay,
+    loss=config.loss,
+    class_counts=tuple(int(x) for x in counts),
+    num_examples=int(num_train),
+    groups=tuple(tuple(int(x) for x in g) for g in groups),
+    ib_start_step=int(round(config.ib_start * config.teacher_steps)),
+    seed=config.seed,
+    rw_stats=config.rw_stats,
+    logit_shift=None
+    if logit_shift is None
+    else tuple(tuple(float(v) for v in row) for row in np.asarray(logit_shift)),
+  )
   return model, tx, options, is_joint
 
 
@@ -100,14 +110,21 @@ def bn_recalibration(config, data, model, mesh):
     return None
   from agt_jax.data import pipeline
   from agt_jax.train import batch_norm
+
   batches = samplers.instance_balanced_batches(
-      data.y_fit, batch_size=config.batch_size, seed=config.seed + 7)
-  ds = pipeline.with_images(pipeline.host_batches(batches), data.fit_source,
-                            crop=config.crop, train=True,
-                            seed=config.seed + 7, augment=config.augment)
+    data.y_fit, batch_size=config.batch_size, seed=config.seed + 7
+  )
+  ds = pipeline.with_images(
+    pipeline.host_batches(batches),
+    data.fit_source,
+    crop=config.crop,
+    train=True,
+    seed=config.seed + 7,
+    augment=config.augment,
+  )
   sharding = pipeline.data_sharding(mesh)
   fn = batch_norm.moments_fn(model)
-  decoded: list = []    # the same batches every call: decoded once
+  decoded: list = []  # the same batches every call: decoded once
 
   def images():
     if not decoded:
@@ -117,38 +134,68 @@ def bn_recalibration(config, data, model, mesh):
 
   def prepare(variables):
     return batch_norm.recalibrate(model, variables, images(), fn=fn)
+
   return prepare
 
 
 def train_teacher(config, data, groups, ctx) -> Trained:
   """Alternate group training (paper Algorithm 4)."""
-  alpha, batch_groups = teacher_sampling(config, groups, joint(config),
-                                         len(data.names))
-  shift = samplers.prior_shift(data.y_fit, batch_groups,
-                               batch_size=config.batch_size, alpha=alpha)
+  alpha, batch_groups = teacher_sampling(
+    config, groups, joint(config), len(data.names)
+  )
+  shift = samplers.prior_shift(
+    data.y_fit, batch_groups, batch_size=config.batch_size, alpha=alpha
+  )
   teacher, ttx, options, is_joint = build_teacher(
-      config, ctx.encoder, groups, data.counts, len(data.fit_idx),
-      logit_shift=shift if config.prior_correction == "loss" else None)
+    config,
+    ctx.encoder,
+    groups,
+    data.counts,
+    len(data.fit_idx),
+    logit_shift=shift if config.prior_correction == "loss" else None,
+  )
   state = steps.init_state(
-      teacher, ttx, (config.crop, config.crop, 3), config.seed,
-      loss_state=steps.initial_loss_state(options, len(data.names)))
+    teacher,
+    ttx,
+    (config.crop, config.crop, 3),
+    config.seed,
+    loss_state=steps.initial_loss_state(options, len(data.names)),
+  )
   if config.init:
     state = load_init(config.init, state)
-  offset = (own_group_shift(shift, batch_groups)
-            if config.prior_correction == "posthoc" else None)
+  offset = (
+    own_group_shift(shift, batch_groups)
+    if config.prior_correction == "posthoc"
+    else None
+  )
 
   def teacher_fn(state, batch):
-    return steps.teacher_step(state, batch, model=teacher, tx=ttx,
-                              options=options)
+    return steps.teacher_step(
+      state, batch, model=teacher, tx=ttx, options=options
+    )
 
   trained = run_phase(
-      "teacher", model=teacher, step_fn=teacher_fn, state=state,
-      batches=samplers.group_mixed_batches(
-          data.y_fit, batch_groups, batch_size=config.batch_size,
-          alpha=alpha, seed=config.seed, switch_every=config.switch_every),
-      config=config, data=data, mesh=ctx.mesh, workdir=ctx.workdir,
-      resume=ctx.resume, total_steps=config.teacher_steps, offset=offset,
-      prepare=bn_recalibration(config, data, teacher, ctx.mesh))
+    "teacher",
+    model=teacher,
+    step_fn=teacher_fn,
+    state=state,
+    batches=samplers.group_mixed_batches(
+      data.y_fit,
+      batch_groups,
+      batch_size=config.batch_size,
+      alpha=alpha,
+      seed=config.seed,
+      switch_every=config.switch_every,
+    ),
+    config=config,
+    data=data,
+    mesh=ctx.mesh,
+    workdir=ctx.workdir,
+    resume=ctx.resume,
+    total_steps=config.teacher_steps,
+    offset=offset,
+    prepare=bn_recalibration(config, data, teacher, ctx.mesh),
+  )
   trained.selection["schedule"] = "joint" if is_joint else "alternate"
   trained.selection["prior_correction"] = config.prior_correction
   trained.selection["prior_shift"] = np.round(shift, 6).tolist()
@@ -160,42 +207,67 @@ def train_student(config, data, groups, teacher: Trained, ctx) -> Trained:
   (paper Eq. 8)."""
   student = models.Student(ctx.encoder, num_classes=len(data.names))
   stx = steps.adam(config.lr, config.b1, config.b2)
-  state = steps.init_state(student, stx, (config.crop, config.crop, 3),
-                           config.seed + 1)
+  state = steps.init_state(
+    student, stx, (config.crop, config.crop, 3), config.seed + 1
+  )
   if config.init:
     state = load_init(config.init, state)
   kd = steps.KDOptions(
-      kd=config.kd, temperature=config.temperature, gamma=config.gamma,
-      direction=config.kd_direction,
-      groups=groups if methods.KD.get_spec(config.kd).needs_groups else None)
+    kd=config.kd,
+    temperature=config.temperature,
+    gamma=config.gamma,
+    direction=config.kd_direction,
+    groups=groups if methods.KD.get_spec(config.kd).needs_groups else None,
+  )
   class_counts = jnp.asarray(data.counts, jnp.float32)
 
-  teacher_offset = (None if teacher.offset is None
-                    else jnp.asarray(teacher.offset))
+  teacher_offset = (
+    None if teacher.offset is None else jnp.asarray(teacher.offset)
+  )
 
   def student_fn(state, batch, teacher_variables):
-    return steps.student_step(state, batch, teacher_variables, model=student,
-                              teacher_model=teacher.model, tx=stx,
-                              class_counts=class_counts, options=kd,
-                              teacher_offset=teacher_offset)
+    return steps.student_step(
+      state,
+      batch,
+      teacher_variables,
+      model=student,
+      teacher_model=teacher.model,
+      tx=stx,
+      class_counts=class_counts,
+      options=kd,
+      teacher_offset=teacher_offset,
+    )
 
   return run_phase(
-      "student", model=student, step_fn=student_fn, state=state,
-      batches=samplers.instance_balanced_batches(
-          data.y_fit, batch_size=config.batch_size, seed=config.seed + 1),
-      config=config, data=data, mesh=ctx.mesh, workdir=ctx.workdir,
-      resume=ctx.resume, total_steps=config.student_steps,
-      extra_args=(replicate(teacher.selected, ctx.mesh),))
+    "student",
+    model=student,
+    step_fn=student_fn,
+    state=state,
+    batches=samplers.instance_balanced_batches(
+      data.y_fit, batch_size=config.batch_size, seed=config.seed + 1
+    ),
+    config=config,
+    data=data,
+    mesh=ctx.mesh,
+    workdir=ctx.workdir,
+    resume=ctx.resume,
+    total_steps=config.student_steps,
+    extra_args=(replicate(teacher.selected, ctx.mesh),),
+  )
 
 
 def prior_rule(config) -> str:
   """One line naming how the teacher's sampler prior shift is handled."""
-  return {"none": "none (the paper): teacher logits carry the group-mixed "
-                  "sampler's prior shift",
-          "loss": "loss: trained on z + shift[active group], so the logits "
-                  "estimate natural-prior log-odds",
-          "posthoc": "posthoc: each class's own-group shift subtracted at "
-                     "prediction and for distillation"
-          }[config.prior_correction] + (
-              f"; batch norm recalibrated on {config.bn_recalibrate} "
-              "instance-balanced batches" if config.bn_recalibrate else "")
+  return {
+    "none": "none (the paper): teacher logits carry the group-mixed "
+    "sampler's prior shift",
+    "loss": "loss: trained on z + shift[active group], so the logits "
+    "estimate natural-prior log-odds",
+    "posthoc": "posthoc: each class's own-group shift subtracted at "
+    "prediction and for distillation",
+  }[config.prior_correction] + (
+    f"; batch norm recalibrated on {config.bn_recalibrate} "
+    "instance-balanced batches"
+    if config.bn_recalibrate
+    else ""
+  )

@@ -32,8 +32,9 @@ def _feature_axes(module: nn.BatchNorm, ndim: int) -> tuple[int, ...]:
   return tuple(a % ndim for a in axes)
 
 
-def batch_norm_moments(model: nn.Module, variables: dict, images
-                       ) -> dict[tuple[str, ...], tuple[jax.Array, ...]]:
+def batch_norm_moments(
+  model: nn.Module, variables: dict, images
+) -> dict[tuple[str, ...], tuple[jax.Array, ...]]:
   """``{layer path: (E[x], E[x^2])}`` of every ``nn.BatchNorm`` input in a
   train-mode forward of ``images`` (statistics over the whole batch, which
   under ``jit`` with a batch-sharded input is the global batch)."""
@@ -59,8 +60,9 @@ def moments_fn(model: nn.Module):
   return jax.jit(functools.partial(batch_norm_moments, model))
 
 
-def recalibrate(model: nn.Module, variables: dict, image_batches, *,
-                fn=None) -> dict:
+def recalibrate(
+  model: nn.Module, variables: dict, image_batches, *, fn=None
+) -> dict:
   """``variables`` with every batch-norm layer's ``mean``/``var`` replaced
   by the population moments over ``image_batches`` (an iterable of image
   arrays, device-placed or not; all the same size).
@@ -73,11 +75,16 @@ def recalibrate(model: nn.Module, variables: dict, image_batches, *,
   sums, k = None, 0
   for images in image_batches:
     moments = jax.device_get(fn(variables, images))
-    moments = {p: tuple(np.asarray(m, np.float64) for m in v)
-               for p, v in moments.items()}
-    sums = moments if sums is None else {
-        p: tuple(a + b for a, b in zip(sums[p], v)) for p, v in
-        moments.items()}
+    moments = {
+      p: tuple(np.asarray(m, np.float64) for m in v) for p, v in moments.items()
+    }
+    sums = (
+      moments
+      if sums is None
+      else {
+        p: tuple(a + b for a, b in zip(sums[p], v)) for p, v in moments.items()
+      }
+    )
     k += 1
   if not k:
     raise ValueError("recalibrate needs at least one batch of images.")
@@ -87,8 +94,10 @@ def recalibrate(model: nn.Module, variables: dict, image_batches, *,
     node = stats
     for name in path:
       if not isinstance(node, dict) or name not in node:
-        raise ValueError(f"batch-norm layer {'/'.join(path)} has no "
-                         "statistics in variables['batch_stats'].")
+        raise ValueError(
+          f"batch-norm layer {'/'.join(path)} has no "
+          "statistics in variables['batch_stats']."
+        )
       node = node[name]
     mean = s1 / k
     var = np.maximum(s2 / k - mean * mean, 0.0)

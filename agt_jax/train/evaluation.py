@@ -11,8 +11,8 @@ from agt_jax import grouping as grouping_lib
 from agt_jax import metrics as metrics_lib
 from agt_jax.data import images as images_lib
 from agt_jax.data import pipeline
-from agt_jax.train import steps
 from agt_jax.runtime import progress, replicate
+from agt_jax.train import steps
 
 
 def predictor(model, offset=None):
@@ -21,22 +21,26 @@ def predictor(model, offset=None):
   ``offset`` (`[C]` logits) is subtracted before the sigmoid: the post-hoc
   prior correction of an AGT teacher."""
   off = None if offset is None else jax.numpy.asarray(offset, "float32")
-  return jax.jit(lambda v, x: steps.predict_step(v, x, model=model,
-                                                 offset=off))
+  return jax.jit(lambda v, x: steps.predict_step(v, x, model=model, offset=off))
 
 
-def predict(model, variables, source, indices, labels, config, mesh,
-            desc, fn=None) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+  model, variables, source, indices, labels, config, mesh, desc, fn=None
+) -> tuple[np.ndarray, np.ndarray]:
   """Eval-mode probabilities and features for ``indices`` (centre crops).
 
   Each process decodes its rows of every batch; the predictions are
   gathered, so every process returns all of them.
   """
-  batches = pipeline.eval_batches(len(indices), labels,
-                                  batch_size=config.eval_batch_size)
-  ds = pipeline.with_images(pipeline.host_batches(batches),
-                            images_lib.SubsetSource(source, indices),
-                            crop=config.crop, train=False)
+  batches = pipeline.eval_batches(
+    len(indices), labels, batch_size=config.eval_batch_size
+  )
+  ds = pipeline.with_images(
+    pipeline.host_batches(batches),
+    images_lib.SubsetSource(source, indices),
+    crop=config.crop,
+    train=False,
+  )
   fn = fn or predictor(model)
   variables = replicate(variables, mesh)
   sharding = pipeline.data_sharding(mesh)
@@ -45,7 +49,7 @@ def predict(model, variables, source, indices, labels, config, mesh,
   for t in range(len(ds)):
     x = pipeline.global_batch({"image": ds[t]["image"]}, sharding)["image"]
     p, f = fn(variables, x)
-    keep = batches[t]["valid"]     # the global batch's padding mask
+    keep = batches[t]["valid"]  # the global batch's padding mask
     probs.append(distributed.to_host(p)[keep])
     feats.append(distributed.to_host(f)[keep])
     if bar is not None:
@@ -62,9 +66,9 @@ def report(probs, labels, class_names, train_counts) -> dict:
   counts = np.asarray(train_counts)
   many = int(counts[list(tiers[0])].min()) - 1 if len(tiers) == 3 else 100
   few = int(counts[list(tiers[1])].min()) if len(tiers) == 3 else 20
-  return metrics_lib.multilabel_report(labels, probs, list(class_names),
-                                       class_counts=counts, many=many,
-                                       few=few)
+  return metrics_lib.multilabel_report(
+    labels, probs, list(class_names), class_counts=counts, many=many, few=few
+  )
 
 
 def tune_thresholds(labels, probs) -> np.ndarray:
@@ -99,6 +103,7 @@ def tune_global_threshold(labels, probs) -> float:
   go to the threshold nearest 0.5. The same rule for every method: tune on
   validation, apply to test."""
   from sklearn.metrics import cohen_kappa_score
+
   gt = (np.asarray(labels) > 0).ravel()
   pr = np.asarray(probs, np.float64).ravel()
   best, best_t = -np.inf, 0.5
@@ -112,9 +117,10 @@ def tune_global_threshold(labels, probs) -> float:
 def global_threshold_score(labels, probs, threshold: float) -> dict:
   """The ODIR score with every probability thresholded at ``threshold``
   (AUC unchanged), and the threshold."""
-  return {**tuned_score(labels, probs, np.full(np.shape(probs)[1],
-                                               threshold)),
-          "threshold": float(threshold)}
+  return {
+    **tuned_score(labels, probs, np.full(np.shape(probs)[1], threshold)),
+    "threshold": float(threshold),
+  }
 
 
 def tuned_score(labels, probs, thresholds) -> dict:
@@ -140,8 +146,9 @@ def negative_probabilities(labels, probs) -> np.ndarray:
     return np.where(neg.any(0), (probs * neg).sum(0) / neg.sum(0), np.nan)
 
 
-def collapse_message(p_neg, class_names, model: str, config,
-                     split: str) -> str | None:
+def collapse_message(
+  p_neg, class_names, model: str, config, split: str
+) -> str | None:
   """One sentence when more than half of the classes have mean p > 0.5 on
   their negatives (the model calls nearly everything positive), else None."""
   p_neg = np.asarray(p_neg, np.float64)
@@ -149,18 +156,23 @@ def collapse_message(p_neg, class_names, model: str, config,
   if len(bad) * 2 <= len(class_names):
     return None
   from agt_jax import methods
+
   rw_cause = None
   if model == "teacher" and methods.TEACHER_LOSSES[config.loss].reweightable:
     rw_cause = methods.REWEIGHTS[config.reweight].collapse_cause(config)
   if rw_cause:
     cause = rw_cause
   elif model == "student":
-    cause = ("the student distils a collapsed teacher or trains too "
-             "briefly; check the teacher's warning, or raise "
-             "--set student_steps=N")
+    cause = (
+      "the student distils a collapsed teacher or trains too "
+      "briefly; check the teacher's warning, or raise "
+      "--set student_steps=N"
+    )
   else:
     cause = "the learning rate may be too high; try a smaller --set lr=X"
-  return (f"The {model} collapsed: {len(bad)} of {len(class_names)} classes "
-          f"({', '.join(bad)}) have mean p > 0.5 on their negatives "
-          f"({split}), so it calls nearly every image positive; likely "
-          f"cause: {cause}.")
+  return (
+    f"The {model} collapsed: {len(bad)} of {len(class_names)} classes "
+    f"({', '.join(bad)}) have mean p > 0.5 on their negatives "
+    f"({split}), so it calls nearly every image positive; likely "
+    f"cause: {cause}."
+  )

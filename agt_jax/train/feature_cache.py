@@ -31,25 +31,44 @@ def encoder_fingerprint(variables: dict, *, model: str, crop: int) -> str:
     tree = jax.device_get(variables.get(key, {}))
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
       a = np.ascontiguousarray(leaf)
-      h.update(f"{key}{jax.tree_util.keystr(path)}{a.dtype}{a.shape}"
-               .encode())
+      h.update(f"{key}{jax.tree_util.keystr(path)}{a.dtype}{a.shape}".encode())
       h.update(a.tobytes())
   return h.hexdigest()
 
 
-def features(model, variables, source, indices, labels, config, mesh, *,
-             cache_dir, dataset: str, model_name: str) -> np.ndarray:
+def features(
+  model,
+  variables,
+  source,
+  indices,
+  labels,
+  config,
+  mesh,
+  *,
+  cache_dir,
+  dataset: str,
+  model_name: str,
+) -> np.ndarray:
   """``[len(indices), d]`` eval-mode features, from the cache when the same
   encoder has already seen the same images at the same crop."""
-  h = hashlib.sha256(encoder_fingerprint(
-      variables, model=model_name, crop=config.crop).encode())
+  h = hashlib.sha256(
+    encoder_fingerprint(variables, model=model_name, crop=config.crop).encode()
+  )
   h.update(dataset.encode())
   h.update(np.ascontiguousarray(np.asarray(indices, np.int64)).tobytes())
   path = pathlib.Path(cache_dir) / "features" / f"{h.hexdigest()[:32]}.npy"
   if path.exists():
     return np.load(path)
-  _, feats = evaluation.predict(model, variables, source, indices, labels,
-                                config, mesh, "features (cached after)")
+  _, feats = evaluation.predict(
+    model,
+    variables,
+    source,
+    indices,
+    labels,
+    config,
+    mesh,
+    "features (cached after)",
+  )
   path.parent.mkdir(parents=True, exist_ok=True)
   io.atomic_write(path, lambda f: np.save(f, feats))
   return feats

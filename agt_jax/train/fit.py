@@ -17,18 +17,33 @@ from agt_jax.train.selection import ValidationScorer
 class Trained:
   """A trained phase's model: selected and last variables, and how the
   selection went."""
+
   model: Any
   predict_fn: Any
   selected: dict
   last: dict
   selection: dict
   throughput: dict
-  offset: Any = None         # `[C]` post-hoc prior correction (logits)
+  offset: Any = None  # `[C]` post-hoc prior correction (logits)
 
 
-def run_phase(name, *, model, step_fn, state, batches, config, data, mesh,
-               workdir, resume, total_steps, extra_args=(), offset=None,
-               prepare=None) -> Trained:
+def run_phase(
+  name,
+  *,
+  model,
+  step_fn,
+  state,
+  batches,
+  config,
+  data,
+  mesh,
+  workdir,
+  resume,
+  total_steps,
+  extra_args=(),
+  offset=None,
+  prepare=None,
+) -> Trained:
   """Trains one phase with validation scoring and returns its model.
 
   ``offset``: `[C]` logits subtracted at prediction (post-hoc prior
@@ -39,19 +54,37 @@ def run_phase(name, *, model, step_fn, state, batches, config, data, mesh,
   fn = evaluation.predictor(model, offset)
   scorer = None
   if len(data.val_idx) and config.eval_every > 0:
-    scorer = ValidationScorer(name, model, fn, data.source, data.val_idx,
-                              data.y_val, config, mesh,
-                              workdir / "checkpoints" / f"{name}_best",
-                              prepare=prepare)
+    scorer = ValidationScorer(
+      name,
+      model,
+      fn,
+      data.source,
+      data.val_idx,
+      data.y_val,
+      config,
+      mesh,
+      workdir / "checkpoints" / f"{name}_best",
+      prepare=prepare,
+    )
   try:
-    phase = TrainingPhase(name, step_fn=step_fn, state=state,
-                          batches=batches, source=data.fit_source,
-                          config=config, workdir=workdir, mesh=mesh,
-                          total_steps=total_steps, resume=resume,
-                          extra_args=extra_args, evaluate=scorer)
+    phase = TrainingPhase(
+      name,
+      step_fn=step_fn,
+      state=state,
+      batches=batches,
+      source=data.fit_source,
+      config=config,
+      workdir=workdir,
+      mesh=mesh,
+      total_steps=total_steps,
+      resume=resume,
+      extra_args=extra_args,
+      evaluate=scorer,
+    )
     throughput = {name: phase.run()}
-    interrupts.set_stage(f"after the {name} (checkpointed), while scoring "
-                         "its validation split")
+    interrupts.set_stage(
+      f"after the {name} (checkpointed), while scoring " "its validation split"
+    )
     last = phase.variables()
     if prepare is not None:
       last = prepare(last)
@@ -60,16 +93,28 @@ def run_phase(name, *, model, step_fn, state, batches, config, data, mesh,
     if scorer is not None:
       if config.select == "best" and scorer.best_step is not None:
         selected = scorer.best_variables(last)
-        selection = {"select": "best validation " + (
-                         "ODIR final score" if config.select_metric == "final"
-                         else "macro F1 at 0.5"),
-                     "step": int(scorer.best_step)}
+        selection = {
+          "select": "best validation "
+          + (
+            "ODIR final score"
+            if config.select_metric == "final"
+            else "macro F1 at 0.5"
+          ),
+          "step": int(scorer.best_step),
+        }
       selection["val_probs"] = scorer.probs(selected)
-      selection["val_probs_last"] = (selection["val_probs"]
-                                     if selected is last
-                                     else scorer.probs(last))
+      selection["val_probs_last"] = (
+        selection["val_probs"] if selected is last else scorer.probs(last)
+      )
   finally:
     if scorer is not None:
       scorer.close()
-  return Trained(model, fn, selected, last, selection, throughput,
-                 None if offset is None else np.asarray(offset, np.float32))
+  return Trained(
+    model,
+    fn,
+    selected,
+    last,
+    selection,
+    throughput,
+    None if offset is None else np.asarray(offset, np.float32),
+  )

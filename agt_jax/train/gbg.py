@@ -51,6 +51,7 @@ class MOOOptions:
       gradient_normalizers`); the paper's Eq. 11 uses none (``"none"``),
       GBG's published code ``"loss+"``.
   """
+
   groups: tuple[tuple[int, ...], ...]
   objective: str = "bce"
   moo: str = "mgda"
@@ -58,8 +59,9 @@ class MOOOptions:
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
-      raise ValueError(f"objective must be one of {OBJECTIVES}, got "
-                       f"{self.objective!r}.")
+      raise ValueError(
+        f"objective must be one of {OBJECTIVES}, got " f"{self.objective!r}."
+      )
     if self.moo not in MOO:
       raise ValueError(f"moo must be one of {MOO}, got {self.moo!r}.")
 
@@ -95,10 +97,10 @@ def group_losses(logits, labels, member, *, objective: str = "bce"):
     objective: ``"bce"`` or ``"softmax"``.
   """
   if objective == "bce":
-    per = optax.sigmoid_binary_cross_entropy(logits, labels)   # [N, C]
+    per = optax.sigmoid_binary_cross_entropy(logits, labels)  # [N, C]
     return jnp.einsum("nc,gc->g", per, member) / logits.shape[0]
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  in_group = member[:, labels]                                 # [G, N]
+  in_group = member[:, labels]  # [G, N]
   return (in_group @ ce) / jnp.maximum(in_group.sum(1), 1.0)
 
 
@@ -110,8 +112,9 @@ def _labels(labels, objective):
   return jnp.argmax(labels, -1) if labels.ndim == 2 else labels
 
 
-def moo_step(state: State, batch: dict, *, model, tx,
-             options: MOOOptions) -> tuple[State, dict]:
+def moo_step(
+  state: State, batch: dict, *, model, tx, options: MOOOptions
+) -> tuple[State, dict]:
   """One GBG update (paper Algorithm 2) on a one-head model
   (:class:`agt_jax.models.Student`: ``params = {"encoder", "head"}``).
 
@@ -129,8 +132,9 @@ def moo_step(state: State, batch: dict, *, model, tx,
     variables = {"params": enc_params}
     if "encoder" in state["batch_stats"]:
       variables["batch_stats"] = state["batch_stats"]["encoder"]
-    feats, updates = model.encoder.apply(variables, batch["image"],
-                                         train=True, mutable=["batch_stats"])
+    feats, updates = model.encoder.apply(
+      variables, batch["image"], train=True, mutable=["batch_stats"]
+    )
     return feats, updates.get("batch_stats", {})
 
   def losses_of(feats, head_params):
@@ -139,12 +143,13 @@ def moo_step(state: State, batch: dict, *, model, tx,
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     return group_losses(logits, labels, member, objective=options.objective)
 
-  feats, pull_encoder, enc_stats = jax.vjp(encode, params["encoder"],
-                                           has_aux=True)
+  feats, pull_encoder, enc_stats = jax.vjp(
+    encode, params["encoder"], has_aux=True
+  )
   losses, pull_losses = jax.vjp(losses_of, feats, params["head"])
   g = len(objectives)
   d_feats, d_head = jax.vmap(pull_losses)(jnp.eye(g, dtype=losses.dtype))
-  (enc_grads,) = jax.vmap(pull_encoder)(d_feats)          # leading axis G
+  (enc_grads,) = jax.vmap(pull_encoder)(d_feats)  # leading axis G
   flat = jax.vmap(lambda t: ravel_pytree(t)[0])(enc_grads)
 
   if options.moo == "mean":
@@ -158,60 +163,45 @@ def moo_step(state: State, batch: dict, *, model, tx,
   update, plain = alpha @ flat, flat.sum(0)
   norms = jnp.linalg.norm(flat, axis=1)
   cos_update = (flat @ update) / jnp.maximum(
-      norms * jnp.linalg.norm(update), 1e-12)
-  cos_batch = (flat @ plain) / jnp.maximum(norms * jnp.linalg.norm(plain),
-                                           1e-12)
+    norms * jnp.linalg.norm(update), 1e-12
+  )
+  cos_batch = (flat @ plain) / jnp.maximum(
+    norms * jnp.linalg.norm(plain), 1e-12
+  )
   grads = {
-      "encoder": jax.tree.map(lambda x: jnp.tensordot(alpha, x, axes=1),
-                              enc_grads),
-      # Row c of the head (kernel column c, bias c) from its group's loss.
-      "head": jax.tree.map(lambda x: jnp.einsum("gc,g...c->...c", member, x),
-                           d_head)}
-  deltas, opt_state = tx.update(grads, state["opt_state"], params)
-  new_params = optax.apply_updates(params, deltas)
-  metrics = {"loss": losses.sum(), "group_loss": losses, "alpha": alpha,
-             "cos_update": cos_update, "cos_batch": cos_batch,
-             "grad_norm": _norm(grads), "param_norm": _norm(new_params),
-             "update_norm": _norm(deltas)}
-  stats = ({**state["batch_stats"], "encoder": enc_stats} if enc_stats
-           else state["batch_stats"])
-  return ({"params": new_params, "batch_stats": stats,
-           "opt_state": opt_state, "step": state["step"] + 1}, metrics)
-
-
-def class_batch_cosines(state: State, batch: dict, *, model, classes,
-                        objective: str = "bce") -> jax.Array:
-  """Cosine between each listed class's encoder gradient and the whole
-  batch's (plain loss) gradient, in eval mode (paper 004, Fig. 1: a class
-  whose gradient points away from the batch's barely trains).
-
-  Returns ``[len(classes)]``.
-  """
-  c = model.num_classes
-  member = jnp.asarray(membership(tuple((k,) for k in classes), c))
-  labels = _labels(batch["labels"], objective)
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-
-  def losses_of(enc_params):
-    params = {**state["params"], "encoder": enc_params}
-    logits, _ = model.apply({**variables, "params": params}, batch["image"],
-                            train=False)
-    per_class = group_losses(logits, labels, member, objective=objective)
-    everything = group_losses(logits, labels, jnp.ones((1, c)),
-                              objective=objective)
-    return jnp.concatenate([per_class, everything])
-
-  jac = jax.jacrev(losses_of)(state["params"]["encoder"])
-  flat = jax.vmap(lambda t: ravel_pytree(t)[0])(jac)
-  cls, whole = flat[:-1], flat[-1]
-  return (cls @ whole) / jnp.maximum(
-      jnp.linalg.norm(cls, axis=1) * jnp.linalg.norm(whole), 1e-12)
+    "encoder": jax.tree.map(
+      lambda x: jnp.tensordot(alpha, x, axes=1), enc_grads
+    ),
+    # Row c of the head (kernel column c, bias c) from its group's loss.
+    "head": jax.tree.map(
+      lambda x: jnp.einsum("gc,g...c->...c", member, x), d_head
+    ),
+  }
+  stats = (
+    {**state["batch_stats"], "encoder": enc_stats}
+    if enc_stats
+    else state["batch_stats"]
+  )
+  new_state, deltas = steps.apply_updates(state, grads, stats, tx=tx)
+  new_params = new_state["params"]
+  metrics = {
+    "loss": losses.sum(),
+    "group_loss": losses,
+    "alpha": alpha,
+    "cos_update": cos_update,
+    "cos_batch": cos_batch,
+    "grad_norm": _norm(grads),
+    "param_norm": _norm(new_params),
+    "update_norm": _norm(deltas),
+  }
+  return new_state, metrics
 
 
 def model(config, phase: str, groups, num_classes: int):
-  return models.Student(models.make_encoder(
-      config.model, dtype=models.DTYPES[config.dtype]),
-      num_classes=num_classes)
+  return models.Student(
+    models.make_encoder(config.model, dtype=models.DTYPES[config.dtype]),
+    num_classes=num_classes,
+  )
 
 
 def train(config, data, groups, ctx) -> dict:
@@ -219,24 +209,42 @@ def train(config, data, groups, ctx) -> dict:
   combined by MGDA's weights, on GAC batches."""
   model = models.Student(ctx.encoder, num_classes=len(data.names))
   tx = steps.adam(config.lr, config.b1, config.b2)
-  state = steps.init_state(model, tx, (config.crop, config.crop, 3),
-                           config.seed)
+  state = steps.init_state(
+    model, tx, (config.crop, config.crop, 3), config.seed
+  )
   if config.init:
     state = load_init(config.init, state)
-  options = MOOOptions(groups=groups, objective=methods.objective(config),
-                       moo=config.moo, normalizer=config.moo_normalizer)
+  options = MOOOptions(
+    groups=groups,
+    objective=methods.objective(config),
+    moo=config.moo,
+    normalizer=config.moo_normalizer,
+  )
 
   def gbg_fn(state, batch):
     return moo_step(state, batch, model=model, tx=tx, options=options)
 
   trained = run_phase(
-      "gbg", model=model, step_fn=gbg_fn, state=state,
-      batches=samplers.gac_batches(
-          data.y_fit, groups, batch_size=config.batch_size, seed=config.seed,
-          fraction=config.gac_fraction),
-      config=config, data=data, mesh=ctx.mesh, workdir=ctx.workdir,
-      resume=ctx.resume, total_steps=config.teacher_steps)
+    "gbg",
+    model=model,
+    step_fn=gbg_fn,
+    state=state,
+    batches=samplers.gac_batches(
+      data.y_fit,
+      groups,
+      batch_size=config.batch_size,
+      seed=config.seed,
+      fraction=config.gac_fraction,
+    ),
+    config=config,
+    data=data,
+    mesh=ctx.mesh,
+    workdir=ctx.workdir,
+    resume=ctx.resume,
+    total_steps=config.teacher_steps,
+  )
   trained.selection["schedule"] = f"gbg ({config.moo})"
-  trained.selection["objectives"] = [list(map(int, g))
-                                     for g in options.objectives]
+  trained.selection["objectives"] = [
+    list(map(int, g)) for g in options.objectives
+  ]
   return {"gbg": trained}

@@ -10,16 +10,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from agt_jax import grouping as grouping_lib
-from agt_jax import methods
-from agt_jax import models
+from agt_jax import methods, models
 from agt_jax.data import images as images_lib
 from agt_jax.data import samplers
 from agt_jax.train import evaluation, steps
 from agt_jax.train.phase import TrainingPhase
 
 
-def make_groups(config, encoder, train_source, y_train, names, counts, mesh,
-                image_shape, workdir, throughput, load_init) -> dict:
+def make_groups(
+  config,
+  encoder,
+  train_source,
+  y_train,
+  names,
+  counts,
+  mesh,
+  image_shape,
+  workdir,
+  throughput,
+  load_init,
+) -> dict:
   """Chooses the class groups; relational/gradient groupings read features
   or gradients of an encoder trained briefly with plain BCE (or given by
   ``--init``). Returns the ``groups.json`` record."""
@@ -36,62 +46,108 @@ def make_groups(config, encoder, train_source, y_train, names, counts, mesh,
     state = load_init(config.init, state)
     info["features"] = f"--init {config.init}"
   elif config.warmup_steps:
+
     def warm_fn(s, b):
       return steps.plain_step(s, b, model=student, tx=tx)
+
     phase = TrainingPhase(
-        "warmup", step_fn=warm_fn, state=state,
-        batches=samplers.instance_balanced_batches(
-            y_train, batch_size=config.batch_size, seed=config.seed + 2),
-        source=train_source, config=config, workdir=workdir, mesh=mesh,
-        total_steps=config.warmup_steps, resume=False, save=False)
+      "warmup",
+      step_fn=warm_fn,
+      state=state,
+      batches=samplers.instance_balanced_batches(
+        y_train, batch_size=config.batch_size, seed=config.seed + 2
+      ),
+      source=train_source,
+      config=config,
+      workdir=workdir,
+      mesh=mesh,
+      total_steps=config.warmup_steps,
+      resume=False,
+      save=False,
+    )
     # A warm-up is short and deterministic: after a crash it is rerun.
     throughput["warmup"] = phase.run()
     state = phase.state
-    info["features"] = (f"warm-up: {config.warmup_steps} steps of plain BCE "
-                        "from random initialisation (no pretrained weights "
-                        "given)")
+    info["features"] = (
+      f"warm-up: {config.warmup_steps} steps of plain BCE "
+      "from random initialisation (no pretrained weights "
+      "given)"
+    )
   else:
     info["features"] = "random initialisation (no warm-up, no --init)"
   variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
   if strategy == "gradient":
-    grads = class_gradients(student, variables, train_source, y_train, config,
-                            batches=config.grad_batches,
-                            objective=methods.objective(config))
-    groups = grouping_lib.gradient_groups(grads, n_groups=config.n_groups,
-                                          seed=config.seed,
-                                          affinity=config.affinity)
+    grads = class_gradients(
+      student,
+      variables,
+      train_source,
+      y_train,
+      config,
+      batches=config.grad_batches,
+      objective=methods.objective(config),
+    )
+    groups = grouping_lib.gradient_groups(
+      grads,
+      n_groups=config.n_groups,
+      seed=config.seed,
+      affinity=config.affinity,
+    )
     info["affinity"] = config.affinity
-    info["class_gradients"] = (f"{config.grad_batches} batches of "
-                               f"{config.batch_size}, "
-                               f"{methods.objective(config)} loss")
+    info["class_gradients"] = (
+      f"{config.grad_batches} batches of "
+      f"{config.batch_size}, "
+      f"{methods.objective(config)} loss"
+    )
     return _finish(info, groups, names)
 
   idx = np.arange(len(y_train))
-  _, feats = evaluation.predict(student, variables, train_source, idx,
-                                y_train, config, mesh,
-                                "features for grouping")
+  _, feats = evaluation.predict(
+    student,
+    variables,
+    train_source,
+    idx,
+    y_train,
+    config,
+    mesh,
+    "features for grouping",
+  )
   groups = grouping_lib.relational_groups(
-      feats, y_train, n_groups=config.n_groups,
-      together=_together(config, names), class_names=names, seed=config.seed)
+    feats,
+    y_train,
+    n_groups=config.n_groups,
+    together=_together(config, names),
+    class_names=names,
+    seed=config.seed,
+  )
   stab = grouping_lib.grouping_stability(
-      feats, y_train, n_groups=config.n_groups,
-      together=_together(config, names), class_names=names, seeds=range(10))
-  info["pca"] = {"fitted_on": f"{len(idx)} training images x "
-                              f"{feats.shape[1]} features",
-                 "variance": 0.95, "n_components": stab["n_components"],
-                 "explained_variance": stab["explained_variance"],
-                 "class_representation": "centroid of each class's positive "
-                                         "images in PCA space"}
+    feats,
+    y_train,
+    n_groups=config.n_groups,
+    together=_together(config, names),
+    class_names=names,
+    seeds=range(10),
+  )
+  info["pca"] = {
+    "fitted_on": f"{len(idx)} training images x " f"{feats.shape[1]} features",
+    "variance": 0.95,
+    "n_components": stab["n_components"],
+    "explained_variance": stab["explained_variance"],
+    "class_representation": "centroid of each class's positive "
+    "images in PCA space",
+  }
   info["stability"] = {
-      "mean_ari": stab["mean_ari"], "min_ari": stab["min_ari"],
-      "pca_sizes": sorted({r["pca"] for r in stab["runs"]}),
-      "seeds": 10,
-      "ari_by_pca": {str(n): float(np.mean([r["ari"] for r in stab["runs"]
-                                             if r["pca"] == n]))
-                     for n in sorted({r["pca"] for r in stab["runs"]})},
-      "note": "ARI of every (PCA size, K-Means seed) grouping against the "
-              "95%-variance grouping; PCA sizes are capped by the number of "
-              "images and the feature size"}
+    "mean_ari": stab["mean_ari"],
+    "min_ari": stab["min_ari"],
+    "pca_sizes": sorted({r["pca"] for r in stab["runs"]}),
+    "seeds": 10,
+    "ari_by_pca": {
+      str(n): float(np.mean([r["ari"] for r in stab["runs"] if r["pca"] == n]))
+      for n in sorted({r["pca"] for r in stab["runs"]})
+    },
+    "note": "ARI of every (PCA size, K-Means seed) grouping against the "
+    "95%-variance grouping; PCA sizes are capped by the number of "
+    "images and the feature size",
+  }
   return _finish(info, groups, names)
 
 
@@ -100,11 +156,13 @@ def check_grouping(config, names, counts) -> None:
   grouping is built and must partition the classes; ``together`` must name
   known classes. Raises :class:`~agt_jax.errors.InputError`."""
   if config.grouping == "relational":
-    grouping_lib.check_together(len(names), _together(config, names),
-                                names, config.n_groups)
+    grouping_lib.check_together(
+      len(names), _together(config, names), names, config.n_groups
+    )
   elif config.grouping != "gradient":
-    samplers.validate_groups(_fixed_groups(config, names, counts),
-                             len(names), names)
+    samplers.validate_groups(
+      _fixed_groups(config, names, counts), len(names), names
+    )
 
 
 def _together(config, names):
@@ -117,10 +175,16 @@ def _together(config, names):
 
 def _fixed_groups(config, names, counts):
   return grouping_lib.make_groups(
-      config.grouping, num_classes=len(names), class_names=names,
-      class_counts=counts, n_groups=config.n_groups,
-      together=_together(config, names), seed=config.seed,
-      many=config.shot_many or None, few=config.shot_few or None)
+    config.grouping,
+    num_classes=len(names),
+    class_names=names,
+    class_counts=counts,
+    n_groups=config.n_groups,
+    together=_together(config, names),
+    seed=config.seed,
+    many=config.shot_many or None,
+    few=config.shot_few or None,
+  )
 
 
 def _finish(info, groups, names) -> dict:
@@ -130,8 +194,15 @@ def _finish(info, groups, names) -> dict:
   return info
 
 
-def class_gradients(model, variables, source, labels, config,
-                    batches: int = 4, objective: str = "bce") -> np.ndarray:
+def class_gradients(
+  model,
+  variables,
+  source,
+  labels,
+  config,
+  batches: int = 4,
+  objective: str = "bce",
+) -> np.ndarray:
   """Per-class mean encoder gradient (GBG, paper 004 Algorithm 1), over
   ``batches`` centre-cropped batches, in eval mode.
 
@@ -140,32 +211,41 @@ def class_gradients(model, variables, source, labels, config,
   ``[C, P]``.
   """
   import optax
+
   # A host copy: every process computes the same small gradients locally.
   variables = jax.device_get(variables)
   c = labels.shape[1]
 
   def class_losses(enc_params, images, y):
     params = {**variables["params"], "encoder": enc_params}
-    (logits, _) = model.apply({"params": params,
-                               "batch_stats": variables["batch_stats"]},
-                              images, train=False)
+    (logits, _) = model.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      images,
+      train=False,
+    )
     if objective == "softmax":
-      per = optax.softmax_cross_entropy_with_integer_labels(
-          logits, jnp.argmax(y, -1))[:, None] * y
+      per = (
+        optax.softmax_cross_entropy_with_integer_labels(
+          logits, jnp.argmax(y, -1)
+        )[:, None]
+        * y
+      )
     else:
       per = optax.sigmoid_binary_cross_entropy(logits, y) * y
-    return per.sum(0) / jnp.maximum(y.sum(0), 1.0)        # [C]
+    return per.sum(0) / jnp.maximum(y.sum(0), 1.0)  # [C]
 
   jac_fn = jax.jit(jax.jacrev(class_losses))
   rng = np.random.default_rng(config.seed)
   acc = np.zeros((c, 1))
   for _ in range(batches):
-    idx = rng.choice(len(labels), size=min(config.batch_size, len(labels)),
-                     replace=False)
+    idx = rng.choice(
+      len(labels), size=min(config.batch_size, len(labels)), replace=False
+    )
     x = np.stack([images_lib.center_crop(source[i], config.crop) for i in idx])
     y = jnp.asarray(labels[idx], jnp.float32)
     jac = jac_fn(variables["params"]["encoder"], x, y)
-    rows = np.concatenate([np.asarray(v).reshape(c, -1)
-                           for v in jax.tree.leaves(jac)], axis=1)
+    rows = np.concatenate(
+      [np.asarray(v).reshape(c, -1) for v in jax.tree.leaves(jac)], axis=1
+    )
     acc = rows + acc
   return acc / batches

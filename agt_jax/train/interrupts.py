@@ -25,8 +25,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _State:
-  depth = 0               # nesting of handle_signals
-  deferring = 0           # nesting of deferred()
+  depth = 0  # nesting of handle_signals
+  deferring = 0  # nesting of deferred()
   pending: int | None = None
   stage = "before training started"
 
@@ -49,7 +49,7 @@ def handle_signals():
   if threading.current_thread() is not threading.main_thread():
     yield
     return
-  if _state.depth:            # nested: the outer one owns the handlers
+  if _state.depth:  # nested: the outer one owns the handlers
     _state.depth += 1
     try:
       yield

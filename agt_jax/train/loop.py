@@ -9,6 +9,7 @@ validation-selected variables, and resumes bit-identically.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
@@ -19,9 +20,8 @@ import jax
 import numpy as np
 
 from agt_jax import config as config_lib
-from agt_jax import distributed, methods
+from agt_jax import distributed, methods, models
 from agt_jax import metrics as metrics_lib
-from agt_jax import models
 from agt_jax.config import Config, from_json
 from agt_jax.data import folds as folds_lib
 from agt_jax.data import images as images_lib
@@ -40,11 +40,12 @@ __all__ = ["ConfigMismatchError", "NonFiniteLossError", "train_and_evaluate"]
 @dataclasses.dataclass
 class FoldData:
   """One fold: the images, its three disjoint splits and their labels."""
+
   table: Any
   source: Any
-  fit_idx: np.ndarray        # training images the models learn from
-  val_idx: np.ndarray        # validation: model selection only
-  test_idx: np.ndarray       # test fold: scored once, at the end
+  fit_idx: np.ndarray  # training images the models learn from
+  val_idx: np.ndarray  # validation: model selection only
+  test_idx: np.ndarray  # test fold: scored once, at the end
   assignment: dict
 
   @property
@@ -72,8 +73,9 @@ class FoldData:
     return images_lib.SubsetSource(self.source, self.fit_idx)
 
 
-def train_and_evaluate(config: Config, workdir, *, resume: bool = False
-                       ) -> dict:
+def train_and_evaluate(
+  config: Config, workdir, *, resume: bool = False
+) -> dict:
   """Runs one fold and writes every artefact into ``workdir``.
 
   Everything that can be checked before compute is checked first (the whole
@@ -87,7 +89,12 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
   """
   config = config_lib.validate(config)
   workdir = pathlib.Path(workdir)
-  with interrupts.handle_signals():
+  holder = (
+    workdir_lib.lock(workdir)
+    if distributed.is_primary()
+    else contextlib.nullcontext()
+  )
+  with interrupts.handle_signals(), holder:
     resume = workdir_lib.check(config, workdir, resume)
     interrupts.set_stage("while loading the data (nothing written yet)")
     # Process 0 fills the shared caches (rendering, image checks) first.
@@ -105,22 +112,29 @@ def train_and_evaluate(config: Config, workdir, *, resume: bool = False
 
 
 def _train_and_evaluate(config, workdir, resume, data, mesh) -> dict:
-  encoder = models.make_encoder(config.model,
-                                dtype=models.DTYPES[config.dtype])
+  encoder = models.make_encoder(config.model, dtype=models.DTYPES[config.dtype])
   throughput: dict = {}
-  interrupts.set_stage("while choosing the class groups (the warm-up is "
-                       "not checkpointed: it reruns)")
-  groups_info = _groups(config, data, encoder, mesh, workdir, resume,
-                        throughput)
+  interrupts.set_stage(
+    "while choosing the class groups (the warm-up is "
+    "not checkpointed: it reruns)"
+  )
+  groups_info = _groups(
+    config, data, encoder, mesh, workdir, resume, throughput
+  )
   groups = tuple(tuple(g) for g in groups_info["groups"])
   trained = TRAINERS[config.trainer].train(
-      config, data, groups, Context(encoder, mesh, workdir, resume))
-  interrupts.set_stage("while evaluating the test fold (training is "
-                       "checkpointed; a resume only re-evaluates)")
+    config, data, groups, Context(encoder, mesh, workdir, resume)
+  )
+  interrupts.set_stage(
+    "while evaluating the test fold (training is "
+    "checkpointed; a resume only re-evaluates)"
+  )
   results, probs = evaluate_models(config, data, trained, groups_info, mesh)
-  results["throughput"] = {**throughput, **{
-      k: v for t in trained.values() for k, v in t.throughput.items()}}
-  if distributed.is_primary():   # the others hold the same results
+  results["throughput"] = {
+    **throughput,
+    **{k: v for t in trained.values() for k, v in t.throughput.items()},
+  }
+  if distributed.is_primary():  # the others hold the same results
     for line in results["warnings"]:
       print(f"warning: {line}", file=sys.stderr, flush=True)
     write_outputs(workdir, results, probs, data.y_test, data.test_idx)
@@ -130,13 +144,20 @@ def _train_and_evaluate(config, workdir, resume, data, mesh) -> dict:
 
 # -- workdir and data -----------------------------------------------------------
 
+
 def load_data(config: Config):
   """``(table, source)`` for the configured dataset (and class subset)."""
   from agt_jax.data import registry
+
   table, source = registry.load_dataset(
-      config.dataset, data_dir=config.data_dir, cache_dir=config.cache_dir,
-      image_size=config.image_size, seed=config.seed,
-      max_images=config.max_images, skip_bad_images=config.skip_bad_images)
+    config.dataset,
+    data_dir=config.data_dir,
+    cache_dir=config.cache_dir,
+    image_size=config.image_size,
+    seed=config.seed,
+    max_images=config.max_images,
+    skip_bad_images=config.skip_bad_images,
+  )
   if config.classes:
     table = table.select_classes(config.classes)
   return table, source
@@ -147,29 +168,49 @@ def load_fold(config: Config) -> FoldData:
   ``folds.json`` when the run claims its workdir)."""
   table, source = load_data(config)
   train_idx, test_idx, assignment = folds_lib.fold_indices(
-      table, config.fold, num_folds=config.num_folds, seed=config.fold_seed,
-      mode=config.fold_mode)
+    table,
+    config.fold,
+    num_folds=config.num_folds,
+    seed=config.fold_seed,
+    mode=config.fold_mode,
+  )
   fit_idx, val_idx = folds_lib.validation_split(
-      table, train_idx, fraction=config.val_fraction, seed=config.fold_seed)
-  assignment = {**assignment, "validation_fraction": config.val_fraction,
-                "num_fit_images": int(len(fit_idx)),
-                "num_validation_images": int(len(val_idx)),
-                "validation_patients": sorted(
-                    set(table.patient_ids[val_idx].tolist()),
-                    key=lambda p: (len(p), p))}
+    table, train_idx, fraction=config.val_fraction, seed=config.fold_seed
+  )
+  assignment = {
+    **assignment,
+    "validation_fraction": config.val_fraction,
+    "num_fit_images": int(len(fit_idx)),
+    "num_validation_images": int(len(val_idx)),
+    "validation_patients": sorted(
+      set(table.patient_ids[val_idx].tolist()), key=lambda p: (len(p), p)
+    ),
+  }
   return FoldData(table, source, fit_idx, val_idx, test_idx, assignment)
 
 
 # -- groups ---------------------------------------------------------------------
 
-def _groups(config, data: FoldData, encoder, mesh, workdir, resume,
-            throughput) -> dict:
+
+def _groups(
+  config, data: FoldData, encoder, mesh, workdir, resume, throughput
+) -> dict:
   path = workdir / "groups.json"
   if resume and path.exists():
     return json.loads(path.read_text())
   info = group_features.make_groups(
-      config, encoder, data.fit_source, data.y_fit, data.names, data.counts,
-      mesh, (config.crop, config.crop, 3), workdir, throughput, load_init)
+    config,
+    encoder,
+    data.fit_source,
+    data.y_fit,
+    data.names,
+    data.counts,
+    mesh,
+    (config.crop, config.crop, 3),
+    workdir,
+    throughput,
+    load_init,
+  )
   if distributed.is_primary():
     atomic_write_text(path, json.dumps(info, indent=1))
   return info
@@ -177,63 +218,93 @@ def _groups(config, data: FoldData, encoder, mesh, workdir, resume,
 
 # -- evaluation -------------------------------------------------------------------
 
-def evaluate_models(config, data: FoldData, trained: dict, groups_info,
-                    mesh) -> tuple[dict, dict]:
+
+def evaluate_models(
+  config, data: FoldData, trained: dict, groups_info, mesh
+) -> tuple[dict, dict]:
   """Test-fold metrics of every trained model (selected and last), scores
   with validation-tuned thresholds, and collapse warnings."""
   names, counts = data.names, data.counts
   trainer = TRAINERS[config.trainer]
   results: dict[str, Any] = {
-      "dataset": data.table.name + (" (synthetic)" if data.table.synthetic
-                                    else ""),
-      "synthetic": data.table.synthetic, "fold": config.fold,
-      "class_names": names, "train_images": int(len(data.fit_idx)),
-      "validation_images": int(len(data.val_idx)),
-      "train_class_counts": [int(x) for x in counts],
-      "test_images": int(len(data.test_idx)),
-      "config": json.loads(config.to_json()), "groups": groups_info,
-      "reweight_rule": trainer.rule(config),
-      "prior_correction": (agt.prior_rule(config) if trainer.sampler_prior
-                           else "none (not an AGT teacher)"),
-      "selection": {},
-      "warnings": []}
+    "dataset": data.table.name
+    + (" (synthetic)" if data.table.synthetic else ""),
+    "synthetic": data.table.synthetic,
+    "fold": config.fold,
+    "class_names": names,
+    "train_images": int(len(data.fit_idx)),
+    "validation_images": int(len(data.val_idx)),
+    "train_class_counts": [int(x) for x in counts],
+    "test_images": int(len(data.test_idx)),
+    "config": json.loads(config.to_json()),
+    "groups": groups_info,
+    "reweight_rule": trainer.rule(config),
+    "prior_correction": (
+      agt.prior_rule(config)
+      if trainer.sampler_prior
+      else "none (not an AGT teacher)"
+    ),
+    "selection": {},
+    "warnings": [],
+  }
   probs = {}
   y_val, y_test = data.y_val, data.y_test
   single_label = methods.objective(config) == "softmax"
   for name, t in trained.items():
-    p = evaluation.predict(t.model, t.selected, data.source, data.test_idx,
-                           y_test, config, mesh, f"test {name}",
-                           fn=t.predict_fn)[0]
+    p = evaluation.predict(
+      t.model,
+      t.selected,
+      data.source,
+      data.test_idx,
+      y_test,
+      config,
+      mesh,
+      f"test {name}",
+      fn=t.predict_fn,
+    )[0]
     results[name] = evaluation.report(p, y_test, names, counts)
     if single_label:
       results[name]["top1"] = metrics_lib.top1_report(y_test, p, counts)
     probs[name] = p
     sel = {k: v for k, v in t.selection.items() if not k.startswith("val_")}
     if t.last is not t.selected:
-      p_last = evaluation.predict(t.model, t.last, data.source, data.test_idx,
-                                  y_test, config, mesh, None,
-                                  fn=t.predict_fn)[0]
-      results[f"{name}_last"] = evaluation.report(p_last, y_test, names,
-                                                  counts)
+      p_last = evaluation.predict(
+        t.model,
+        t.last,
+        data.source,
+        data.test_idx,
+        y_test,
+        config,
+        mesh,
+        None,
+        fn=t.predict_fn,
+      )[0]
+      results[f"{name}_last"] = evaluation.report(p_last, y_test, names, counts)
       probs[f"{name}_last"] = p_last
     if "val_probs" in t.selection:
       pv, pv_last = t.selection["val_probs"], t.selection["val_probs_last"]
       sel["val"] = metrics_lib.odir_score(y_val, pv)
       sel["val_last"] = metrics_lib.odir_score(y_val, pv_last)
       sel["val_macro_f1"] = metrics_lib.macro_f1(y_val, pv)
-      sel["val_macro_auc"] = evaluation.report(pv, y_val, names,
-                                               counts)["macro_auc"]
+      sel["val_macro_auc"] = evaluation.report(pv, y_val, names, counts)[
+        "macro_auc"
+      ]
       thresholds = evaluation.tune_thresholds(y_val, pv)
       sel["thresholds"] = [float(x) for x in thresholds]
       results[name]["tuned"] = evaluation.tuned_score(y_test, p, thresholds)
       sel["global_threshold"] = evaluation.tune_global_threshold(y_val, pv)
       results[name]["global_threshold"] = evaluation.global_threshold_score(
-          y_test, p, sel["global_threshold"])
-      p_neg, split = evaluation.negative_probabilities(y_val, pv_last), \
-          "validation split"
+        y_test, p, sel["global_threshold"]
+      )
+      p_neg, split = (
+        evaluation.negative_probabilities(y_val, pv_last),
+        "validation split",
+      )
     else:
-      p_neg, split = evaluation.negative_probabilities(y_test, p), \
-          "test fold, end of training"
+      p_neg, split = (
+        evaluation.negative_probabilities(y_test, p),
+        "test fold, end of training",
+      )
     sel["p_neg_last"] = [float(x) for x in p_neg]
     results["selection"][name] = sel
     msg = evaluation.collapse_message(p_neg, names, name, config, split)
@@ -242,8 +313,10 @@ def evaluate_models(config, data: FoldData, trained: dict, groups_info,
   first = next(iter(trained.values()))
   results["teacher_schedule"] = first.selection["schedule"]
   results["device"] = str(jax.devices()[0].device_kind)
-  results["devices"] = {"count": jax.device_count(),
-                        "processes": jax.process_count()}
+  results["devices"] = {
+    "count": jax.device_count(),
+    "processes": jax.process_count(),
+  }
   return results, probs
 
 
@@ -255,25 +328,33 @@ def load_trained(workdir, phase: str | None = None):
   For scoring or exporting a finished run without re-running anything.
   """
   from agt_jax.models import weights
+
   workdir = pathlib.Path(workdir)
   config = from_json((workdir / "config.json").read_text())
   trainer = TRAINERS[config.trainer]
   phase = phase or trainer.phases[0]
   if phase not in trainer.phases:
-    raise ValueError(f"{workdir}: trainer={config.trainer!r} trains "
-                     f"{trainer.phases}, not {phase!r}.")
-  groups = tuple(tuple(g) for g in json.loads(
-      (workdir / "groups.json").read_text())["groups"])
+    raise ValueError(
+      f"{workdir}: trainer={config.trainer!r} trains "
+      f"{trainer.phases}, not {phase!r}."
+    )
+  groups = tuple(
+    tuple(g)
+    for g in json.loads((workdir / "groups.json").read_text())["groups"]
+  )
   num_classes = 1 + max(c for g in groups for c in g)  # groups cover all
   model = trainer.model(config, phase, groups, num_classes)
-  like = steps.init_state(model, steps.adam(1e-3, 0.9, 0.99),
-                          (config.crop, config.crop, 3), 0)
+  like = steps.init_state(
+    model, steps.adam(1e-3, 0.9, 0.99), (config.crop, config.crop, 3), 0
+  )
   for name in (f"{phase}_best", phase):
     path = workdir / "checkpoints" / name
     if path.exists():
       variables = weights.load_variables(path, like)
       if variables is not None:
         return model, variables, config, groups
-  raise FileNotFoundError(f"{workdir}: no {phase} checkpoint "
-                          f"(looked in checkpoints/{phase}_best and "
-                          f"checkpoints/{phase}).")
+  raise FileNotFoundError(
+    f"{workdir}: no {phase} checkpoint "
+    f"(looked in checkpoints/{phase}_best and "
+    f"checkpoints/{phase})."
+  )

@@ -27,12 +27,15 @@ def read_done(workdir) -> dict | None:
   return json.loads(path.read_text()) if path.exists() else None
 
 
-def write_outputs(workdir: pathlib.Path, results: dict, probs: dict,
-                  y_test, test_idx) -> None:
+def write_outputs(
+  workdir: pathlib.Path, results: dict, probs: dict, y_test, test_idx
+) -> None:
   (workdir / DONE).unlink(missing_ok=True)
   atomic_write_text(workdir / "results.json", json.dumps(results, indent=1))
-  atomic_write(workdir / "test_predictions.npz", lambda f: np.savez_compressed(
-      f, labels=y_test, index=test_idx, **probs))
+  atomic_write(
+    workdir / "test_predictions.npz",
+    lambda f: np.savez_compressed(f, labels=y_test, index=test_idx, **probs),
+  )
   metrics = report_lib.read_metrics(workdir / "metrics.jsonl")
   names = results["class_names"]
   title = f"{results['dataset']} fold {results['fold']}"
@@ -40,10 +43,20 @@ def write_outputs(workdir: pathlib.Path, results: dict, probs: dict,
   report_lib.plot_gradients(metrics, names, workdir / "gradients.png", title)
   report_lib.plot_validation(metrics, workdir / "validation.png", title)
   report_lib.plot_roc(y_test, probs, names, workdir / "roc.png", title)
-  report_lib.plot_alpha(metrics, results.get("groups", {}).get("names", []),
-                        workdir / "alpha.png", title)
+  report_lib.plot_alpha(
+    metrics,
+    results.get("groups", {}).get("names", []),
+    workdir / "alpha.png",
+    title,
+  )
   report_lib.write_report(workdir, results)
-  atomic_write_text(workdir / DONE, json.dumps(
-      {"config": results["config"], "files": ["results.json",
-                                              "test_predictions.npz",
-                                              "report.md"]}, indent=1))
+  atomic_write_text(
+    workdir / DONE,
+    json.dumps(
+      {
+        "config": results["config"],
+        "files": ["results.json", "test_predictions.npz", "report.md"],
+      },
+      indent=1,
+    ),
+  )

@@ -6,7 +6,7 @@ import pathlib
 
 import numpy as np
 
-from agt_jax import io
+from agt_jax import io, plotting
 
 
 def _fmt(x) -> str:
@@ -29,25 +29,28 @@ def read_metrics(path) -> list[dict]:
   out: dict = {}
   for k, r in enumerate(io.read_jsonl(path)):
     key = (r.get("phase"), r["step"]) if "step" in r else ("line", k)
-    out.pop(key, None)     # a rewrite moves to where it was written
+    out.pop(key, None)  # a rewrite moves to where it was written
     out[key] = r
   return list(out.values())
 
 
 def plot_curves(metrics: list[dict], out: pathlib.Path, title: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from agt_jax import plotting
+
+  plt = plotting.pyplot()
   fig, ax = plt.subplots(figsize=(6, 3.5))
   for phase in ("warmup", *MODELS):
     rows = [m for m in metrics if m.get("phase") == phase and "loss" in m]
     if rows:
-      ax.plot([m["step"] for m in rows], [m["loss"] for m in rows],
-              label=phase)
-  ax.set_xlabel("step"); ax.set_ylabel("training loss"); ax.set_yscale("log")
+      ax.plot([m["step"] for m in rows], [m["loss"] for m in rows], label=phase)
+  ax.set_xlabel("step")
+  ax.set_ylabel("training loss")
+  ax.set_yscale("log")
   ax.set_title(title, fontsize=9)
   _legend_or_note(ax, "no training loss logged yet")
-  fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
 
 
 # Past this many classes, per-class curves are drawn faint and unlabelled:
@@ -68,53 +71,73 @@ def _legend_or_note(ax, note: str, **kw) -> None:
   if ax.get_legend_handles_labels()[0]:
     ax.legend(**kw)
   else:
-    ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=8,
-            transform=ax.transAxes)
+    ax.text(
+      0.5,
+      0.5,
+      note,
+      ha="center",
+      va="center",
+      fontsize=8,
+      transform=ax.transAxes,
+    )
 
 
-def plot_alpha(metrics: list[dict], group_names, out: pathlib.Path,
-               title: str) -> pathlib.Path | None:
+def plot_alpha(
+  metrics: list[dict], group_names, out: pathlib.Path, title: str
+) -> pathlib.Path | None:
   """GBG's MGDA weights ``alpha_g`` per step (stacked), and each group's
   cosine with the update and with the plain batch gradient."""
   rows = [m for m in metrics if m.get("phase") == "gbg" and "alpha" in m]
   if not rows:
     return None
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from agt_jax import plotting
+
+  plt = plotting.pyplot()
   steps = [m["step"] for m in rows]
   alpha = np.array([m["alpha"] for m in rows])
   labels = ["{" + ",".join(g) + "}" for g in group_names]
-  if len(labels) != alpha.shape[1]:            # per-class objectives
+  if len(labels) != alpha.shape[1]:  # per-class objectives
     labels = [f"objective {k}" for k in range(alpha.shape[1])]
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
   axes[0].stackplot(steps, alpha.T, labels=labels)
-  axes[0].set_ylim(0, 1); axes[0].set_xlabel("step")
+  axes[0].set_ylim(0, 1)
+  axes[0].set_xlabel("step")
   axes[0].set_ylabel("alpha_g (MGDA weight)")
   axes[0].legend(fontsize=7, loc="upper right")
   for key, style in (("cos_update", "-"), ("cos_batch", ":")):
     if key in rows[0]:
       c = np.array([m[key] for m in rows])
       for k in range(c.shape[1]):
-        axes[1].plot(steps, c[:, k], style, color=f"C{k}",
-                     label=f"{labels[k]} {key.split('_')[1]}")
+        axes[1].plot(
+          steps,
+          c[:, k],
+          style,
+          color=f"C{k}",
+          label=f"{labels[k]} {key.split('_')[1]}",
+        )
   axes[1].axhline(0, color="k", lw=0.5)
-  axes[1].set_xlabel("step"); axes[1].set_ylabel("cosine")
-  axes[1].set_title("group gradient vs update (-) and vs plain batch "
-                    "gradient (:)", fontsize=8)
+  axes[1].set_xlabel("step")
+  axes[1].set_ylabel("cosine")
+  axes[1].set_title(
+    "group gradient vs update (-) and vs plain batch " "gradient (:)",
+    fontsize=8,
+  )
   axes[1].legend(fontsize=6)
   fig.suptitle(title, fontsize=9)
-  fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
   return out
 
 
-def plot_gradients(metrics: list[dict], class_names, out: pathlib.Path,
-                   title: str) -> None:
+def plot_gradients(
+  metrics: list[dict], class_names, out: pathlib.Path, title: str
+) -> None:
   """Per-class |pos| and neg gradients and w over teacher steps (paper Fig. 6
   style), with the active group shaded."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from agt_jax import plotting
+
+  plt = plotting.pyplot()
   rows = [m for m in metrics if m.get("phase") == "teacher" and "pos" in m]
   if not rows:
     return
@@ -129,52 +152,78 @@ def plot_gradients(metrics: list[dict], class_names, out: pathlib.Path,
     axes[0].plot(steps, pos[:, j], **kw)
     axes[1].plot(steps, neg[:, j], **kw)
     axes[2].plot(steps, w[:, j], **kw)
-  axes[0].set_ylabel("|pos_j|"); axes[1].set_ylabel("neg_j")
-  axes[2].set_ylabel("w_j"); axes[2].set_xlabel("teacher step")
-  axes[0].set_title(title + (f" ({len(class_names)} classes, unlabelled)"
-                             if many else ""), fontsize=9)
+  axes[0].set_ylabel("|pos_j|")
+  axes[1].set_ylabel("neg_j")
+  axes[2].set_ylabel("w_j")
+  axes[2].set_xlabel("teacher step")
+  axes[0].set_title(
+    title + (f" ({len(class_names)} classes, unlabelled)" if many else ""),
+    fontsize=9,
+  )
   if not many:
     axes[0].legend(ncol=len(class_names), fontsize=7)
-  fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
 
 
-def plot_validation(metrics: list[dict], out: pathlib.Path, title: str
-                    ) -> None:
+def plot_validation(metrics: list[dict], out: pathlib.Path, title: str) -> None:
   """Validation ODIR final score and kappa over steps per phase, with the
   selected step marked."""
-  rows = [m for m in metrics if str(m.get("phase", "")).startswith("eval_")
-          and "final" in m]
+  rows = [
+    m
+    for m in metrics
+    if str(m.get("phase", "")).startswith("eval_") and "final" in m
+  ]
   if not rows:
     return
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from agt_jax import plotting
+
+  plt = plotting.pyplot()
   fig, ax = plt.subplots(figsize=(6, 3.5))
   for phase in sorted({m["phase"] for m in rows}):
     sub = [m for m in rows if m["phase"] == phase]
-    name = phase[len("eval_"):]
-    line, = ax.plot([m["step"] for m in sub], [m["final"] for m in sub],
-                    marker="o", ms=3, label=f"{name}: final")
-    ax.plot([m["step"] for m in sub], [m["kappa"] for m in sub], ls="--",
-            color=line.get_color(), label=f"{name}: kappa")
+    name = phase[len("eval_") :]
+    (line,) = ax.plot(
+      [m["step"] for m in sub],
+      [m["final"] for m in sub],
+      marker="o",
+      ms=3,
+      label=f"{name}: final",
+    )
+    ax.plot(
+      [m["step"] for m in sub],
+      [m["kappa"] for m in sub],
+      ls="--",
+      color=line.get_color(),
+      label=f"{name}: kappa",
+    )
     best = sub[-1].get("best_step")
     if best is not None:
       ax.axvline(best, color=line.get_color(), lw=0.8, ls=":")
-  ax.set_xlabel("step"); ax.set_ylabel("validation score")
+  ax.set_xlabel("step")
+  ax.set_ylabel("validation score")
   ax.set_title(f"{title}: validation (dotted: selected step)", fontsize=9)
   ax.legend(fontsize=7)
-  fig.tight_layout(); fig.savefig(out, dpi=110); plt.close(fig)
+  fig.tight_layout()
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
 
 
-def plot_roc(labels, probs_by_model: dict, class_names, out: pathlib.Path,
-             title: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+def plot_roc(
+  labels, probs_by_model: dict, class_names, out: pathlib.Path, title: str
+) -> None:
+  from agt_jax import plotting
+
+  plt = plotting.pyplot()
   from sklearn.metrics import roc_curve
-  fig, axes = plt.subplots(1, len(probs_by_model),
-                           figsize=(4.2 * len(probs_by_model), 4),
-                           layout="constrained")
+
+  fig, axes = plt.subplots(
+    1,
+    len(probs_by_model),
+    figsize=(4.2 * len(probs_by_model), 4),
+    layout="constrained",
+  )
   axes = np.atleast_1d(axes)
   many = len(class_names) > _MAX_LABELLED_CLASSES
   for ax, (name, probs) in zip(axes, probs_by_model.items()):
@@ -186,138 +235,248 @@ def plot_roc(labels, probs_by_model: dict, class_names, out: pathlib.Path,
         ax.plot(fpr, tpr, **_class_line(c, len(class_names)))
         drawn += 1
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set_title(f"{name}: ROC per class"
-                 + (f" ({drawn} classes, unlabelled)" if many else ""),
-                 fontsize=9)
-    ax.set_xlabel("FPR"); ax.set_ylabel("TPR")
+    ax.set_title(
+      f"{name}: ROC per class"
+      + (f" ({drawn} classes, unlabelled)" if many else ""),
+      fontsize=9,
+    )
+    ax.set_xlabel("FPR")
+    ax.set_ylabel("TPR")
     if not many or not drawn:
-      _legend_or_note(ax, "no class has both labels in this split",
-                      fontsize=7)
+      _legend_or_note(ax, "no class has both labels in this split", fontsize=7)
   fig.suptitle(title, fontsize=9)
-  fig.savefig(out, dpi=110); plt.close(fig)
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
 
 
 def _pca_lines(groups: dict) -> list[str]:
   out = []
   if "pca" in groups:
     p = groups["pca"]
-    out.append(f"- PCA on {p['fitted_on']}: {p['n_components']} components "
-               f"keep {p['explained_variance']:.1%} of the variance; classes "
-               f"as {p['class_representation']}")
+    out.append(
+      f"- PCA on {p['fitted_on']}: {p['n_components']} components "
+      f"keep {p['explained_variance']:.1%} of the variance; classes "
+      f"as {p['class_representation']}"
+    )
   if "stability" in groups:
     s = groups["stability"]
-    out.append(f"- stability over PCA sizes {s['pca_sizes']} x "
-               f"{s.get('seeds', '?')} K-Means seeds: adjusted Rand index "
-               f"mean {s['mean_ari']:.3f}, min {s['min_ari']:.3f}")
+    out.append(
+      f"- stability over PCA sizes {s['pca_sizes']} x "
+      f"{s.get('seeds', '?')} K-Means seeds: adjusted Rand index "
+      f"mean {s['mean_ari']:.3f}, min {s['min_ari']:.3f}"
+    )
   return out
 
 
-def write_report(workdir, results: dict) -> pathlib.Path:
-  workdir = pathlib.Path(workdir)
+def _header(results: dict) -> list[str]:
+  """Title, synthetic note, the run in a few lines, warnings."""
+  lines: list[str] = []
   ds = results["dataset"]
-  lines = [f"# AGT run: {ds}, fold {results['fold']}", "",
-           *(["**Synthetic data**: real ODIR-5K labels with procedurally "
-              "rendered images; these numbers say nothing about real "
-              "fundus photographs.", ""] if results.get("synthetic") else []),
-           f"- preset `{results['config']['preset']}`, model "
-           f"`{results['config']['model']}`, crop {results['config']['crop']}"
-           f", train images {results['train_images']}, test images "
-           f"{results['test_images']}",
-           f"- groups ({results['groups']['strategy']}, features from "
-           f"{results['groups'].get('features', 'n/a')}): "
-           + ", ".join("{" + ",".join(g) + "}"
-                       for g in results["groups"]["names"]),
-           *_pca_lines(results["groups"]),
-           f"- teacher loss: {results.get('reweight_rule', 'n/a')}",
-           f"- prior correction: {results.get('prior_correction', 'n/a')}",
-           f"- encoder initialised from: "
-           f"{results['config'].get('init') or 'random weights'}",
-           f"- validation: {results.get('validation_images', 0)} images "
-           "carved from the training fold (patient level); the test fold is "
-           "scored once, at the end", ""]
+  lines += [
+    f"# AGT run: {ds}, fold {results['fold']}",
+    "",
+    *plotting.synthetic_lines(results.get("synthetic")),
+    f"- preset `{results['config']['preset']}`, model "
+    f"`{results['config']['model']}`, crop {results['config']['crop']}"
+    f", train images {results['train_images']}, test images "
+    f"{results['test_images']}",
+    f"- groups ({results['groups']['strategy']}, features from "
+    f"{results['groups'].get('features', 'n/a')}): "
+    + ", ".join("{" + ",".join(g) + "}" for g in results["groups"]["names"]),
+    *_pca_lines(results["groups"]),
+    f"- teacher loss: {results.get('reweight_rule', 'n/a')}",
+    f"- prior correction: {results.get('prior_correction', 'n/a')}",
+    f"- encoder initialised from: "
+    f"{results['config'].get('init') or 'random weights'}",
+    f"- validation: {results.get('validation_images', 0)} images "
+    "carved from the training fold (patient level); the test fold is "
+    "scored once, at the end",
+    "",
+  ]
   for w in results.get("warnings", []):
     lines += [f"> **Warning.** {w}", ""]
-  lines += ["## ODIR score (test fold, official `> 0.5`)", "",
-            "| model | checkpoint | kappa | F1 | AUC | final | macro-AUC "
-            "| mAP |", "|---|---|---|---|---|---|---|---|"]
+  return lines
+
+
+def _scores(results: dict) -> list[str]:
+  """The headline table: official strict 0.5 ODIR scores."""
+  lines: list[str] = []
+  lines += [
+    "## ODIR score (test fold, official `> 0.5`)",
+    "",
+    "| model | checkpoint | kappa | F1 | AUC | final | macro-AUC " "| mAP |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for name in MODELS:
     for key in (name, f"{name}_last"):
       if key in results:
         r = results[key]
         o = r["odir"]
         sel = results.get("selection", {}).get(name, {})
-        which = ("last" if key.endswith("_last") or sel.get("select") ==
-                 "last" else f"best on validation (step {sel.get('step')})")
-        lines.append(f"| {name} | {which} | {_fmt(o['kappa'])} | "
-                     f"{_fmt(o['f1'])} | {_fmt(o['auc'])} | "
-                     f"{_fmt(o['final'])} | {_fmt(r['macro_auc'])} | "
-                     f"{_fmt(r['map'])} |")
+        which = (
+          "last"
+          if key.endswith("_last") or sel.get("select") == "last"
+          else f"best on validation (step {sel.get('step')})"
+        )
+        lines.append(
+          f"| {name} | {which} | {_fmt(o['kappa'])} | "
+          f"{_fmt(o['f1'])} | {_fmt(o['auc'])} | "
+          f"{_fmt(o['final'])} | {_fmt(r['macro_auc'])} | "
+          f"{_fmt(r['map'])} |"
+        )
+  return lines
+
+
+def _tuned(results: dict) -> list[str]:
+  """Scores at per-class thresholds tuned on validation."""
+  lines: list[str] = []
   tuned = [n for n in MODELS if "tuned" in results.get(n, {})]
   if tuned:
-    lines += ["", "Beside the headline: the selected checkpoints with "
-              "per-class thresholds tuned for F1 on the validation split "
-              "(not the official metric).", "",
-              "| model | kappa | F1 | AUC | final | thresholds |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+      "",
+      "Beside the headline: the selected checkpoints with "
+      "per-class thresholds tuned for F1 on the validation split "
+      "(not the official metric).",
+      "",
+      "| model | kappa | F1 | AUC | final | thresholds |",
+      "|---|---|---|---|---|---|",
+    ]
     for n in tuned:
       o = results[n]["tuned"]
       th = results["selection"][n].get("thresholds", [])
-      lines.append(f"| {n} | {_fmt(o['kappa'])} | {_fmt(o['f1'])} | "
-                   f"{_fmt(o['auc'])} | {_fmt(o['final'])} | "
-                   + " ".join(f"{t:.2f}" for t in th) + " |")
+      lines.append(
+        f"| {n} | {_fmt(o['kappa'])} | {_fmt(o['f1'])} | "
+        f"{_fmt(o['auc'])} | {_fmt(o['final'])} | "
+        + " ".join(f"{t:.2f}" for t in th)
+        + " |"
+      )
+  return lines
+
+
+def _global_threshold(results: dict) -> list[str]:
+  """Scores at one validation-tuned global threshold."""
+  lines: list[str] = []
   glob = [n for n in MODELS if "global_threshold" in results.get(n, {})]
   if glob:
-    lines += ["", "One global threshold tuned for kappa on the validation "
-              "split (the same rule for every method; shows how much of a "
-              "strict-0.5 kappa is calibration):", "",
-              "| model | threshold | kappa | F1 | final |",
-              "|---|---|---|---|---|"]
+    lines += [
+      "",
+      "One global threshold tuned for kappa on the validation "
+      "split (the same rule for every method; shows how much of a "
+      "strict-0.5 kappa is calibration):",
+      "",
+      "| model | threshold | kappa | F1 | final |",
+      "|---|---|---|---|---|",
+    ]
     for n in glob:
       o = results[n]["global_threshold"]
-      lines.append(f"| {n} | {o['threshold']:.2f} | {_fmt(o['kappa'])} | "
-                   f"{_fmt(o['f1'])} | {_fmt(o['final'])} |")
+      lines.append(
+        f"| {n} | {o['threshold']:.2f} | {_fmt(o['kappa'])} | "
+        f"{_fmt(o['f1'])} | {_fmt(o['final'])} |"
+      )
+  return lines
+
+
+def _top1(results: dict) -> list[str]:
+  """Top-1 accuracy by shot (single-label datasets)."""
+  lines: list[str] = []
   top1 = [n for n in MODELS if "top1" in results.get(n, {})]
   if top1:
-    lines += ["", "## Top-1 accuracy (single-label, test split)", "",
-              "| model | all | many (>100) | medium (20-100) | few (<20) |",
-              "|---|---|---|---|---|"]
+    lines += [
+      "",
+      "## Top-1 accuracy (single-label, test split)",
+      "",
+      "| model | all | many (>100) | medium (20-100) | few (<20) |",
+      "|---|---|---|---|---|",
+    ]
     for n in top1:
       t = results[n]["top1"]
-      lines.append(f"| {n} | {_fmt(t['all'])} | {_fmt(t['many'])} | "
-                   f"{_fmt(t['medium'])} | {_fmt(t['few'])} |")
+      lines.append(
+        f"| {n} | {_fmt(t['all'])} | {_fmt(t['many'])} | "
+        f"{_fmt(t['medium'])} | {_fmt(t['few'])} |"
+      )
+  return lines
+
+
+def _per_class(results: dict) -> list[str]:
+  """Per-class AUC, and the per-class evidence table."""
+  lines: list[str] = []
   names = results["class_names"]
-  lines += ["", "## Per-class AUC (test fold)", "",
-            "| model | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names)]
+  lines += [
+    "",
+    "## Per-class AUC (test fold)",
+    "",
+    "| model | " + " | ".join(names) + " |",
+    "|---|" + "---|" * len(names),
+  ]
   for name in MODELS:
     if name in results:
       pc = results[name]["per_class"]
-      lines.append(f"| {name} | " + " | ".join(_fmt(pc[c]["auc"])
-                                                for c in names) + " |")
-  lines += ["", "## Per-class evidence (test fold, selected checkpoints)",
-            "", "AUC and AP rank; F1, the share called positive and the "
-            "mean probability on negatives are at the strict 0.5.", "",
-            "| model | class | AUC | AP | F1 | called positive | "
-            "mean p on negatives |", "|---|---|---|---|---|---|---|"]
+      lines.append(
+        f"| {name} | " + " | ".join(_fmt(pc[c]["auc"]) for c in names) + " |"
+      )
+  lines += [
+    "",
+    "## Per-class evidence (test fold, selected checkpoints)",
+    "",
+    "AUC and AP rank; F1, the share called positive and the "
+    "mean probability on negatives are at the strict 0.5.",
+    "",
+    "| model | class | AUC | AP | F1 | called positive | "
+    "mean p on negatives |",
+    "|---|---|---|---|---|---|---|",
+  ]
   for name in MODELS:
     if name in results:
       pc = results[name]["per_class"]
       for c in names:
         v = pc[c]
-        lines.append(f"| {name} | {c} | {_fmt(v['auc'])} | "
-                     f"{_fmt(v['ap'])} | {_fmt(v['f1'])} | "
-                     f"{_fmt(v.get('called_positive'))} | "
-                     f"{_fmt(v.get('p_neg'))} |")
+        lines.append(
+          f"| {name} | {c} | {_fmt(v['auc'])} | "
+          f"{_fmt(v['ap'])} | {_fmt(v['f1'])} | "
+          f"{_fmt(v.get('called_positive'))} | "
+          f"{_fmt(v.get('p_neg'))} |"
+        )
+  return lines
+
+
+def _closing(results: dict) -> list[str]:
+  """Throughput, the plots, and the dataset line."""
+  lines: list[str] = []
   if "throughput" in results:
-    lines += ["", "## Throughput", "", "| phase | images/s | steps |",
-              "|---|---|---|"]
+    lines += [
+      "",
+      "## Throughput",
+      "",
+      "| phase | images/s | steps |",
+      "|---|---|---|",
+    ]
     for phase, t in results["throughput"].items():
       lines.append(f"| {phase} | {t['images_per_s']:.1f} | {t['steps']} |")
-  lines += ["", "Plots: `curves.png` (training losses), `gradients.png` "
-            "(per-class |pos|, neg and w over teacher steps), "
-            "`validation.png` (validation scores and the selected steps), "
-            "`roc.png`.",
-            "", f"Dataset: {ds}."]
-  path = workdir / "report.md"
+  lines += [
+    "",
+    "Plots: `curves.png` (training losses), `gradients.png` "
+    "(per-class |pos|, neg and w over teacher steps), "
+    "`validation.png` (validation scores and the selected steps), "
+    "`roc.png`.",
+    "",
+    f"Dataset: {results['dataset']}.",
+  ]
+  return lines
+
+
+def write_report(workdir, results: dict) -> pathlib.Path:
+  """``report.md`` of a finished run."""
+  lines = []
+  for section in (
+    _header,
+    _scores,
+    _tuned,
+    _global_threshold,
+    _top1,
+    _per_class,
+    _closing,
+  ):
+    lines += section(results)
+  path = pathlib.Path(workdir) / "report.md"
   io.atomic_write_text(path, "\n".join(lines) + "\n")
   return path

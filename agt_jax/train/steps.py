@@ -40,9 +40,10 @@ class LossOptions:
   ``class_counts`` (and ``num_examples`` for ``db``); ``bags`` needs the
   ``groups``.
   """
-  reweight: str = "gradient"   # gradient | feedback | count | none
+
+  reweight: str = "gradient"  # gradient | feedback | count | none
   beta: float = 2.0
-  decay: float = 0.99          # reweight="feedback": moving-average decay
+  decay: float = 0.99  # reweight="feedback": moving-average decay
   loss: str = "agt"
   class_counts: tuple | None = None
   num_examples: int | None = None
@@ -59,22 +60,25 @@ class LossOptions:
 
   def __post_init__(self):
     if self.rw_stats not in ("global", "group"):
-      raise ValueError(f"rw_stats must be 'global' or 'group', got "
-                       f"{self.rw_stats!r}.")
+      raise ValueError(
+        f"rw_stats must be 'global' or 'group', got " f"{self.rw_stats!r}."
+      )
     if self.rw_stats == "group" and not self.groups:
       raise ValueError("rw_stats='group' needs the class groups.")
     spec = methods.TEACHER_LOSSES.get_spec(self.loss)
     methods.REWEIGHTS.get_spec(self.reweight)
     for need in spec.needs:
       if not getattr(self, need):
-        raise ValueError(f"loss={self.loss!r} needs {need} (the training "
-                         "split's class counts, its size or the class "
-                         "groups).")
+        raise ValueError(
+          f"loss={self.loss!r} needs {need} (the training "
+          "split's class counts, its size or the class "
+          "groups)."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class KDOptions:
-  kd: str = "cb"               # cb | eq7 | plain | subset | none
+  kd: str = "cb"  # cb | eq7 | plain | subset | none
   temperature: float = 5.0
   gamma: float = 1.0
   direction: str = "teacher_student"
@@ -98,6 +102,7 @@ class TransferOptions:
   entropy does; a negative weight gives the focusing form). ``seed``
   draws the dropout masks, folded with the step (resumes are exact).
   """
+
   loss: str = "bce"
   focal_alpha: float = 0.5
   focal_gamma: float = 1.0
@@ -107,20 +112,25 @@ class TransferOptions:
   seed: int = 0
 
   def __post_init__(self):
-    if methods.TRANSFER_LOSSES.get_spec(self.loss).needs_counts \
-        and self.class_counts is None:
-      raise ValueError(f"loss={self.loss!r} needs the training "
-                       "class_counts.")
+    if (
+      methods.TRANSFER_LOSSES.get_spec(self.loss).needs_counts
+      and self.class_counts is None
+    ):
+      raise ValueError(
+        f"loss={self.loss!r} needs the training " "class_counts."
+      )
 
 
 # -- optimisers ---------------------------------------------------------------
+
 
 def adam(lr, b1: float, b2: float) -> optax.GradientTransformation:
   return optax.adam(lr, b1=b1, b2=b2)
 
 
-def teacher_tx(num_groups: int, lr, *, b1: float = 0.9, b2: float = 0.99
-               ) -> optax.GradientTransformationExtraArgs:
+def teacher_tx(
+  num_groups: int, lr, *, b1: float = 0.9, b2: float = 0.99
+) -> optax.GradientTransformationExtraArgs:
   """Adam for the encoder every step; Adam for head ``g`` only when group
   ``g`` is active.
 
@@ -131,10 +141,13 @@ def teacher_tx(num_groups: int, lr, *, b1: float = 0.9, b2: float = 0.99
   parameters, moments and count stay bit-identical (zeroing the gradient
   instead would keep moving it through momentum).
   """
+
   def head(g):
     return optax.conditionally_mask(
-        adam(lr, b1, b2), lambda step, group, **_: group == g,
-        forward_extra_args=True)
+      adam(lr, b1, b2),
+      lambda step, group, **_: group == g,
+      forward_extra_args=True,
+    )
 
   transforms = {"encoder": adam(lr, b1, b2)}
   transforms.update({head_name(g): head(g) for g in range(num_groups)})
@@ -142,39 +155,52 @@ def teacher_tx(num_groups: int, lr, *, b1: float = 0.9, b2: float = 0.99
   return optax.partition(transforms, labels)
 
 
-def joint_tx(lr, *, b1: float = 0.9, b2: float = 0.99
-             ) -> optax.GradientTransformationExtraArgs:
+def joint_tx(
+  lr, *, b1: float = 0.9, b2: float = 0.99
+) -> optax.GradientTransformationExtraArgs:
   """Adam over every parameter every step (heads trained jointly: BAGS, the
   multi-teacher baseline); accepts and ignores the ``group`` argument."""
   return optax.with_extra_args_support(adam(lr, b1, b2))
 
 
-def frozen_encoder_tx(tx: optax.GradientTransformation
-                      ) -> optax.GradientTransformation:
+def frozen_encoder_tx(
+  tx: optax.GradientTransformation,
+) -> optax.GradientTransformation:
   """``tx`` on every parameter but the ``encoder`` subtree, which gets
   ``optax.set_to_zero`` (no update, no optimiser state): a frozen-backbone
   run (paper 001, Task 1.2) with the same step functions."""
+
   def labels(params):
     return {k: "frozen" if k == "encoder" else "trained" for k in params}
-  return optax.partition({"frozen": optax.set_to_zero(), "trained": tx},
-                         labels)
+
+  return optax.partition({"frozen": optax.set_to_zero(), "trained": tx}, labels)
 
 
-def init_state(model, tx, image_shape: Sequence[int], seed: int,
-               loss_state: dict | None = None) -> State:
+def init_state(
+  model,
+  tx,
+  image_shape: Sequence[int],
+  seed: int,
+  loss_state: dict | None = None,
+) -> State:
   """``{"params", "batch_stats", "opt_state", "step"}`` (plus
   ``"loss_state"`` for stateful losses such as EQLv2)."""
-  variables = model.init(jax.random.key(seed), jnp.zeros(
-      (1, *image_shape), jnp.uint8), train=False)
+  variables = model.init(
+    jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.uint8), train=False
+  )
   params = variables["params"]
-  state = {"params": params, "batch_stats": variables.get("batch_stats", {}),
-           "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+  state = {
+    "params": params,
+    "batch_stats": variables.get("batch_stats", {}),
+    "opt_state": tx.init(params),
+    "step": jnp.zeros((), jnp.int32),
+  }
   if loss_state:
     state["loss_state"] = loss_state
   return state
 
 
-def initial_loss_state(options: "LossOptions", num_classes: int) -> dict | None:
+def initial_loss_state(options: LossOptions, num_classes: int) -> dict | None:
   """The explicit statistics a stateful loss carries (EQLv2, the feedback
   re-weighting), else None."""
   return methods.loss_state_init(options, num_classes)
@@ -194,13 +220,16 @@ def shift_logits(logits, options: LossOptions, group, aux=None):
 
 # -- losses -------------------------------------------------------------------
 
-def negative_weights(logits, labels, options: LossOptions, loss_state=None,
-                     group=None):
+
+def negative_weights(
+  logits, labels, options: LossOptions, loss_state=None, group=None
+):
   """AGT's `[C]` weights on the negative BCE terms, per ``reweight``
   (``feedback`` reads them from the carried ``loss_state``, the active
   group's row with ``rw_stats="group"``)."""
   return methods.REWEIGHTS.get_spec(options.reweight).weights(
-      logits, labels, options, loss_state, group)
+    logits, labels, options, loss_state, group
+  )
 
 
 def teacher_loss_terms(logits, labels, options: LossOptions):
@@ -210,8 +239,17 @@ def teacher_loss_terms(logits, labels, options: LossOptions):
   return losses.reweighted_bce(logits, labels, w), w
 
 
-def teacher_loss(logits, labels, options: LossOptions, *, features=None,
-                 aux=None, loss_state=None, step=None, group=None):
+def teacher_loss(
+  logits,
+  labels,
+  options: LossOptions,
+  *,
+  features=None,
+  aux=None,
+  loss_state=None,
+  step=None,
+  group=None,
+):
   """``(scalar loss, w [C], new loss_state)`` with each loss's published
   reduction (``w`` is the AGT negative weight, ones where unused); the
   loss is ``methods.TEACHER_LOSSES[options.loss]``.
@@ -220,18 +258,45 @@ def teacher_loss(logits, labels, options: LossOptions, *, features=None,
   :func:`shift_logits` under prior correction.
   """
   return methods.TEACHER_LOSSES.get_spec(options.loss).fn(
-      logits, labels, options, features=features, aux=aux,
-      loss_state=loss_state, step=step, group=group)
+    logits,
+    labels,
+    options,
+    features=features,
+    aux=aux,
+    loss_state=loss_state,
+    step=step,
+    group=group,
+  )
 
 
 def _norm(tree) -> jax.Array:
   return optax.tree.norm(tree)
 
 
+def apply_updates(
+  state: State, grads, batch_stats, *, tx, **extra_args
+) -> tuple[State, dict]:
+  """The optimiser step every train step ends with: ``(new state, update
+  deltas)``. ``extra_args`` go to ``tx.update`` (the active ``group`` of
+  :func:`teacher_tx`)."""
+  deltas, opt_state = tx.update(
+    grads, state["opt_state"], state["params"], **extra_args
+  )
+  params = optax.apply_updates(state["params"], deltas)
+  return {
+    "params": params,
+    "batch_stats": batch_stats,
+    "opt_state": opt_state,
+    "step": state["step"] + 1,
+  }, deltas
+
+
 # -- steps --------------------------------------------------------------------
 
-def teacher_step(state: State, batch: dict, *, model, tx,
-                 options: LossOptions) -> tuple[State, dict]:
+
+def teacher_step(
+  state: State, batch: dict, *, model, tx, options: LossOptions
+) -> tuple[State, dict]:
   """One AGT teacher update (paper Algorithm 4, one mini-batch).
 
   The logits of **all** heads enter the loss, so inactive heads' logits still
@@ -245,26 +310,42 @@ def teacher_step(state: State, batch: dict, *, model, tx,
 
   def loss_fn(params):
     (logits, features), updates = model.apply(
-        {"params": params, "batch_stats": state["batch_stats"]},
-        batch["image"], train=True, mutable=["batch_stats", "aux"])
+      {"params": params, "batch_stats": state["batch_stats"]},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats", "aux"],
+    )
     aux = {k: v[0] for k, v in updates.get("aux", {}).items()}
     logits, aux = shift_logits(logits, options, batch["group"], aux)
     loss, w, new_loss_state = teacher_loss(
-        logits, labels, options, features=features, aux=aux,
-        loss_state=loss_state, step=state["step"], group=batch["group"])
+      logits,
+      labels,
+      options,
+      features=features,
+      aux=aux,
+      loss_state=loss_state,
+      step=state["step"],
+      group=batch["group"],
+    )
     return loss, (logits, w, updates, new_loss_state)
 
   (loss, (logits, w, updates, new_loss_state)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state["params"])
-  deltas, opt_state = tx.update(grads, state["opt_state"], state["params"],
-                                group=batch["group"])
-  params = optax.apply_updates(state["params"], deltas)
+    loss_fn, has_aux=True
+  )(state["params"])
+  new_state, deltas = apply_updates(
+    state, grads, updates["batch_stats"], tx=tx, group=batch["group"]
+  )
   pos, neg = losses.gradient_ratio_stats(logits, labels)
-  metrics = {"loss": loss, "group": batch["group"], "pos": pos, "neg": neg,
-             "w": w, "grad_norm": _norm(grads), "param_norm": _norm(params),
-             "update_norm": _norm(deltas)}
-  new_state = {"params": params, "batch_stats": updates["batch_stats"],
-               "opt_state": opt_state, "step": state["step"] + 1}
+  metrics = {
+    "loss": loss,
+    "group": batch["group"],
+    "pos": pos,
+    "neg": neg,
+    "w": w,
+    "grad_norm": _norm(grads),
+    "param_norm": _norm(new_state["params"]),
+    "update_norm": _norm(deltas),
+  }
   if loss_state is not None:
     new_state["loss_state"] = new_loss_state
   return new_state, metrics
@@ -277,29 +358,35 @@ def plain_step(state: State, batch: dict, *, model, tx) -> tuple[State, dict]:
 
   def loss_fn(params):
     (logits, _), updates = model.apply(
-        {"params": params, "batch_stats": state["batch_stats"]},
-        batch["image"], train=True, mutable=["batch_stats"])
+      {"params": params, "batch_stats": state["batch_stats"]},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+    )
     loss = optax.sigmoid_binary_cross_entropy(logits, labels).sum(-1).mean()
     return loss, updates
 
   (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state["params"])
-  deltas, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  params = optax.apply_updates(state["params"], deltas)
-  return ({"params": params, "batch_stats": updates["batch_stats"],
-           "opt_state": opt_state, "step": state["step"] + 1},
-          {"loss": loss, "grad_norm": _norm(grads),
-           "param_norm": _norm(params)})
+    state["params"]
+  )
+  new_state, _ = apply_updates(state, grads, updates["batch_stats"], tx=tx)
+  params = new_state["params"]
+  return (
+    new_state,
+    {"loss": loss, "grad_norm": _norm(grads), "param_norm": _norm(params)},
+  )
 
 
 def transfer_loss(logits, labels, options: TransferOptions):
   """``[N, C]`` per-element loss of ``options.loss``."""
-  return methods.TRANSFER_LOSSES.get_spec(options.loss).fn(logits, labels,
-                                                            options)
+  return methods.TRANSFER_LOSSES.get_spec(options.loss).fn(
+    logits, labels, options
+  )
 
 
-def transfer_step(state: State, batch: dict, *, model, tx,
-                  options: TransferOptions) -> tuple[State, dict]:
+def transfer_step(
+  state: State, batch: dict, *, model, tx, options: TransferOptions
+) -> tuple[State, dict]:
   """One update of a :class:`~agt_jax.models.TransferNet` (paper 001).
 
   The encoder's map is computed once; a frozen encoder's map is a
@@ -308,28 +395,37 @@ def transfer_step(state: State, batch: dict, *, model, tx,
   differentiated through, head and encoder (second order).
   """
   from agt_jax.models import transfer
+
   labels = batch["labels"].astype(jnp.float32)
   rng = jax.random.fold_in(jax.random.key(options.seed), state["step"])
 
   def loss_fn(params):
     fmap, updates = model.apply(
-        {"params": params, "batch_stats": state["batch_stats"]},
-        batch["image"], train=True, mutable=["batch_stats"],
-        method=type(model).feature_map)
+      {"params": params, "batch_stats": state["batch_stats"]},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+      method=type(model).feature_map,
+    )
     if model.freeze_encoder:
       fmap = jax.lax.stop_gradient(fmap)
 
     def head(m):
-      return model.apply({"params": params}, m, train=True,
-                         rngs={"dropout": rng},
-                         method=type(model).from_map)[0]
+      return model.apply(
+        {"params": params},
+        m,
+        train=True,
+        rngs={"dropout": rng},
+        method=type(model).from_map,
+      )[0]
 
     aux = {}
     if options.cam_entropy:
       logits, cams = transfer._cams(fmap, head, labels.shape[1])
       pos = labels > 0
       ent = transfer.cam_entropy(cams, where=pos).sum() / jnp.maximum(
-          pos.sum(), 1)
+        pos.sum(), 1
+      )
       aux["cam_entropy"] = ent
     else:
       logits = head(fmap)
@@ -338,19 +434,33 @@ def transfer_step(state: State, batch: dict, *, model, tx,
     return loss, ({"task_loss": task, **aux}, updates)
 
   (loss, (aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state["params"])
-  deltas, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  params = optax.apply_updates(state["params"], deltas)
-  return ({"params": params, "batch_stats": updates["batch_stats"],
-           "opt_state": opt_state, "step": state["step"] + 1},
-          {"loss": loss, **aux, "grad_norm": _norm(grads),
-           "param_norm": _norm(params)})
+    state["params"]
+  )
+  new_state, _ = apply_updates(state, grads, updates["batch_stats"], tx=tx)
+  params = new_state["params"]
+  return (
+    new_state,
+    {
+      "loss": loss,
+      **aux,
+      "grad_norm": _norm(grads),
+      "param_norm": _norm(params),
+    },
+  )
 
 
-def student_step(state: State, batch: dict, teacher_variables: dict, *,
-                 model, teacher_model, tx, class_counts,
-                 options: KDOptions, teacher_offset=None
-                 ) -> tuple[State, dict]:
+def student_step(
+  state: State,
+  batch: dict,
+  teacher_variables: dict,
+  *,
+  model,
+  teacher_model,
+  tx,
+  class_counts,
+  options: KDOptions,
+  teacher_offset=None,
+) -> tuple[State, dict]:
   """One student update: ``L = BCE + gamma * KD`` (paper Eq. 8).
 
   The frozen teacher runs inside the same jitted step on the very augmented
@@ -361,33 +471,46 @@ def student_step(state: State, batch: dict, teacher_variables: dict, *,
   distils natural-prior log-odds.
   """
   labels = batch["labels"].astype(jnp.float32)
-  teacher_logits, _ = teacher_model.apply(teacher_variables, batch["image"],
-                                          train=False)
+  teacher_logits, _ = teacher_model.apply(
+    teacher_variables, batch["image"], train=False
+  )
   if teacher_offset is not None:
     teacher_logits = teacher_logits - teacher_offset
   teacher_logits = jax.lax.stop_gradient(teacher_logits)
 
   def loss_fn(params):
     (logits, _), updates = model.apply(
-        {"params": params, "batch_stats": state["batch_stats"]},
-        batch["image"], train=True, mutable=["batch_stats"])
+      {"params": params, "batch_stats": state["batch_stats"]},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+    )
     bce = optax.sigmoid_binary_cross_entropy(logits, labels).sum(-1).mean()
-    kd = methods.KD.get_spec(options.kd).fn(logits, teacher_logits, labels,
-                                            class_counts, options)
+    kd = methods.KD.get_spec(options.kd).fn(
+      logits, teacher_logits, labels, class_counts, options
+    )
     return bce + options.gamma * kd, (bce, kd, updates)
 
-  (loss, (bce, kd, updates)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state["params"])
-  deltas, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  params = optax.apply_updates(state["params"], deltas)
-  return ({"params": params, "batch_stats": updates["batch_stats"],
-           "opt_state": opt_state, "step": state["step"] + 1},
-          {"loss": loss, "bce": bce, "kd": kd, "grad_norm": _norm(grads),
-           "param_norm": _norm(params)})
+  (loss, (bce, kd, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state["params"]
+  )
+  new_state, _ = apply_updates(state, grads, updates["batch_stats"], tx=tx)
+  params = new_state["params"]
+  return (
+    new_state,
+    {
+      "loss": loss,
+      "bce": bce,
+      "kd": kd,
+      "grad_norm": _norm(grads),
+      "param_norm": _norm(params),
+    },
+  )
 
 
-def predict_step(variables: dict, images, *, model, offset=None
-                 ) -> tuple[jax.Array, jax.Array]:
+def predict_step(
+  variables: dict, images, *, model, offset=None
+) -> tuple[jax.Array, jax.Array]:
   """Eval mode: ``(probabilities [N, C], features [N, D])``;
   ``sigmoid(logits - offset)`` with a `[C]` post-hoc prior correction."""
   logits, features = model.apply(variables, images, train=False)

@@ -34,16 +34,23 @@ import optax
 from flax import linen as nn
 
 from agt_jax.data import samplers
-from agt_jax.models.adapters import (LinearEnsembler, ResidualAdapter,
-                                     cosine_logits)
+from agt_jax.models.adapters import (
+  LinearEnsembler,
+  ResidualAdapter,
+  cosine_logits,
+)
 
-__all__ = ["TFAOptions", "orthonormal_embeddings", "run_tfa_lt",
-           "softmax_focal_loss"]
+__all__ = [
+  "TFAOptions",
+  "orthonormal_embeddings",
+  "run_tfa_lt",
+  "softmax_focal_loss",
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class TFAOptions:
-  objective: str = "softmax"        # softmax (paper) | bce (multi-label)
+  objective: str = "softmax"  # softmax (paper) | bce (multi-label)
   tau: float = 0.01
   lr: float = 0.1
   momentum: float = 0.9
@@ -51,33 +58,38 @@ class TFAOptions:
   batch_size: int = 128
   stage1_epochs: int = 200
   stage2_epochs: int = 100
-  focal_gamma: float = 2.0          # Lin et al.'s default; the paper cites it
+  focal_gamma: float = 2.0  # Lin et al.'s default; the paper cites it
   seed: int = 0
 
   def __post_init__(self):
     if self.objective not in ("softmax", "bce"):
-      raise ValueError(f"objective must be softmax or bce, got "
-                       f"{self.objective!r}.")
+      raise ValueError(
+        f"objective must be softmax or bce, got " f"{self.objective!r}."
+      )
 
 
 def softmax_focal_loss(logits, labels, *, gamma: float = 2.0):
   r"""Per-example softmax focal loss (Lin et al. 2017) for integer labels:
   :math:`-(1 - p_y)^\gamma \log p_y`; ``gamma=0`` is cross-entropy.
   ``[N, C]`` logits, ``[N]`` labels -> ``[N]``."""
-  logp = jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None],
-                             axis=-1)[:, 0]
-  if gamma == 0:   # x**0's gradient is NaN at x = 0 (a confident example)
+  logp = jnp.take_along_axis(
+    jax.nn.log_softmax(logits), labels[:, None], axis=-1
+  )[:, 0]
+  if gamma == 0:  # x**0's gradient is NaN at x = 0 (a confident example)
     return -logp
   return -((-jnp.expm1(logp)) ** gamma) * logp
 
 
-def orthonormal_embeddings(num_classes: int, dim: int, *, seed: int = 0
-                           ) -> np.ndarray:
+def orthonormal_embeddings(
+  num_classes: int, dim: int, *, seed: int = 0
+) -> np.ndarray:
   """``[C, d]`` fixed random orthonormal class embeddings: the stand-in for
   text embeddings when none are given ("no text guidance")."""
   if num_classes > dim:
-    raise ValueError(f"{num_classes} orthonormal embeddings need d >= C; "
-                     f"the features have d = {dim}.")
+    raise ValueError(
+      f"{num_classes} orthonormal embeddings need d >= C; "
+      f"the features have d = {dim}."
+    )
   a = np.random.default_rng(seed).normal(size=(dim, num_classes))
   q, _ = np.linalg.qr(a)
   return q.T.astype(np.float32)
@@ -87,6 +99,7 @@ class AdapterClassifier(nn.Module):
   """Stage I: Eq. 1's adapter then Eq. 2's similarity logits (plus a
   per-class bias in the multi-label form); ``adapter=False`` is CLIP's
   zero-shot classifier (features as they are)."""
+
   text: jax.Array
   tau: float
   multilabel: bool
@@ -104,6 +117,7 @@ class AdapterClassifier(nn.Module):
 class Ensembler(nn.Module):
   """Stage II (Eq. 3): ``feature``: K maps both adapted features to one,
   then similarity logits; ``logit``: K maps both logit vectors."""
+
   text: jax.Array
   tau: float
   multilabel: bool
@@ -112,8 +126,11 @@ class Ensembler(nn.Module):
   @nn.compact
   def __call__(self, fw, fr, lw, lr):
     if self.level == "feature":
-      z = cosine_logits(LinearEnsembler(fw.shape[-1], name="ensembler")(
-          fw, fr), self.text, tau=self.tau)
+      z = cosine_logits(
+        LinearEnsembler(fw.shape[-1], name="ensembler")(fw, fr),
+        self.text,
+        tau=self.tau,
+      )
       if self.multilabel:
         z = z + self.param("bias", nn.initializers.zeros, (z.shape[-1],))
       return z
@@ -125,19 +142,23 @@ def _loss(logits, labels, options: TFAOptions, *, focal: bool):
   if options.objective == "softmax":
     return softmax_focal_loss(logits, labels, gamma=gamma).mean()
   if focal:
-    return optax.sigmoid_focal_loss(logits, labels, alpha=None,
-                                    gamma=gamma).mean()
+    return optax.sigmoid_focal_loss(
+      logits, labels, alpha=None, gamma=gamma
+    ).mean()
   return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
 
 
 def _optimizer(options: TFAOptions, total_steps: int):
   sched = optax.cosine_decay_schedule(options.lr, max(total_steps, 1))
-  return optax.chain(optax.add_decayed_weights(options.weight_decay),
-                     optax.sgd(sched, momentum=options.momentum))
+  return optax.chain(
+    optax.add_decayed_weights(options.weight_decay),
+    optax.sgd(sched, momentum=options.momentum),
+  )
 
 
-def _train(apply_fn, params, inputs, labels, index, options, *, focal,
-           log_lambda=False):
+def _train(
+  apply_fn, params, inputs, labels, index, options, *, focal, log_lambda=False
+):
   """SGD over the ``[steps, batch]`` index plan in one ``lax.scan``;
   returns the trained params and, per step, the loss (and σ(λ))."""
   tx = _optimizer(options, index.shape[0])
@@ -158,24 +179,69 @@ def _train(apply_fn, params, inputs, labels, index, options, *, focal,
     return (p, s), out
 
   (params, _), logs = jax.jit(lambda c, ix: jax.lax.scan(step, c, ix))(
-      (params, tx.init(params)), jnp.asarray(index))
+    (params, tx.init(params)), jnp.asarray(index)
+  )
   return params, jax.device_get(logs)
 
 
-def _plan(pool: np.ndarray, epochs: int, batch: int, rng, p=None
-          ) -> np.ndarray:
+def _plan(pool: np.ndarray, epochs: int, batch: int, rng, p=None) -> np.ndarray:
   """``[steps, batch]`` indices: ``epochs`` passes over ``len(pool)``
   draws (a shuffle of ``pool``, or with replacement by ``p``)."""
   steps = max(1, math.ceil(len(pool) / batch)) * epochs
   if p is not None:
     return rng.choice(pool, size=(steps, batch), p=p)
-  rows = [rng.permutation(pool) for _ in range(
-      math.ceil(steps * batch / len(pool)) + 1)]
-  return np.concatenate(rows)[:steps * batch].reshape(steps, batch)
+  rows = [
+    rng.permutation(pool)
+    for _ in range(math.ceil(steps * batch / len(pool)) + 1)
+  ]
+  return np.concatenate(rows)[: steps * batch].reshape(steps, batch)
 
 
-def run_tfa_lt(train_x, train_y, test_x, text, options: TFAOptions, *,
-               levels=("feature", "logit")) -> dict:
+def _stage1(
+  classifier, train_x, labels, onehot, key, rng, options, out
+) -> dict:
+  """Stage I: WRS and RUS adapters, and one on the original set (the
+  ablation); ``{name: (model, params)}``, with their logs put in ``out``."""
+  n, b = len(onehot), options.batch_size
+  w = samplers.instance_class_balanced_weights(onehot)
+  pools = {
+    "wrs": (np.arange(n), w / w.sum()),
+    "rus": (
+      samplers.random_undersample_indices(onehot, seed=options.seed),
+      None,
+    ),
+    "plain": (np.arange(n), None),
+  }
+  adapters = {}
+  for name, (pool, p) in pools.items():
+    model = classifier()
+    params = model.init(jax.random.fold_in(key, len(adapters) + 1), train_x[:1])
+    index = _plan(pool, options.stage1_epochs, b, rng, p)
+    params, logs = _train(
+      lambda q, x: model.apply(q, x)[0],
+      params,
+      [train_x],
+      labels,
+      index,
+      options,
+      focal=False,
+      log_lambda=True,
+    )
+    adapters[name] = (model, params)
+    out["sigma_lambda"][name] = np.asarray(logs["sigma_lambda"]).tolist()
+    out["loss"][f"stage1_{name}"] = float(np.mean(logs["loss"][-10:]))
+  return adapters
+
+
+def run_tfa_lt(
+  train_x,
+  train_y,
+  test_x,
+  text,
+  options: TFAOptions,
+  *,
+  levels=("feature", "logit"),
+) -> dict:
   """TFA-LT and its Table 2 ablations on frozen features.
 
   Args:
@@ -212,28 +278,13 @@ def run_tfa_lt(train_x, train_y, test_x, text, options: TFAOptions, *,
   zs_params = zs.init(key, train_x[:1])
   out["scores"]["zero_shot"] = np.asarray(zs.apply(zs_params, test_x)[0])
 
-  # Stage I: WRS and RUS adapters; and one on the original set (ablation).
-  w = samplers.instance_class_balanced_weights(onehot)
-  pools = {"wrs": (np.arange(n), w / w.sum()),
-           "rus": (samplers.random_undersample_indices(onehot,
-                                                       seed=options.seed),
-                   None),
-           "plain": (np.arange(n), None)}
-  adapters = {}
-  for name, (pool, p) in pools.items():
-    model = classifier()
-    params = model.init(jax.random.fold_in(key, len(adapters) + 1),
-                        train_x[:1])
-    index = _plan(pool, options.stage1_epochs, b, rng, p)
-    params, logs = _train(lambda q, x: model.apply(q, x)[0], params,
-                          [train_x], labels, index, options, focal=False,
-                          log_lambda=True)
-    adapters[name] = (model, params)
-    out["sigma_lambda"][name] = np.asarray(logs["sigma_lambda"]).tolist()
-    out["loss"][f"stage1_{name}"] = float(np.mean(logs["loss"][-10:]))
+  adapters = _stage1(
+    classifier, train_x, labels, onehot, key, rng, options, out
+  )
   plain_model, plain_params = adapters["plain"]
   out["scores"]["adapter"] = np.asarray(
-      plain_model.apply(plain_params, test_x)[0])
+    plain_model.apply(plain_params, test_x)[0]
+  )
 
   def frozen_inputs(x, use_adapters):
     if not use_adapters:
@@ -252,8 +303,9 @@ def run_tfa_lt(train_x, train_y, test_x, text, options: TFAOptions, *,
       ens = Ensembler(text, options.tau, multilabel, level)
       params = ens.init(jax.random.fold_in(key, 100), *[a[:1] for a in tr])
       index = _plan(np.arange(n), options.stage2_epochs, b, rng)
-      params, logs = _train(ens.apply, params, list(tr), labels, index,
-                            options, focal=True)
+      params, logs = _train(
+        ens.apply, params, list(tr), labels, index, options, focal=True
+      )
       row = f"{'tfa' if use_adapters else 'ensembler'}_{level}"
       out["scores"][row] = np.asarray(ens.apply(params, *te))
       out["loss"][f"stage2_{row}"] = float(np.mean(logs["loss"][-10:]))

@@ -22,6 +22,7 @@ from agt_jax.methods import Registry, register
 @dataclasses.dataclass(frozen=True)
 class Context:
   """What a trainer needs besides the config, the fold and the groups."""
+
   encoder: Any
   mesh: Any
   workdir: pathlib.Path
@@ -42,6 +43,7 @@ class Trainer:
   priors (``prior_correction`` applies); ``owns``: config fields only
   this trainer reads; ``check(config)``: a config error or None.
   """
+
   name: str
   train: Callable
   model: Callable
@@ -62,8 +64,10 @@ def _module(name: str):
 
 def _resolved(name: str) -> dict:
   """``train`` and ``model`` of the trainer module ``name``."""
-  return {"train": lambda *a: _module(name).train(*a),
-          "model": lambda *a: _module(name).model(*a)}
+  return {
+    "train": lambda *a: _module(name).train(*a),
+    "model": lambda *a: _module(name).model(*a),
+  }
 
 
 def _agt_rule(config) -> str:
@@ -75,67 +79,136 @@ def _agt_rule(config) -> str:
 
 
 def _gbg_rule(config) -> str:
-  return (f"trainer=gbg: one {methods.objective(config)} loss per "
-          f"group, combined by moo={config.moo} (normaliser "
-          f"{config.moo_normalizer}), GAC batches")
+  return (
+    f"trainer=gbg: one {methods.objective(config)} loss per "
+    f"group, combined by moo={config.moo} (normaliser "
+    f"{config.moo_normalizer}), GAC batches"
+  )
 
 
 def _transfer_rule(config) -> str:
-  return (f"trainer=transfer: {config.transfer_loss} on every class "
-          f"({'frozen encoder' if config.freeze_encoder else 'all layers'}"
-          f", attention {config.attention}, head {config.head}"
-          + (f", Grad-CAM entropy {config.cam_entropy:g}"
-             if config.cam_entropy else "") + ")")
+  return (
+    f"trainer=transfer: {config.transfer_loss} on every class "
+    f"({'frozen encoder' if config.freeze_encoder else 'all layers'}"
+    f", attention {config.attention}, head {config.head}"
+    + (
+      f", Grad-CAM entropy {config.cam_entropy:g}" if config.cam_entropy else ""
+    )
+    + ")"
+  )
 
 
 def _gbg_check(config) -> str | None:
   import math
-  if config.n_groups * math.ceil(config.gac_fraction
-                                 * config.batch_size) > config.batch_size:
-    return (f"trainer='gbg': {config.n_groups} groups x a tenth of "
-            f"batch_size={config.batch_size} do not fit one batch "
-            "(the GAC sampler tops missing groups up); lower "
-            "gac_fraction or n_groups.")
+
+  if (
+    config.n_groups * math.ceil(config.gac_fraction * config.batch_size)
+    > config.batch_size
+  ):
+    return (
+      f"trainer='gbg': {config.n_groups} groups x a tenth of "
+      f"batch_size={config.batch_size} do not fit one batch "
+      "(the GAC sampler tops missing groups up); lower "
+      "gac_fraction or n_groups."
+    )
   return None
 
 
-TRAINERS = Registry("trainer", [
-    Trainer("agt", **_resolved("agt"), phases=("teacher", "student"),
-            description="AGT: a shared encoder with one head per group, "
-            "trained cyclically on group-mixed batches, then a "
-            "class-balanced KD student", rule=_agt_rule, student=True,
-            sampler_prior=True, owns=("bn_recalibrate", "rw_stats")),
-    Trainer("gbg", **_resolved("gbg"), phases=("gbg",),
-            description="GBG (paper 004): one model, every group's loss "
-            "each step, combined by a multi-objective solver, on GAC batches",
-            rule=_gbg_rule, check=_gbg_check),
-    Trainer("transfer", **_resolved("transfer"), phases=("transfer",),
-            description="transfer study (paper 001): one TransferNet on "
-            "every class", rule=_transfer_rule, grouped=False),
-])
+# The config fields each trainer alone reads; every other field is common
+# (data, model, optimisation, grouping, selection, bookkeeping).
+# fmt: off
+_AGT_FIELDS = (
+  "student_steps", "alpha", "reweight", "loss", "beta", "rw_decay",
+  "rw_stats", "prior_correction", "bn_recalibrate", "switch_every",
+  "schedule", "teacher", "experts", "ib_start", "kd", "temperature",
+  "gamma", "kd_direction",
+)
+_GBG_FIELDS = ("moo", "moo_normalizer", "gac_fraction")
+_TRANSFER_FIELDS = (
+  "freeze_encoder", "attention", "head", "head_hidden", "dropout",
+  "transfer_loss", "focal_alpha", "focal_gamma", "cb_beta", "cam_entropy",
+)
+# fmt: on
+
+TRAINERS = Registry(
+  "trainer",
+  [
+    Trainer(
+      "agt",
+      **_resolved("agt"),
+      phases=("teacher", "student"),
+      description="AGT: a shared encoder with one head per group, "
+      "trained cyclically on group-mixed batches, then a "
+      "class-balanced KD student",
+      rule=_agt_rule,
+      student=True,
+      sampler_prior=True,
+      owns=_AGT_FIELDS,
+    ),
+    Trainer(
+      "gbg",
+      **_resolved("gbg"),
+      phases=("gbg",),
+      description="GBG (paper 004): one model, every group's loss "
+      "each step, combined by a multi-objective solver, on GAC batches",
+      rule=_gbg_rule,
+      owns=_GBG_FIELDS,
+      check=_gbg_check,
+    ),
+    Trainer(
+      "transfer",
+      **_resolved("transfer"),
+      phases=("transfer",),
+      description="transfer study (paper 001): one TransferNet on "
+      "every class",
+      rule=_transfer_rule,
+      grouped=False,
+      owns=_TRANSFER_FIELDS,
+    ),
+  ],
+)
 
 __all__ = ["Context", "TRAINERS", "Trainer", "markdown", "register"]
 
 
 def markdown() -> str:
   """``docs/methods.md``: every registered name, from the specs."""
-  out = ["# Methods by name", "",
-         "Generated from the registries (`python -m agt_jax.train.trainers > "
-         "docs/methods.md`; a test keeps it current). Each name is a "
-         "`--set` value; adding one is one spec in `agt_jax/methods.py` "
-         "(or `agt_jax/train/trainers.py`) or a `methods.register` call "
-         "from your own code.", ""]
+  out = [
+    "# Methods by name",
+    "",
+    "Generated from the registries (`python -m agt_jax.train.trainers > "
+    "docs/methods.md`; a test keeps it current). Each name is a "
+    "`--set` value; adding one is one spec in `agt_jax/methods.py` "
+    "(or `agt_jax/train/trainers.py`) or a `methods.register` call "
+    "from your own code.",
+    "",
+  ]
   for title, field, registry in (
-      ("Trainers", "trainer", TRAINERS),
-      ("Teacher losses", "loss", methods.TEACHER_LOSSES),
-      ("Re-weighting rules (with " + " or ".join(
-          f"`loss={n}`" for n, t in methods.TEACHER_LOSSES.items()
-          if t.reweightable) + ")", "reweight", methods.REWEIGHTS),
-      ("Student distillation", "kd", methods.KD),
-      ("Transfer-study losses (`trainer=transfer`)", "transfer_loss",
-       methods.TRANSFER_LOSSES)):
-    out += [f"## {title}: `--set {field}=NAME`", ""] + methods.markdown_table(
-        registry) + [""]
+    ("Trainers", "trainer", TRAINERS),
+    ("Teacher losses", "loss", methods.TEACHER_LOSSES),
+    (
+      "Re-weighting rules (with "
+      + " or ".join(
+        f"`loss={n}`"
+        for n, t in methods.TEACHER_LOSSES.items()
+        if t.reweightable
+      )
+      + ")",
+      "reweight",
+      methods.REWEIGHTS,
+    ),
+    ("Student distillation", "kd", methods.KD),
+    (
+      "Transfer-study losses (`trainer=transfer`)",
+      "transfer_loss",
+      methods.TRANSFER_LOSSES,
+    ),
+  ):
+    out += (
+      [f"## {title}: `--set {field}=NAME`", ""]
+      + methods.markdown_table(registry)
+      + [""]
+    )
   return "\n".join(out)
 
 

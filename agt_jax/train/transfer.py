@@ -17,12 +17,18 @@ def transfer_model(config, num_classes: int) -> models.TransferNet:
   the patch-token map."""
   vit = config.model.startswith("vit")
   spatial = not vit or config.attention != "none" or config.cam_entropy != 0
-  encoder = models.make_encoder(config.model, dtype=models.DTYPES[config.dtype],
-                                pool=not spatial)
+  encoder = models.make_encoder(
+    config.model, dtype=models.DTYPES[config.dtype], pool=not spatial
+  )
   return models.TransferNet(
-      encoder, num_classes=num_classes, attention=config.attention,
-      head=config.head, hidden=config.head_hidden, dropout=config.dropout,
-      freeze_encoder=config.freeze_encoder)
+    encoder,
+    num_classes=num_classes,
+    attention=config.attention,
+    head=config.head,
+    hidden=config.head_hidden,
+    dropout=config.dropout,
+    freeze_encoder=config.freeze_encoder,
+  )
 
 
 def model(config, phase: str, groups, num_classes: int):
@@ -47,28 +53,44 @@ def train(config, data, groups, ctx) -> dict[str, Trained]:
   tx = steps.adam(config.lr, config.b1, config.b2)
   if config.freeze_encoder:
     tx = steps.frozen_encoder_tx(tx)
-  state = steps.init_state(model, tx, (config.crop, config.crop, 3),
-                           config.seed)
+  state = steps.init_state(
+    model, tx, (config.crop, config.crop, 3), config.seed
+  )
   if config.init:
     state = load_init(config.init, state)
     state["opt_state"] = tx.init(state["params"])
   options = steps.TransferOptions(
-      loss=config.transfer_loss, focal_alpha=config.focal_alpha,
-      focal_gamma=config.focal_gamma, cb_beta=config.cb_beta,
-      class_counts=tuple(int(x) for x in data.counts),
-      cam_entropy=config.cam_entropy, seed=config.seed)
+    loss=config.transfer_loss,
+    focal_alpha=config.focal_alpha,
+    focal_gamma=config.focal_gamma,
+    cb_beta=config.cb_beta,
+    class_counts=tuple(int(x) for x in data.counts),
+    cam_entropy=config.cam_entropy,
+    seed=config.seed,
+  )
 
   def transfer_fn(state, batch):
-    return steps.transfer_step(state, batch, model=model, tx=tx,
-                               options=options)
+    return steps.transfer_step(
+      state, batch, model=model, tx=tx, options=options
+    )
 
   trained = run_phase(
-      "transfer", model=model, step_fn=transfer_fn, state=state,
-      batches=samplers.instance_balanced_batches(
-          data.y_fit, batch_size=config.batch_size, seed=config.seed),
-      config=config, data=data, mesh=ctx.mesh, workdir=ctx.workdir,
-      resume=ctx.resume, total_steps=config.teacher_steps)
+    "transfer",
+    model=model,
+    step_fn=transfer_fn,
+    state=state,
+    batches=samplers.instance_balanced_batches(
+      data.y_fit, batch_size=config.batch_size, seed=config.seed
+    ),
+    config=config,
+    data=data,
+    mesh=ctx.mesh,
+    workdir=ctx.workdir,
+    resume=ctx.resume,
+    total_steps=config.teacher_steps,
+  )
   trained.selection["schedule"] = (
-      f"transfer ({'frozen encoder' if config.freeze_encoder else 'all layers'}"
-      f", {config.transfer_loss}, attention {config.attention})")
+    f"transfer ({'frozen encoder' if config.freeze_encoder else 'all layers'}"
+    f", {config.transfer_loss}, attention {config.attention})"
+  )
   return {"transfer": trained}

@@ -36,7 +36,7 @@ def ride_gradient() -> np.ndarray:
   experts' mean at temperature T (weight -0.2)."""
   z, t = ref.ride_inputs()
   counts = torch.tensor(ref.PEER_COUNTS, dtype=torch.float64)
-  m = counts ** -0.25
+  m = counts**-0.25
   m = m * (0.5 / m.max())
   cw = torch.tensor(ref.cb_weights(ref.PEER_COUNTS, 0.9999))
   f = counts / counts.sum()
@@ -52,7 +52,8 @@ def ride_gradient() -> np.ndarray:
     with torch.no_grad():
       target = F.softmax(mean / temp, dim=1)
     total = total + (-0.2) * temp.mean() ** 2 * F.kl_div(
-        F.log_softmax(zt[k] / temp, dim=1), target, reduction="batchmean")
+      F.log_softmax(zt[k] / temp, dim=1), target, reduction="batchmean"
+    )
   total.backward()
   return zt.grad.numpy()
 
@@ -65,8 +66,12 @@ def db_gradient() -> np.ndarray:
   zt = torch.tensor(zb, dtype=torch.float64, requires_grad=True)
   yt = torch.tensor(yb, dtype=torch.float64)
   freq_inv = 1 / counts
-  w = torch.sigmoid(10 * (freq_inv[None] / (yt * freq_inv).sum(1, keepdim=True)
-                          - 0.2)) + 0.1
+  w = (
+    torch.sigmoid(
+      10 * (freq_inv[None] / (yt * freq_inv).sum(1, keepdim=True) - 0.2)
+    )
+    + 0.1
+  )
   x = zt - torch.log(ref.PEER_N_TRAIN / counts - 1) * 0.05 / 2
   x = x * (1 - yt) * 2 + x * yt
   w = w / 2 * (1 - yt) + w * yt
@@ -80,20 +85,20 @@ def encoder_features(name, ctor):
   net = ctor(weights=None).eval()
   spec = {k: list(v.shape) for k, v in net.state_dict().items()}
   vit = name == "vit_b16"
-  state = ref.torchvision_like_state(spec, linear="fan_in" if vit else
-                                     "small")
+  state = ref.torchvision_like_state(spec, linear="fan_in" if vit else "small")
   net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
   x = ref.imagenet_input(size=224 if vit else 64)
   mean = np.array([0.485, 0.456, 0.406]) * 255
   std = np.array([0.229, 0.224, 0.225]) * 255
-  xt = torch.tensor(((x - mean) / std).transpose(0, 3, 1, 2),
-                    dtype=torch.float32)
+  xt = torch.tensor(
+    ((x - mean) / std).transpose(0, 3, 1, 2), dtype=torch.float32
+  )
   with torch.no_grad():
     if name == "resnet50":
       net.fc = torch.nn.Identity()
       out = net(xt)
     elif vit:
-      net.heads = torch.nn.Identity()   # the class token after encoder.ln
+      net.heads = torch.nn.Identity()  # the class token after encoder.ln
       out = net(xt)
     else:
       out = F.adaptive_avg_pool2d(torch.relu(net.features(xt)), 1).flatten(1)
@@ -104,15 +109,25 @@ def main():
   torch.manual_seed(0)
   arrays = {"ride_grad": ride_gradient(), "db_grad": db_gradient()}
   specs = {}
-  for name, ctor in (("resnet50", torchvision.models.resnet50),
-                     ("densenet121", torchvision.models.densenet121),
-                     ("vit_b16", torchvision.models.vit_b_16)):
+  for name, ctor in (
+    ("resnet50", torchvision.models.resnet50),
+    ("densenet121", torchvision.models.densenet121),
+    ("vit_b16", torchvision.models.vit_b_16),
+  ):
     specs[name], arrays[f"{name}_features"] = encoder_features(name, ctor)
   np.savez_compressed(HERE / "torch_references.npz", **arrays)
   (HERE / "torchvision_specs.json").write_text(json.dumps(specs))
-  (HERE / "versions.json").write_text(json.dumps(
-      {"torch": torch.__version__, "torchvision": torchvision.__version__,
-       "numpy": np.__version__, "python": sys.version.split()[0]}, indent=1))
+  (HERE / "versions.json").write_text(
+    json.dumps(
+      {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+      },
+      indent=1,
+    )
+  )
   print({k: v.shape for k, v in arrays.items()})
 
 

@@ -25,10 +25,16 @@ def builder_class(name: str):
 def prepare(name: str, *, manual_dir, data_dir):
   """Builds the array_record files of ``name`` from ``manual_dir``."""
   import tensorflow_datasets as tfds
-  builder = builder_class(name)(data_dir=str(pathlib.Path(data_dir).expanduser()),
-                                file_format="array_record")
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=str(pathlib.Path(manual_dir).expanduser())))
+
+  builder = builder_class(name)(
+    data_dir=str(pathlib.Path(data_dir).expanduser()),
+    file_format="array_record",
+  )
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(
+      manual_dir=str(pathlib.Path(manual_dir).expanduser())
+    )
+  )
   return builder
 
 
@@ -36,8 +42,11 @@ def fundus_jpeg(path, size: int = 512) -> bytes:
   """A fundus file, FOV-cropped and resized to ``size``, as JPEG bytes (what
   both builders store)."""
   from PIL import Image
+
   from agt_jax.data import images
+
   buf = io.BytesIO()
   Image.fromarray(images.prepare_fundus(path, size=size)).save(
-      buf, format="JPEG", quality=95)
+    buf, format="JPEG", quality=95
+  )
   return buf.getvalue()

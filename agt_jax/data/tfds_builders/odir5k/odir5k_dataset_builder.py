@@ -18,17 +18,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3),
-                                         encoding_format="jpeg"),
-            "labels": tfds.features.Tensor(shape=(8,), dtype=np.uint8),
-            "image_id": tfds.features.Text(),
-            "patient_id": tfds.features.Text(),
-            "eye": tfds.features.Text(),
-            "keywords": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "labels"),
-        homepage="https://odir2019.grand-challenge.org/",
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(
+            shape=(None, None, 3), encoding_format="jpeg"
+          ),
+          "labels": tfds.features.Tensor(shape=(8,), dtype=np.uint8),
+          "image_id": tfds.features.Text(),
+          "patient_id": tfds.features.Text(),
+          "eye": tfds.features.Text(),
+          "keywords": tfds.features.Text(),
+        }
+      ),
+      supervised_keys=("image", "labels"),
+      homepage="https://odir2019.grand-challenge.org/",
     )
 
   def _split_generators(self, dl_manager):
@@ -37,8 +40,14 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, table):
     for i in range(len(table)):
-      yield str(table.image_ids[i]), {
-          "image": fundus_jpeg(table.paths[i]), "labels": table.labels[i],
+      yield (
+        str(table.image_ids[i]),
+        {
+          "image": fundus_jpeg(table.paths[i]),
+          "labels": table.labels[i],
           "image_id": str(table.image_ids[i]),
-          "patient_id": str(table.patient_ids[i]), "eye": str(table.eyes[i]),
-          "keywords": str(table.keywords[i])}
+          "patient_id": str(table.patient_ids[i]),
+          "eye": str(table.eyes[i]),
+          "keywords": str(table.keywords[i]),
+        },
+      )

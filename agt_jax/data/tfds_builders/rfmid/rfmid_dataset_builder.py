@@ -18,24 +18,35 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3),
-                                         encoding_format="jpeg"),
-            "labels": tfds.features.Tensor(shape=(len(rfmid.CLASSES_29),),
-                                           dtype=np.uint8),
-            "image_id": tfds.features.Text(),
-        }),
-        supervised_keys=("image", "labels"),
-        homepage="https://riadd.grand-challenge.org/",
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(
+            shape=(None, None, 3), encoding_format="jpeg"
+          ),
+          "labels": tfds.features.Tensor(
+            shape=(len(rfmid.CLASSES_29),), dtype=np.uint8
+          ),
+          "image_id": tfds.features.Text(),
+        }
+      ),
+      supervised_keys=("image", "labels"),
+      homepage="https://riadd.grand-challenge.org/",
     )
 
   def _split_generators(self, dl_manager):
     table = rfmid.load_rfmid(dl_manager.manual_dir)
-    return {s: self._generate_examples(table.split(s))
-            for s in ("train", "val", "test")}
+    return {
+      s: self._generate_examples(table.split(s))
+      for s in ("train", "val", "test")
+    }
 
   def _generate_examples(self, table):
     for i in range(len(table)):
-      yield str(table.image_ids[i]), {
-          "image": fundus_jpeg(table.paths[i]), "labels": table.labels[i],
-          "image_id": str(table.image_ids[i])}
+      yield (
+        str(table.image_ids[i]),
+        {
+          "image": fundus_jpeg(table.paths[i]),
+          "labels": table.labels[i],
+          "image_id": str(table.image_ids[i]),
+        },
+      )
