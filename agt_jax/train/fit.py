@@ -27,6 +27,32 @@ class Trained:
   offset: Any = None  # `[C]` post-hoc prior correction (logits)
 
 
+def _select(scorer, last, config, total_steps) -> tuple[dict, dict]:
+  """``(selected variables, selection record)``: the validation-best ones
+  (``select=best``), else the last; with the validation probabilities of
+  both when a validation split is scored."""
+  selection: dict[str, Any] = {"select": "last", "step": total_steps}
+  selected = last
+  if scorer is None:
+    return selected, selection
+  if config.select == "best" and scorer.best_step is not None:
+    selected = scorer.best_variables(last)
+    metric = (
+      "ODIR final score"
+      if config.select_metric == "final"
+      else "macro F1 at 0.5"
+    )
+    selection = {
+      "select": f"best validation {metric}",
+      "step": int(scorer.best_step),
+    }
+  selection["val_probs"] = scorer.probs(selected)
+  selection["val_probs_last"] = (
+    selection["val_probs"] if selected is last else scorer.probs(last)
+  )
+  return selected, selection
+
+
 def run_phase(
   name,
   *,
@@ -83,29 +109,12 @@ def run_phase(
     )
     throughput = {name: phase.run()}
     interrupts.set_stage(
-      f"after the {name} (checkpointed), while scoring " "its validation split"
+      f"after the {name} (checkpointed), while scoring its validation split"
     )
     last = phase.variables()
     if prepare is not None:
       last = prepare(last)
-    selection: dict[str, Any] = {"select": "last", "step": total_steps}
-    selected = last
-    if scorer is not None:
-      if config.select == "best" and scorer.best_step is not None:
-        selected = scorer.best_variables(last)
-        selection = {
-          "select": "best validation "
-          + (
-            "ODIR final score"
-            if config.select_metric == "final"
-            else "macro F1 at 0.5"
-          ),
-          "step": int(scorer.best_step),
-        }
-      selection["val_probs"] = scorer.probs(selected)
-      selection["val_probs_last"] = (
-        selection["val_probs"] if selected is last else scorer.probs(last)
-      )
+    selected, selection = _select(scorer, last, config, total_steps)
   finally:
     if scorer is not None:
       scorer.close()

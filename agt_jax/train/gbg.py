@@ -112,6 +112,33 @@ def _labels(labels, objective):
   return jnp.argmax(labels, -1) if labels.ndim == 2 else labels
 
 
+def _moo_weights(flat, losses, options: MOOOptions) -> jax.Array:
+  """``alpha [G]``: equal weights (``moo=mean``) or MGDA's min-norm weights
+  of the (normalised) group gradients ``flat [G, D]``; constants for
+  autodiff."""
+  g = flat.shape[0]
+  if options.moo == "mean":
+    alpha = jnp.full((g,), 1.0 / g, flat.dtype)
+  else:
+    scale = mgda.gradient_normalizers(flat, losses, kind=options.normalizer)
+    alpha, _ = mgda.min_norm_weights(flat / jnp.maximum(scale, 1e-12)[:, None])
+  return jax.lax.stop_gradient(alpha)
+
+
+def _cosines(flat, alpha):
+  """Each objective's gradient against the update direction and against
+  the plain (unweighted) batch gradient: paper 004's Fig. 1 diagnostic."""
+  update, plain = alpha @ flat, flat.sum(0)
+  norms = jnp.linalg.norm(flat, axis=1)
+  cos_update = (flat @ update) / jnp.maximum(
+    norms * jnp.linalg.norm(update), 1e-12
+  )
+  cos_batch = (flat @ plain) / jnp.maximum(
+    norms * jnp.linalg.norm(plain), 1e-12
+  )
+  return cos_update, cos_batch
+
+
 def moo_step(
   state: State, batch: dict, *, model, tx, options: MOOOptions
 ) -> tuple[State, dict]:
@@ -152,22 +179,8 @@ def moo_step(
   (enc_grads,) = jax.vmap(pull_encoder)(d_feats)  # leading axis G
   flat = jax.vmap(lambda t: ravel_pytree(t)[0])(enc_grads)
 
-  if options.moo == "mean":
-    alpha = jnp.full((g,), 1.0 / g, flat.dtype)
-  else:
-    scale = mgda.gradient_normalizers(flat, losses, kind=options.normalizer)
-    alpha, _ = mgda.min_norm_weights(flat / jnp.maximum(scale, 1e-12)[:, None])
-  alpha = jax.lax.stop_gradient(alpha)
-  # Each objective's gradient against the update direction and against the
-  # plain (unweighted) batch gradient: paper 004's Fig. 1 diagnostic.
-  update, plain = alpha @ flat, flat.sum(0)
-  norms = jnp.linalg.norm(flat, axis=1)
-  cos_update = (flat @ update) / jnp.maximum(
-    norms * jnp.linalg.norm(update), 1e-12
-  )
-  cos_batch = (flat @ plain) / jnp.maximum(
-    norms * jnp.linalg.norm(plain), 1e-12
-  )
+  alpha = _moo_weights(flat, losses, options)
+  cos_update, cos_batch = _cosines(flat, alpha)
   grads = {
     "encoder": jax.tree.map(
       lambda x: jnp.tensordot(alpha, x, axes=1), enc_grads

@@ -38,7 +38,30 @@ def make_groups(
   if strategy not in ("relational", "gradient"):
     info["features"] = "not used"
     return _finish(info, _fixed_groups(config, names, counts), names)
+  student, variables = _grouping_encoder(
+    config, encoder, train_source, y_train, names, mesh, image_shape,
+    workdir, throughput, load_init, info,
+  )  # fmt: skip
+  fn = _gradient_grouping if strategy == "gradient" else _relational_grouping
+  return fn(config, student, variables, train_source, y_train, names, mesh,
+            info)  # fmt: skip
 
+
+def _grouping_encoder(
+  config,
+  encoder,
+  train_source,
+  y_train,
+  names,
+  mesh,
+  image_shape,
+  workdir,
+  throughput,
+  load_init,
+  info,
+):
+  """``(model, variables)`` whose features group the classes: ``--init``
+  weights, a short plain-BCE warm-up, or random ones (said in ``info``)."""
   student = models.Student(encoder, num_classes=len(names))
   tx = steps.adam(config.lr, config.b1, config.b2)
   state = steps.init_state(student, tx, image_shape, config.seed + 2)
@@ -75,31 +98,45 @@ def make_groups(
     )
   else:
     info["features"] = "random initialisation (no warm-up, no --init)"
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  if strategy == "gradient":
-    grads = class_gradients(
-      student,
-      variables,
-      train_source,
-      y_train,
-      config,
-      batches=config.grad_batches,
-      objective=methods.objective(config),
-    )
-    groups = grouping_lib.gradient_groups(
-      grads,
-      n_groups=config.n_groups,
-      seed=config.seed,
-      affinity=config.affinity,
-    )
-    info["affinity"] = config.affinity
-    info["class_gradients"] = (
-      f"{config.grad_batches} batches of "
-      f"{config.batch_size}, "
-      f"{methods.objective(config)} loss"
-    )
-    return _finish(info, groups, names)
+  return student, {
+    "params": state["params"],
+    "batch_stats": state["batch_stats"],
+  }
 
+
+def _gradient_grouping(
+  config, student, variables, train_source, y_train, names, mesh, info
+) -> dict:
+  """GBG's grouping: class-gradient affinities, clustered."""
+  grads = class_gradients(
+    student,
+    variables,
+    train_source,
+    y_train,
+    config,
+    batches=config.grad_batches,
+    objective=methods.objective(config),
+  )
+  groups = grouping_lib.gradient_groups(
+    grads,
+    n_groups=config.n_groups,
+    seed=config.seed,
+    affinity=config.affinity,
+  )
+  info["affinity"] = config.affinity
+  info["class_gradients"] = (
+    f"{config.grad_batches} batches of "
+    f"{config.batch_size}, "
+    f"{methods.objective(config)} loss"
+  )
+  return _finish(info, groups, names)
+
+
+def _relational_grouping(
+  config, student, variables, train_source, y_train, names, mesh, info
+) -> dict:
+  """The paper's grouping: PCA of image features, K-Means of the classes,
+  and its stability over PCA sizes and seeds."""
   idx = np.arange(len(y_train))
   _, feats = evaluation.predict(
     student,

@@ -219,11 +219,9 @@ def _groups(
 # -- evaluation -------------------------------------------------------------------
 
 
-def evaluate_models(
-  config, data: FoldData, trained: dict, groups_info, mesh
-) -> tuple[dict, dict]:
-  """Test-fold metrics of every trained model (selected and last), scores
-  with validation-tuned thresholds, and collapse warnings."""
+def _results_header(config, data: FoldData, groups_info) -> dict:
+  """What ``results.json`` says before any score: the data, the config,
+  the groups and the rules the trainer followed."""
   names, counts = data.names, data.counts
   trainer = TRAINERS[config.trainer]
   results: dict[str, Any] = {
@@ -247,8 +245,44 @@ def evaluate_models(
     "selection": {},
     "warnings": [],
   }
+  return results
+
+
+def _validation_scores(sel, scores, selection, p, data):
+  """Validation scores into ``sel`` and the threshold-tuned test scores
+  into ``scores``; ``(p on negatives, split)`` for the collapse check."""
+  names, counts, y_val, y_test = (
+    data.names,
+    data.counts,
+    data.y_val,
+    data.y_test,
+  )
+  pv, pv_last = selection["val_probs"], selection["val_probs_last"]
+  sel["val"] = metrics_lib.odir_score(y_val, pv)
+  sel["val_last"] = metrics_lib.odir_score(y_val, pv_last)
+  sel["val_macro_f1"] = metrics_lib.macro_f1(y_val, pv)
+  sel["val_macro_auc"] = evaluation.report(pv, y_val, names, counts)[
+    "macro_auc"
+  ]
+  thresholds = evaluation.tune_thresholds(y_val, pv)
+  sel["thresholds"] = [float(x) for x in thresholds]
+  scores["tuned"] = evaluation.tuned_score(y_test, p, thresholds)
+  sel["global_threshold"] = evaluation.tune_global_threshold(y_val, pv)
+  scores["global_threshold"] = evaluation.global_threshold_score(
+    y_test, p, sel["global_threshold"]
+  )
+  return evaluation.negative_probabilities(y_val, pv_last), "validation split"
+
+
+def evaluate_models(
+  config, data: FoldData, trained: dict, groups_info, mesh
+) -> tuple[dict, dict]:
+  """Test-fold metrics of every trained model (selected and last), scores
+  with validation-tuned thresholds, and collapse warnings."""
+  names, counts = data.names, data.counts
+  results = _results_header(config, data, groups_info)
   probs = {}
-  y_val, y_test = data.y_val, data.y_test
+  y_test = data.y_test
   single_label = methods.objective(config) == "softmax"
   for name, t in trained.items():
     p = evaluation.predict(
@@ -282,23 +316,8 @@ def evaluate_models(
       results[f"{name}_last"] = evaluation.report(p_last, y_test, names, counts)
       probs[f"{name}_last"] = p_last
     if "val_probs" in t.selection:
-      pv, pv_last = t.selection["val_probs"], t.selection["val_probs_last"]
-      sel["val"] = metrics_lib.odir_score(y_val, pv)
-      sel["val_last"] = metrics_lib.odir_score(y_val, pv_last)
-      sel["val_macro_f1"] = metrics_lib.macro_f1(y_val, pv)
-      sel["val_macro_auc"] = evaluation.report(pv, y_val, names, counts)[
-        "macro_auc"
-      ]
-      thresholds = evaluation.tune_thresholds(y_val, pv)
-      sel["thresholds"] = [float(x) for x in thresholds]
-      results[name]["tuned"] = evaluation.tuned_score(y_test, p, thresholds)
-      sel["global_threshold"] = evaluation.tune_global_threshold(y_val, pv)
-      results[name]["global_threshold"] = evaluation.global_threshold_score(
-        y_test, p, sel["global_threshold"]
-      )
-      p_neg, split = (
-        evaluation.negative_probabilities(y_val, pv_last),
-        "validation split",
+      p_neg, split = _validation_scores(
+        sel, results[name], t.selection, p, data
       )
     else:
       p_neg, split = (
