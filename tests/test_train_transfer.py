@@ -13,7 +13,8 @@ from agt_jax import metrics, models
 from agt_jax.data import images
 from agt_jax.errors import ConfigError
 from agt_jax.models import transfer
-from agt_jax.train import steps, transfer
+from agt_jax.train import steps
+from agt_jax.train import transfer as transfer_trainer
 from tests import references as ref
 
 COUNTS = (40, 12, 3)
@@ -177,14 +178,16 @@ def test_init_from_a_selected_transfer_checkpoint_loads_every_variable(
   best.save(1, variables, {"step": 1})
   best.close()
   _, _, fresh = make(attention="se")
-  loaded = transfer.load_init(str(tmp_path / "transfer_best"), host(fresh))
+  loaded = transfer_trainer.load_init(
+    str(tmp_path / "transfer_best"), host(fresh)
+  )
   chex.assert_trees_all_equal(loaded["params"], variables["params"])
   chex.assert_trees_all_equal(loaded["batch_stats"], variables["batch_stats"])
   # Another head (no SE): only the encoder comes across.
   _, _, other = make(attention="none")
   other = host(other)
   assert weights.load_variables(tmp_path / "transfer_best", other) is None
-  part = transfer.load_init(str(tmp_path / "transfer_best"), other)
+  part = transfer_trainer.load_init(str(tmp_path / "transfer_best"), other)
   chex.assert_trees_all_equal(
     part["params"]["encoder"], variables["params"]["encoder"]
   )
