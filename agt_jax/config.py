@@ -67,7 +67,7 @@ class Config:
   # The group-mixed sampler shifts each class's prior (samplers.prior_shift):
   # none (the paper) | loss (train on z + shift[g]: logits stay natural) |
   # posthoc (subtract the head's own shift at prediction and for KD).
-  prior_correction: str = "loss"
+  prior_correction: str = "none"
   # > 0: the teacher's batch-norm statistics recomputed on this many
   # instance-balanced batches before it is scored.
   bn_recalibrate: int = 0
@@ -349,8 +349,6 @@ def validate(config: Config) -> Config:
       "select=best needs eval_every > 0 (how often the "
       "validation split is scored)."
     )
-  # prior_correction is not refused elsewhere: its default applies to the
-  # AGT teacher, and other trainers have no group-mixed sampler to correct.
   msg = _method_checks(c)
   if msg:
     raise ConfigError(msg)
