@@ -189,15 +189,8 @@ def _fingerprint(table: ImageTable, size: int, seed: int, visibility) -> str:
   return h.hexdigest()
 
 
-_atomic_write = io.atomic_write_bytes
-
-
 def _save_done(path: pathlib.Path, done: np.ndarray) -> None:
-  import io
-
-  buf = io.BytesIO()
-  np.save(buf, done)
-  _atomic_write(path, buf.getvalue())
+  io.atomic_write(path, lambda f: np.save(f, done))
 
 
 def cache_path(
@@ -286,7 +279,7 @@ def build_cache(
   fp_path = folder / "fingerprint"
   if not fp_path.exists() or fp_path.read_text() != fp:
     done_path.unlink(missing_ok=True)
-    _atomic_write(fp_path, fp.encode())
+    io.atomic_write_bytes(fp_path, fp.encode())
   done = np.load(done_path) if done_path.exists() else np.zeros(n, bool)
   todo = np.flatnonzero(~done)
   chunks = [todo[i : i + chunk_size] for i in range(0, len(todo), chunk_size)]
@@ -349,7 +342,7 @@ def build_cache(
       "build_seconds": time.perf_counter() - t0,
       "workers": workers,
     }
-    _atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+    io.atomic_write_bytes(meta_path, json.dumps(meta, indent=1).encode())
   return folder
 
 
