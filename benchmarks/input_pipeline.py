@@ -1,10 +1,16 @@
-"""Images/s of the AGT training input pipeline, per worker count.
+"""Images/s of the AGT training input pipeline, per worker count and
+decode mode.
 
-Decode 512x512 JPEGs -> random 448 crop + flip -> batches of 64, driven by
-`group_mixed_batches` on the real ODIR label table. One JSON line per worker
-count. The JPEGs are generated into a temporary folder (or --image-dir).
+Decode ``--source-size`` JPEGs (ODIR's photographs are about 2,000 px wide;
+a prepared copy is 512) -> resize to ``--image-size`` -> random ``--crop``
++ flip -> batches of 64, driven by `group_mixed_batches` on the real ODIR
+label table. ``--decode full reduced`` compares a full decode with libjpeg's
+reduced-size decode (``FileImageSource(reduced_decode=...)``) in one run.
+One JSON line per (decode, workers). The JPEGs are generated into a
+temporary folder (or --image-dir).
 
-  python benchmarks/input_pipeline.py --workers 0 1 2 --batches 20
+  python benchmarks/input_pipeline.py --workers 0 1 2 --batches 20 \
+      --source-size 2048 --image-size 512 --crop 448 --decode full reduced
 """
 
 import argparse
@@ -47,16 +53,20 @@ def measure(
   warmup: int,
   num_images: int,
   image_dir: pathlib.Path | None = None,
+  source_size: int | None = None,
+  decode: str = "reduced",
 ) -> dict:
   """Images/s of the training pipeline with ``workers`` decode processes."""
   table = odir.packaged_label_table()
   with tempfile.TemporaryDirectory() as tmp:
-    paths = make_jpegs(pathlib.Path(image_dir or tmp), num_images, image_size)
+    source_size = source_size or image_size
+    paths = make_jpegs(pathlib.Path(image_dir or tmp), num_images, source_size)
     # Image i of the label table reads JPEG i mod num_images.
     src = images.FileImageSource(
       tuple(paths[i % len(paths)] for i in range(len(table))),
       size=image_size,
       fov=False,
+      reduced_decode=decode == "reduced",
     )
     ds = pipeline.with_images(
       samplers.group_mixed_batches(
@@ -88,6 +98,8 @@ def measure(
     "images_per_s": batches * batch_size / dt,
     "batches": batches,
     "batch_size": batch_size,
+    "source_size": source_size,
+    "decode": decode,
     "image_size": image_size,
     "crop": crop,
     "startup_s": startup,
@@ -107,8 +119,12 @@ def main(argv=None):
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--num-images", type=int, default=256)
   p.add_argument("--image-dir", type=pathlib.Path, default=None)
+  p.add_argument("--source-size", type=int, default=None)
+  p.add_argument(
+    "--decode", nargs="+", choices=["full", "reduced"], default=["reduced"]
+  )
   a = p.parse_args(argv)
-  for workers in a.workers:
+  for decode, workers in [(d, w) for d in a.decode for w in a.workers]:
     print(
       json.dumps(
         measure(
@@ -120,6 +136,8 @@ def main(argv=None):
           warmup=a.warmup,
           num_images=a.num_images,
           image_dir=a.image_dir,
+          source_size=a.source_size,
+          decode=decode,
         )
       ),
       flush=True,

@@ -42,6 +42,7 @@ MODELS = {
   "resnet50": "resnet50",
   "densenet121": "densenet121",
   "resnet18": "resnet18",
+  "small": "resnet_small",  # the quick preset's encoder
   "tiny": "resnet_tiny",
 }
 
@@ -222,6 +223,8 @@ def torch_systems(a, batch_np):
     "resnet50": torchvision.models.resnet50,
     "densenet121": torchvision.models.densenet121,
     "resnet18": torchvision.models.resnet18,
+    # torchvision has no ResNet this small; its row runs resnet18.
+    "small": torchvision.models.resnet18,
     # torchvision has no tiny ResNet: with --model tiny the torch rows
     # only check that the harness runs; do not compare them.
     "tiny": torchvision.models.resnet18,

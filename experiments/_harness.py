@@ -156,7 +156,7 @@ def run_grid(
   ``workdir`` itself.
   """
   from agt_jax import config as config_lib
-  from agt_jax.train import train_and_evaluate
+  from agt_jax.train import interrupts, train_and_evaluate
 
   rows = []
   total = len(runs) * len(folds)
@@ -188,6 +188,10 @@ def run_grid(
     row = row_of(run, fold, preset, results)
     rows.append(row)
     append_row(workdir, row)
+    interrupts.set_stage(
+      f"between runs ({k} of {total} finished and kept; a relaunch skips "
+      "them)"
+    )
   return rows
 
 

@@ -2,14 +2,15 @@
 
 import json
 import pathlib
-import subprocess
 import sys
+
+from tests import processes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_loss_overhead_schema():
-  out = subprocess.run(
+  out = processes.run(
     [
       sys.executable,
       str(ROOT / "benchmarks" / "loss_overhead.py"),
@@ -23,8 +24,6 @@ def test_loss_overhead_schema():
       "1",
     ],
     check=True,
-    capture_output=True,
-    text=True,
     cwd=ROOT,
     env={
       "JAX_PLATFORMS": "cpu",
@@ -40,7 +39,7 @@ def test_loss_overhead_schema():
 
 
 def test_input_pipeline_schema():
-  out = subprocess.run(
+  out = processes.run(
     [
       sys.executable,
       str(ROOT / "benchmarks" / "input_pipeline.py"),
@@ -58,10 +57,13 @@ def test_input_pipeline_schema():
       "1",
       "--num-images",
       "8",
+      "--source-size",
+      "128",
+      "--decode",
+      "full",
+      "reduced",
     ],
     check=True,
-    capture_output=True,
-    text=True,
     cwd=ROOT,
     env={
       "JAX_PLATFORMS": "cpu",
@@ -70,12 +72,16 @@ def test_input_pipeline_schema():
     },
   ).stdout
   rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
-  assert len(rows) == 1 and rows[0]["workers"] == 0
-  assert rows[0]["images_per_s"] > 0 and rows[0]["crop"] == 48
+  assert [(r["decode"], r["workers"]) for r in rows] == [
+    ("full", 0),
+    ("reduced", 0),
+  ]
+  assert all(r["images_per_s"] > 0 and r["crop"] == 48 for r in rows)
+  assert all(r["source_size"] == 128 and r["image_size"] == 64 for r in rows)
 
 
 def test_step_throughput_schema():
-  out = subprocess.run(
+  out = processes.run(
     [
       sys.executable,
       str(ROOT / "benchmarks" / "step_throughput.py"),
@@ -98,8 +104,6 @@ def test_step_throughput_schema():
       "2",
     ],
     check=True,
-    capture_output=True,
-    text=True,
     cwd=ROOT,
     env={
       "JAX_PLATFORMS": "cpu",
@@ -139,3 +143,45 @@ def test_step_throughput_schema():
     o["ms_per_step"] >= 0 and 0 <= o["share"] <= 1 for o in prof[0]["top_ops"]
   )
   assert "| agt_teacher |" in out
+
+
+def test_cpu_levers_schema():
+  """Each lever runs in its own process; its numerics are compared with the
+  first (default) lever's, which differs from itself by exactly 0."""
+  out = processes.run(
+    [
+      sys.executable,
+      str(ROOT / "benchmarks" / "cpu_levers.py"),
+      "--model",
+      "tiny",
+      "--image-size",
+      "32",
+      "--batch-size",
+      "2",
+      "--steps",
+      "1",
+      "--warmup",
+      "0",
+      "--no-torch",
+      "--levers",
+      "default",
+      "ynn_off",
+    ],
+    check=True,
+    cwd=ROOT,
+    env={
+      "JAX_PLATFORMS": "cpu",
+      "PATH": "/usr/bin:/bin",
+      "PYTHONPATH": str(ROOT),
+    },
+  ).stdout
+  rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+  assert [(r["lever"], r["system"]) for r in rows] == [
+    (lever, system)
+    for lever in ("default", "ynn_off")
+    for system in ("agt_teacher", "plain", "student")
+  ]
+  assert rows[0]["numerics"]["logits_max_abs_diff"] == 0.0
+  assert rows[0]["numerics"]["params_after_step_max_abs_diff"] == 0.0
+  assert rows[-1]["numerics"]["logits_max_abs_diff"] < 1e-3
+  assert "| ynn_off | agt_teacher |" in out

@@ -116,3 +116,33 @@ def test_orbax_checkpoint_of_the_iterator(small, tmp_path):
   )
   np.testing.assert_array_equal(next(it2)["index"], expected)
   mngr.close()
+
+
+def test_device_prefetch_checkpoints_the_consumers_position(small, tmp_path):
+  """Two batches are queued ahead on the devices, but a checkpoint holds
+  the position of the next batch the consumer takes: a restored run reads
+  what a run without prefetch reads next."""
+  t, _ = small
+  ds = samplers.group_mixed_batches(
+    t.labels, GROUPS, batch_size=8, alpha=0.5, seed=0
+  )
+  sharding = pipeline.data_sharding(jax.make_mesh((1,), ("data",)))
+  it = pipeline.DevicePrefetch(pipeline.to_iterator(ds), sharding, depth=2)
+  taken = [next(it) for _ in range(5)]
+  assert len(it._queue) == 1  # batch 5 is already on the devices
+  for t_, b in enumerate(taken):
+    np.testing.assert_array_equal(np.asarray(b["index"]), ds[t_]["index"])
+  mngr = ocp.CheckpointManager(tmp_path / "ckpt")
+  mngr.save(
+    5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it))
+  )
+  mngr.wait_until_finished()
+  fresh = pipeline.DevicePrefetch(pipeline.to_iterator(ds), sharding)
+  next(fresh)  # a queue that the restore must drop
+  mngr.restore(
+    5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh))
+  )
+  for t_ in (5, 6, 7):
+    np.testing.assert_array_equal(
+      np.asarray(next(fresh)["index"]), ds[t_]["index"]
+    )

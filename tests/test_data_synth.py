@@ -3,7 +3,6 @@
 import hashlib
 import json
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from agt_jax.data import registry, synth
 from agt_jax.data import synth_render as sr
+from tests import processes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -85,11 +85,9 @@ def test_determinism_across_processes(table):
     ".tobytes()).hexdigest())"
   )
   outs = [
-    subprocess.run(
+    processes.run(
       [sys.executable, "-c", code],
       check=True,
-      text=True,
-      capture_output=True,
       cwd=ROOT,
     ).stdout.strip()
     for _ in range(2)
@@ -186,7 +184,7 @@ def test_registry_names_and_errors():
 
 
 def test_learnability_script_smoke(tmp_path):
-  out = subprocess.run(
+  out = processes.run(
     [
       sys.executable,
       str(ROOT / "benchmarks" / "synth_learnability.py"),
@@ -197,8 +195,6 @@ def test_learnability_script_smoke(tmp_path):
       "1",
     ],
     check=True,
-    capture_output=True,
-    text=True,
     cwd=ROOT,
     env={
       "JAX_PLATFORMS": "cpu",

@@ -12,14 +12,12 @@ parameters after 12 steps, not bit for bit. Between 2-process runs
 import json
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 
 import numpy as np
 import pytest
 
+from tests import processes
 from tests.test_experiments_odir import ROOT, _final_state, env
 from tests.test_faults_signals import DRIVER, assert_same_run
 
@@ -58,11 +56,13 @@ def _env(cache, devices, **extra):
   return e
 
 
-def two_processes(args, cache, kill=None, timeout=300):
+def two_processes(args, cache, kill=None):
   """Runs the CLI as processes 0 and 1; returns their (returncode, stderr).
-  ``kill``: a driver kill point (both processes kill themselves there)."""
+  ``kill``: a driver kill point (both processes kill themselves there).
+  A hang is a stretch without progress (:mod:`tests.processes`), never a
+  total time: under load the pair may train slowly and is still healthy."""
   port = _free_port()
-  procs, logs = [], []
+  procs = []
   for i in range(2):
     flags = [
       "--coordinator",
@@ -77,61 +77,29 @@ def two_processes(args, cache, kill=None, timeout=300):
     # One compilation cache per process id: two processes writing the same
     # cache entry at once could hand the other a torn file.
     extra["JAX_COMPILATION_CACHE_DIR"] = str(cache / f"xla-p{i}")
-    # A hang is diagnosed from every thread's stack (SIGABRT on timeout).
-    extra["PYTHONFAULTHANDLER"] = "1"
-    # Stderr goes to a file, not a pipe: a pipe nobody reads yet (process
+    # Output goes to files, not pipes: a pipe nobody reads yet (process
     # 1's, while we wait on process 0) fills at 64 KiB and blocks its
     # writer, which then never reaches the next collective or barrier.
-    # Stdout (progress) is never read.
-    cache.mkdir(parents=True, exist_ok=True)
-    logs.append(tempfile.TemporaryFile(mode="w+", dir=cache))
     procs.append(
-      subprocess.Popen(
+      processes.Watched(
         [sys.executable, *head, *args, *flags],
         cwd=ROOT,
         env=_env(cache, 4, **extra),
-        stdout=subprocess.DEVNULL,
-        stderr=logs[-1],
-        text=True,
       )
     )
-
-  def stderr_of(i):
-    logs[i].seek(0)
-    return logs[i].read()
-
-  deadline = time.monotonic() + timeout
   try:
+    processes.wait(procs, watch=processes.metrics_of(args))
+    return [(p.returncode, p.stderr()) for p in procs]
+  finally:
     for p in procs:
-      p.wait(timeout=max(1.0, deadline - time.monotonic()))
-  except subprocess.TimeoutExpired:
-    for q in procs:
-      if q.poll() is None:
-        q.send_signal(signal.SIGABRT)  # faulthandler prints the stacks
-    for q in procs:
-      try:
-        q.wait(timeout=30)
-      except subprocess.TimeoutExpired:
-        q.kill()
-        q.wait()
-    pytest.fail(
-      f"two processes did not finish in {timeout} s:\n"
-      + "\n".join(
-        f"process {i} (rc {q.returncode}): {stderr_of(i)[-6000:]}"
-        for i, q in enumerate(procs)
-      )
-    )
-  out = [(p.returncode, stderr_of(i)) for i, p in enumerate(procs)]
-  for f in logs:
-    f.close()
-  return out
+      p.close()
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("distributed")
   cache = root / "cache"
-  one = subprocess.run(
+  one = processes.run(
     [
       sys.executable,
       "-m",
@@ -142,8 +110,6 @@ def runs(tmp_path_factory):
     ],
     cwd=ROOT,
     env=_env(cache, 8),
-    capture_output=True,
-    text=True,
   )
   assert one.returncode == 0, one.stderr[-3000:]
   two = two_processes([*BASE, "--workdir", str(root / "two")], cache)
@@ -215,7 +181,7 @@ def test_two_processes_killed_and_resumed_are_bit_identical(runs):
     assert code == 0, err[-3000:]
   assert_same_run(root / "two", wd)
   # One process resuming it is refused before training, naming the count.
-  out = subprocess.run(
+  out = processes.run(
     [
       sys.executable,
       "-m",
@@ -227,8 +193,6 @@ def test_two_processes_killed_and_resumed_are_bit_identical(runs):
     ],
     cwd=ROOT,
     env=_env(cache, 8),
-    capture_output=True,
-    text=True,
   )
   assert out.returncode == 2, out.stderr[-3000:]
   assert (

@@ -2,7 +2,6 @@
 outputs, resumability (finished runs skipped), and what the tables say."""
 
 import json
-import subprocess
 import sys
 
 import pytest
@@ -10,18 +9,16 @@ import tensorflow_datasets as tfds
 
 from experiments import _harness as h
 from experiments import cifar_forgetting, odir_table1
-from tests import fixtures
+from tests import fixtures, processes
 from tests.test_experiments_odir import ROOT, env
 
 
-def run_cli(module, args, cache, **kw):
-  return subprocess.run(
+def run_cli(module, args, cache):
+  return processes.run(
     [sys.executable, "-m", module, *args],
     cwd=ROOT,
     env=env(cache),
-    capture_output=True,
-    text=True,
-    **kw,
+    watch=processes.metrics_of(args),
   )
 
 

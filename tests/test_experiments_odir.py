@@ -4,12 +4,13 @@ import json
 import os
 import pathlib
 import signal
-import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+
+from tests import processes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUTPUTS = (
@@ -49,14 +50,12 @@ def env(cache):
   return e
 
 
-def cli(args, cache, **kw):
-  return subprocess.run(
+def cli(args, cache):
+  return processes.run(
     [sys.executable, "-m", "experiments.odir", *args],
     cwd=ROOT,
     env=env(cache),
-    capture_output=True,
-    text=True,
-    **kw,
+    watch=processes.metrics_of(args),
   )
 
 
@@ -241,24 +240,23 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
   assert full.returncode == 0, full.stderr[-2000:]
 
   wd = tmp_path / "killed"
-  proc = subprocess.Popen(
+  proc = processes.Watched(
     [sys.executable, "-m", "experiments.odir", *base, "--workdir", str(wd)],
     cwd=ROOT,
     env=env(tmp_path / "c"),
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
   )
   ckpt = wd / "checkpoints" / "teacher"
-  deadline = time.time() + 300
-  while time.time() < deadline:
+
+  def saved_6():
     done = (
       [p for p in ckpt.glob("*") if p.name.isdigit()] if ckpt.exists() else []
     )
-    if any(int(p.name) >= 6 for p in done):
-      break
-    time.sleep(0.05)
+    return any(int(p.name) >= 6 for p in done)
+
+  processes.wait_until(saved_6, proc, watch=[wd / "metrics.jsonl"])
   proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  proc.proc.wait()
+  proc.close()
   latest = max(int(p.name) for p in ckpt.glob("*") if p.name.isdigit())
   assert latest < 12, "the run finished before it could be killed"
 

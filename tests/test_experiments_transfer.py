@@ -76,7 +76,6 @@ def test_stand_in_pretraining_uses_the_other_classes(tmp_path, cache):
       "2",
     ],
     cache,
-    timeout=600,
   )
   assert out.returncode == 0, out.stderr[-3000:]
   pre = json.loads((wd / "pretrain" / "fold0" / "config.json").read_text())

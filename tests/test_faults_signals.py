@@ -11,13 +11,12 @@ issued (while it is being written).
 import json
 import shlex
 import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
+from tests import processes
 from tests.test_experiments_odir import ROOT, _final_state, env
 
 SETS = [
@@ -52,15 +51,26 @@ if kind == "step":    # after the step's metrics are logged
     if rec.get("phase") == where and rec.get("step") == step:
       die()
   runtime.MetricWriter.write = patched
-else:                 # "save": an async save issued, not yet finished
+elif kind == "save":   # an async save issued, not yet finished
   save = checkpoint.Checkpoints.save
   def patched(self, s, *a, **k):
     save(self, s, *a, **k)
     if self.directory.name == where and s == step:
       die()
   checkpoint.Checkpoints.save = patched
-from experiments.odir import main
-raise SystemExit(main(sys.argv[1:]))
+else:                 # "finalise": SIGTERM inside orbax's wait as the
+  import orbax.checkpoint as ocp  # phase closes its checkpoints
+  wait = ocp.CheckpointManager.wait_until_finished
+  def patched(self):
+    closing = sys._getframe(1).f_code.co_name == "close"
+    if closing and os.path.basename(str(self.directory)) == where:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return wait(self)
+  ocp.CheckpointManager.wait_until_finished = patched
+import importlib
+module = os.environ.get("AGT_TEST_MODULE", "experiments.odir")
+module = importlib.import_module(module)
+raise SystemExit((getattr(module, "main", None) or module.run)(sys.argv[1:]))
 """
 
 
@@ -72,25 +82,26 @@ def _env(cache, devices=1, **extra):
   return e
 
 
-def run(args, cache, devices=1, **kw):
-  return subprocess.run(
-    [sys.executable, "-m", "experiments.odir", *args],
+def run(args, cache, devices=1, module="experiments.odir"):
+  return processes.run(
+    [sys.executable, "-m", module, *args],
     cwd=ROOT,
     env=_env(cache, devices),
-    capture_output=True,
-    text=True,
-    **kw,
+    watch=processes.metrics_of(args),
+  )
+
+
+def driven(point, args, cache, devices=1, module="experiments.odir"):
+  return processes.run(
+    [sys.executable, "-c", DRIVER, *args],
+    cwd=ROOT,
+    env=_env(cache, devices, AGT_TEST_KILL=point, AGT_TEST_MODULE=module),
+    watch=processes.metrics_of(args),
   )
 
 
 def killed_at(point, args, cache, devices=1):
-  out = subprocess.run(
-    [sys.executable, "-c", DRIVER, *args],
-    cwd=ROOT,
-    env=_env(cache, devices, AGT_TEST_KILL=point),
-    capture_output=True,
-    text=True,
-  )
+  out = driven(point, args, cache, devices)
   assert out.returncode == -signal.SIGKILL, (point, out.stderr[-2000:])
 
 
@@ -158,16 +169,14 @@ def test_sigkill_at_three_points_per_phase_and_during_saves(reference):
   assert_same_run(root / "ref", wd)
 
 
-def _wait_for(wd, phase, step, proc, timeout=300):
-  deadline = time.time() + timeout
+def _wait_for(wd, phase, step, proc):
   path = wd / "metrics.jsonl"
-  while time.time() < deadline and proc.poll() is None:
-    if path.exists() and any(
-      k[0] == phase and k[1] >= step for k in metric_keys_safe(path)
-    ):
-      return
-    time.sleep(0.05)
-  raise AssertionError(f"{phase} step {step} never logged")
+  processes.wait_until(
+    lambda: path.exists()
+    and any(k[0] == phase and k[1] >= step for k in metric_keys_safe(path)),
+    proc,
+    watch=[path],
+  )
 
 
 def metric_keys_safe(path):
@@ -189,17 +198,15 @@ def test_signal_checkpoints_prints_one_line_and_resumes(
   reference, sig, phase, code
 ):
   root, wd = reference, reference / f"sig{int(sig)}"
-  proc = subprocess.Popen(
+  proc = processes.Watched(
     [sys.executable, "-m", "experiments.odir", *BASE, "--workdir", str(wd)],
     cwd=ROOT,
     env=_env(root / "cache"),
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
   )
   _wait_for(wd, phase, 2, proc)
   proc.send_signal(sig)
-  _, err = proc.communicate(timeout=300)
+  processes.wait([proc], watch=[wd / "metrics.jsonl"])
+  err = proc.stderr()
   assert proc.returncode == code, err[-2000:]
   assert "Traceback" not in err and "Exception" not in err, err[-3000:]
   last = err.strip().splitlines()[-1]
@@ -213,12 +220,11 @@ def test_signal_checkpoints_prints_one_line_and_resumes(
   argv = shlex.split(command)
   assert argv[:3] == ["python", "-m", "experiments.odir"]
   assert argv[-1] == "--resume"
-  out = subprocess.run(
+  out = processes.run(
     [sys.executable, *argv[1:]],
     cwd=ROOT,
     env=_env(root / "cache"),
-    capture_output=True,
-    text=True,
+    watch=[wd / "metrics.jsonl"],
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert_same_run(root / "ref", wd)
@@ -274,3 +280,96 @@ def test_eight_devices_sigkill_and_resume_is_bit_identical(reference, eight):
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert_same_run(eight, wd)
+
+
+# Known defect (docs/reliability.md): after an interrupt with Grain worker
+# processes, Python's resource tracker warns at exit about the shared-memory
+# blocks of batches the workers had queued and nobody read. Only those two
+# lines are set aside; anything else after the one line fails.
+_TRACKER = ("resource_tracker: There appear to be", "warnings.warn('resource_")
+
+
+def _one_line(err, sig=signal.SIGTERM):
+  assert "Traceback" not in err and "Exception" not in err, err[-3000:]
+  assert "failed" not in err.lower(), err[-3000:]
+  lines = [
+    l for l in err.strip().splitlines() if not any(t in l for t in _TRACKER)
+  ]
+  last = lines[-1]
+  assert last.startswith(f"interrupted ({signal.Signals(sig).name}) "), last
+  return last
+
+
+def test_sigterm_while_orbax_finalises_a_save(reference):
+  """SIGTERM inside orbax's wait as the teacher closes its checkpoints: the
+  save finishes, the run stops with one line naming that stage (no orbax
+  thread errors, no traceback) and the resume ends bit-identical."""
+  root, wd = reference, reference / "finalise"
+  out = driven(
+    "finalise:teacher:0", [*BASE, "--workdir", str(wd)], root / "cache"
+  )
+  assert out.returncode == 143, out.stderr[-3000:]
+  last = _one_line(out.stderr)
+  assert "at the end of the teacher (all 10 steps checkpointed" in last, last
+  assert (wd / "checkpoints" / "teacher" / "10").is_dir()
+  out = run([*BASE, "--workdir", str(wd), "--resume"], root / "cache")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert_same_run(root / "ref", wd)
+
+
+def test_workers_sigkill_and_sigterm_resume_bit_identical(reference):
+  """With 2 decode worker processes: killed during the teacher, then
+  SIGTERM'd during the student, resumed each time; the run equals the
+  in-process reference (a batch depends on (seed, step, slot) alone)."""
+  root, wd = reference, reference / "workers"
+  args = [*BASE, "--set", "workers=2", "--workdir", str(wd)]
+  killed_at("step:teacher:6", args, root / "cache")
+  proc = processes.Watched(
+    [sys.executable, "-m", "experiments.odir", *args, "--resume"],
+    cwd=ROOT,
+    env=_env(root / "cache"),
+  )
+  _wait_for(wd, "student", 2, proc)
+  proc.send_signal(signal.SIGTERM)
+  processes.wait([proc], watch=[wd / "metrics.jsonl"])
+  assert proc.returncode == 143, proc.stderr()[-3000:]
+  last = _one_line(proc.stderr())
+  # Mid-phase, or (on a fast machine) after the student's last step.
+  assert (
+    "of the student (checkpoint saved in" in last
+    or "at the end of the student (all 6 steps checkpointed" in last
+  ), last
+  proc.close()
+  out = run([*args, "--resume"], root / "cache")
+  assert out.returncode == 0, out.stderr[-3000:]
+  ra = json.loads((root / "ref" / "config.json").read_text())
+  rb = json.loads((wd / "config.json").read_text())
+  assert rb["workers"] == 2 and ra["workers"] == 0
+  assert_same_run(root / "ref", wd)
+
+
+def test_sigterm_while_finalising_in_the_harness_path(reference):
+  """The same in an experiment grid (``experiments.gbg``): one line naming
+  the end of the GBG phase, not a stale stage, and the relaunch finishes."""
+  root, wd = reference, reference / "gbg-finalise"
+  args = [
+    "--preset",
+    "smoke",
+    "--folds",
+    "0",
+    "--grouping",
+    "gradient",
+    "--moo",
+    "mgda",
+    "--no-baselines",
+    "--workdir",
+    str(wd),
+  ]
+  out = driven("finalise:gbg:0", args, root / "cache", module="experiments.gbg")
+  assert out.returncode == 143, out.stderr[-3000:]
+  last = _one_line(out.stderr)
+  assert "at the end of the gbg (all " in last, last
+  assert "choosing the class groups" not in last, last
+  out = run(args, root / "cache", module="experiments.gbg")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert (wd / "gradient+mgda" / "fold0" / "done.json").exists()

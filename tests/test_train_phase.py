@@ -50,3 +50,107 @@ def test_make_mesh_names_batch_sizes_that_split():
     ConfigError, match=r"batch_size=.*multiple of " rf"{n}.*{2 * n}"
   ):
     make_mesh(2 * n + 1)
+
+
+def _phase(workdir, *, step_fn, guard, log_every=4, total=8, extra_args=()):
+  import numpy as np
+
+  from agt_jax import config as config_lib
+  from agt_jax import models
+  from agt_jax.data import images, samplers
+  from agt_jax.train import steps
+  from agt_jax.train.phase import TrainingPhase
+
+  rng = np.random.default_rng(0)
+  labels = (rng.random((64, 3)) < 0.4).astype(np.uint8)
+  source = images.ArrayImageSource(
+    rng.integers(0, 255, (64, 40, 40, 3), dtype=np.uint8)
+  )
+  model = models.Student(models.make_encoder("resnet_tiny"), num_classes=3)
+  tx = steps.adam(1e-3, 0.9, 0.99)
+  cfg = config_lib.get_config(
+    "smoke", log_every=log_every, eval_every=0, ckpt_every=log_every
+  )
+  return TrainingPhase(
+    "teacher",
+    step_fn=step_fn(model, tx),
+    state=steps.init_state(model, tx, (32, 32, 3), seed=0),
+    batches=samplers.instance_balanced_batches(labels, batch_size=16, seed=0),
+    source=source,
+    config=cfg,
+    workdir=workdir,
+    mesh=make_mesh(16),
+    total_steps=total,
+    resume=False,
+    extra_args=extra_args,
+    guard=guard,
+  )
+
+
+def _plain(model, tx):
+  from agt_jax.train import steps
+
+  return lambda state, batch, *_: steps.plain_step(
+    state, batch, model=model, tx=tx
+  )
+
+
+def test_no_host_transfer_between_logging_steps(tmp_path):
+  """The steps between logging steps run under
+  ``jax.transfer_guard("disallow")``: any implicit host<->device copy
+  (reading a loss, a host scalar into the step) would raise."""
+  p = _phase(tmp_path, step_fn=_plain, guard="disallow")
+  out = p.run()
+  assert out["steps"] == 8
+  recs = _lines(tmp_path / "metrics.jsonl")
+  assert [r["step"] for r in recs] == [4, 8]
+  assert all(abs(r["loss_mean"]) < 10 for r in recs)
+
+
+def test_the_transfer_guard_catches_a_host_input(tmp_path):
+  """Control: the same loop with a host array passed to the step each
+  time (an implicit transfer) is stopped by the guard."""
+  import numpy as np
+
+  def scaled(model, tx):
+    plain = _plain(model, tx)
+
+    def fn(state, batch, scale):
+      new, m = plain(state, batch)
+      return new, {**m, "loss": m["loss"] * scale}
+
+    return fn
+
+  p = _phase(
+    tmp_path,
+    step_fn=scaled,
+    guard="disallow",
+    extra_args=(np.float32(1.0),),
+  )
+  with pytest.raises(Exception, match="[Dd]isallowed host-to-device"):
+    p.run()
+
+
+def test_a_nan_inside_a_logging_interval_names_its_step(tmp_path):
+  """The finiteness check reads the on-device accumulator only at logging
+  steps, and still names the first non-finite step, not the logging one."""
+  import jax.numpy as jnp
+
+  from agt_jax.errors import NonFiniteLossError
+
+  def nan_at_3(model, tx):
+    plain = _plain(model, tx)
+
+    def fn(state, batch):
+      new, m = plain(state, batch)
+      bad = (state["step"] == 2) | (state["step"] == 3)
+      return new, {**m, "loss": jnp.where(bad, jnp.nan, m["loss"])}
+
+    return fn
+
+  p = _phase(tmp_path, step_fn=nan_at_3, guard=None)
+  with pytest.raises(
+    NonFiniteLossError,
+    match=r"non-finite loss \(nan\) at step 3; .*no checkpoint was written",
+  ):
+    p.run()

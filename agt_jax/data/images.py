@@ -14,11 +14,19 @@ from PIL import Image
 from agt_jax.data.errors import ImageReadError
 
 
-def read_image(path) -> np.ndarray:
-  """Decodes an image file to uint8 `[H, W, 3]` RGB; names the file on error."""
+def read_image(path, *, at_least: int | None = None) -> np.ndarray:
+  """Decodes an image file to uint8 `[H, W, 3]` RGB; names the file on error.
+
+  ``at_least``: a JPEG is decoded at the smallest of libjpeg's DCT scales
+  (1/2, 1/4, 1/8) that keeps both sides at least ``at_least`` pixels
+  (``PIL.Image.draft``): a 2,000 px photograph meant for a 512 cache is
+  decoded at 1/2 or 1/4 of the work. Other formats decode in full.
+  """
   path = pathlib.Path(path)
   try:
     with Image.open(path) as im:
+      if at_least and im.format == "JPEG":
+        im.draft("RGB", (at_least, at_least))
       return np.asarray(im.convert("RGB"))
   except FileNotFoundError:
     raise ImageReadError(f"image file not found: {path}") from None
@@ -127,18 +135,25 @@ class FileImageSource:
   """Images read from files, FOV-cropped and resized to ``size`` on access.
 
   Files already at ``size`` x ``size`` (e.g. a prepared 512 copy) skip the
-  crop and resize.
+  crop and resize. ``reduced_decode`` decodes a JPEG at the smallest DCT
+  scale that still covers ``size`` (:func:`read_image`'s ``at_least``); the
+  field of view then spans nearly the decoded height, so the final resize
+  still shrinks. Pixels differ from a full decode by the filtering only
+  (``tests/test_data_images.py`` bounds it).
   """
 
   paths: tuple[str, ...]
   size: int = 512
   fov: bool = True
+  reduced_decode: bool = True
 
   def __len__(self) -> int:
     return len(self.paths)
 
   def __getitem__(self, i: int) -> np.ndarray:
-    image = read_image(self.paths[int(i)])
+    image = read_image(
+      self.paths[int(i)], at_least=self.size if self.reduced_decode else None
+    )
     if image.shape[:2] == (self.size, self.size):
       return image
     if self.fov:

@@ -8,7 +8,9 @@ produced in-process, by ``mp_prefetch`` workers, or after a resume.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 from collections.abc import Iterator
 
 import grain
@@ -155,3 +157,54 @@ def global_batch(batch: dict, sharding: NamedSharding) -> dict:
     )
     for k, v in batch.items()
   }
+
+
+class DevicePrefetch:
+  """Global device batches, ``depth`` ahead of the consumer.
+
+  Each host batch is put on the mesh (:func:`global_batch`) as soon as a
+  slot frees, so its transfer overlaps the steps before it and a step never
+  waits on the host for its input. Checkpointable like the Grain iterator it
+  wraps (``grain.checkpoint`` takes any object with these methods):
+  ``get_state`` is the position of the next batch the consumer has not
+  taken, not of the batches queued ahead, so a resume reads exactly the
+  batches a run without prefetch would.
+  """
+
+  def __init__(self, iterator, sharding: NamedSharding, depth: int = 2):
+    self._it, self._sharding, self._depth = iterator, sharding, max(depth, 1)
+    self._queue: collections.deque = collections.deque()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    while len(self._queue) < self._depth:
+      state = self._it.get_state()
+      try:
+        host = next(self._it)
+      except StopIteration:
+        break
+      self._queue.append((state, global_batch(host, self._sharding)))
+    if not self._queue:
+      raise StopIteration
+    return self._queue.popleft()[1]
+
+  def get_state(self) -> bytes:
+    state = self._queue[0][0] if self._queue else self._it.get_state()
+    return json.dumps(state).encode()
+
+  def set_state(self, state: bytes) -> None:
+    self._queue.clear()
+    self._it.set_state(json.loads(state))
+
+  def start_prefetch(self) -> None:
+    start = getattr(self._it, "start_prefetch", None)
+    if start is not None:
+      start()
+
+  def close(self) -> None:
+    self._queue.clear()
+    close = getattr(self._it, "close", None)
+    if close is not None:
+      close()

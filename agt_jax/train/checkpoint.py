@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import grain
@@ -9,7 +10,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from agt_jax import distributed
-from agt_jax.train import workdir
+from agt_jax.train import interrupts, workdir
 
 
 def _options(
@@ -30,6 +31,17 @@ def _options(
       barrier_sync_key_prefix=f"agt_jax_{directory.name}"
     ),
   )
+
+
+def _shielded(method):
+  """Runs an orbax call with signals recorded, not raised into its wait."""
+
+  @functools.wraps(method)
+  def wrapper(*args, **kwargs):
+    with interrupts.shielded():
+      return method(*args, **kwargs)
+
+  return wrapper
 
 
 class Checkpoints:
@@ -58,6 +70,7 @@ class Checkpoints:
     if distributed.is_primary():
       workdir.seal(self.directory, self.all_steps())
 
+  @_shielded
   def save(self, step: int, state, iterator, config: dict) -> None:
     # The previous save is final once orbax's async write has finished
     # (orbax waits for it before starting this one anyway).
@@ -91,10 +104,12 @@ class Checkpoints:
         f"process(es) (--num-processes {saved})."
       )
 
+  @_shielded
   def wait(self) -> None:
     if not self._closed:
       self._mngr.wait_until_finished()
 
+  @_shielded
   def restore(self, step: int, state_like, iterator) -> tuple[dict, dict]:
     """Restores into the structure/shardings of ``state_like`` and moves
     ``iterator`` to the saved position; returns ``(state, config)``."""
@@ -109,6 +124,7 @@ class Checkpoints:
     )
     return out["state"], out["config"]
 
+  @_shielded
   def restore_state(self, step: int, state_like) -> dict:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
     out = self._mngr.restore(
@@ -116,6 +132,7 @@ class Checkpoints:
     )
     return out["state"]
 
+  @_shielded
   def close(self) -> None:
     """Waits for the in-flight async save, then releases the manager
     (idempotent)."""
@@ -145,6 +162,7 @@ class BestCheckpoint:
   def step(self) -> int | None:
     return self._mngr.latest_step()
 
+  @_shielded
   def save(self, step: int, variables, meta: dict) -> None:
     self._mngr.save(
       step,
@@ -154,6 +172,7 @@ class BestCheckpoint:
       force=True,
     )
 
+  @_shielded
   def meta(self) -> dict | None:
     step = self.step()
     if step is None:
@@ -162,6 +181,7 @@ class BestCheckpoint:
       step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
     )["meta"]
 
+  @_shielded
   def restore(self, variables_like) -> dict:
     self._mngr.wait_until_finished()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, variables_like)
@@ -170,6 +190,7 @@ class BestCheckpoint:
       args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)),
     )["variables"]
 
+  @_shielded
   def close(self) -> None:
     if getattr(self, "_closed", False):
       return

@@ -9,6 +9,10 @@ writes a checkpoint at that step, waits for every in-flight save and raises
 written there. A second signal while one is pending raises at once too, for
 a user who does not want to wait for the checkpoint.
 
+A signal never raises inside a library's wait (:func:`shielded`: an orbax
+save being finalised, its manager closing): it is recorded, the wait runs to
+its end, and only then does the run stop, naming the stage it was in.
+
 Slurm and Kubernetes send SIGTERM; a terminal sends SIGINT. Entry points
 turn ``Interrupted`` into one line and exit status ``128 + signum``.
 """
@@ -27,6 +31,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class _State:
   depth = 0  # nesting of handle_signals
   deferring = 0  # nesting of deferred()
+  shielding = 0  # nesting of shielded()
   pending: int | None = None
   stage = "before training started"
 
@@ -36,6 +41,9 @@ _state = _State()
 
 def _handler(signum, frame):
   del frame
+  if _state.shielding:
+    _state.pending = _state.pending or signum
+    return
   if _state.deferring and _state.pending is None:
     _state.pending = signum
     return
@@ -77,6 +85,28 @@ def deferred():
     yield
   finally:
     _state.deferring -= 1
+
+
+@contextlib.contextmanager
+def shielded():
+  """Inside: a library call that waits on its own threads (an orbax save,
+  finalise or close). A signal is recorded, never raised into it; on
+  leaving, outside a training loop, the recorded signal raises
+  :class:`Interrupted` with the current stage (inside one, the loop stops
+  at its next step as usual)."""
+  _state.shielding += 1
+  try:
+    yield
+  finally:
+    _state.shielding -= 1
+  if (
+    _state.depth
+    and not _state.shielding
+    and not _state.deferring
+    and _state.pending is not None
+  ):
+    signum, _state.pending = _state.pending, None
+    raise Interrupted(signum, _state.stage)
 
 
 def pending() -> int | None:

@@ -10,10 +10,8 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from agt_jax import distributed
-from agt_jax import metrics as metrics_lib
 from agt_jax.data import pipeline
 from agt_jax.errors import (
   CheckpointDamagedError,
@@ -33,6 +31,36 @@ __all__ = ["ConfigMismatchError", "NonFiniteLossError", "TrainingPhase"]
 # Scalars logged as their mean over the log interval (``<name>_mean``), next
 # to the last step's value (``<name>``).
 _MEANS = ("loss", "bce", "kd", "grad_norm")
+
+
+@jax.jit
+def _accumulate(acc, m) -> dict:
+  """Adds one step's scalars to the interval's on-device sums and keeps the
+  index (in the interval) and value of its first non-finite loss."""
+  if acc is None:
+    acc = {
+      "n": jnp.zeros((), jnp.int32),
+      "first_bad": jnp.full((), -1, jnp.int32),
+      "bad_loss": jnp.zeros((), jnp.float32),
+      "sums": {k: jnp.zeros((), jnp.float32) for k in m},
+    }
+  loss = jnp.asarray(m["loss"], jnp.float32)
+  new_bad = (acc["first_bad"] < 0) & ~jnp.isfinite(loss)
+  return {
+    "n": acc["n"] + 1,
+    "first_bad": jnp.where(new_bad, acc["n"], acc["first_bad"]),
+    "bad_loss": jnp.where(new_bad, loss, acc["bad_loss"]),
+    "sums": {
+      k: acc["sums"][k] + jnp.mean(jnp.asarray(v, jnp.float32))
+      for k, v in m.items()
+    },
+  }
+
+
+def _interval_means(read) -> dict:
+  if read is None or not read["n"]:
+    return {}
+  return {k: float(v) / int(read["n"]) for k, v in read["sums"].items()}
 
 
 @jax.jit
@@ -56,6 +84,13 @@ class TrainingPhase:
   finiteness before every save, so a diverged state is never written; a
   SIGINT/SIGTERM (:mod:`agt_jax.train.interrupts`) ends the step, saves it
   and raises :class:`~agt_jax.errors.Interrupted`.
+
+  Between logging steps the host never waits on the device: batches are
+  prefetched to the mesh two deep (:class:`~agt_jax.data.pipeline.DevicePrefetch`),
+  interval means and the first non-finite loss are accumulated on device,
+  and both are read at the next logging step, save or stop. ``guard``
+  (e.g. ``"disallow"``) runs those steps under ``jax.transfer_guard`` so a
+  test can prove it.
   """
 
   def __init__(
@@ -74,6 +109,7 @@ class TrainingPhase:
     extra_args=(),
     save: bool = True,
     evaluate=None,
+    guard: str | None = None,
   ):
     self.name, self.config, self.mesh = name, config, mesh
     self.total = total_steps
@@ -86,7 +122,10 @@ class TrainingPhase:
       seed=config.seed,
       augment=config.augment,
     )
-    self.iterator = pipeline.to_iterator(ds, workers=config.workers)
+    self.sharding = pipeline.data_sharding(mesh)
+    self.iterator = pipeline.DevicePrefetch(
+      pipeline.to_iterator(ds, workers=config.workers), self.sharding
+    )
     self.ckpt = (
       Checkpoints(
         workdir / "checkpoints" / name, max_to_keep=config.keep_checkpoints
@@ -116,7 +155,7 @@ class TrainingPhase:
     self.step = jax.jit(step_fn, donate_argnums=0)
     self.extra_args = extra_args
     self.evaluate = evaluate
-    self.sharding = pipeline.data_sharding(mesh)
+    self.guard = guard
 
   def _restore_trusted(self):
     """``(step, state, config)`` of the newest checkpoint that is intact:
@@ -151,67 +190,74 @@ class TrainingPhase:
     )
     try:
       with interrupts.deferred():
-        return self._loop(bar)
+        out = self._loop(bar)
+      interrupts.set_stage(
+        f"at the end of the {self.name} (all {self.total} steps "
+        "checkpointed; a resume goes on after it)"
+        if self.ckpt is not None
+        else f"at the end of the {self.name} (not checkpointed: it reruns)"
+      )
+      return out
     finally:
       if bar is not None:
         bar.close()
+      # Stops Grain's worker processes and frees their shared memory now,
+      # not at interpreter exit (where it is reported as leaked).
+      self.iterator.close()
       if self.ckpt is not None:
         self._close_checkpoints()
 
   def _loop(self, bar) -> dict:
     cfg = self.config
-    feed = pipeline.device_batches(self.iterator, self.sharding)
     t_last, n_last = time.perf_counter(), 0
-    prev = None  # (step, loss) of the previous step, checked one step late
     t0, done_steps = time.perf_counter(), 0
-    # Interval means as on-device (sum, count) pairs: no host sync per step.
-    acc: dict = {}
+    acc, acc_from = None, self.start  # on-device interval accumulator
     self._config_dict = json.loads(cfg.to_json())
     for s in range(self.start, self.total):
-      batch = next(feed)
-      self.state, m = self.step(self.state, batch, *self.extra_args)
-      if prev is not None:
-        self._check_finite(*prev)
-      prev = (s + 1, m["loss"])
-      acc = metrics_lib.merge_metrics(
-        acc, {k: metrics_lib.mean_metric(m[k]) for k in _MEANS if k in m}
+      with jax.transfer_guard(self.guard or "allow"):
+        batch = next(self.iterator)
+        self.state, m = self.step(self.state, batch, *self.extra_args)
+        acc = _accumulate(acc, {k: m[k] for k in _MEANS if k in m})
+        done_steps += 1
+        n_last += cfg.batch_size
+        if bar is not None:
+          bar.update(1)
+      stop = self._should_stop(s + 1)  # a collective at logging steps
+      log = (s + 1) % cfg.log_every == 0 or s + 1 == self.total
+      evaluate = (
+        self.evaluate is not None
+        and cfg.eval_every > 0
+        and ((s + 1) % cfg.eval_every == 0 or s + 1 == self.total)
       )
-      done_steps += 1
-      n_last += cfg.batch_size
-      if (s + 1) % cfg.log_every == 0 or s + 1 == self.total:
+      save = (s + 1) % cfg.ckpt_every == 0 or s + 1 == self.total
+      if not (log or evaluate or save or stop):
+        continue
+      # The host syncs here: the interval's losses must all be finite
+      # before anything is logged, scored or saved.
+      read = jax.device_get(acc)
+      self._check_interval(read, acc_from)
+      if log:
         m = jax.device_get(m)
-        self._check_finite(s + 1, m["loss"])
         dt = time.perf_counter() - t_last
-        means = metrics_lib.finalize_metrics(jax.device_get(acc))
-        acc = {}
         rec = {
           "phase": self.name,
           "step": s + 1,
           "lr": cfg.lr,
           "images_per_s": n_last / max(dt, 1e-9),
           **{k: v for k, v in m.items()},
-          **{f"{k}_mean": v for k, v in means.items()},
+          **{f"{k}_mean": v for k, v in _interval_means(read).items()},
         }
         self.writer.write(rec)
         t_last, n_last = time.perf_counter(), 0
+        acc, acc_from = None, s + 1
         if bar is not None:
           bar.set_postfix(loss=f"{float(m['loss']):.4f}")
-      if (
-        self.evaluate is not None
-        and cfg.eval_every > 0
-        and ((s + 1) % cfg.eval_every == 0 or s + 1 == self.total)
-      ):
+      if evaluate:
         self.writer.write(self.evaluate(self.state, s + 1))
-      if (s + 1) % cfg.ckpt_every == 0 or s + 1 == self.total:
-        self._check_finite(s + 1, m["loss"])
+      if save:
         self._save(s + 1)
-      if bar is not None:
-        bar.update(1)
-      if self._should_stop(s + 1):
-        self._check_finite(s + 1, m["loss"])
+      if stop:
         self._stop(s + 1)
-    if prev is not None:
-      self._check_finite(*prev)
     elapsed = time.perf_counter() - t0
     return {
       "steps": done_steps,
@@ -241,13 +287,16 @@ class TrainingPhase:
       else "no checkpoint was written yet"
     )
 
-  def _check_finite(self, step, loss) -> None:
-    if not np.isfinite(np.asarray(loss)):
-      raise NonFiniteLossError(
-        f"{self.name}: non-finite loss ({float(np.asarray(loss))}) at step "
-        f"{step}; training stopped, {self._last_good()}. Lower the "
-        "learning rate (--set lr=...) and --resume."
-      )
+  def _check_interval(self, read, first_step) -> None:
+    """Raises on the first non-finite loss since ``first_step``."""
+    if read is None or read["first_bad"] < 0:
+      return
+    raise NonFiniteLossError(
+      f"{self.name}: non-finite loss ({float(read['bad_loss'])}) at step "
+      f"{first_step + int(read['first_bad']) + 1}; training stopped, "
+      f"{self._last_good()}. Lower the learning rate (--set lr=...) and "
+      "--resume."
+    )
 
   def _save(self, step: int) -> None:
     """Writes a checkpoint of the state after ``step`` (async), after

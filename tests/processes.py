@@ -1,0 +1,168 @@
+"""Subprocesses in tests: a hang is detected by lack of progress, never by
+total wall time.
+
+A run on a loaded 2-core machine may take many times its usual time and
+still be healthy; a hung one writes nothing. So every subprocess a test
+starts is watched: its stdout and stderr (written to files, never to a pipe
+nobody reads) and any ``watch`` file (a run's ``metrics.jsonl``). When none
+of them has grown for ``STALL_S`` seconds, the processes get SIGABRT (with
+``PYTHONFAULTHANDLER`` set, each prints every thread's stack), then SIGKILL,
+and the test fails with their output.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+
+import pytest
+
+# No new output and no new metrics line for this long means a hang. The
+# longest silent stretch of a healthy test run is one compilation or one
+# validation pass (well under a minute alone on 2 cores).
+STALL_S = float(os.environ.get("AGT_TEST_STALL_S", "300"))
+
+
+def _mark(paths) -> tuple:
+  out = []
+  for p in paths:
+    try:
+      out.append(os.stat(p).st_size)
+    except OSError:
+      out.append(-1)
+  return tuple(out)
+
+
+class Watched:
+  """One ``subprocess.Popen`` with its output in files."""
+
+  def __init__(self, argv, *, cwd, env=None, stdin=None):
+    self._dir = tempfile.TemporaryDirectory()
+    d = pathlib.Path(self._dir.name)
+    self.stdout_path, self.stderr_path = d / "stdout", d / "stderr"
+    env = dict(os.environ if env is None else env)
+    env.setdefault("PYTHONFAULTHANDLER", "1")
+    with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+      self.proc = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=env,
+        stdin=stdin,
+        stdout=out,
+        stderr=err,
+        text=True,
+      )
+
+  @property
+  def returncode(self):
+    return self.proc.returncode
+
+  def poll(self):
+    return self.proc.poll()
+
+  def send_signal(self, sig):
+    self.proc.send_signal(sig)
+
+  def stdout(self) -> str:
+    return self.stdout_path.read_text(errors="replace")
+
+  def stderr(self) -> str:
+    return self.stderr_path.read_text(errors="replace")
+
+  def close(self):
+    self._dir.cleanup()
+
+
+def wait(
+  procs: Sequence[Watched], *, watch=(), stall_s: float | None = None
+) -> None:
+  """Waits for every process to exit; fails the test when none of their
+  outputs and no ``watch`` file has grown for ``stall_s`` seconds."""
+  stall_s = STALL_S if stall_s is None else stall_s
+  paths = [*watch]
+  for p in procs:
+    paths += [p.stdout_path, p.stderr_path]
+  last, since = _mark(paths), time.monotonic()
+  while any(p.poll() is None for p in procs):
+    time.sleep(0.25)
+    now = _mark(paths)
+    if now != last:
+      last, since = now, time.monotonic()
+    elif time.monotonic() - since > stall_s:
+      _abort(procs)
+      pytest.fail(
+        f"no progress for {stall_s:.0f} s (no output, no new line in "
+        f"{[str(w) for w in watch]}): a hang\n"
+        + "\n".join(
+          f"process {i} (rc {p.returncode}): {p.stderr()[-6000:]}"
+          for i, p in enumerate(procs)
+        )
+      )
+
+
+def _abort(procs) -> None:
+  for p in procs:
+    if p.poll() is None:
+      p.send_signal(signal.SIGABRT)  # faulthandler prints the stacks
+  for p in procs:
+    try:
+      p.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      p.proc.kill()
+      p.proc.wait()
+
+
+def run(
+  argv, *, cwd, env=None, watch=(), stall_s: float | None = None, check=False
+) -> subprocess.CompletedProcess:
+  """``subprocess.run(argv, capture_output=True, text=True)`` with the
+  progress rule instead of a timeout."""
+  p = Watched(argv, cwd=cwd, env=env)
+  try:
+    wait([p], watch=watch, stall_s=stall_s)
+    out = subprocess.CompletedProcess(
+      list(argv), p.returncode, p.stdout(), p.stderr()
+    )
+  finally:
+    p.close()
+  if check:
+    out.check_returncode()
+  return out
+
+
+def metrics_of(args) -> list[pathlib.Path]:
+  """The ``metrics.jsonl`` a CLI run with ``args`` writes (``--workdir``),
+  to watch for progress."""
+  args = [str(a) for a in args]
+  if "--workdir" in args:
+    return [pathlib.Path(args[args.index("--workdir") + 1]) / "metrics.jsonl"]
+  return []
+
+
+def wait_until(predicate, proc: Watched, *, watch=(), stall_s=None) -> None:
+  """Waits until ``predicate()`` holds while ``proc`` runs; fails when it
+  exits first or makes no progress (as :func:`wait`) for ``stall_s``."""
+  stall_s = STALL_S if stall_s is None else stall_s
+  paths = [*watch, proc.stdout_path, proc.stderr_path]
+  last, since = _mark(paths), time.monotonic()
+  while not predicate():
+    if proc.poll() is not None:
+      pytest.fail(
+        f"the process exited (rc {proc.returncode}) before the awaited "
+        f"point: {proc.stderr()[-3000:]}"
+      )
+    time.sleep(0.05)
+    now = _mark(paths)
+    if now != last:
+      last, since = now, time.monotonic()
+    elif time.monotonic() - since > stall_s:
+      _abort([proc])
+      pytest.fail(
+        f"no progress for {stall_s:.0f} s before the awaited point: "
+        f"{proc.stderr()[-6000:]}"
+      )
