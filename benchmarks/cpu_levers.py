@@ -150,6 +150,17 @@ def main(argv=None) -> None:
     "--batch-size",
     str(a.batch_size),
   ]
+  timing = [
+    *sizes,
+    "--dtype",
+    a.dtype,
+    "--steps",
+    str(a.steps),
+    "--warmup",
+    str(a.warmup),
+    "--pipeline-workers",
+    "-1",
+  ]
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     ref = None
@@ -170,22 +181,7 @@ def main(argv=None) -> None:
         ref = ref or out
         numerics = _compare(ref, out)
       bench = _run(
-        [
-          "step_throughput.py",
-          *sizes,
-          "--dtype",
-          a.dtype,
-          "--steps",
-          str(a.steps),
-          "--warmup",
-          str(a.warmup),
-          "--no-torch",
-          "--pipeline-workers",
-          "-1",
-          *extra,
-        ],
-        flags,
-        a.timeout,
+        ["step_throughput.py", *timing, "--no-torch", *extra], flags, a.timeout
       )
       lines = [
         json.loads(x)
@@ -201,22 +197,7 @@ def main(argv=None) -> None:
         rows.append({**r, **base, "numerics": numerics})
         print(json.dumps(rows[-1]), flush=True)
     if not a.no_torch:
-      bench = _run(
-        [
-          "step_throughput.py",
-          *sizes,
-          "--dtype",
-          a.dtype,
-          "--steps",
-          str(a.steps),
-          "--warmup",
-          str(a.warmup),
-          "--pipeline-workers",
-          "-1",
-        ],
-        "",
-        a.timeout,
-      )
+      bench = _run(["step_throughput.py", *timing], "", a.timeout)
       for x in bench.stdout.splitlines():
         if x.startswith('{"system": "torch_'):
           rows.append({**json.loads(x), "lever": "pytorch", "xla_flags": None})

@@ -9,20 +9,10 @@ from tests import processes
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_loss_overhead_schema():
-  out = processes.run(
-    [
-      sys.executable,
-      str(ROOT / "benchmarks" / "loss_overhead.py"),
-      "--batch-size",
-      "8",
-      "--classes",
-      "4",
-      "--steps",
-      "3",
-      "--warmup",
-      "1",
-    ],
+def bench(script, *args) -> str:
+  """A benchmark script's stdout, run on CPU with a bare environment."""
+  return processes.run(
+    [sys.executable, str(ROOT / "benchmarks" / script), *args],
     check=True,
     cwd=ROOT,
     env={
@@ -31,6 +21,20 @@ def test_loss_overhead_schema():
       "PYTHONPATH": str(ROOT),
     },
   ).stdout
+
+
+def test_loss_overhead_schema():
+  out = bench(
+    "loss_overhead.py",
+    "--batch-size",
+    "8",
+    "--classes",
+    "4",
+    "--steps",
+    "3",
+    "--warmup",
+    "1",
+  )
   rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
   assert {r["system"] for r in rows} == {"bce", "agt_reweighted_bce", "focal"}
   for r in rows:
@@ -39,38 +43,28 @@ def test_loss_overhead_schema():
 
 
 def test_input_pipeline_schema():
-  out = processes.run(
-    [
-      sys.executable,
-      str(ROOT / "benchmarks" / "input_pipeline.py"),
-      "--workers",
-      "0",
-      "--batch-size",
-      "4",
-      "--image-size",
-      "64",
-      "--crop",
-      "48",
-      "--batches",
-      "2",
-      "--warmup",
-      "1",
-      "--num-images",
-      "8",
-      "--source-size",
-      "128",
-      "--decode",
-      "full",
-      "reduced",
-    ],
-    check=True,
-    cwd=ROOT,
-    env={
-      "JAX_PLATFORMS": "cpu",
-      "PATH": "/usr/bin:/bin",
-      "PYTHONPATH": str(ROOT),
-    },
-  ).stdout
+  out = bench(
+    "input_pipeline.py",
+    "--workers",
+    "0",
+    "--batch-size",
+    "4",
+    "--image-size",
+    "64",
+    "--crop",
+    "48",
+    "--batches",
+    "2",
+    "--warmup",
+    "1",
+    "--num-images",
+    "8",
+    "--source-size",
+    "128",
+    "--decode",
+    "full",
+    "reduced",
+  )
   rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
   assert [(r["decode"], r["workers"]) for r in rows] == [
     ("full", 0),
@@ -81,36 +75,26 @@ def test_input_pipeline_schema():
 
 
 def test_step_throughput_schema():
-  out = processes.run(
-    [
-      sys.executable,
-      str(ROOT / "benchmarks" / "step_throughput.py"),
-      "--model",
-      "tiny",
-      "--image-size",
-      "32",
-      "--steps",
-      "2",
-      "--warmup",
-      "1",
-      "--batch-size",
-      "8",
-      "--dtype",
-      "float32",
-      "--no-torch",
-      "--pipeline-workers",
-      "0",
-      "--profile-steps",
-      "2",
-    ],
-    check=True,
-    cwd=ROOT,
-    env={
-      "JAX_PLATFORMS": "cpu",
-      "PATH": "/usr/bin:/bin",
-      "PYTHONPATH": str(ROOT),
-    },
-  ).stdout
+  out = bench(
+    "step_throughput.py",
+    "--model",
+    "tiny",
+    "--image-size",
+    "32",
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+    "--batch-size",
+    "8",
+    "--dtype",
+    "float32",
+    "--no-torch",
+    "--pipeline-workers",
+    "0",
+    "--profile-steps",
+    "2",
+  )
   rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
   systems = [r for r in rows if "system" in r]
   assert [r["system"] for r in systems] == [
@@ -148,33 +132,23 @@ def test_step_throughput_schema():
 def test_cpu_levers_schema():
   """Each lever runs in its own process; its numerics are compared with the
   first (default) lever's, which differs from itself by exactly 0."""
-  out = processes.run(
-    [
-      sys.executable,
-      str(ROOT / "benchmarks" / "cpu_levers.py"),
-      "--model",
-      "tiny",
-      "--image-size",
-      "32",
-      "--batch-size",
-      "2",
-      "--steps",
-      "1",
-      "--warmup",
-      "0",
-      "--no-torch",
-      "--levers",
-      "default",
-      "ynn_off",
-    ],
-    check=True,
-    cwd=ROOT,
-    env={
-      "JAX_PLATFORMS": "cpu",
-      "PATH": "/usr/bin:/bin",
-      "PYTHONPATH": str(ROOT),
-    },
-  ).stdout
+  out = bench(
+    "cpu_levers.py",
+    "--model",
+    "tiny",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "2",
+    "--steps",
+    "1",
+    "--warmup",
+    "0",
+    "--no-torch",
+    "--levers",
+    "default",
+    "ynn_off",
+  )
   rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
   assert [(r["lever"], r["system"]) for r in rows] == [
     (lever, system)

@@ -184,24 +184,16 @@ def test_registry_names_and_errors():
 
 
 def test_learnability_script_smoke(tmp_path):
-  out = processes.run(
-    [
-      sys.executable,
-      str(ROOT / "benchmarks" / "synth_learnability.py"),
-      "--smoke",
-      "--cache-dir",
-      str(tmp_path),
-      "--workers",
-      "1",
-    ],
-    check=True,
-    cwd=ROOT,
-    env={
-      "JAX_PLATFORMS": "cpu",
-      "PATH": "/usr/bin:/bin",
-      "PYTHONPATH": str(ROOT),
-    },
-  ).stdout
+  from tests.test_benchmarks import bench
+
+  out = bench(
+    "synth_learnability.py",
+    "--smoke",
+    "--cache-dir",
+    str(tmp_path),
+    "--workers",
+    "1",
+  )
   rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
   assert [r["model"] for r in rows] == ["logreg_colour_blur", "small_cnn"]
   for r in rows:

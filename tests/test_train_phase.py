@@ -53,30 +53,21 @@ def test_make_mesh_names_batch_sizes_that_split():
 
 
 def _phase(workdir, *, step_fn, guard, log_every=4, total=8, extra_args=()):
-  import numpy as np
-
   from agt_jax import config as config_lib
-  from agt_jax import models
-  from agt_jax.data import images, samplers
+  from agt_jax.data import samplers
   from agt_jax.train import steps
   from agt_jax.train.phase import TrainingPhase
+  from tests.test_faults_training import LABELS, MODEL, SOURCE, TX
 
-  rng = np.random.default_rng(0)
-  labels = (rng.random((64, 3)) < 0.4).astype(np.uint8)
-  source = images.ArrayImageSource(
-    rng.integers(0, 255, (64, 40, 40, 3), dtype=np.uint8)
-  )
-  model = models.Student(models.make_encoder("resnet_tiny"), num_classes=3)
-  tx = steps.adam(1e-3, 0.9, 0.99)
   cfg = config_lib.get_config(
     "smoke", log_every=log_every, eval_every=0, ckpt_every=log_every
   )
   return TrainingPhase(
     "teacher",
-    step_fn=step_fn(model, tx),
-    state=steps.init_state(model, tx, (32, 32, 3), seed=0),
-    batches=samplers.instance_balanced_batches(labels, batch_size=16, seed=0),
-    source=source,
+    step_fn=step_fn(MODEL, TX),
+    state=steps.init_state(MODEL, TX, (32, 32, 3), seed=0),
+    batches=samplers.instance_balanced_batches(LABELS, batch_size=16, seed=0),
+    source=SOURCE,
     config=cfg,
     workdir=workdir,
     mesh=make_mesh(16),
