@@ -3,6 +3,7 @@ feed, interval metrics, validation scoring, checkpoints, progress bar."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -212,9 +213,15 @@ class TrainingPhase:
     t_last, n_last = time.perf_counter(), 0
     t0, done_steps = time.perf_counter(), 0
     acc, acc_from = None, self.start  # on-device interval accumulator
+
+    def guarded():
+      if self.guard is None:  # leave the process's own setting alone
+        return contextlib.nullcontext()
+      return jax.transfer_guard(self.guard)
+
     self._config_dict = json.loads(cfg.to_json())
     for s in range(self.start, self.total):
-      with jax.transfer_guard(self.guard or "allow"):
+      with guarded():
         batch = next(self.iterator)
         self.state, m = self.step(self.state, batch, *self.extra_args)
         acc = _accumulate(acc, {k: m[k] for k in _MEANS if k in m})
