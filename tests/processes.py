@@ -78,31 +78,43 @@ class Watched:
     self._dir.cleanup()
 
 
-def wait(
-  procs: Sequence[Watched], *, watch=(), stall_s: float | None = None
-) -> None:
-  """Waits for every process to exit; fails the test when none of their
-  outputs and no ``watch`` file has grown for ``stall_s`` seconds."""
+def _watch(procs, done, *, watch, stall_s, what) -> None:
+  """Polls until ``done()``; fails the test (after aborting the processes)
+  when none of their outputs and no ``watch`` file has grown for
+  ``stall_s`` seconds."""
   stall_s = STALL_S if stall_s is None else stall_s
   paths = [*watch]
   for p in procs:
     paths += [p.stdout_path, p.stderr_path]
   last, since = _mark(paths), time.monotonic()
-  while any(p.poll() is None for p in procs):
-    time.sleep(0.25)
+  while not done():
+    time.sleep(0.05)
     now = _mark(paths)
     if now != last:
       last, since = now, time.monotonic()
     elif time.monotonic() - since > stall_s:
       _abort(procs)
       pytest.fail(
-        f"no progress for {stall_s:.0f} s (no output, no new line in "
-        f"{[str(w) for w in watch]}): a hang\n"
+        f"no progress for {stall_s:.0f} s {what} (no output, no new line "
+        f"in {[str(w) for w in watch]}): a hang\n"
         + "\n".join(
           f"process {i} (rc {p.returncode}): {p.stderr()[-6000:]}"
           for i, p in enumerate(procs)
         )
       )
+
+
+def wait(
+  procs: Sequence[Watched], *, watch=(), stall_s: float | None = None
+) -> None:
+  """Waits for every process to exit, under the progress rule."""
+  _watch(
+    procs,
+    lambda: all(p.poll() is not None for p in procs),
+    watch=watch,
+    stall_s=stall_s,
+    what="before the processes exited",
+  )
 
 
 def _abort(procs) -> None:
@@ -145,24 +157,19 @@ def metrics_of(args) -> list[pathlib.Path]:
 
 
 def wait_until(predicate, proc: Watched, *, watch=(), stall_s=None) -> None:
-  """Waits until ``predicate()`` holds while ``proc`` runs; fails when it
-  exits first or makes no progress (as :func:`wait`) for ``stall_s``."""
-  stall_s = STALL_S if stall_s is None else stall_s
-  paths = [*watch, proc.stdout_path, proc.stderr_path]
-  last, since = _mark(paths), time.monotonic()
-  while not predicate():
+  """Waits until ``predicate()`` holds while ``proc`` runs, under the
+  progress rule; fails when ``proc`` exits first."""
+
+  def done():
+    if predicate():
+      return True
     if proc.poll() is not None:
       pytest.fail(
         f"the process exited (rc {proc.returncode}) before the awaited "
         f"point: {proc.stderr()[-3000:]}"
       )
-    time.sleep(0.05)
-    now = _mark(paths)
-    if now != last:
-      last, since = now, time.monotonic()
-    elif time.monotonic() - since > stall_s:
-      _abort([proc])
-      pytest.fail(
-        f"no progress for {stall_s:.0f} s before the awaited point: "
-        f"{proc.stderr()[-6000:]}"
-      )
+    return False
+
+  _watch(
+    [proc], done, watch=watch, stall_s=stall_s, what="before the awaited point"
+  )

@@ -85,7 +85,7 @@ def test_device_feed_shards_over_8_devices(small):
     crop=64,
     train=True,
   )
-  it = pipeline.device_batches(
+  it = pipeline.DevicePrefetch(
     pipeline.to_iterator(ds), pipeline.data_sharding(mesh)
   )
   b = next(it)

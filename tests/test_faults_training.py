@@ -57,11 +57,20 @@ def nan_loss_at(step):
   return fn
 
 
-def phase(workdir, step_fn=plain, *, total=6, ckpt_every=1, resume=False):
+def phase(
+  workdir,
+  step_fn=plain,
+  *,
+  total=6,
+  ckpt_every=1,
+  resume=False,
+  log_every=1,
+  **phase_kw,
+):
   cfg = config_lib.get_config(
     "smoke",
     ckpt_every=ckpt_every,
-    log_every=1,
+    log_every=log_every,
     eval_every=0,
     keep_checkpoints=10,
   )
@@ -77,6 +86,7 @@ def phase(workdir, step_fn=plain, *, total=6, ckpt_every=1, resume=False):
     mesh=make_mesh(16),
     total_steps=total,
     resume=resume,
+    **phase_kw,
   )
 
 

@@ -53,28 +53,16 @@ def test_make_mesh_names_batch_sizes_that_split():
 
 
 def _phase(workdir, *, step_fn, guard, log_every=4, total=8, extra_args=()):
-  from agt_jax import config as config_lib
-  from agt_jax.data import samplers
-  from agt_jax.train import steps
-  from agt_jax.train.phase import TrainingPhase
-  from tests.test_faults_training import LABELS, MODEL, SOURCE, TX
+  from tests.test_faults_training import MODEL, TX, phase
 
-  cfg = config_lib.get_config(
-    "smoke", log_every=log_every, eval_every=0, ckpt_every=log_every
-  )
-  return TrainingPhase(
-    "teacher",
-    step_fn=step_fn(MODEL, TX),
-    state=steps.init_state(MODEL, TX, (32, 32, 3), seed=0),
-    batches=samplers.instance_balanced_batches(LABELS, batch_size=16, seed=0),
-    source=SOURCE,
-    config=cfg,
-    workdir=workdir,
-    mesh=make_mesh(16),
-    total_steps=total,
-    resume=False,
-    extra_args=extra_args,
+  return phase(
+    workdir,
+    step_fn(MODEL, TX),
+    total=total,
+    ckpt_every=log_every,
+    log_every=log_every,
     guard=guard,
+    extra_args=extra_args,
   )
 
 

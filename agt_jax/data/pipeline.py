@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from collections.abc import Iterator
 
 import grain
 import jax
@@ -139,17 +138,10 @@ def host_batches(
   return samplers.host_slice(batches, process_index=i, process_count=n)
 
 
-def device_batches(
-  iterator: Iterator[dict], sharding: NamedSharding
-) -> Iterator[dict]:
-  """Makes each host batch part of a global batch on the mesh: arrays are
+def global_batch(batch: dict, sharding: NamedSharding) -> dict:
+  """Makes a host batch part of a global batch on the mesh: arrays are
   split along the batch axis (this process's rows, see
   :func:`host_batches`), scalars (e.g. ``group``) replicated."""
-  for batch in iterator:
-    yield global_batch(batch, sharding)
-
-
-def global_batch(batch: dict, sharding: NamedSharding) -> dict:
   replicated = NamedSharding(sharding.mesh, P())
   return {
     k: jax.make_array_from_process_local_data(

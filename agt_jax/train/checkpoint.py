@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import pathlib
 
 import grain
@@ -33,17 +32,6 @@ def _options(
   )
 
 
-def _shielded(method):
-  """Runs an orbax call with signals recorded, not raised into its wait."""
-
-  @functools.wraps(method)
-  def wrapper(*args, **kwargs):
-    with interrupts.shielded():
-      return method(*args, **kwargs)
-
-  return wrapper
-
-
 class Checkpoints:
   """One phase's checkpoints (e.g. ``<workdir>/checkpoints/teacher``).
 
@@ -70,7 +58,7 @@ class Checkpoints:
     if distributed.is_primary():
       workdir.seal(self.directory, self.all_steps())
 
-  @_shielded
+  @interrupts.shielded()
   def save(self, step: int, state, iterator, config: dict) -> None:
     # The previous save is final once orbax's async write has finished
     # (orbax waits for it before starting this one anyway).
@@ -104,12 +92,12 @@ class Checkpoints:
         f"process(es) (--num-processes {saved})."
       )
 
-  @_shielded
+  @interrupts.shielded()
   def wait(self) -> None:
     if not self._closed:
       self._mngr.wait_until_finished()
 
-  @_shielded
+  @interrupts.shielded()
   def restore(self, step: int, state_like, iterator) -> tuple[dict, dict]:
     """Restores into the structure/shardings of ``state_like`` and moves
     ``iterator`` to the saved position; returns ``(state, config)``."""
@@ -124,7 +112,7 @@ class Checkpoints:
     )
     return out["state"], out["config"]
 
-  @_shielded
+  @interrupts.shielded()
   def restore_state(self, step: int, state_like) -> dict:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
     out = self._mngr.restore(
@@ -132,7 +120,7 @@ class Checkpoints:
     )
     return out["state"]
 
-  @_shielded
+  @interrupts.shielded()
   def close(self) -> None:
     """Waits for the in-flight async save, then releases the manager
     (idempotent)."""
@@ -162,7 +150,7 @@ class BestCheckpoint:
   def step(self) -> int | None:
     return self._mngr.latest_step()
 
-  @_shielded
+  @interrupts.shielded()
   def save(self, step: int, variables, meta: dict) -> None:
     self._mngr.save(
       step,
@@ -172,7 +160,7 @@ class BestCheckpoint:
       force=True,
     )
 
-  @_shielded
+  @interrupts.shielded()
   def meta(self) -> dict | None:
     step = self.step()
     if step is None:
@@ -181,7 +169,7 @@ class BestCheckpoint:
       step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
     )["meta"]
 
-  @_shielded
+  @interrupts.shielded()
   def restore(self, variables_like) -> dict:
     self._mngr.wait_until_finished()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, variables_like)
@@ -190,7 +178,7 @@ class BestCheckpoint:
       args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)),
     )["variables"]
 
-  @_shielded
+  @interrupts.shielded()
   def close(self) -> None:
     if getattr(self, "_closed", False):
       return

@@ -93,7 +93,8 @@ def shielded():
   finalise or close). A signal is recorded, never raised into it; on
   leaving, outside a training loop, the recorded signal raises
   :class:`Interrupted` with the current stage (inside one, the loop stops
-  at its next step as usual)."""
+  at its next step as usual). Also a decorator (``@shielded()``), as the
+  checkpoint classes use it on every method that calls orbax."""
   _state.shielding += 1
   try:
     yield

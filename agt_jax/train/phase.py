@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from agt_jax import distributed
+from agt_jax import metrics as metrics_lib
 from agt_jax.data import pipeline
 from agt_jax.errors import (
   CheckpointDamagedError,
@@ -36,14 +37,15 @@ _MEANS = ("loss", "bce", "kd", "grad_norm")
 
 @jax.jit
 def _accumulate(acc, m) -> dict:
-  """Adds one step's scalars to the interval's on-device sums and keeps the
-  index (in the interval) and value of its first non-finite loss."""
+  """Adds one step's scalars to the interval's on-device ``(sum, count)``
+  pairs (:func:`agt_jax.metrics.merge_metrics`) and keeps the index (in the
+  interval) and value of its first non-finite loss."""
   if acc is None:
     acc = {
       "n": jnp.zeros((), jnp.int32),
       "first_bad": jnp.full((), -1, jnp.int32),
       "bad_loss": jnp.zeros((), jnp.float32),
-      "sums": {k: jnp.zeros((), jnp.float32) for k in m},
+      "means": {},
     }
   loss = jnp.asarray(m["loss"], jnp.float32)
   new_bad = (acc["first_bad"] < 0) & ~jnp.isfinite(loss)
@@ -51,17 +53,10 @@ def _accumulate(acc, m) -> dict:
     "n": acc["n"] + 1,
     "first_bad": jnp.where(new_bad, acc["n"], acc["first_bad"]),
     "bad_loss": jnp.where(new_bad, loss, acc["bad_loss"]),
-    "sums": {
-      k: acc["sums"][k] + jnp.mean(jnp.asarray(v, jnp.float32))
-      for k, v in m.items()
-    },
+    "means": metrics_lib.merge_metrics(
+      acc["means"], {k: metrics_lib.mean_metric(v) for k, v in m.items()}
+    ),
   }
-
-
-def _interval_means(read) -> dict:
-  if read is None or not read["n"]:
-    return {}
-  return {k: float(v) / int(read["n"]) for k, v in read["sums"].items()}
 
 
 @jax.jit
@@ -252,7 +247,10 @@ class TrainingPhase:
           "lr": cfg.lr,
           "images_per_s": n_last / max(dt, 1e-9),
           **{k: v for k, v in m.items()},
-          **{f"{k}_mean": v for k, v in _interval_means(read).items()},
+          **{
+            f"{k}_mean": v
+            for k, v in metrics_lib.finalize_metrics(read["means"]).items()
+          },
         }
         self.writer.write(rec)
         t_last, n_last = time.perf_counter(), 0
@@ -296,7 +294,7 @@ class TrainingPhase:
 
   def _check_interval(self, read, first_step) -> None:
     """Raises on the first non-finite loss since ``first_step``."""
-    if read is None or read["first_bad"] < 0:
+    if read["first_bad"] < 0:
       return
     raise NonFiniteLossError(
       f"{self.name}: non-finite loss ({float(read['bad_loss'])}) at step "
