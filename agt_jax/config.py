@@ -28,7 +28,10 @@ class Config:
   fold: int = 0
   num_folds: int = 5
   fold_seed: int = 0
-  fold_mode: str = "random"  # random | stratified | official
+  # random | stratified (patient k-fold) | official (the table's own
+  # split: train + val -> test) | official_val (train -> val: RFMiD as the
+  # paper, whose test labels were not public)
+  fold_mode: str = "random"
   # Patients of the training fold held out for model selection (0: none).
   val_fraction: float = 0.1
   image_size: int = 512  # resize (cache) size
@@ -38,6 +41,9 @@ class Config:
   model: str = "resnet50"
   dtype: str = "float32"  # compute dtype; params stay float32
   init: str | None = None  # checkpoint (ours) or torchvision .pth
+  # The encoder whose features group the classes (None: init's, else the
+  # warm-up's), so grouping and training can start from different weights.
+  group_init: str | None = None
   # optimisation (paper §3.8: Adam 1e-3, betas 0.9/0.99, batch 64)
   batch_size: int = 64
   eval_batch_size: int = 64
@@ -71,6 +77,13 @@ class Config:
   # > 0: the teacher's batch-norm statistics recomputed on this many
   # instance-balanced batches before it is scored.
   bn_recalibrate: int = 0
+  # Each stage's objective: all (every class's loss trains the encoder,
+  # §3.4.3) | group (Eq. 14: only the active group's classes).
+  teacher_objective: str = "all"
+  # The teacher's batches: group_mixed (AGT; with one group, plain
+  # instance-balanced) | class_balanced (Table 1's CB sampling: a class
+  # uniformly, then one of its images; one head only).
+  teacher_sampler: str = "group_mixed"
   switch_every: int = 1
   schedule: str = "alternate"  # alternate (AGT) | joint (all heads)
   teacher: str = "shared"  # shared encoder | multi (one per group)
@@ -84,6 +97,8 @@ class Config:
   temperature: float = 5.0
   gamma: float = 1.0
   kd_direction: str = "teacher_student"
+  # t2: the KL x T^2 (Hinton's convention) | none: Eqs. 6-8 as written.
+  kd_scale: str = "t2"
   # GBG (paper 004): trainer="gbg" trains one model on every group at once
   # as a multi-objective problem (agt_jax.train.gbg) instead of the AGT
   # teacher and student.
@@ -92,6 +107,9 @@ class Config:
   moo_normalizer: str = "none"  # none (paper Eq. 11) | l2 | loss | loss+
   affinity: str = "cos+1"  # gradient grouping: cos+1 | cos
   gac_fraction: float = 0.1  # GAC: a missing group gets this x batch
+  # A group's BCE over its classes: mean (paper 004's "average strategy")
+  # | sum (GBG's published code).
+  gbg_group_loss: str = "mean"
   grad_batches: int = 4  # batches averaged for class gradients
   objective: str = "auto"  # auto (softmax on CIFAR) | bce | softmax
   # Transfer (paper 001): trainer="transfer" trains one TransferNet (the
@@ -172,7 +190,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Fixed choices; the method names (trainer, loss, reweight, kd,
 # transfer_loss) come from the registries (:func:`choices`).
 CHOICES = {
-  "fold_mode": ("random", "stratified", "official"),
+  "fold_mode": ("random", "stratified", "official", "official_val"),
   "grouping": (
     "relational",
     "paper",
@@ -197,6 +215,10 @@ CHOICES = {
   "teacher": ("shared", "multi"),
   "select": ("best", "last"),
   "kd_direction": ("teacher_student", "student_teacher"),
+  "kd_scale": ("t2", "none"),
+  "teacher_objective": ("all", "group"),
+  "teacher_sampler": ("group_mixed", "class_balanced"),
+  "gbg_group_loss": ("mean", "sum"),
   "dtype": ("float32", "bfloat16"),
 }
 
@@ -248,6 +270,20 @@ def _method_checks(c: Config) -> str | None:
       f"rw_stats={c.rw_stats!r} sets the feedback re-weighting's "
       f"statistics; it needs reweight=feedback (got reweight="
       f"{c.reweight!r})."
+    )
+  if c.teacher_objective == "group" and not loss.group_objective:
+    return (
+      f"teacher_objective='group' (Eq. 14) restricts the AGT loss to the "
+      f"active group's classes; loss={c.loss!r} has its own reduction. Use "
+      "loss=agt or teacher_objective=all."
+    )
+  if c.teacher_sampler == "class_balanced" and (
+    c.grouping not in ("single", "none") or c.prior_correction != "none"
+  ):
+    return (
+      "teacher_sampler='class_balanced' is the one-head CB-sampling "
+      f"baseline: set grouping=single and prior_correction=none (got "
+      f"grouping={c.grouping!r}, prior_correction={c.prior_correction!r})."
     )
   if c.teacher == "multi" and loss.shared_only:
     return (
@@ -338,7 +374,7 @@ def validate(config: Config) -> Config:
     raise ConfigError(
       f"crop={c.crop} is larger than image_size=" f"{c.image_size}."
     )
-  folds = 1 if c.fold_mode == "official" else c.num_folds
+  folds = 1 if c.fold_mode.startswith("official") else c.num_folds
   if not 0 <= c.fold < folds:
     raise ConfigError(
       f"fold={c.fold} is out of range: fold_mode="
@@ -349,6 +385,8 @@ def validate(config: Config) -> Config:
       "select=best needs eval_every > 0 (how often the "
       "validation split is scored)."
     )
+  # prior_correction is not refused elsewhere: its default applies to the
+  # AGT teacher, and other trainers have no group-mixed sampler to correct.
   msg = _method_checks(c)
   if msg:
     raise ConfigError(msg)
@@ -360,12 +398,14 @@ def validate(config: Config) -> Config:
       f"pass --data {_data_name(c.dataset)}:PATH (data_dir= "
       "in Python); the offline default is 'odir5k-synth'."
     )
-  if c.init and not pathlib.Path(c.init).expanduser().exists():
-    raise ConfigError(
-      f"init={c.init!r}: no such file or folder (a "
-      "checkpoint folder of this project or a torchvision "
-      ".pth)."
-    )
+  for key in ("init", "group_init"):
+    path = getattr(c, key)
+    if path and not pathlib.Path(path).expanduser().exists():
+      raise ConfigError(
+        f"{key}={path!r}: no such file or folder (a "
+        "checkpoint folder of this project or a torchvision "
+        ".pth)."
+      )
   return config
 
 
@@ -443,7 +483,17 @@ def parse_sets(pairs) -> dict[str, str]:
 
 # Fields added after runs were recorded, with the value that behaves as the
 # code did before they existed: a record without the field ran with it.
-LEGACY = {"prior_correction": "none", "rw_stats": "global", "bn_recalibrate": 0}
+LEGACY = {
+  "prior_correction": "none",
+  "rw_stats": "global",
+  "bn_recalibrate": 0,
+  "kd_scale": "t2",
+  "teacher_objective": "all",
+  "teacher_sampler": "group_mixed",
+  # GBG summed each group's class losses until the paper's mean came in.
+  "gbg_group_loss": "sum",
+  "group_init": None,
+}
 
 
 def with_legacy(saved: dict) -> dict:

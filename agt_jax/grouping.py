@@ -383,6 +383,27 @@ def random_groups(
   )
 
 
+def subset_imbalance(class_counts, groups) -> dict:
+  """The paper's class imbalance ratio :math:`\rho = N_{max} / N_{min}`
+  (§3.3) of the whole training split and of each subset, over the classes
+  with at least one positive (a subset of one class has :math:`\rho = 1`).
+
+  Returns:
+    ``{"dataset": rho, "subsets": [rho_g, ...]}``.
+  """
+  n = np.asarray(class_counts, np.float64)
+
+  def rho(idx) -> float:
+    v = n[list(idx)]
+    v = v[v > 0]
+    return float(v.max() / v.min()) if v.size else float("nan")
+
+  return {
+    "dataset": rho(range(len(n))),
+    "subsets": [rho(g) for g in groups],
+  }
+
+
 def count_groups(class_counts, *, n_groups: int) -> tuple[tuple[int, ...], ...]:
   """Classes sorted by training count and cut into ``n_groups`` near-equal
   groups of similar count (paper 004, Table 5's instance-number strategy,

@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from agt_jax import losses
@@ -227,6 +228,11 @@ def _agt(logits, labels, options, *, loss_state, group, **_):
   per, w, loss_state = REWEIGHTS[options.reweight].weighted_bce(
     logits, labels, options, loss_state, group
   )
+  if options.objective == "group":  # Eq. 14: the active group's classes
+    member = np.zeros((len(options.groups), labels.shape[-1]), np.float32)
+    for g, classes in enumerate(options.groups):
+      member[g, list(classes)] = 1.0
+    per = per * jnp.asarray(member)[group].astype(per.dtype)
   return per.sum() / labels.shape[0], w, loss_state
 
 
@@ -333,6 +339,7 @@ class TeacherLoss:
   head: Callable[[Any], dict] = lambda config: {}
   joint: bool = False
   shared_only: bool = False
+  group_objective: bool = False  # takes teacher_objective="group" (Eq. 14)
   check: Callable[[Any], str | None] = lambda config: None
 
 
@@ -350,6 +357,7 @@ TEACHER_LOSSES = Registry(
       _agt,
       "the paper's BCE, negatives weighted per " "`reweight` (Eq. 4)",
       reweightable=True,
+      group_objective=True,
     ),
     TeacherLoss(
       "focal", _focal, "focal loss (alpha 0.25, gamma 2; mean " "over N*C)"
@@ -433,6 +441,7 @@ def _kd_cb(logits, teacher_logits, labels, class_counts, options):
     class_counts,
     temperature=options.temperature,
     direction=options.direction,
+    scale=options.scale,
   ).mean()
 
 
@@ -445,6 +454,7 @@ def _kd_eq7(logits, teacher_logits, labels, class_counts, options):
       class_counts,
       temperature=options.temperature,
       direction=options.direction,
+      scale=options.scale,
     )
     .sum(-1)
     .mean()
@@ -458,6 +468,7 @@ def _kd_plain(logits, teacher_logits, labels, class_counts, options):
       teacher_logits,
       temperature=options.temperature,
       direction=options.direction,
+      scale=options.scale,
     )
     .sum(-1)
     .mean()
@@ -474,6 +485,7 @@ def _kd_subset(logits, teacher_logits, labels, class_counts, options):
         teacher_logits,
         temperature=options.temperature,
         direction=options.direction,
+        scale=options.scale,
       )
     )
     .sum(-1)

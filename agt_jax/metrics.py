@@ -1,6 +1,8 @@
 """Evaluation metrics, computed on the host with numpy and scikit-learn.
 
 * :func:`odir_score` is the official ODIR-2019 challenge metric.
+* :func:`f1_eq16` is the paper's Eq. 16 F1 over positive entries (what its
+  RFMiD table reports; the script's F1 above is accuracy).
 * :func:`multilabel_report` is the per-class long-tail view (AUC, AP, F1) with
   head/medium/tail means.
 * :func:`mean_metric` / :func:`merge_metrics` / :func:`finalize_metrics` carry
@@ -46,14 +48,19 @@ def odir_score(labels, probs) -> dict[str, float]:
 
   * ``kappa`` = Cohen's kappa of ``labels`` vs ``probs > 0.5`` (strict: a
     probability of exactly 0.5 is a negative),
-  * ``f1`` = micro-F1 of the same, which on a flattened binary vector equals
-    accuracy,
+  * ``f1`` = sklearn's ``f1_score(..., average="micro")`` of the same. On one
+    flattened binary column that is accuracy over all :math:`8n` decisions,
+    negatives included; it is **not** the paper's Eq. 16 F1 over positive
+    entries (:func:`f1_eq16`),
   * ``auc`` = one ROC AUC pooled over all :math:`8n` entries (not a per-class
     mean),
   * ``final`` = (kappa + f1 + auc) / 3.
 
   The challenge scores one row per patient; the AGT paper applies the same
-  formula to image-level rows. Works for any number of columns.
+  formula to image-level rows. Works for any number of columns. The paper's
+  ODIR-5K F1 (0.87-0.97 in its Table 1) can only be this accuracy-like F1;
+  its RFMiD F1 (0.56-0.68, Table 2) can only be Eq. 16's
+  (docs/metrics.md).
 
   Args:
     labels: `[n, C]` 0/1 ground truth.
@@ -64,7 +71,9 @@ def odir_score(labels, probs) -> dict[str, float]:
 
   References:
     ODIR-2019 challenge evaluation script ``ODIR_evaluation.py``
-    (https://odir2019.grand-challenge.org); the AGT paper, Eqs. 15-17.
+    (https://odir2019.grand-challenge.org). The AGT paper's Eqs. 15-17 state
+    kappa, F1 and AUC in per-class terms; the script above is what ODIR
+    scores are computed with.
   """
   labels, probs = _check_pair(labels, probs)
   gt, pr = labels.ravel(), probs.ravel()
@@ -73,6 +82,54 @@ def odir_score(labels, probs) -> dict[str, float]:
   f1 = float(skm.f1_score(gt, pred, average="micro"))
   auc = float(skm.roc_auc_score(gt, pr))
   return {"kappa": kappa, "f1": f1, "auc": auc, "final": (kappa + f1 + auc) / 3}
+
+
+def f1_eq16(labels, probs, *, threshold: float = 0.5) -> float:
+  r"""The AGT paper's Eq. 16 F1, pooled over every (image, class) entry.
+
+  .. math:: F_1 = \frac{2\,TP}{2\,TP + FP + FN}
+
+  with TP, FP and FN counted over all :math:`n \times C` entries at
+  ``probs > threshold`` (strict, as the ODIR metric). True negatives do not
+  enter, unlike the script's micro-F1 of a flattened column
+  (:func:`odir_score`), which is accuracy. With no positive label and no
+  positive call the F1 is 0 (nothing was found).
+
+  References:
+    The AGT paper, Eq. 16; sklearn's ``f1_score(average="micro")`` on the
+    ``[n, C]`` indicator matrices gives the same number.
+  """
+  labels, probs = _check_pair(labels, probs)
+  pred = probs > threshold
+  pos = labels.astype(bool)
+  tp = int(np.sum(pred & pos))
+  fp = int(np.sum(pred & ~pos))
+  fn = int(np.sum(~pred & pos))
+  return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def exact_match_by_label_count(
+  labels, probs, *, threshold: float = 0.5
+) -> dict[str, dict]:
+  """Sample-level exact match (§5.2) by the number of labels an image has.
+
+  An image counts as correct only if its whole row of calls at ``probs >
+  threshold`` (strict) equals its labels. Returns ``{"k": {"images": n,
+  "exact": share}}`` for each label count ``k`` present (``"0"`` for images
+  without a positive), and ``"all"``.
+  """
+  labels, probs = _check_pair(labels, probs)
+  hit = np.all((probs > threshold) == labels.astype(bool), axis=1)
+  k = labels.sum(1)
+  out = {
+    str(int(n)): {
+      "images": int((k == n).sum()),
+      "exact": float(hit[k == n].mean()),
+    }
+    for n in np.unique(k)
+  }
+  out["all"] = {"images": int(len(k)), "exact": float(hit.mean())}
+  return out
 
 
 def shot_split(
@@ -160,7 +217,10 @@ def multilabel_report(
 
   Returns:
     A JSON-serialisable dict: ``per_class`` (name -> metrics), ``macro_auc``,
-    ``map``, ``macro_f1``, ``macro_precision``, ``macro_recall``, ``odir`` (:func:`odir_score`) and, with counts,
+    ``map``, ``macro_f1``, ``f1_eq16`` (:func:`f1_eq16`), ``exact_match``
+    (:func:`exact_match_by_label_count`),
+    ``macro_precision``, ``macro_recall``, ``odir`` (:func:`odir_score`) and,
+    with counts,
     ``shots``.
   """
   labels, probs = _check_pair(labels, probs)
@@ -201,6 +261,8 @@ def multilabel_report(
     "macro_auc": nanmean(aucs),
     "map": nanmean(aps),
     "macro_f1": float(f1s.mean()),
+    "f1_eq16": f1_eq16(labels, probs),
+    "exact_match": exact_match_by_label_count(labels, probs),
     "macro_precision": float(
       np.mean([v["precision"] for v in per_class.values()])
     ),

@@ -29,7 +29,8 @@ __all__ = [
   "predict_meta",
 ]
 
-# The paper's ODIR -> RFMiD correspondences (issue #18's mapping).
+# Our ODIR -> RFMiD correspondences (paper 003 evaluates on RFMiD but gives
+# no class mapping; these are the same diseases by name).
 ODIR_TO_RFMID = {"N": "NORMAL", "D": "DR", "A": "ARMD", "M": "MYA", "G": "ODC"}
 
 

@@ -92,6 +92,7 @@ def row_of(run: Run, fold: int, preset: str, results: dict) -> dict:
     **run.extra,
     **{k: m["odir"][k] for k in ("kappa", "f1", "auc", "final")},
     "macro_auc": m["macro_auc"],
+    **({"f1_eq16": m["f1_eq16"]} if "f1_eq16" in m else {}),
     **val,
     **{f"top1_{k}": v for k, v in m.get("top1", {}).items()},
     **(
@@ -312,23 +313,36 @@ def write_table(
   names: Sequence[str],
   labels: dict | None = None,
   key: str = "run",
+  reference=None,
 ) -> list[str]:
   """Markdown rows ``| label | model | kappa | F1 | AUC | final | macro-AUC
-  | folds |`` for each name present, in the given order."""
+  | F1 (Eq. 16) | folds |`` for each name present, in the given order.
+
+  F1 is the ODIR script's (accuracy over all entries); F1 (Eq. 16) the
+  paper's over positive entries (``–`` for rows recorded before it was).
+  ``reference(name) -> str`` adds a last column with the paper's published
+  ``kappa / F1 / AUC`` (experiments._paper; the caller prints its caveat).
+  """
   labels = labels or {}
+  ref_head = " paper: kappa / F1 / AUC |" if reference else ""
   lines = [
-    "| method | model | kappa | F1 | AUC | final | macro-AUC | folds |",
-    "|---|---|---|---|---|---|---|---|",
+    "| method | model | kappa | F1 | AUC | final | macro-AUC | F1 (Eq. 16) "
+    "| folds |" + ref_head,
+    "|---|---|---|---|---|---|---|---|---|" + ("---|" if reference else ""),
   ]
   for name in names:
     sub = [r for r in rows if r[key] == name]
     if not sub:
       continue
     cells = [mean_std([r[m] for r in sub]) for m in METRICS]
+    eq16 = [r["f1_eq16"] for r in sub if "f1_eq16" in r]
+    cells.append(mean_std(eq16) if len(eq16) == len(sub) else "–")
+    ref = f" {reference(name) or '–'} |" if reference else ""
     lines.append(
       f"| {labels.get(name, name)} | {sub[0]['model']} | "
       + " | ".join(cells)
       + f" | {len(sub)} |"
+      + ref
     )
   return lines + [""]
 

@@ -18,6 +18,7 @@ import argparse
 import pathlib
 
 from experiments import _harness as h
+from experiments import _paper
 
 # variant -> (table, config overrides, which model's score the table reports).
 # Every AGT variant names its re-weighting rule and KD reading explicitly, so
@@ -142,6 +143,8 @@ def write_report(rows, workdir) -> pathlib.Path:
     "test fold is scored once, at the end. Defaults are chosen on the "
     "validation table, never on the test table.",
     "",
+    _paper.CAVEAT,
+    "",
   ]
   for table in (3, 4):
     sub = [r for r in rows if r.get("table") == table]
@@ -150,7 +153,12 @@ def write_report(rows, workdir) -> pathlib.Path:
     names = [r.name for r in runs_for([table], init="x")]
     ref_rows = [r for r in rows if r["run"] == "baseline"]
     lines += [f"## Table {table}", "", "Test folds:", ""]
-    lines += h.write_table(sub, names=names, labels=LABELS)
+    lines += h.write_table(
+      sub,
+      names=names,
+      labels=LABELS,
+      reference=lambda n, t=table: _paper.reference(t, n),
+    )
     if ref_rows:
       lines += ["Paired per-fold difference against plain BCE (test):", ""]
       lines += h.paired_table(

@@ -18,12 +18,19 @@ import argparse
 import pathlib
 
 from experiments import _harness as h
+from experiments import _paper
 
 # name -> (label, overrides, scored model). Plain baselines train one head
 # (grouping single) on instance-balanced batches and report that model.
 _PLAIN = {"grouping": "single", "reweight": "none", "student": False}
 METHODS = {
   "bce": ("Instance-balanced BCE", {**_PLAIN}, "teacher"),
+  "cb_sampling": (
+    "Class-balanced sampling",
+    # as published: the sampler's prior shift is left uncorrected
+    {**_PLAIN, "teacher_sampler": "class_balanced", "prior_correction": "none"},
+    "teacher",
+  ),
   "focal": ("Focal loss", {**_PLAIN, "loss": "focal"}, "teacher"),
   "cb": (
     "Class-balanced (effective number)",
@@ -58,6 +65,11 @@ METHODS = {
     "student",
   ),
   "ours": ("Ours (AGT + CB-KD, library defaults)", {}, "student"),
+  "ours_focal": (
+    "Ours + Focal loss (focal on the AGT heads)",
+    {"loss": "focal"},
+    "student",
+  ),
   "ours_ride": (
     "Ours + RIDE (3 experts)",
     {"loss": "ride", "experts": 3},
@@ -118,16 +130,28 @@ def run(argv=None) -> int:
   )
 
 
-def write_report(rows, workdir, *, title) -> pathlib.Path:
+def write_report(
+  rows, workdir, *, title, table: int = 1, notes=()
+) -> pathlib.Path:
+  """``report.md`` of a Table 1 (ODIR) or Table 2 (RFMiD) grid, the
+  paper's published numbers beside ours (``table`` picks them)."""
   workdir = pathlib.Path(workdir)
   labels = {m: v[0] for m, v in METHODS.items()}
   lines = [f"# {title}: AGT and the long-tailed baselines", ""]
-  lines += h.dataset_line(rows)
+  lines += h.dataset_line(rows) + list(notes)
+  lines += [_paper.CAVEAT, ""]
   for b in dict.fromkeys(r["backbone"] for r in rows):
     sub = [r for r in rows if r["backbone"] == b]
-    lines += [f"## Backbone: {b}", ""]
+    lines += [
+      f"## Backbone: {b} (paper column: {_paper.family(b) or 'none'})",
+      "",
+    ]
     lines += h.write_table(
-      sub, names=list(METHODS), labels=labels, key="method"
+      sub,
+      names=list(METHODS),
+      labels=labels,
+      key="method",
+      reference=lambda m, b=b: _paper.reference(table, m, b),
     )
     png = h.bar_plot(
       sub,

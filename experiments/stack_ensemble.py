@@ -20,8 +20,8 @@ Compared: each model, the mean of the models, stacked.
 
 ``--external NAME[:PATH]`` applies the fold models (averaged) and the
 meta-learner fitted on every OOF row to another dataset, through an explicit
-class mapping (ODIR -> RFMiD: N->NORMAL, D->DR, A->ARMD, M->MYA, G->ODC;
-unmapped classes are listed). ``shifted-synth`` is odir5k-synth re-rendered
+class mapping (ours; paper 003 gives none: ODIR -> RFMiD N->NORMAL, D->DR,
+A->ARMD, M->MYA, G->ODC; unmapped classes are listed). ``shifted-synth`` is odir5k-synth re-rendered
 with another seed and weaker disease signs, on patients the models never
 saw (the images after the training rows), labelled "shifted synthetic";
 ``heldout-synth`` is the same patients from the training renderer, so the
@@ -439,7 +439,7 @@ def _report(workdir, res0, models, table_rows, ext, meta) -> pathlib.Path:
       f"## External: {e['dataset']}",
       "",
       f"{e['images']} images; patient overlap with training: "
-      f"{e['patient_overlap']}; mapping "
+      f"{e['patient_overlap']}; class mapping (ours, by disease name) "
       + ", ".join(f"{k}→{v}" for k, v in e["mapping"].items())
       + (
         f"; unmapped (dropped): {', '.join(e['unmapped'])}"

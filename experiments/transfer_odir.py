@@ -8,7 +8,13 @@ Grad-CAM, each on the same folds and code.
       --init R18.pth --tasks frozen,full,focal,cb,se,mha,gradcam \\
       --data odir5k:/data/odir5k --preset paper --folds all
 
-Tasks (each a ``trainer=transfer`` run; paper 001's settings):
+Tasks (each a ``trainer=transfer`` run). Paper 001 states the tasks, Adam,
+a learning rate of 2e-5 for every fine-tuning task, focal and class-balanced
+BCE, SE and MHA attention, a CAM entropy term and selection by validation
+macro F; every number below that it does not give is **ours** (the frozen
+head's 1e-3, the head's size and dropout, focal's gamma 1 / alpha 0.5, CB's
+beta, the SE reduction, the 8 heads, the entropy weight 0.01, batch 32,
+256 px, 25 epochs, flips and rotation):
 
 * ``frozen`` (Task 1.2): encoder frozen (batch norm in eval mode), Adam 1e-3
   on the MLP head (d -> 512, ReLU, dropout 0.5 -> C), BCE;
@@ -66,8 +72,8 @@ COMMON = dict(
   batch_size=32,
 )
 PRESETS = {
-  # Paper 001: 256 px, batch 32, 25 epochs per task (steps for ~5,600
-  # training images of ODIR-5K).
+  # Ours (paper 001 gives none of these): 256 px, batch 32, 25 epochs per
+  # task (steps for ~5,600 training images of ODIR-5K).
   "paper": dict(
     model="resnet18",
     image_size=256,

@@ -55,3 +55,54 @@ def test_bad_csv_columns_and_values(tmp_path):
     errors.LabelFileError, match=r"row 3, column 'ARMD': label value '3'"
   ):
     rfmid.load_rfmid(tmp_path)
+
+
+def _fold_of(root, fold_mode):
+  from agt_jax import config as config_lib
+  from agt_jax.train import loop
+
+  c = config_lib.get_config(
+    "smoke",
+    dataset="rfmid",
+    data_dir=str(root),
+    cache_dir=str(root / "cache"),
+    max_images=None,
+    fold_mode=fold_mode,
+    together=(),
+    val_fraction=0.2,
+  )
+  return loop.load_fold(config_lib.validate(c))
+
+
+def test_paper_protocol_trains_on_train_and_scores_validation(tmp_path):
+  fixtures.make_rfmid(tmp_path, sizes={"train": 10, "val": 4, "test": 3})
+  d = _fold_of(tmp_path, "official_val")
+  split = d.table.splits
+  # Models learn from and are selected on the training split only; the
+  # official validation set is what is scored; the test set is not touched.
+  assert set(split[d.fit_idx]) == {"train"}
+  assert set(split[d.val_idx]) == {"train"}
+  assert sorted(d.test_idx.tolist()) == np.flatnonzero(split == "val").tolist()
+  assert len(d.fit_idx) + len(d.val_idx) == 10 and len(d.val_idx) == 2
+  assert d.assignment["mode"] == "official_val"
+  assert d.assignment["num_unused_images"] == 3
+  # The official protocol: train + val -> test.
+  o = _fold_of(tmp_path, "official")
+  assert set(o.table.splits[o.fit_idx]) | set(o.table.splits[o.val_idx]) == {
+    "train",
+    "val",
+  }
+  assert set(o.table.splits[o.test_idx]) == {"test"}
+  assert len(o.fit_idx) + len(o.val_idx) == 14
+
+
+def test_paper_protocol_needs_no_test_set(tmp_path):
+  fixtures.make_rfmid(tmp_path, sizes={"train": 8, "val": 4})
+  t = rfmid.load_rfmid(tmp_path)
+  assert set(t.splits) == {"train", "val"}
+  d = _fold_of(tmp_path, "official_val")
+  assert len(d.test_idx) == 4
+  from agt_jax.errors import InputError
+
+  with pytest.raises(InputError, match="needs a table with an official 'test'"):
+    _fold_of(tmp_path, "official")

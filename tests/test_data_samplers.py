@@ -259,3 +259,25 @@ def test_mp_prefetch_workers_match_in_process(ds):
   got = [next(it)["index"] for _ in range(3)]
   for t in range(3):
     np.testing.assert_array_equal(got[t], ds[t]["index"])
+
+
+def test_cb_sampling_class_frequencies_match_the_exact_rates(table):
+  """Table 1's CB sampling (teacher_sampler=class_balanced): a class
+  uniformly, then one of its images, so the share of images positive for
+  class c is (1/K) sum_k P(c | an image of k); 10,000 draws within 4 SE.
+  Every batch carries the one head's group id."""
+  labels = table.labels
+  ds = samplers.class_balanced_batches(labels, batch_size=100, seed=3, group=0)
+  batches = [ds[t] for t in range(100)]
+  assert all(int(b["group"]) == 0 for b in batches)
+  idx = np.concatenate([b["index"] for b in batches])
+  got = labels[idx].mean(0)
+  want = np.mean(
+    [labels[labels[:, k] == 1].mean(0) for k in range(labels.shape[1])], 0
+  )
+  se = np.sqrt(want * (1 - want) / len(idx))
+  np.testing.assert_array_less(np.abs(got - want), 4 * se + 1e-9)
+  # Each class is drawn about 1/K of the time: the rarest class's share is
+  # far above its natural prevalence.
+  h = table.class_names.index("H")
+  assert got[h] > 3 * labels[:, h].mean()

@@ -53,12 +53,26 @@ def test_table1_smoke_every_method_then_skips(tmp_path, cache):
   assert "Synthetic data" in report and "1 fold(s)" in report
   for label, _, _ in odir_table1.METHODS.values():
     assert f"| {label} |" in report, label
+  # The paper's Table 1 (ResNet-50 column) beside ours, marked as the
+  # paper's; Eq. 16 F1 beside the script's.
+  assert "paper: kappa / F1 / AUC" in report and "not comparable" in report
+  assert "paper column: ResNet-50" in report
+  line = lambda m: next(
+    l for l in report.splitlines() if l.startswith(f"| {m} |")
+  )
+  assert line("Class-balanced sampling").endswith("| 0.601 / 0.886 / 0.920 |")
+  assert line("Influence-balanced (multi-label)").endswith("| – |")
+  assert "F1 (Eq. 16)" in report and all("f1_eq16" in r for r in got)
+  by = {r["method"]: r for r in got}
+  assert 0 <= by["cb_sampling"]["f1_eq16"] <= 1
   assert (wd / "table1_resnet_tiny.png").stat().st_size > 1000
   cfg = lambda m: json.loads(
     (wd / f"{m}@resnet_tiny" / "fold0" / "config.json").read_text()
   )
   assert cfg("eqlv2")["loss"] == "eqlv2" and cfg("ride")["experts"] == 3
   assert cfg("multi_teacher_kd")["teacher"] == "multi"
+  assert cfg("cb_sampling")["teacher_sampler"] == "class_balanced"
+  assert cfg("ours_focal")["loss"] == "focal" and cfg("ours_focal")["student"]
   # EQLv2 carried its statistics through the run (in the checkpoint).
   assert (
     wd / "eqlv2@resnet_tiny" / "fold0" / "checkpoints" / "teacher"
@@ -120,6 +134,10 @@ def test_ablation_smoke_runs_table3_and_skips_finished(tmp_path, cache):
     assert f"| {label} |" in report
   assert "Validation (what defaults are chosen on)" in report
   assert "| AGT + KD | " in report.split("Paired per-fold")[1]
+  # The paper's Table 3 beside ours.
+  assert next(
+    l for l in report.splitlines() if l.startswith("| AGT + KD | ")
+  ).endswith("| 0.645 / 0.913 / 0.933 |")
   assert [r["run"] for r in rows(wd)] == ["baseline", "agt_kd", "agt_frw_kd"]
   kappa = {r["run"]: r["kappa"] for r in rows(wd)}
   holds = kappa["baseline"] < kappa["agt_kd"] < kappa["agt_frw_kd"]

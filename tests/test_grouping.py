@@ -183,3 +183,44 @@ def test_gradient_affinity_forms():
   assert grouping.gradient_groups(grads, n_groups=6) == tuple(
     (c,) for c in range(6)
   )
+
+
+def test_subset_imbalance_is_nmax_over_nmin_by_hand():
+  counts = [3000, 1200, 300, 280, 250, 200, 230, 900]
+  groups = ((0, 7), (1, 4, 5, 6), (2, 3))
+  got = grouping.subset_imbalance(counts, groups)
+  assert got["dataset"] == pytest.approx(3000 / 200)
+  assert got["subsets"] == pytest.approx([3000 / 900, 1200 / 200, 300 / 280])
+  # a class without positives does not enter; a one-class subset is 1
+  got = grouping.subset_imbalance([5, 0, 10], ((0, 1), (2,)))
+  assert got == {"dataset": 2.0, "subsets": [1.0, 1.0]}
+
+
+def test_grouping_features_come_from_group_init_when_given():
+  """group_init: the grouping encoder loads those weights while training
+  starts from init (each named in groups.json's features line)."""
+  import dataclasses
+
+  from agt_jax import config as config_lib
+  from agt_jax import models
+  from agt_jax.train import group_features
+
+  loaded = []
+
+  def fake_load(path, state):
+    loaded.append(path)
+    return state
+
+  base = config_lib.get_config("smoke")
+  enc = models.make_encoder("resnet_tiny")
+  for kw, want in (
+    (dict(init="A", group_init="B"), ("B", "group_init B")),
+    (dict(init="A"), ("A", "--init A")),
+  ):
+    info = {}
+    group_features._grouping_encoder(
+      dataclasses.replace(base, **kw),
+      enc, None, None, ["N", "D"], None, (32, 32, 3), None, {}, fake_load,
+      info,
+    )  # fmt: skip
+    assert loaded[-1] == want[0] and info["features"] == want[1]

@@ -192,3 +192,49 @@ def test_eq7_kd_matches_loop_reference_and_grads():
       order=1,
       modes=("fwd", "rev"),
     )
+
+
+@pytest.mark.parametrize("direction", ["teacher_student", "student_teacher"])
+def test_kd_scale_none_is_the_t2_loss_over_t_squared(direction):
+  """``scale="none"`` is Eqs. 6-8 as written: the T² loss / T², for the
+  per-class KL, both class-balanced readings and every KD registry entry."""
+  from agt_jax import methods
+  from agt_jax.train import steps
+
+  zs, zt = logits_pair(seed=3)
+  y = (np.random.default_rng(3).random(zs.shape) < 0.3).astype(np.float32)
+  counts = np.maximum(y.sum(0), 1.0)
+  t = 5.0
+  with jax.enable_x64(True):
+    zs64, zt64 = zs.astype(np.float64), zt.astype(np.float64)
+    want = ref.binary_kl(zs64, zt64, t, direction)  # includes T²
+    got = losses.binary_kl_divergence(
+      zs64, zt64, temperature=t, direction=direction, scale="none"
+    )
+    np.testing.assert_allclose(got, want / t**2, rtol=1e-9, atol=1e-15)
+    check_grads(
+      lambda a: losses.binary_kl_divergence(
+        a, zt64, temperature=t, direction=direction, scale="none"
+      ).sum(),
+      (zs64,),
+      order=2,
+      modes=["rev"],
+    )
+  for fn in (losses.class_balanced_kd, losses.eq7_class_balanced_kd):
+    kw = dict(temperature=t, direction=direction)
+    np.testing.assert_allclose(
+      fn(zs, zt, y, counts, **kw, scale="none"),
+      fn(zs, zt, y, counts, **kw) / t**2,
+      rtol=1e-6,
+    )
+  groups = ((0, 1, 2), (3, 4, 5, 6, 7))
+  for kd in methods.KD.names():
+    if kd == "none":
+      continue
+    opts = dict(kd=kd, temperature=t, direction=direction, groups=groups)
+    fn = methods.KD[kd].fn
+    a = fn(zs, zt, y, counts, steps.KDOptions(**opts, scale="none"))
+    b = fn(zs, zt, y, counts, steps.KDOptions(**opts))
+    np.testing.assert_allclose(a, b / t**2, rtol=1e-6, err_msg=kd)
+  with pytest.raises(ValueError, match="scale"):
+    losses.binary_kl_divergence(zs, zt, scale="t")

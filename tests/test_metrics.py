@@ -128,3 +128,40 @@ def test_per_class_precision_recall_at_half_by_hand():
   assert b["f1"] == pytest.approx(2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2))
   assert r["macro_precision"] == pytest.approx(0.5)
   assert r["macro_recall"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_f1_eq16_hand_count_and_not_the_script_f1():
+  labels = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+  probs = np.array(
+    [[0.9, 0.6, 0.1], [0.2, 0.5, 0.7], [0.8, 0.4, 0.2], [0.1, 0.1, 0.1]]
+  )
+  # calls (> 0.5, strict): (0,0) TP, (0,1) FP, (1,1) 0.5 -> FN, (1,2) FP,
+  # (2,0) TP, (2,1) FN: TP 2, FP 2, FN 2 -> 4 / (4 + 2 + 2) = 0.5
+  assert metrics.f1_eq16(labels, probs) == 0.5
+  # the script's F1 counts the 6 true negatives too: accuracy 8 / 12
+  assert metrics.odir_score(labels, probs)["f1"] == pytest.approx(8 / 12)
+  assert metrics.multilabel_report(labels, probs, ["a", "b", "c"])[
+    "f1_eq16"
+  ] == pytest.approx(0.5)
+  assert metrics.f1_eq16(np.zeros((2, 2)), np.zeros((2, 2))) == 0.0
+
+
+def test_exact_match_by_label_count_hand_count():
+  labels = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 1], [0, 0, 0], [1, 0, 0]])
+  probs = np.array(
+    [
+      [0.9, 0.1, 0.1],  # 1 label, exact
+      [0.2, 0.7, 0.6],  # 2 labels, exact
+      [0.8, 0.9, 0.5],  # 3 labels, 0.5 is a negative -> miss
+      [0.1, 0.6, 0.1],  # 0 labels, a false call -> miss
+      [0.7, 0.2, 0.9],  # 1 label, a false call -> miss
+    ]
+  )
+  got = metrics.exact_match_by_label_count(labels, probs)
+  assert got == {
+    "0": {"images": 1, "exact": 0.0},
+    "1": {"images": 2, "exact": 0.5},
+    "2": {"images": 1, "exact": 1.0},
+    "3": {"images": 1, "exact": 0.0},
+    "all": {"images": 5, "exact": 0.4},
+  }

@@ -143,10 +143,35 @@ def _images(batch, size=16, seed=0):
   }
 
 
+def test_group_loss_mean_is_the_sum_over_the_group_size_by_hand():
+  rng = np.random.default_rng(5)
+  logits = rng.normal(size=(7, 6))
+  labels = (rng.random((7, 6)) < 0.4).astype(np.float64)
+  member = gbg.membership(GROUPS, 6).astype(np.float64)
+  # float64 BCE by hand: log(1 + e^z) - y z
+  bce = np.logaddexp(0.0, logits) - labels * logits
+  with jax.enable_x64(True):
+    for reduction in ("mean", "sum"):
+      got = gbg.group_losses(
+        jnp.asarray(logits), jnp.asarray(labels), member, reduction=reduction
+      )
+      for g, classes in enumerate(GROUPS):
+        want = bce[:, list(classes)].sum(1).mean()
+        if reduction == "mean":  # paper 004: the mean of the class losses
+          want /= len(classes)
+        np.testing.assert_allclose(got[g], want, rtol=1e-12)
+  with pytest.raises(ValueError, match="reduction"):
+    gbg.group_losses(logits, labels, member, reduction="max")
+  with pytest.raises(ValueError, match="group_loss"):
+    gbg.MOOOptions(groups=GROUPS, group_loss="max")
+
+
 def test_one_group_is_the_plain_step():
+  # The published code's sum over classes makes one group the plain BCE
+  # step (the paper's mean divides it by the number of classes).
   model, tx, state = _tiny()
   batch = _images(_batch(3, n=16))
-  opts = gbg.MOOOptions(groups=(tuple(range(6)),))
+  opts = gbg.MOOOptions(groups=(tuple(range(6)),), group_loss="sum")
   a, ma = jax.jit(
     lambda s, b: gbg.moo_step(s, b, model=model, tx=tx, options=opts)
   )(state, batch)

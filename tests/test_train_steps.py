@@ -570,3 +570,46 @@ def test_frozen_encoder_keeps_weights_and_batch_stats_bit_identical():
   assert not np.array_equal(
     before["p"]["head"]["kernel"], np.asarray(state["params"]["head"]["kernel"])
   )
+
+
+@pytest.mark.parametrize("reweight", ["none", "gradient"])
+def test_group_objective_is_eq14_against_float64(reweight):
+  """teacher_objective="group": the loss of a stage is Eq. 14, the sum over
+  the active group's classes only (negatives still weighted by the rule's
+  weights from all classes); "all" sums every class."""
+  from jax.test_util import check_grads
+
+  from agt_jax import methods
+
+  rng = np.random.default_rng(11)
+  z = rng.normal(size=(12, 8)) * 2
+  y = (rng.random((12, 8)) < 0.3).astype(np.float64)
+  fn = methods.TEACHER_LOSSES["agt"].fn
+  with jax.enable_x64(True):
+    for g, classes in enumerate(GROUPS):
+      opts = {
+        o: steps.LossOptions(
+          reweight=reweight, beta=2.0, groups=GROUPS, objective=o
+        )
+        for o in ("all", "group")
+      }
+      w = np.asarray(steps.negative_weights(jnp.asarray(z), y, opts["all"]))
+      p = 1 / (1 + np.exp(-z))
+      per = -(y * np.log(p) + w * (1 - y) * np.log(1 - p))  # Eq. 4
+      want = per[:, list(classes)].sum() / len(z)  # Eq. 14 / N
+      got, _, _ = fn(jnp.asarray(z), y, opts["group"], loss_state=None, group=g)
+      np.testing.assert_allclose(got, want, rtol=1e-10)
+      full, _, _ = fn(jnp.asarray(z), y, opts["all"], loss_state=None, group=g)
+      np.testing.assert_allclose(full, per.sum() / len(z), rtol=1e-10)
+      if reweight != "none":  # the rule's weights are gradient-stopped
+        continue
+      check_grads(
+        lambda a: fn(a, y, opts["group"], loss_state=None, group=g)[0],
+        (jnp.asarray(z),),
+        order=1,
+        modes=["rev"],
+      )
+  with pytest.raises(ValueError, match="objective"):
+    steps.LossOptions(groups=GROUPS, objective="some")
+  with pytest.raises(ValueError, match="needs the class groups"):
+    steps.LossOptions(objective="group")

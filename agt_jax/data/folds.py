@@ -7,7 +7,8 @@ import numpy as np
 from agt_jax.data.table import ImageTable
 from agt_jax.errors import InputError
 
-MODES = ("random", "stratified")
+MODES = ("random", "stratified")  # patient k-fold; see fold_indices for
+# the table's own splits ("official", "official_val")
 
 
 def _patient_label_union(table: ImageTable):
@@ -99,6 +100,10 @@ def fold_indices(
 
   ``mode="official"`` uses the table's own ``splits`` column instead (RFMiD,
   CIFAR): train = ``train`` + ``val``, test = ``test``; ``fold`` must be 0.
+  ``mode="official_val"`` trains on ``train`` alone and scores ``val`` (the
+  AGT paper's RFMiD protocol: "since the test set annotations are not
+  publicly available, all quantitative evaluations on RFMiD are conducted on
+  the validation set"); a ``test`` split, if present, is left unused.
   ``assignment`` records everything needed to rebuild the split (seed, mode,
   and the test patients) and is saved with every run.
   """
@@ -114,12 +119,30 @@ def fold_indices(
         f"got fold {fold}."
       )
     test = table.splits == "test"
+    unused = np.zeros(len(table), bool)
+  elif mode == "official_val":
+    if table.splits is None or not (
+      np.any(table.splits == "val") and np.any(table.splits == "train")
+    ):
+      raise InputError(
+        f"{table.name}: fold mode 'official_val' needs a table with "
+        "official 'train' and 'val' splits."
+      )
+    if fold != 0:
+      raise InputError(
+        f"fold mode 'official_val' has a single split (fold 0), got fold "
+        f"{fold}."
+      )
+    test = table.splits == "val"
+    unused = table.splits == "test"
   elif not 0 <= fold < num_folds:
     raise InputError(f"fold must be in [0, {num_folds}), got {fold}.")
   else:
     folds = patient_folds(table, num_folds=num_folds, seed=seed, mode=mode)
     test = folds == fold
-  if not test.any() or test.all():
+    unused = np.zeros(len(table), bool)
+  train = ~test & ~unused
+  if not test.any() or not train.any():
     raise InputError(
       f"{table.name}: test fold {fold} of {num_folds} holds "
       f"{int(test.sum())} of {len(test)} images "
@@ -133,13 +156,14 @@ def fold_indices(
     "fold": fold,
     "seed": seed,
     "mode": mode,
-    "num_train_images": int((~test).sum()),
+    "num_train_images": int(train.sum()),
     "num_test_images": int(test.sum()),
+    "num_unused_images": int(unused.sum()),
     "test_patients": sorted(
       set(table.patient_ids[test].tolist()), key=lambda p: (len(p), p)
     ),
   }
-  return np.flatnonzero(~test), np.flatnonzero(test), assignment
+  return np.flatnonzero(train), np.flatnonzero(test), assignment
 
 
 def fold_split(

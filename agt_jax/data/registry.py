@@ -122,6 +122,22 @@ def load_dataset(
   return table, source
 
 
+def load_labels(name: str, *, data_dir=None, seed: int = 0) -> ImageTable:
+  """The label table of a dataset alone: no image is rendered, decoded or
+  checked (dataset statistics, Fig. 1)."""
+  if name == "odir5k-synth":
+    return synth.synth_table()
+  if name == "odir5k-synth-pretrain":
+    return synth.pretrain_table(seed=seed)
+  return _load_real(
+    name,
+    data_dir=data_dir,
+    image_size=32,
+    seed=seed,
+    ignorable_policy="as_normal",
+  )[0]
+
+
 def _load_real(name, *, data_dir, image_size, seed, ignorable_policy):
   if name in ("odir5k", "rfmid") and data_dir is None:
     raise ConfigError(

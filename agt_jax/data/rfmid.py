@@ -184,15 +184,27 @@ def _image_path(image_dir: pathlib.Path, image_id: str) -> pathlib.Path:
   return image_dir / f"{image_id}.png"
 
 
-def load_rfmid(root, *, splits=("train", "val", "test")) -> ImageTable:
-  """Loads the requested official splits of RFMiD (missing label files for
-  ``test`` are skipped only if ``test`` is not requested).
+def load_rfmid(root, *, splits=None) -> ImageTable:
+  """Loads the requested official splits of RFMiD.
+
+  ``splits=None`` loads train, val and test, or train and val alone where
+  the test set (its labels were not public at first) is absent: the paper's
+  protocol (``fold_mode="official_val"``) needs only those two, and the
+  ``official`` fold mode then says the test split is missing.
 
   Returns:
     One :class:`ImageTable` with ``splits`` set; image IDs are
     ``"{split}/{ID}"`` (IDs restart at 1 in each split).
   """
   root = pathlib.Path(root).expanduser()
+  if splits is None:
+    for files in _LAYOUTS.values():
+      ann, image_dir = root / files["test"][0], root / files["test"][1]
+      if ann.is_file() and image_dir.is_dir():
+        splits = ("train", "val", "test")
+        break
+    else:
+      splits = ("train", "val")
   looked = []
   for layout, files in _LAYOUTS.items():
     present = {s: (root / files[s][0], root / files[s][1]) for s in splits}

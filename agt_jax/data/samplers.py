@@ -121,9 +121,11 @@ class _AttachLabels:
 @dataclasses.dataclass(frozen=True)
 class _AttachGroup:
   schedule: RoundRobinSchedule
+  fixed: int | None = None  # every batch this group
 
   def __call__(self, step: int, batch: dict) -> dict:
-    return {**batch, "group": np.int32(self.schedule.group(step))}
+    g = self.schedule.group(step) if self.fixed is None else self.fixed
+    return {**batch, "group": np.int32(g)}
 
 
 class _GroupMixSelection(grain.transforms.DatasetSelectionMap):
@@ -356,14 +358,20 @@ def instance_balanced_batches(
 
 
 def class_aware_batches(
-  labels, *, batch_size: int, seed: int, power: float = 0.0
+  labels,
+  *,
+  batch_size: int,
+  seed: int,
+  power: float = 0.0,
+  group: int | None = None,
 ) -> grain.MapDataset:
   """Class-aware sampling: class ``c`` with probability
   :math:`\\propto n_c^{power}`, then one of its images uniformly.
 
   ``power=0`` is class-balanced sampling, ``power=0.5`` square-root sampling
   (and ``power=1`` approximates instance-balanced sampling, with multi-label
-  images counted once per positive class).
+  images counted once per positive class). With ``group`` every batch
+  carries it as its ``"group"`` (a one-head teacher's step reads one).
   """
   labels = _check_labels(labels)
   counts = labels.sum(0).astype(np.float64)
@@ -371,13 +379,19 @@ def class_aware_batches(
   p = counts[classes] ** power
   pick = _ClassThenImage(classes, p / p.sum(), _members(labels, classes))
   idx = grain.MapDataset.range(sys.maxsize).random_map(pick, seed=seed)
-  return _batched(idx, labels, batch_size)
+  ds = _batched(idx, labels, batch_size)
+  if group is not None:
+    ds = ds.map_with_index(_AttachGroup(RoundRobinSchedule(1), group))
+  return ds
 
 
-def class_balanced_batches(labels, *, batch_size: int, seed: int):
-  """Class uniformly, then an image of it uniformly."""
+def class_balanced_batches(
+  labels, *, batch_size: int, seed: int, group: int | None = None
+):
+  """Class uniformly, then an image of it uniformly (Table 1's
+  class-balanced sampling)."""
   return class_aware_batches(
-    labels, batch_size=batch_size, seed=seed, power=0.0
+    labels, batch_size=batch_size, seed=seed, power=0.0, group=group
   )
 
 

@@ -9,6 +9,7 @@ from jax.typing import ArrayLike
 from agt_jax.losses import _checks
 
 _DIRECTIONS = ("teacher_student", "student_teacher")
+_SCALES = ("t2", "none")
 
 
 def binary_kl_divergence(
@@ -17,6 +18,7 @@ def binary_kl_divergence(
   *,
   temperature: float = 5.0,
   direction: str = "teacher_student",
+  scale: str = "t2",
 ) -> jax.Array:
   r"""Per-class KL divergence between binary softened distributions (Eqs. 5-6).
 
@@ -33,17 +35,22 @@ def binary_kl_divergence(
   gradient w.r.t. the student logit is :math:`(\sigma(z_s/T) -
   \sigma(z_t/T)) \cdot T`, the same as sigmoid-BCE distillation.
   ``"student_teacher"`` is the paper's literal Eq. 6, :math:`KL(\hat q \| q)`.
-  The :math:`T^2` factor keeps gradient magnitudes comparable across
-  temperatures. The teacher logits are under ``jax.lax.stop_gradient``.
+
+  ``scale="t2"`` multiplies by :math:`T^2` (Hinton et al.'s convention: it
+  keeps gradient magnitudes comparable across temperatures); ``"none"`` is
+  Eqs. 6-8 as written, with no such factor (:math:`T^2 = 25` times smaller
+  at the paper's T = 5). The teacher logits are under
+  ``jax.lax.stop_gradient``.
 
   Args:
     student_logits: `[N, C]` floating.
     teacher_logits: `[N, C]` floating.
     temperature: :math:`T` (paper: 5).
     direction: ``"teacher_student"`` (default) or ``"student_teacher"``.
+    scale: ``"t2"`` (default) or ``"none"`` (the paper's Eq. 6 as written).
 
   Returns:
-    `[N, C]` per-element :math:`T^2 \cdot KL`.
+    `[N, C]` per-element :math:`T^2 \cdot KL` (``scale="none"``: KL).
 
   Raises:
     ValueError: unknown ``direction`` or mismatched shapes.
@@ -57,6 +64,8 @@ def binary_kl_divergence(
     raise ValueError(
       f"`direction` must be one of {_DIRECTIONS}, got " f"{direction!r}."
     )
+  if scale not in _SCALES:
+    raise ValueError(f"`scale` must be one of {_SCALES}, got {scale!r}.")
   _checks.check_logits_labels(
     student_logits, teacher_logits, "student_logits", "teacher_logits"
   )
@@ -76,7 +85,7 @@ def binary_kl_divergence(
     kl = jnp.exp(log_s1) * (log_s1 - log_t1) + jnp.exp(log_s0) * (
       log_s0 - log_t0
     )
-  return (temperature**2) * kl
+  return (temperature**2) * kl if scale == "t2" else kl
 
 
 def _inverse_counts_on_positives(labels, class_counts) -> jax.Array:
@@ -136,6 +145,7 @@ def class_balanced_kd(
   *,
   temperature: float = 5.0,
   direction: str = "teacher_student",
+  scale: str = "t2",
 ) -> jax.Array:
   r"""Class-balanced distillation loss per sample (paper Eq. 7).
 
@@ -153,7 +163,7 @@ def class_balanced_kd(
     labels: `[N, C]` multi-hot labels.
     class_counts: `[C]` training-set positives per class.
     temperature: :math:`T` (paper: 5).
-    direction: see :func:`binary_kl_divergence`.
+    direction, scale: see :func:`binary_kl_divergence`.
 
   Returns:
     `[N]` per-sample losses.
@@ -165,7 +175,11 @@ def class_balanced_kd(
   """
   _checks.check_same_shape(labels, "labels", student_logits, "student_logits")
   kl = binary_kl_divergence(
-    student_logits, teacher_logits, temperature=temperature, direction=direction
+    student_logits,
+    teacher_logits,
+    temperature=temperature,
+    direction=direction,
+    scale=scale,
   )
   w = class_balanced_kd_weights(labels, class_counts).astype(kl.dtype)
   return w * jnp.sum(kl, axis=-1)
@@ -246,6 +260,7 @@ def eq7_class_balanced_kd(
   *,
   temperature: float = 5.0,
   direction: str = "teacher_student",
+  scale: str = "t2",
 ) -> jax.Array:
   r"""Class-balanced distillation per element, paper Eq. 7 as written.
 
@@ -263,7 +278,7 @@ def eq7_class_balanced_kd(
     labels: `[N, C]` multi-hot labels.
     class_counts: `[C]` training-set positives per class.
     temperature: :math:`T` (paper: 5).
-    direction: see :func:`binary_kl_divergence`.
+    direction, scale: see :func:`binary_kl_divergence`.
 
   Returns:
     `[N, C]` per-element losses (zero on negatives); ``.sum(-1).mean()`` is
@@ -276,6 +291,10 @@ def eq7_class_balanced_kd(
   """
   _checks.check_same_shape(labels, "labels", student_logits, "student_logits")
   kl = binary_kl_divergence(
-    student_logits, teacher_logits, temperature=temperature, direction=direction
+    student_logits,
+    teacher_logits,
+    temperature=temperature,
+    direction=direction,
+    scale=scale,
   )
   return eq7_kd_weights(labels, class_counts).astype(kl.dtype) * kl

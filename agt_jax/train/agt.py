@@ -59,6 +59,24 @@ def own_group_shift(shift: np.ndarray, groups) -> np.ndarray:
   return out
 
 
+def teacher_batches(config, data, batch_groups, alpha):
+  """The teacher's batch indices: group-mixed (AGT; one group is plain
+  instance-balanced sampling), or class-balanced for the one-head CB
+  sampling baseline (``teacher_sampler``; its group id is always 0)."""
+  if config.teacher_sampler == "class_balanced":
+    return samplers.class_balanced_batches(
+      data.y_fit, batch_size=config.batch_size, seed=config.seed, group=0
+    )
+  return samplers.group_mixed_batches(
+    data.y_fit,
+    batch_groups,
+    batch_size=config.batch_size,
+    alpha=alpha,
+    seed=config.seed,
+    switch_every=config.switch_every,
+  )
+
+
 def build_teacher(config, encoder, groups, counts, num_train, logit_shift=None):
   """``(model, optimiser, loss options, joint)`` of the teacher phase.
 
@@ -95,6 +113,7 @@ def build_teacher(config, encoder, groups, counts, num_train, logit_shift=None):
     ib_start_step=int(round(config.ib_start * config.teacher_steps)),
     seed=config.seed,
     rw_stats=config.rw_stats,
+    objective=config.teacher_objective,
     logit_shift=None
     if logit_shift is None
     else tuple(tuple(float(v) for v in row) for row in np.asarray(logit_shift)),
@@ -179,14 +198,7 @@ def train_teacher(config, data, groups, ctx) -> Trained:
     model=teacher,
     step_fn=teacher_fn,
     state=state,
-    batches=samplers.group_mixed_batches(
-      data.y_fit,
-      batch_groups,
-      batch_size=config.batch_size,
-      alpha=alpha,
-      seed=config.seed,
-      switch_every=config.switch_every,
-    ),
+    batches=teacher_batches(config, data, batch_groups, alpha),
     config=config,
     data=data,
     mesh=ctx.mesh,
@@ -217,6 +229,7 @@ def train_student(config, data, groups, teacher: Trained, ctx) -> Trained:
     temperature=config.temperature,
     gamma=config.gamma,
     direction=config.kd_direction,
+    scale=config.kd_scale,
     groups=groups if methods.KD.get_spec(config.kd).needs_groups else None,
   )
   class_counts = jnp.asarray(data.counts, jnp.float32)

@@ -33,6 +33,7 @@ __all__ = ["MOOOptions", "group_losses", "membership", "moo_step"]
 
 MOO = ("mgda", "mean", "per_class")
 OBJECTIVES = ("bce", "softmax")
+REDUCTIONS = ("mean", "sum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,12 +51,16 @@ class MOOOptions:
     normalizer: scale of each gradient before MGDA (:func:`agt_jax.mgda.
       gradient_normalizers`); the paper's Eq. 11 uses none (``"none"``),
       GBG's published code ``"loss+"``.
+    group_loss: ``"mean"`` (the paper's "average strategy": a group's
+      gradient is the mean of its classes') or ``"sum"`` (the published
+      code; a group's gradient grows with its size); ``bce`` only.
   """
 
   groups: tuple[tuple[int, ...], ...]
   objective: str = "bce"
   moo: str = "mgda"
   normalizer: str = "none"
+  group_loss: str = "mean"  # see group_losses' reduction
 
   def __post_init__(self):
     if self.objective not in OBJECTIVES:
@@ -64,6 +69,10 @@ class MOOOptions:
       )
     if self.moo not in MOO:
       raise ValueError(f"moo must be one of {MOO}, got {self.moo!r}.")
+    if self.group_loss not in REDUCTIONS:
+      raise ValueError(
+        f"group_loss must be one of {REDUCTIONS}, got {self.group_loss!r}."
+      )
 
   @property
   def objectives(self) -> tuple[tuple[int, ...], ...]:
@@ -81,11 +90,16 @@ def membership(groups, num_classes: int) -> np.ndarray:
   return m
 
 
-def group_losses(logits, labels, member, *, objective: str = "bce"):
+def group_losses(
+  logits, labels, member, *, objective: str = "bce", reduction: str = "mean"
+):
   r"""Per-group losses ``[G]``.
 
-  ``"bce"``: :math:`L_g = \frac1N \sum_n \sum_{c \in g}
-  \mathrm{BCE}(z_{nc}, y_{nc})`, so :math:`\sum_g L_g` is the plain
+  ``"bce"``, ``reduction="mean"``: :math:`L_g = \frac1N \sum_n
+  \frac{1}{|g|} \sum_{c \in g} \mathrm{BCE}(z_{nc}, y_{nc})`, the mean
+  of the group's class losses (paper 004, Alg. 1 and §3: a group's gradient
+  is the average of its classes' gradients). ``reduction="sum"`` drops the
+  :math:`1/|g|` (GBG's published code), so :math:`\sum_g L_g` is the plain
   multi-label loss. ``"softmax"``: labels are class ids ``[N]``;
   :math:`L_g` is the mean softmax cross-entropy over the images whose class
   is in ``g`` (0 when the batch has none; the GAC sampler prevents that).
@@ -95,10 +109,18 @@ def group_losses(logits, labels, member, *, objective: str = "bce"):
     labels: ``[N, C]`` binary (``bce``) or ``[N]`` int (``softmax``).
     member: ``[G, C]`` from :func:`membership`.
     objective: ``"bce"`` or ``"softmax"``.
+    reduction: ``"mean"`` or ``"sum"`` over a group's classes (``bce``).
   """
+  if reduction not in REDUCTIONS:
+    raise ValueError(
+      f"reduction must be one of {REDUCTIONS}, got {reduction!r}."
+    )
   if objective == "bce":
     per = optax.sigmoid_binary_cross_entropy(logits, labels)  # [N, C]
-    return jnp.einsum("nc,gc->g", per, member) / logits.shape[0]
+    total = jnp.einsum("nc,gc->g", per, member) / logits.shape[0]
+    if reduction == "mean":
+      total = total / jnp.maximum(member.sum(1), 1.0).astype(total.dtype)
+    return total
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   in_group = member[:, labels]  # [G, N]
   return (in_group @ ce) / jnp.maximum(in_group.sum(1), 1.0)
@@ -168,7 +190,13 @@ def moo_step(
     logits = head.apply({"params": head_params}, feats)
     # bfloat16 compute -> float32 losses; float64 (tests) stays float64.
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-    return group_losses(logits, labels, member, objective=options.objective)
+    return group_losses(
+      logits,
+      labels,
+      member,
+      objective=options.objective,
+      reduction=options.group_loss,
+    )
 
   feats, pull_encoder, enc_stats = jax.vjp(
     encode, params["encoder"], has_aux=True
@@ -232,6 +260,7 @@ def train(config, data, groups, ctx) -> dict:
     objective=methods.objective(config),
     moo=config.moo,
     normalizer=config.moo_normalizer,
+    group_loss=config.gbg_group_loss,
   )
 
   def gbg_fn(state, batch):

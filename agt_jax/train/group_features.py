@@ -65,9 +65,12 @@ def _grouping_encoder(
   student = models.Student(encoder, num_classes=len(names))
   tx = steps.adam(config.lr, config.b1, config.b2)
   state = steps.init_state(student, tx, image_shape, config.seed + 2)
-  if config.init:
-    state = load_init(config.init, state)
-    info["features"] = f"--init {config.init}"
+  source = config.group_init or config.init
+  if source:
+    state = load_init(source, state)
+    info["features"] = (
+      f"group_init {source}" if config.group_init else f"--init {source}"
+    )
   elif config.warmup_steps:
 
     def warm_fn(s, b):

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from agt_jax import config as config_lib
-from agt_jax import distributed, methods, models
+from agt_jax import distributed, grouping, methods, models
 from agt_jax import metrics as metrics_lib
 from agt_jax.config import Config, from_json
 from agt_jax.data import folds as folds_lib
@@ -211,6 +211,8 @@ def _groups(
     throughput,
     load_init,
   )
+  # §3.3: grouping narrows each subset's class-count range.
+  info["imbalance"] = grouping.subset_imbalance(data.counts, info["groups"])
   if distributed.is_primary():
     atomic_write_text(path, json.dumps(info, indent=1))
   return info

@@ -249,6 +249,17 @@ def plot_roc(
   plt.close(fig)
 
 
+def _imbalance_lines(groups: dict) -> list[str]:
+  if "imbalance" not in groups:
+    return []
+  im = groups["imbalance"]
+  return [
+    f"- class imbalance ratio rho = N_max / N_min (§3.3): training split "
+    f"{im['dataset']:.1f}; subsets "
+    + ", ".join(f"{r:.1f}" for r in im["subsets"])
+  ]
+
+
 def _pca_lines(groups: dict) -> list[str]:
   out = []
   if "pca" in groups:
@@ -268,6 +279,33 @@ def _pca_lines(groups: dict) -> list[str]:
   return out
 
 
+# Readings of the paper a trainer's config chooses between, shown in every
+# run report with what each value means.
+_READINGS = {
+  "teacher_objective": "all: every class, §3.4.3; group: Eq. 14",
+  "teacher_sampler": "group_mixed: AGT; class_balanced: CB sampling",
+  "kd_scale": "t2: KL x T²; none: Eqs. 6-8 as written",
+  "gbg_group_loss": "mean: paper 004; sum: its published code",
+}
+
+
+def _objective_lines(config: dict) -> list[str]:
+  """The split protocol and the trainer's readings of the paper (a record
+  from before a field existed ran as its config.LEGACY value)."""
+  from agt_jax.config import with_legacy
+  from agt_jax.train.trainers import TRAINERS
+
+  c = with_legacy(config)
+  owns = TRAINERS[c.get("trainer", "agt")].owns
+  out = [f"- split: fold_mode `{c.get('fold_mode', 'random')}`"]
+  out += [
+    f"- {k} `{c[k]}` ({note})"
+    for k, note in _READINGS.items()
+    if k in owns and k in c
+  ]
+  return out
+
+
 def _header(results: dict) -> list[str]:
   """Title, synthetic note, the run in a few lines, warnings."""
   lines: list[str] = []
@@ -284,8 +322,10 @@ def _header(results: dict) -> list[str]:
     f"{results['groups'].get('features', 'n/a')}): "
     + ", ".join("{" + ",".join(g) + "}" for g in results["groups"]["names"]),
     *_pca_lines(results["groups"]),
+    *_imbalance_lines(results["groups"]),
     f"- teacher loss: {results.get('reweight_rule', 'n/a')}",
     f"- prior correction: {results.get('prior_correction', 'n/a')}",
+    *_objective_lines(results["config"]),
     f"- encoder initialised from: "
     f"{results['config'].get('init') or 'random weights'}",
     f"- validation: {results.get('validation_images', 0)} images "
@@ -304,8 +344,12 @@ def _scores(results: dict) -> list[str]:
   lines += [
     "## ODIR score (test fold, official `> 0.5`)",
     "",
-    "| model | checkpoint | kappa | F1 | AUC | final | macro-AUC " "| mAP |",
-    "|---|---|---|---|---|---|---|---|",
+    "F1 is the ODIR script's (accuracy over all entries); F1 (Eq. 16) is "
+    "2TP / (2TP + FP + FN) over positive entries (docs/metrics.md).",
+    "",
+    "| model | checkpoint | kappa | F1 | AUC | final | macro-AUC | mAP "
+    "| F1 (Eq. 16) |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   for name in MODELS:
     for key in (name, f"{name}_last"):
@@ -322,7 +366,7 @@ def _scores(results: dict) -> list[str]:
           f"| {name} | {which} | {_fmt(o['kappa'])} | "
           f"{_fmt(o['f1'])} | {_fmt(o['auc'])} | "
           f"{_fmt(o['final'])} | {_fmt(r['macro_auc'])} | "
-          f"{_fmt(r['map'])} |"
+          f"{_fmt(r['map'])} | {_fmt(r.get('f1_eq16', float('nan')))} |"
         )
   return lines
 
@@ -464,6 +508,32 @@ def _closing(results: dict) -> list[str]:
   return lines
 
 
+def _exact_match(results: dict) -> list[str]:
+  """Sample-level exact match by labels per image (the paper's §5.2)."""
+  have = [n for n in MODELS if "exact_match" in results.get(n, {})]
+  if not have:
+    return []
+  ks = [k for k in results[have[0]]["exact_match"] if k != "all"]
+  lines = [
+    "",
+    "Exact match (every label of an image right, strict 0.5) by labels per "
+    "image, test fold (§5.2):",
+    "",
+    "| model | " + " | ".join(f"{k} labels" for k in ks) + " | all |",
+    "|---|" + "---|" * (len(ks) + 1),
+  ]
+  for n in have:
+    em = results[n]["exact_match"]
+    lines.append(
+      f"| {n} | "
+      + " | ".join(
+        f"{em[k]['exact']:.3f} ({em[k]['images']})" for k in [*ks, "all"]
+      )
+      + " |"
+    )
+  return lines
+
+
 def write_report(workdir, results: dict) -> pathlib.Path:
   """``report.md`` of a finished run."""
   lines = []
@@ -473,6 +543,7 @@ def write_report(workdir, results: dict) -> pathlib.Path:
     _tuned,
     _global_threshold,
     _top1,
+    _exact_match,
     _per_class,
     _closing,
   ):

@@ -57,6 +57,9 @@ class LossOptions:
   # reweight="feedback": one row of statistics for every group ("group",
   # updated only in its group's batches) or one for all ("global").
   rw_stats: str = "global"
+  # "all": every class's loss (§3.4.3) | "group": only the active group's
+  # classes enter (Eq. 14; loss="agt").
+  objective: str = "all"
 
   def __post_init__(self):
     if self.rw_stats not in ("global", "group"):
@@ -65,6 +68,12 @@ class LossOptions:
       )
     if self.rw_stats == "group" and not self.groups:
       raise ValueError("rw_stats='group' needs the class groups.")
+    if self.objective not in ("all", "group"):
+      raise ValueError(
+        f"objective must be 'all' or 'group', got {self.objective!r}."
+      )
+    if self.objective == "group" and not self.groups:
+      raise ValueError("objective='group' needs the class groups.")
     spec = methods.TEACHER_LOSSES.get_spec(self.loss)
     methods.REWEIGHTS.get_spec(self.reweight)
     for need in spec.needs:
@@ -82,6 +91,8 @@ class KDOptions:
   temperature: float = 5.0
   gamma: float = 1.0
   direction: str = "teacher_student"
+  # t2: KL x T^2 (Hinton); none: Eqs. 6-8 as written (no factor)
+  scale: str = "t2"
   groups: tuple | None = None  # kd="subset": the teachers' class subsets
 
   def __post_init__(self):

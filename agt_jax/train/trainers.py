@@ -121,9 +121,10 @@ _AGT_FIELDS = (
   "student_steps", "alpha", "reweight", "loss", "beta", "rw_decay",
   "rw_stats", "prior_correction", "bn_recalibrate", "switch_every",
   "schedule", "teacher", "experts", "ib_start", "kd", "temperature",
-  "gamma", "kd_direction",
+  "gamma", "kd_direction", "kd_scale", "teacher_objective",
+  "teacher_sampler",
 )
-_GBG_FIELDS = ("moo", "moo_normalizer", "gac_fraction")
+_GBG_FIELDS = ("moo", "moo_normalizer", "gac_fraction", "gbg_group_loss")
 _TRANSFER_FIELDS = (
   "freeze_encoder", "attention", "head", "head_hidden", "dropout",
   "transfer_loss", "focal_alpha", "focal_gamma", "cb_beta", "cam_entropy",

@@ -55,13 +55,21 @@ def check(config: Config, workdir: pathlib.Path, resume: bool) -> bool:
 def config_difference(saved: dict, config: Config) -> dict:
   """``{field: (saved, requested)}`` for every field where a recorded
   config differs from ``config``; a field the record predates counts as
-  its :data:`~agt_jax.config.LEGACY` value (it ran with that behaviour)."""
+  its :data:`~agt_jax.config.LEGACY` value (it ran with that behaviour).
+  A field only another trainer reads is not compared: the config refuses it
+  away from its preset value, so it never changed what this run did."""
+  from agt_jax.train.trainers import TRAINERS
+
   want = json.loads(config.to_json())
   have = with_legacy(saved)
+  mine = set(TRAINERS[config.trainer].owns)
+  others = {
+    k for t in TRAINERS.values() if t.name != config.trainer for k in t.owns
+  }
   return {
     k: (have.get(k), want.get(k))
     for k in sorted(set(want) | set(have))
-    if have.get(k) != want.get(k)
+    if have.get(k) != want.get(k) and (k in mine or k not in others)
   }
 
 
