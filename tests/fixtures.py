@@ -206,3 +206,34 @@ def make_cifar100_tarball(
       info.size = len(blob)
       tf.addfile(info, io.BytesIO(blob))
   return path
+
+
+def make_fgadr(root: pathlib.Path, n: int = 5, size: int = 40) -> dict:
+  """An FGADR ``Seg-set/`` in the release's layout: PNG images, the six
+  mask folders (0/255 PNGs; image 0 has no NV mask file), and the
+  header-less grading CSV. Returns the grades and masks written."""
+  from agt_jax.data import fgadr
+
+  seg = root / "Seg-set"
+  rng = np.random.default_rng(7)
+  grades = rng.integers(0, 5, n)
+  masks = rng.random((n, size, size, len(fgadr.LESIONS))) < 0.05
+  (seg / fgadr.IMAGES).mkdir(parents=True)
+  for folder in fgadr.FOLDERS.values():
+    (seg / folder).mkdir()
+  rows = []
+  for i in range(n):
+    name = f"{i + 1:04d}_{i % 3}.png"
+    rows.append(f"{name},{grades[i]}")
+    Image.fromarray(fundus_image(size, size, seed=i)).save(
+      seg / fgadr.IMAGES / name
+    )
+    for j, (lesion, folder) in enumerate(fgadr.FOLDERS.items()):
+      if i == 0 and lesion == "NV":
+        masks[i, ..., j] = False  # absent file = empty mask
+        continue
+      Image.fromarray(masks[i, ..., j].astype(np.uint8) * 255).save(
+        seg / folder / name
+      )
+  (seg / fgadr.GRADES).write_text("\n".join(rows) + "\n")
+  return {"grades": grades, "masks": masks, "seg": seg}

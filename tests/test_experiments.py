@@ -192,12 +192,17 @@ def test_rfmid_smoke_official_split(tmp_path, cache):
       "resnet_tiny",
       "--workdir",
       str(wd),
+      "--protocol",
+      "official",
     ],
     cache,
   )
   assert out.returncode == 0, out.stderr[-3000:]
   report = (wd / "report.md").read_text()
-  assert "Table 2 (RFMiD, official split)" in report
+  assert "Table 2 (RFMiD, official protocol)" in report
+  assert "not the paper's Table 2 protocol" in report
+  # the paper's Table 2 beside ours (ResNet-50 column; Eq. 16 F1 beside)
+  assert "| 0.547 / 0.673 / 0.872 |" in report and "F1 (Eq. 16)" in report
   assert "Synthetic" not in report and "rfmid" in report
   folds = json.loads(
     (wd / "ours_ride@resnet_tiny" / "fold0" / "folds.json").read_text()

@@ -13,10 +13,16 @@ from agt_jax.errors import ConfigError
 
 # Rendered here, no folder needed (every output made from them says
 # "synthetic").
-OFFLINE = ("odir5k-synth", "odir5k-synth-pretrain")
+OFFLINE = ("odir5k-synth", "odir5k-synth-pretrain", "fgadr-synth")
+# Lesion masks and DR grades (agt_jax.data.fgadr): the multi-task
+# pretraining of experiments.pretrain --task fgadr reads them, no
+# classifier does.
+SEGMENTATION = ("fgadr", "fgadr-synth")
 NAMES = (
   "odir5k-synth",
   "odir5k-synth-pretrain",
+  "fgadr-synth",
+  "fgadr",
   "odir5k",
   "rfmid",
   "cifar100-lt-100",
@@ -27,7 +33,8 @@ NAMES = (
 ALIASES = {"odir5k-kaggle": "odir5k", "cifar100": "cifar100-lt-100"}
 DATA_FLAG_HELP = (
   "odir5k-synth (offline default), or NAME:PATH for data in "
-  "a local folder: odir5k:PATH, rfmid:PATH, cifar100:PATH"
+  "a local folder: odir5k:PATH, rfmid:PATH, cifar100:PATH (pretraining: "
+  "fgadr-synth or fgadr:PATH)"
 )
 
 
@@ -79,6 +86,13 @@ def load_dataset(
   ``skip_bad_images`` are dropped and listed in
   ``table.meta["skipped_images"]``.
   """
+  if name in SEGMENTATION:
+    raise ConfigError(
+      f"dataset {name!r} holds lesion masks and DR grades for the "
+      "multi-task pretraining: python -m experiments.pretrain --task fgadr "
+      f"--data {name}{'' if name in OFFLINE else ':PATH'}; its checkpoint "
+      "is an --init for the classifiers."
+    )
   if name == "odir5k-synth-pretrain":
     return synth.load_pretrain(
       cache_dir,

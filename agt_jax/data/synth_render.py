@@ -342,6 +342,7 @@ def render(
   *,
   seed: int = 0,
   visibility: Mapping[str, float] | None = None,
+  annotations: dict | None = None,
 ) -> np.ndarray:
   """One synthetic fundus image for a label-table row.
 
@@ -351,6 +352,10 @@ def render(
     size: output side in pixels.
     seed: global seed (the dataset's), combined with the image id.
     visibility: per-class multipliers of sign strength.
+    annotations: a dict to fill with what the renderer knows it drew: the
+      FGADR-style lesion masks ``{lesion: bool [size, size]}`` for
+      :data:`LESIONS` (IRMA is never drawn: always empty) and ``"dr_grade"``
+      (:func:`dr_grade`). The image is the same with or without it.
 
   Returns:
     `[size, size, 3]` uint8 RGB.
@@ -472,8 +477,12 @@ def render(
   _distractors(img, rng, geo)
 
   # Disease signs.
+  masks = None
+  if annotations is not None:
+    masks = {k: np.zeros((s, s), bool) for k in LESIONS}
+    annotations["dr_grade"] = dr_grade(sev.get("D"))
   if "D" in sev:
-    _diabetic(img, rng, geo, sev["D"])
+    _diabetic(img, rng, geo, sev["D"], masks)
   if "A" in sev:
     _amd(img, rng, geo, sev["A"], kws)
   if h > 0.6:
@@ -532,6 +541,9 @@ def render(
     _lens_dust(img, s, seed)
   if blur > 0:
     img = _blur(img, blur * s / 512)
+  if masks is not None:  # lesions exist inside the field of view only
+    inside = np.asarray(fov, bool)
+    annotations.update({k: m & inside for k, m in masks.items()})
   return img
 
 
@@ -732,7 +744,32 @@ def _posterior_pole(rng, geo, spread=0.55):
   return fy + d * math.sin(a), fx + d * math.cos(a)
 
 
-def _diabetic(img, rng, geo, s_d):
+# FGADR's six lesion masks, in its folder order (agt_jax.data.fgadr).
+LESIONS = ("MA", "HE", "EX", "SE", "IRMA", "NV")
+
+
+def dr_grade(s_d: float | None) -> int:
+  """The DR grade (0-4) an image's drawn diabetic signs stand for: none 0;
+  microaneurysms only (severity <= 0.4) 1; haemorrhages and exudates 2 and
+  3 (<= 0.6, <= 0.8); neovascular tufts 4."""
+  if s_d is None:
+    return 0
+  return 1 + int(s_d > 0.4) + int(s_d > 0.6) + int(s_d > 0.8)
+
+
+def _lesion(img, masks, kind, *args, **kwargs) -> None:
+  """:func:`_stamp` on the image, and its footprint (where the spot's blend
+  weight passes one half of its peak) into ``masks[kind]`` when lesion
+  masks are asked for. Draws no random number: the image is the same."""
+  _stamp(img, *args, **kwargs)
+  if masks is not None:
+    cy, cx, ry, rx, _, alpha = args
+    m = np.zeros((*img.shape[:2], 1), np.float32)
+    _stamp(m, cy, cx, ry, rx, (1.0,), 1.0, **kwargs)
+    masks[kind] |= m[..., 0] >= 0.5
+
+
+def _diabetic(img, rng, geo, s_d, masks=None):
   s = img.shape[0]
   px = s / 512
   # Lesion contrast grows with severity, so subtle cases are faint as well
@@ -741,30 +778,46 @@ def _diabetic(img, rng, geo, s_d):
   for _ in range(int(1 + 14 * s_d)):  # microaneurysms
     y, x = _posterior_pole(rng, geo)
     r = px * rng.u(0.8, 1.7)
-    _stamp(img, y, x, r, r, _HAEM, alpha, soft=0.4)
+    _lesion(img, masks, "MA", y, x, r, r, _HAEM, alpha, soft=0.4)
   if s_d > 0.4:  # dot/blot haemorrhages, hard exudates, cotton-wool spots
     for _ in range(int(14 * (s_d - 0.35))):
       y, x = _posterior_pole(rng, geo, 0.75)
       r = px * rng.u(2.5, 6.0)
-      _stamp(img, y, x, r, r * rng.u(0.7, 1.3), _HAEM, alpha, soft=0.5)
+      _lesion(
+        img, masks, "HE", y, x, r, r * rng.u(0.7, 1.3), _HAEM, alpha, soft=0.5
+      )
     cy, cx = _posterior_pole(rng, geo, 0.3)
     for _ in range(int(22 * (s_d - 0.35))):
       y = cy + rng.normal(0, 12 * px)
       x = cx + rng.normal(0, 12 * px)
       r = px * rng.u(1.2, 3.0)
-      _stamp(img, y, x, r, r, _EXUDATE, alpha, soft=0.3)
+      _lesion(img, masks, "EX", y, x, r, r, _EXUDATE, alpha, soft=0.3)
     for _ in range(int(5 * (s_d - 0.35))):
       y, x = _posterior_pole(rng, geo, 0.7)
       r = px * rng.u(6, 11)
-      _stamp(img, y, x, r, r * 1.3, _CWS, 0.6, soft=1.2, angle=rng.u(0, 3))
+      _lesion(
+        img,
+        masks,
+        "SE",
+        y,
+        x,
+        r,
+        r * 1.3,
+        _CWS,
+        0.6,
+        soft=1.2,
+        angle=rng.u(0, 3),
+      )
   if s_d > 0.8:  # neovascular tufts and a preretinal haemorrhage
     dy, dx = geo.disc
     for _ in range(3):
       y = dy + rng.normal(0, geo.disc_r)
       x = dx + rng.normal(0, geo.disc_r)
       for _ in range(8):
-        _stamp(
+        _lesion(
           img,
+          masks,
+          "NV",
           y + rng.normal(0, 4 * px),
           x + rng.normal(0, 4 * px),
           px * 0.8,
@@ -775,7 +828,7 @@ def _diabetic(img, rng, geo, s_d):
           angle=rng.u(0, math.pi),
         )
     y, x = _posterior_pole(rng, geo, 0.6)
-    _stamp(img, y, x, px * 16, px * 24, _HAEM, 0.9, soft=0.15)
+    _lesion(img, masks, "HE", y, x, px * 16, px * 24, _HAEM, 0.9, soft=0.15)
 
 
 def _amd(img, rng, geo, s_a, kws):

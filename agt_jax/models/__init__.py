@@ -15,6 +15,7 @@ from agt_jax.models.heads import (
   encoder_name,
   head_name,
 )
+from agt_jax.models.lesion import LesionGradeNet
 from agt_jax.models.resnet import (
   ResNet8Cifar,
   ResNet18,
@@ -57,6 +58,7 @@ def make_encoder(
 
 __all__ = [
   "DTYPES",
+  "LesionGradeNet",
   "ENCODERS",
   "GroupHead",
   "MultiTeacher",
