@@ -74,13 +74,27 @@ LABELS = {
   "count+mgda": "count groups + MGDA",
   "count+mean": "count groups, mean",
   "single+per_class": "MGDA per class, no groups",
+  "gradient+mgda+sum": "GBG + MGDA, group loss summed (published code)",
+  "gradient+mean+sum": "GBG, mean, group loss summed",
+  "random+mgda+sum": "random groups + MGDA, group loss summed",
+  "random+mean+sum": "random groups, mean, group loss summed",
+  "count+mgda+sum": "count groups + MGDA, group loss summed",
+  "count+mean+sum": "count groups, mean, group loss summed",
 }
 
 
-def variants(groupings, moos) -> list[str]:
-  """``grouping+moo`` names; ``per_class`` ignores the grouping (every
-  class is an objective) and runs once, on one group for the sampler."""
-  out = [f"{g}+{m}" for g in groupings for m in moos if m != "per_class"]
+def variants(groupings, moos, group_losses=("mean",)) -> list[str]:
+  """``grouping+moo`` names (``+sum`` where a group's loss sums its
+  classes, GBG's published code, instead of the paper's mean);
+  ``per_class`` ignores the grouping (every class is an objective) and
+  runs once, on one group for the sampler."""
+  out = [
+    f"{g}+{m}" + ("" if r == "mean" else f"+{r}")
+    for r in group_losses
+    for g in groupings
+    for m in moos
+    if m != "per_class"
+  ]
   if "per_class" in moos:
     out.append("single+per_class")
   return out
@@ -91,7 +105,7 @@ def make_runs(names, *, seeds, n_groups, baselines: bool) -> list[h.Run]:
   for s in seeds:
     tag = f"@s{s}" if len(seeds) > 1 else ""
     for name in names:
-      grouping, moo = name.split("+")
+      grouping, moo, *rest = name.split("+")
       runs.append(
         h.Run(
           name + tag,
@@ -102,6 +116,7 @@ def make_runs(names, *, seeds, n_groups, baselines: bool) -> list[h.Run]:
             "moo": moo,
             "n_groups": n_groups,
             "seed": s,
+            "gbg_group_loss": rest[0] if rest else "mean",
           },
           "gbg",
           {"variant": name, "seed": s},
@@ -151,6 +166,12 @@ def run(argv=None) -> int:
     help="comma-separated: mgda, mean, per_class (default: "
     "all three; smoke: mgda,per_class)",
   )
+  p.add_argument(
+    "--group-loss",
+    default="mean",
+    help="comma-separated: mean (paper 004's average over a group's "
+    "classes), sum (its published code)",
+  )
   p.add_argument("--seeds", type=int, nargs="+", default=[0])
   p.add_argument(
     "--no-baselines", action="store_true", help="skip plain BCE and AGT"
@@ -182,7 +203,11 @@ def run(argv=None) -> int:
   for m in moos:
     if m not in ("mgda", "mean", "per_class"):
       raise SystemExit(f"--moo: {m!r} is not mgda, mean or per_class")
-  names = variants(groupings, moos)
+  reductions = [r for r in a.group_loss.split(",") if r]
+  for r in reductions:
+    if r not in ("mean", "sum"):
+      raise SystemExit(f"--group-loss: {r!r} is not mean or sum")
+  names = variants(groupings, moos, reductions)
   data = parse_data_spec(a.data)
   cifar = data["dataset"].startswith("cifar100")
   if cifar:

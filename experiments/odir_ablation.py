@@ -59,6 +59,17 @@ VARIANTS = {
     {**_AGT, "reweight": "feedback", "kd": "plain"},
     "student",
   ),
+  # Readings of the paper (docs/paper_readings.md), one at a time.
+  "kd_scale_none": (
+    4,
+    {**_AGT, "reweight": "feedback", "kd_scale": "none"},
+    "student",
+  ),
+  "group_objective": (
+    4,
+    {**_AGT, "reweight": "feedback", "teacher_objective": "group"},
+    "student",
+  ),
 }
 LABELS = {
   "baseline": "baseline (plain BCE)",
@@ -72,6 +83,8 @@ LABELS = {
   "shot_grouping": "shot-based grouping (stable RW)",
   "eq7_kd": "Eq. 7 KD (stable RW)",
   "unweighted_kd": "unweighted KD (stable RW)",
+  "kd_scale_none": "KD without T² (Eqs. 6-8 as written; stable RW)",
+  "group_objective": "Eq. 14: each stage's group classes only (stable RW)",
 }
 
 

@@ -400,3 +400,17 @@ def test_gbg_single_label_on_tfds_mock_cifar(tmp_path):
   report = (wd / "report.md").read_text()
   assert "## Top-1 accuracy (balanced test split)" in report
   assert "| count groups + MGDA |" in report
+
+
+def test_gbg_grid_names_the_group_loss_reading():
+  from experiments import gbg
+
+  names = gbg.variants(["gradient"], ["mgda", "per_class"], ["mean", "sum"])
+  assert names == ["gradient+mgda", "gradient+mgda+sum", "single+per_class"]
+  runs = gbg.make_runs(names, seeds=[0], n_groups=4, baselines=False)
+  assert [r.overrides["gbg_group_loss"] for r in runs] == [
+    "mean",
+    "sum",
+    "mean",
+  ]
+  assert all(n in gbg.LABELS for n in names)
