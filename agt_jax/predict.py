@@ -1,0 +1,392 @@
+"""Score new fundus photographs with a trained run.
+
+  python -m agt_jax.predict --model runs/odir-odir5k-synth-quick --images photos/ --out preds.csv
+  python -m agt_jax.predict --model RUN --images list.csv --thresholds validation
+  python -m agt_jax.predict --model RUN --images a.jpg b.png --phase teacher
+
+In Python::
+
+  from agt_jax import load_predictor
+  p = load_predictor("runs/odir-odir5k-synth-quick")          # the student by default
+  probs = p.predict(["a.jpg", image_array])     # [n, C] probabilities
+  calls = p.decide(probs, "validation")         # [n, C] 0/1
+
+The run's own preprocessing is applied (its config's field-of-view crop,
+resize to ``image_size`` and centre ``crop``), with the validation-selected
+variables of the phase (``checkpoints/<phase>_best``, else its last
+checkpoint). Decisions: ``strict`` (``p > 0.5``, the official ODIR metric),
+``validation`` (the per-class thresholds the run tuned for F1 on its
+validation split, stored in its ``results.json``), or a JSON file
+``{"N": 0.4, ...}`` naming every class. The rule is written into the
+output.
+
+An image that cannot be read never stops the run: its row says why in the
+``status`` column and has no probabilities. The CSV is streamed to a
+temporary file beside ``--out`` and renamed at the end, so a crash leaves
+nothing partial under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from agt_jax.errors import AgtError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+
+
+class PredictError(AgtError, ValueError):
+  """A run, an image list or a thresholds file the predictor cannot use;
+  the message names it and what to do."""
+
+
+def read_photo(path) -> np.ndarray:
+  """A photograph as uint8 `[H, W, 3]` RGB: EXIF orientation applied,
+  grayscale and RGBA converted, 16-bit images scaled to 8 bits. Raises
+  :class:`~agt_jax.data.errors.ImageReadError` naming the file."""
+  from PIL import Image, ImageOps
+
+  from agt_jax.data.errors import ImageReadError
+
+  path = pathlib.Path(path)
+  try:
+    with Image.open(path) as im:
+      im = ImageOps.exif_transpose(im)
+      if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, np.float64)
+        top = 65535.0 if a.max() > 255 else 255.0
+        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=-1)
+      return np.asarray(im.convert("RGB"))
+  except FileNotFoundError:
+    raise ImageReadError(f"image file not found: {path}") from None
+  except Exception as e:  # PIL raises several types for corrupt files
+    raise ImageReadError(f"cannot decode image {path}: {e}") from e
+
+
+@dataclasses.dataclass
+class Predictor:
+  """A trained phase ready to score images (:func:`load_predictor`)."""
+
+  run_dir: pathlib.Path
+  phase: str
+  model: object
+  variables: dict
+  config: object
+  class_names: tuple
+  thresholds: dict  # rule -> [C] float
+
+  def __post_init__(self):
+    import jax
+
+    from agt_jax.runtime import replicate
+    from agt_jax.train import evaluation
+
+    n = jax.local_device_count()
+    self.batch_size = max(n, -(-self.config.eval_batch_size // n) * n)
+    self._mesh = jax.make_mesh((n,), ("data",), devices=jax.local_devices())
+    self._fn = evaluation.predictor(self.model)
+    self._vars = replicate(self.variables, self._mesh)
+
+  def preprocess(self, image: np.ndarray) -> np.ndarray:
+    """The run's evaluation view: field-of-view crop and resize to
+    ``image_size`` (skipped for an image already that size, as in
+    training), then the centre ``crop``."""
+    from agt_jax.data import images
+
+    size = self.config.image_size
+    if image.shape[:2] != (size, size):
+      image = images.resize(images.crop_to_fov(image), size)
+    return images.center_crop(image, self.config.crop)
+
+  def predict(self, images: Sequence, *, progress: bool = False) -> np.ndarray:
+    """`[n, C]` probabilities of ``images`` (paths or uint8 `[H, W, 3]`
+    arrays), in batches over the local devices. A path that cannot be read
+    raises; :func:`predict_files` records it instead."""
+    views = [
+      self.preprocess(read_photo(x) if isinstance(x, str | os.PathLike) else x)
+      for x in images
+    ]
+    return self._predict_views(views, progress=progress)
+
+  def _predict_views(self, views, *, progress: bool = False) -> np.ndarray:
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from agt_jax.runtime import progress as bar_of
+
+    if not views:
+      return np.zeros((0, len(self.class_names)), np.float32)
+    sharding = NamedSharding(self._mesh, P("data"))
+    b = self.batch_size
+    out = []
+    steps = -(-len(views) // b)
+    bar = bar_of(steps, 0, "predicting") if progress else None
+    for i in range(0, len(views), b):
+      chunk = np.stack(views[i : i + b])
+      pad = b - len(chunk)
+      if pad:  # a full batch every call: one compile
+        chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)])
+      p, _ = self._fn(self._vars, jax.device_put(chunk, sharding))
+      out.append(np.asarray(p)[: b - pad])
+      if bar is not None:
+        bar.update(1)
+    if bar is not None:
+      bar.close()
+    return np.concatenate(out)
+
+  def threshold(self, rule) -> tuple[str, np.ndarray]:
+    """``(rule name, [C] thresholds)`` for ``strict``, ``validation`` or a
+    JSON file of ``{class: threshold}``."""
+    if rule in self.thresholds:
+      return str(rule), self.thresholds[rule]
+    if rule == "validation":
+      raise PredictError(
+        f"{self.run_dir}: its results.json has no validation thresholds "
+        f"for the {self.phase} (a run without a validation split); use "
+        "--thresholds strict or a JSON file."
+      )
+    path = pathlib.Path(rule)
+    if not path.is_file():
+      raise PredictError(
+        f"--thresholds {rule!r}: not 'strict', 'validation' or a JSON file."
+      )
+    try:
+      user = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+      raise PredictError(f"{path}: not JSON ({e}).") from None
+    names = list(self.class_names)
+    if not isinstance(user, dict) or set(user) != set(names):
+      got = set(user) if isinstance(user, dict) else set()
+      raise PredictError(
+        f"{path}: thresholds must name exactly the model's classes "
+        f"{names}; missing {sorted(set(names) - got)}, unexpected "
+        f"{sorted(got - set(names))}."
+      )
+    bad = [c for c in names if not 0.0 <= float(user[c]) <= 1.0]
+    if bad:
+      raise PredictError(f"{path}: thresholds outside [0, 1] for {bad}.")
+    return f"file:{path}", np.array([float(user[c]) for c in names])
+
+  def decide(self, probs, rule="strict") -> np.ndarray:
+    """`[n, C]` 0/1 calls: ``probs > threshold`` (strict, as the ODIR
+    metric)."""
+    _, t = self.threshold(rule)
+    return (np.asarray(probs) > t).astype(np.int64)
+
+
+def load_predictor(run_dir, *, phase: str | None = None) -> Predictor:
+  """The predictor of a finished run directory (``results.json``,
+  ``config.json`` and the phase's checkpoint): the student where the run
+  trained one, else its trainer's first phase."""
+  from agt_jax.train import loop
+  from agt_jax.train.trainers import TRAINERS
+
+  run_dir = pathlib.Path(run_dir).expanduser()
+  need = [run_dir / "config.json", run_dir / "groups.json"]
+  missing = [str(p) for p in need if not p.is_file()]
+  if missing:
+    raise PredictError(
+      f"{run_dir}: not a finished run directory (no {', '.join(missing)}); "
+      "pass the folder a training command wrote (e.g. runs/odir-odir5k-synth-quick)."
+    )
+  from agt_jax.config import from_json
+
+  config = from_json((run_dir / "config.json").read_text())
+  phases = TRAINERS[config.trainer].phases
+  phase = phase or ("student" if "student" in phases else phases[0])
+  if phase not in phases:
+    raise PredictError(
+      f"{run_dir}: trainer={config.trainer!r} trains {list(phases)}, not "
+      f"{phase!r}."
+    )
+  if config.prior_correction == "posthoc" and phase == "teacher":
+    raise PredictError(
+      f"{run_dir}: a prior_correction=posthoc teacher needs its training "
+      "split's prior shift, which the predictor does not rebuild; predict "
+      "with its student."
+    )
+  try:
+    model, variables, config, _ = loop.load_trained(run_dir, phase)
+  except FileNotFoundError as e:
+    raise PredictError(
+      f"{e} The run has no selected {phase} model: finish it "
+      "(its command with --resume) first."
+    ) from None
+  results_path = run_dir / "results.json"
+  results = (
+    json.loads(results_path.read_text()) if results_path.is_file() else {}
+  )
+  names = tuple(results.get("class_names") or _class_names(config))
+  thresholds = {"strict": np.full(len(names), 0.5)}
+  tuned = results.get("selection", {}).get(phase, {}).get("thresholds")
+  if tuned is not None:
+    if len(tuned) != len(names):
+      raise PredictError(
+        f"{results_path}: {len(tuned)} validation thresholds for "
+        f"{len(names)} classes."
+      )
+    thresholds["validation"] = np.asarray(tuned, np.float64)
+  return Predictor(run_dir, phase, model, variables, config, names, thresholds)
+
+
+def _class_names(config) -> tuple:
+  from agt_jax.data import registry
+
+  return tuple(
+    registry.load_labels(config.dataset, data_dir=config.data_dir).class_names
+  )
+
+
+# -- the command ---------------------------------------------------------------
+
+
+def list_images(specs: Sequence[str]) -> list[str]:
+  """Image paths from folders (their image files, sorted), CSV files (a
+  ``path`` or ``image`` column, relative to the CSV) and single files."""
+  out: list[str] = []
+  for spec in specs:
+    p = pathlib.Path(spec).expanduser()
+    if p.is_dir():
+      out += sorted(
+        str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
+      )
+    elif p.suffix.lower() == ".csv" and p.is_file():
+      with open(p, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        col = next(
+          (c for c in ("path", "image") if c in (reader.fieldnames or ())),
+          None,
+        )
+        if col is None:
+          raise PredictError(
+            f"{p}: no 'path' or 'image' column (columns: "
+            f"{reader.fieldnames})."
+          )
+        for r, row in enumerate(reader, start=2):
+          if not (row[col] or "").strip():
+            raise PredictError(f"{p}: row {r}, column {col!r} is empty.")
+          q = pathlib.Path(row[col].strip())
+          out.append(str(q if q.is_absolute() else p.parent / q))
+    else:
+      out.append(str(p))  # a missing file gets its status row
+  if not out:
+    raise PredictError(f"--images {list(specs)}: no image files found.")
+  return out
+
+
+def predict_files(predictor: Predictor, paths, out, *, rule="strict") -> dict:
+  """Scores ``paths`` into the CSV ``out`` (written atomically): one row
+  per image with ``status``, the rule, the probabilities and the 0/1
+  calls. Returns counts."""
+  from agt_jax.data.errors import ImageReadError
+
+  name, thresholds = predictor.threshold(rule)  # bad rules fail first
+  out = pathlib.Path(out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+  names = list(predictor.class_names)
+  counts = {"images": len(paths), "scored": 0, "unreadable": 0, "upscaled": 0}
+  crop = predictor.config.crop
+  try:
+    with open(tmp, "w", newline="") as f:
+      w = csv.writer(f)
+      w.writerow(
+        ["image", "status", "rule"]
+        + [f"p_{c}" for c in names]
+        + [f"y_{c}" for c in names]
+      )
+      chunk = predictor.batch_size
+      for i in range(0, len(paths), chunk):
+        views, rows = [], []
+        for path in paths[i : i + chunk]:
+          try:
+            img = read_photo(path)
+          except ImageReadError as e:
+            counts["unreadable"] += 1
+            rows.append((path, f"unreadable: {e}", None))
+            continue
+          status = "ok"
+          if min(img.shape[:2]) < crop:
+            counts["upscaled"] += 1
+            status = (
+              f"ok (upscaled: {img.shape[1]}x{img.shape[0]} is smaller than "
+              f"the {crop}px crop)"
+            )
+          views.append(predictor.preprocess(img))
+          rows.append((path, status, len(views) - 1))
+        probs = predictor._predict_views(views)
+        for path, status, k in rows:
+          if k is None:
+            w.writerow([path, status, name] + [""] * (2 * len(names)))
+            continue
+          p = probs[k]
+          w.writerow(
+            [path, status, name]
+            + [f"{v:.6f}" for v in p]
+            + (p > thresholds).astype(int).tolist()
+          )
+          counts["scored"] += 1
+    os.replace(tmp, out)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+  return counts
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(
+    prog="python -m agt_jax.predict", description=__doc__.split("\n")[0]
+  )
+  p.add_argument("--model", required=True, help="a finished run directory")
+  p.add_argument(
+    "--images",
+    required=True,
+    nargs="+",
+    help="folders, CSV files (a 'path' column) or image files",
+  )
+  p.add_argument("--out", required=True, help="the CSV to write")
+  p.add_argument(
+    "--phase", default=None, help="student (default where trained) | teacher"
+  )
+  p.add_argument(
+    "--thresholds",
+    default="strict",
+    help="strict (p > 0.5) | validation (the run's tuned per-class "
+    "thresholds) | a JSON file {class: threshold}",
+  )
+  a = p.parse_args(argv)
+  import time
+
+  start = time.perf_counter()
+  try:
+    predictor = load_predictor(a.model, phase=a.phase)
+    paths = list_images(a.images)
+    counts = predict_files(predictor, paths, a.out, rule=a.thresholds)
+  except AgtError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+  counts["seconds"] = round(time.perf_counter() - start, 2)
+  print(json.dumps({"out": str(a.out), **counts}), flush=True)
+  if counts["unreadable"]:
+    print(
+      f"warning: {counts['unreadable']} image(s) could not be read; their "
+      f"rows in {a.out} say why (status column)",
+      file=sys.stderr,
+      flush=True,
+    )
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
