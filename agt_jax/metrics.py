@@ -108,6 +108,53 @@ def f1_eq16(labels, probs, *, threshold: float = 0.5) -> float:
   return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
 
 
+def reliability_bins(labels, probs, *, bins: int = 10):
+  """Equal-width confidence bins over ``[0, 1]`` of one class (or any
+  pooled vector): ``(mean p, share positive, count)`` per bin, NaN where
+  empty. The last bin includes 1."""
+  y = np.asarray(labels, np.float64).ravel()
+  p = np.asarray(probs, np.float64).ravel()
+  which = np.minimum((p * bins).astype(np.int64), bins - 1)
+  count = np.bincount(which, minlength=bins).astype(np.float64)
+  with np.errstate(invalid="ignore"):
+    conf = np.bincount(which, p, minlength=bins) / count
+    acc = np.bincount(which, y, minlength=bins) / count
+  return conf, acc, count.astype(np.int64)
+
+
+def calibration_error(labels, probs, *, bins: int = 15) -> dict:
+  r"""Expected calibration error of multi-label probabilities.
+
+  .. math:: \mathrm{ECE} = \sum_b \frac{n_b}{n}\,
+    \big|\bar y_b - \bar p_b\big|
+
+  over ``bins`` equal-width bins of :math:`p` (:func:`reliability_bins`):
+  per class (each column a binary problem) and pooled over all entries.
+
+  Returns:
+    ``{"per_class": [C] floats, "pooled": float, "bins": bins}``.
+
+  References:
+    Guo et al., *On calibration of modern neural networks*, ICML 2017.
+  """
+  labels, probs = _check_pair(labels, probs)
+
+  def ece(y, p):
+    conf, acc, count = reliability_bins(y, p, bins=bins)
+    keep = count > 0
+    return float(
+      np.sum(count[keep] * np.abs(acc[keep] - conf[keep])) / count.sum()
+    )
+
+  return {
+    "per_class": [
+      ece(labels[:, j], probs[:, j]) for j in range(labels.shape[1])
+    ],
+    "pooled": ece(labels, probs),
+    "bins": bins,
+  }
+
+
 def exact_match_by_label_count(
   labels, probs, *, threshold: float = 0.5
 ) -> dict[str, dict]:
@@ -218,7 +265,8 @@ def multilabel_report(
   Returns:
     A JSON-serialisable dict: ``per_class`` (name -> metrics), ``macro_auc``,
     ``map``, ``macro_f1``, ``f1_eq16`` (:func:`f1_eq16`), ``exact_match``
-    (:func:`exact_match_by_label_count`),
+    (:func:`exact_match_by_label_count`), ``ece`` (pooled
+    :func:`calibration_error`; each class's in ``per_class``),
     ``macro_precision``, ``macro_recall``, ``odir`` (:func:`odir_score`) and,
     with counts,
     ``shots``.
@@ -248,6 +296,7 @@ def multilabel_report(
       # positive and the mean probability on the class's negatives
       "called_positive": float(pred[:, j].mean()),
       "p_neg": float(p[y == 0].mean()) if (y == 0).any() else math.nan,
+      "ece": calibration_error(y[:, None], p[:, None])["pooled"],
     }
     aucs.append(auc), aps.append(ap), f1s.append(f1)
   aucs, aps, f1s = map(np.asarray, (aucs, aps, f1s))
@@ -263,6 +312,7 @@ def multilabel_report(
     "macro_f1": float(f1s.mean()),
     "f1_eq16": f1_eq16(labels, probs),
     "exact_match": exact_match_by_label_count(labels, probs),
+    "ece": calibration_error(labels, probs)["pooled"],
     "macro_precision": float(
       np.mean([v["precision"] for v in per_class.values()])
     ),

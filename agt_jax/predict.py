@@ -84,9 +84,20 @@ class Predictor:
   config: object
   class_names: tuple
   thresholds: dict  # rule -> [C] float
+  # Temperature scaling fitted on the run's validation split (its
+  # results.json): "none" | "shared" | "per_class", and the temperatures.
+  calibrate: str = "none"
+  temperatures: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     import jax
+
+    if self.calibrate != "none" and self.calibrate not in self.temperatures:
+      raise PredictError(
+        f"{self.run_dir}: no {self.calibrate!r} temperature in its "
+        "results.json (a run without a validation split, or from before "
+        "calibration was fitted); use --calibrate none."
+      )
 
     from agt_jax.runtime import replicate
     from agt_jax.train import evaluation
@@ -143,7 +154,12 @@ class Predictor:
         bar.update(1)
     if bar is not None:
       bar.close()
-    return np.concatenate(out)
+    probs = np.concatenate(out)
+    if self.calibrate != "none":
+      from agt_jax.calibration import apply_temperature
+
+      probs = apply_temperature(probs, self.temperatures[self.calibrate])
+    return probs.astype(np.float32)
 
   def threshold(self, rule) -> tuple[str, np.ndarray]:
     """``(rule name, [C] thresholds)`` for ``strict``, ``validation`` or a
@@ -152,9 +168,10 @@ class Predictor:
       return str(rule), self.thresholds[rule]
     if rule == "validation":
       raise PredictError(
-        f"{self.run_dir}: its results.json has no validation thresholds "
-        f"for the {self.phase} (a run without a validation split); use "
-        "--thresholds strict or a JSON file."
+        f"{self.run_dir}: no validation thresholds for the {self.phase} "
+        "(a run without a validation split, or --calibrate on: they were "
+        "tuned on uncalibrated probabilities); use --thresholds strict or "
+        "a JSON file."
       )
     path = pathlib.Path(rule)
     if not path.is_file():
@@ -185,10 +202,19 @@ class Predictor:
     return (np.asarray(probs) > t).astype(np.int64)
 
 
-def load_predictor(run_dir, *, phase: str | None = None) -> Predictor:
+def load_predictor(
+  run_dir, *, phase: str | None = None, calibrate: str = "none"
+) -> Predictor:
   """The predictor of a finished run directory (``results.json``,
   ``config.json`` and the phase's checkpoint): the student where the run
-  trained one, else its trainer's first phase."""
+  trained one, else its trainer's first phase. ``calibrate`` applies the
+  run's validation-fitted temperature(s), ``shared`` or ``per_class``
+  (decisions at 0.5 are unchanged by it; the ``validation`` thresholds were
+  tuned on uncalibrated probabilities, so the two are not combined)."""
+  if calibrate not in ("none", "shared", "per_class"):
+    raise PredictError(
+      f"--calibrate {calibrate!r}: not none, shared or per_class."
+    )
   from agt_jax.train import loop
   from agt_jax.train.trainers import TRAINERS
 
@@ -237,7 +263,20 @@ def load_predictor(run_dir, *, phase: str | None = None) -> Predictor:
         f"{len(names)} classes."
       )
     thresholds["validation"] = np.asarray(tuned, np.float64)
-  return Predictor(run_dir, phase, model, variables, config, names, thresholds)
+  temps = results.get("selection", {}).get(phase, {}).get("temperature", {})
+  if calibrate != "none":
+    thresholds.pop("validation", None)
+  return Predictor(
+    run_dir,
+    phase,
+    model,
+    variables,
+    config,
+    names,
+    thresholds,
+    calibrate=calibrate,
+    temperatures={k: np.asarray(v, np.float64) for k, v in temps.items()},
+  )
 
 
 def _class_names(config) -> tuple:
@@ -360,6 +399,12 @@ def main(argv=None) -> int:
     "--phase", default=None, help="student (default where trained) | teacher"
   )
   p.add_argument(
+    "--calibrate",
+    default="none",
+    choices=["none", "shared", "per_class"],
+    help="apply the run's validation-fitted temperature scaling",
+  )
+  p.add_argument(
     "--thresholds",
     default="strict",
     help="strict (p > 0.5) | validation (the run's tuned per-class "
@@ -370,7 +415,7 @@ def main(argv=None) -> int:
 
   start = time.perf_counter()
   try:
-    predictor = load_predictor(a.model, phase=a.phase)
+    predictor = load_predictor(a.model, phase=a.phase, calibrate=a.calibrate)
     paths = list_images(a.images)
     counts = predict_files(predictor, paths, a.out, rule=a.thresholds)
   except AgtError as e:

@@ -23,6 +23,7 @@ OUTPUTS = (
   "curves.png",
   "gradients.png",
   "roc.png",
+  "calibration.png",
   "validation.png",
   "checkpoints/teacher",
   "checkpoints/student",
@@ -82,7 +83,17 @@ def test_smoke_writes_every_output(smoke_run):
   for model in ("teacher", "student"):
     assert set(results[model]["odir"]) == {"kappa", "f1", "auc", "final"}
     assert set(results[model]["per_class"]) == set("NDGCAHMO")
-  assert "Synthetic data" in (wd / "report.md").read_text()
+  report = (wd / "report.md").read_text()
+  assert "Synthetic data" in report and "Calibration on the test fold" in report
+  for model in ("teacher", "student"):
+    temp = results["selection"][model]["temperature"]
+    assert temp["shared"] > 0 and len(temp["per_class"]) == 8
+    scaled = results[model]["temperature_scaled"]
+    # a shared temperature keeps every order and every logit's sign
+    for k in ("auc", "kappa", "f1"):
+      assert scaled["shared"]["odir"][k] == pytest.approx(
+        results[model]["odir"][k], abs=1e-9
+      )
   groups = json.loads((wd / "groups.json").read_text())
   flat = sorted(c for g in groups["groups"] for c in g)
   assert flat == list(range(8)) and ["N", "O"] in groups["names"]

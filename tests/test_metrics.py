@@ -165,3 +165,15 @@ def test_exact_match_by_label_count_hand_count():
     "3": {"images": 1, "exact": 0.0},
     "all": {"images": 5, "exact": 0.4},
   }
+
+
+def test_calibration_error_by_hand():
+  y = np.array([[1], [0], [1], [1]])
+  p = np.array([[0.9], [0.8], [0.3], [0.2]])
+  # 2 bins: [0, .5): p .3 .2 -> conf .25, acc 1; [.5, 1]: .9 .8 -> .85, .5
+  got = metrics.calibration_error(y, p, bins=2)
+  assert got["pooled"] == pytest.approx(0.5 * 0.75 + 0.5 * 0.35)
+  assert got["per_class"] == [pytest.approx(0.55)]
+  conf, acc, count = metrics.reliability_bins(y, p, bins=4)
+  assert count.tolist() == [1, 1, 0, 2] and math.isnan(conf[2])
+  assert metrics.calibration_error(y, y.astype(float), bins=5)["pooled"] == 0.0

@@ -188,3 +188,24 @@ def test_bad_runs_and_lists_get_one_line(run, tmp_path, capsys):
   assert predict.list_images([str(listing)]) == [str(tmp_path / "sub/x.png")]
   with pytest.raises(predict.PredictError, match="no image files found"):
     predict.list_images([])
+
+
+def test_calibrated_predictions_use_the_runs_temperatures(run, predictor):
+  from agt_jax.calibration import apply_temperature
+
+  run_dir, _ = run
+  results = json.loads((run_dir / "results.json").read_text())
+  temps = results["selection"]["student"]["temperature"]
+  img = np.full((40, 40, 3), 120, np.uint8)
+  plain = predictor.predict([img])
+  for kind in ("shared", "per_class"):
+    cal = predict.load_predictor(run_dir, calibrate=kind)
+    np.testing.assert_allclose(
+      cal.predict([img]),
+      apply_temperature(plain, np.asarray(temps[kind])),
+      rtol=1e-5,
+    )
+    with pytest.raises(predict.PredictError, match="uncalibrated"):
+      cal.threshold("validation")
+  with pytest.raises(predict.PredictError, match="not none, shared"):
+    predict.load_predictor(run_dir, calibrate="platt")

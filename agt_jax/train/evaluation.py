@@ -123,6 +123,29 @@ def global_threshold_score(labels, probs, threshold: float) -> dict:
   }
 
 
+def temperature_scaling(y_val, p_val, y_test, p_test) -> tuple[dict, dict]:
+  """``(temperatures, test scores)``: one shared and per-class temperatures
+  fitted on validation (:mod:`agt_jax.calibration`), and for each the test
+  fold's pooled ECE and strict ODIR score after scaling."""
+  from agt_jax import calibration
+
+  temps = {
+    "shared": calibration.fit_temperature(y_val, p_val),
+    "per_class": [
+      float(t)
+      for t in calibration.fit_temperature(y_val, p_val, per_class=True)
+    ],
+  }
+  scores = {}
+  for kind, t in temps.items():
+    q = calibration.apply_temperature(p_test, t)
+    scores[kind] = {
+      "ece": metrics_lib.calibration_error(y_test, q)["pooled"],
+      "odir": metrics_lib.odir_score(y_test, q),
+    }
+  return temps, scores
+
+
 def tuned_score(labels, probs, thresholds) -> dict:
   """The ODIR score (and macro F1) with per-class thresholds (the AUC is
   unchanged)."""

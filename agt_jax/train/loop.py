@@ -273,6 +273,9 @@ def _validation_scores(sel, scores, selection, p, data):
   scores["global_threshold"] = evaluation.global_threshold_score(
     y_test, p, sel["global_threshold"]
   )
+  sel["temperature"], scores["temperature_scaled"] = (
+    evaluation.temperature_scaling(y_val, pv, y_test, p)
+  )
   return evaluation.negative_probabilities(y_val, pv_last), "validation split"
 
 

@@ -43,6 +43,9 @@ def write_outputs(
   report_lib.plot_gradients(metrics, names, workdir / "gradients.png", title)
   report_lib.plot_validation(metrics, workdir / "validation.png", title)
   report_lib.plot_roc(y_test, probs, names, workdir / "roc.png", title)
+  report_lib.plot_reliability(
+    y_test, probs, names, workdir / "calibration.png", title
+  )
   report_lib.plot_alpha(
     metrics,
     results.get("groups", {}).get("names", []),
