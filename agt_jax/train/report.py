@@ -210,21 +210,21 @@ def plot_validation(metrics: list[dict], out: pathlib.Path, title: str) -> None:
   plt.close(fig)
 
 
-def plot_roc(
-  labels, probs_by_model: dict, class_names, out: pathlib.Path, title: str
-) -> None:
+def _model_panels(n: int):
+  """``(plt, fig, axes)``: one panel per model, side by side."""
   from agt_jax import plotting
 
   plt = plotting.pyplot()
+  fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), layout="constrained")
+  return plt, fig, np.atleast_1d(axes)
+
+
+def plot_roc(
+  labels, probs_by_model: dict, class_names, out: pathlib.Path, title: str
+) -> None:
   from sklearn.metrics import roc_curve
 
-  fig, axes = plt.subplots(
-    1,
-    len(probs_by_model),
-    figsize=(4.2 * len(probs_by_model), 4),
-    layout="constrained",
-  )
-  axes = np.atleast_1d(axes)
+  plt, fig, axes = _model_panels(len(probs_by_model))
   many = len(class_names) > _MAX_LABELLED_CLASSES
   for ax, (name, probs) in zip(axes, probs_by_model.items()):
     drawn = 0
@@ -553,16 +553,9 @@ def plot_reliability(
 ) -> None:
   """Reliability diagrams: per model, each class's share positive against
   its mean probability in 10 bins (classes unlabelled past 12)."""
-  from agt_jax import metrics, plotting
+  from agt_jax import metrics
 
-  plt = plotting.pyplot()
-  fig, axes = plt.subplots(
-    1,
-    len(probs_by_model),
-    figsize=(4.2 * len(probs_by_model), 4),
-    layout="constrained",
-  )
-  axes = np.atleast_1d(axes)
+  plt, fig, axes = _model_panels(len(probs_by_model))
   labels = np.asarray(labels)
   for ax, (name, probs) in zip(axes, probs_by_model.items()):
     for j, c in enumerate(class_names):
