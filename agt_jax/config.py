@@ -73,7 +73,8 @@ class Config:
   # The group-mixed sampler shifts each class's prior (samplers.prior_shift):
   # none (the paper) | loss (train on z + shift[g]: logits stay natural) |
   # posthoc (subtract the head's own shift at prediction and for KD).
-  prior_correction: str = "none"
+  # The default, loss, was chosen on validation (docs/agt_regimes.md).
+  prior_correction: str = "loss"
   # > 0: the teacher's batch-norm statistics recomputed on this many
   # instance-balanced batches before it is scored.
   bn_recalibrate: int = 0

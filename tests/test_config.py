@@ -64,7 +64,9 @@ def test_paper_readings_are_fields_with_legacy_values_and_checks():
   assert c.gbg_group_loss == "mean"  # the paper's; records before: "sum"
   old = config.from_json('{"preset": "smoke", "trainer": "gbg"}')
   assert old.gbg_group_loss == "sum" and old.kd_scale == "t2"
-  ok = dict(grouping="single", reweight="none", student=False)
+  ok = dict(
+    grouping="single", reweight="none", student=False, prior_correction="none"
+  )
   config.validate(
     config.get_config("smoke", teacher_sampler="class_balanced", **ok)
   )
@@ -75,6 +77,9 @@ def test_paper_readings_are_fields_with_legacy_values_and_checks():
       teacher_objective="group", loss="focal"
     ),
     "one-head CB-sampling baseline": dict(teacher_sampler="class_balanced"),
+    "got grouping='single', prior_correction='loss'": dict(
+      teacher_sampler="class_balanced", grouping="single"
+    ),
     "belongs to trainer='gbg'": dict(gbg_group_loss="sum"),
     "kd_scale='T2' is not one of": dict(kd_scale="T2"),
     "fold=1 is out of range": dict(fold_mode="official_val", fold=1),

@@ -364,8 +364,8 @@ def test_harness_reruns_unfinished_and_refuses_another_config(
   del done["config"]["prior_correction"]
   done_path.write_text(json.dumps(done))
   with pytest.raises(ConfigMismatchError, match="prior_correction"):
-    grid({"prior_correction": "loss"})
-  grid({})  # today's default, none, is what the record ran with
+    grid({})  # today's default: loss
+  grid({"prior_correction": "none"})  # what the record ran with
   assert calls == [(0, False), (0, True)]
 
 
