@@ -101,7 +101,14 @@ def run(argv=None) -> int:
       workdir,
       title=f"Table 2 (RFMiD, {a.protocol} protocol)",
       table=2,
-      notes=[f"Protocol `{a.protocol}`: {protocol_line}", ""],
+      notes=[
+        f"Protocol `{a.protocol}`: {protocol_line}",
+        "",
+        "The paper's RFMiD F1 is read as Eq. 16 (positive entries): compare "
+        "it with our F1 (Eq. 16) column, not the script's F1 "
+        "(docs/metrics.md).",
+        "",
+      ],
     ),
   )
 
