@@ -414,3 +414,16 @@ def test_gbg_grid_names_the_group_loss_reading():
     "mean",
   ]
   assert all(n in gbg.LABELS for n in names)
+  # Every run of the quick grid is a valid config: the AGT baseline's
+  # student steps are set on it alone (a GBG run refuses an AGT field).
+  from agt_jax import config as config_lib
+
+  for r in gbg.make_runs(
+    ["gradient+mgda"], seeds=[0], n_groups=4, baselines=True, preset="quick"
+  ):
+    c = config_lib.get_config(
+      "quick", **{**gbg.PRESETS["quick"], **r.overrides}
+    )
+    config_lib.validate(c)
+    if r.name == "agt":
+      assert c.student_steps == 300
