@@ -92,6 +92,9 @@ class Config:
   ib_start: float = 0.5  # IB: fraction of teacher steps on BCE
   eval_every: int = 0  # >0: score on validation every N steps
   select: str = "best"  # best (validation final score) | last
+  # none | flip: the test fold is also scored with the mean of each image
+  # and its horizontal mirror, reported beside the single crop.
+  tta: str = "none"
   # student
   student: bool = True
   kd: str = "eq7"
@@ -215,6 +218,7 @@ CHOICES = {
   "schedule": ("alternate", "joint"),
   "teacher": ("shared", "multi"),
   "select": ("best", "last"),
+  "tta": ("none", "flip"),
   "kd_direction": ("teacher_student", "student_teacher"),
   "kd_scale": ("t2", "none"),
   "teacher_objective": ("all", "group"),
@@ -494,6 +498,7 @@ LEGACY = {
   # GBG summed each group's class losses until the paper's mean came in.
   "gbg_group_loss": "sum",
   "group_init": None,
+  "tta": "none",
 }
 
 

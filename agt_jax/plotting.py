@@ -6,6 +6,9 @@ backend), so importing this costs nothing.
 
 from __future__ import annotations
 
+import os
+import pathlib
+
 # The one sentence every report, table and figure made from odir5k-synth
 # carries.
 SYNTHETIC_NOTE = (
@@ -29,3 +32,34 @@ def pyplot():
   import matplotlib.pyplot as plt
 
   return plt
+
+
+def cam_overlay(view, cams, labels, path, *, alpha: float = 0.45) -> None:
+  """One PNG: the image the model saw, then one panel per map of ``cams``
+  (`[K, h, w]` in [0, 1], resized to the image) blended over it in the jet
+  colour map, each titled by its ``labels`` entry. PIL only (fast enough
+  for a folder of thousands of images); the colour map is matplotlib's."""
+  import matplotlib
+  import numpy as np
+  from PIL import Image, ImageDraw
+
+  view = np.asarray(view, np.uint8)
+  h, w = view.shape[:2]
+  jet = matplotlib.colormaps["jet"]
+  panels = [Image.fromarray(view)]
+  for cam, label in zip(cams, labels):
+    m = Image.fromarray(np.asarray(cam, np.float32)).resize(
+      (w, h), Image.BILINEAR
+    )
+    heat = jet(np.clip(np.asarray(m), 0.0, 1.0))[..., :3] * 255.0
+    blend = (1 - alpha) * view + alpha * heat
+    panel = Image.fromarray(blend.round().astype(np.uint8))
+    ImageDraw.Draw(panel).text((3, 2), label, fill=(255, 255, 255))
+    panels.append(panel)
+  sheet = Image.new("RGB", (w * len(panels), h))
+  for i, p in enumerate(panels):
+    sheet.paste(p, (i * w, 0))
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  sheet.save(tmp, format="PNG")  # whole or not at all
+  os.replace(tmp, path)

@@ -3,6 +3,8 @@
   python -m agt_jax.predict --model runs/odir-odir5k-synth-quick --images photos/ --out preds.csv
   python -m agt_jax.predict --model RUN --images list.csv --thresholds validation
   python -m agt_jax.predict --model RUN --images a.jpg b.png --phase teacher
+  python -m agt_jax.predict --model RUN --images odir/ --out preds.csv \
+      --tta flip --gradcam cams/ --patients submission.csv
 
 In Python::
 
@@ -19,6 +21,13 @@ checkpoint). Decisions: ``strict`` (``p > 0.5``, the official ODIR metric),
 validation split, stored in its ``results.json``), or a JSON file
 ``{"N": 0.4, ...}`` naming every class. The rule is written into the
 output.
+
+``--tta flip`` averages each image's probabilities with its horizontal
+mirror's. ``--gradcam DIR`` writes a Grad-CAM sheet per image (the crop the
+model saw, then one panel per positive class, or the most probable class
+when none is positive; :mod:`agt_jax.models.cam`), from one batched, jitted
+pullback per batch. ``--patients CSV`` also writes the ODIR submission
+format, one row per patient with both eyes fused (:mod:`agt_jax.patients`).
 
 An image that cannot be read never stops the run: its row says why in the
 ``status`` column and has no probabilities. The CSV is streamed to a
@@ -49,30 +58,6 @@ class PredictError(AgtError, ValueError):
   the message names it and what to do."""
 
 
-def read_photo(path) -> np.ndarray:
-  """A photograph as uint8 `[H, W, 3]` RGB: EXIF orientation applied,
-  grayscale and RGBA converted, 16-bit images scaled to 8 bits. Raises
-  :class:`~agt_jax.data.errors.ImageReadError` naming the file."""
-  from PIL import Image, ImageOps
-
-  from agt_jax.data.errors import ImageReadError
-
-  path = pathlib.Path(path)
-  try:
-    with Image.open(path) as im:
-      im = ImageOps.exif_transpose(im)
-      if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        a = np.asarray(im, np.float64)
-        top = 65535.0 if a.max() > 255 else 255.0
-        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(a[..., None], 3, axis=-1)
-      return np.asarray(im.convert("RGB"))
-  except FileNotFoundError:
-    raise ImageReadError(f"image file not found: {path}") from None
-  except Exception as e:  # PIL raises several types for corrupt files
-    raise ImageReadError(f"cannot decode image {path}: {e}") from e
-
-
 @dataclasses.dataclass
 class Predictor:
   """A trained phase ready to score images (:func:`load_predictor`)."""
@@ -88,6 +73,7 @@ class Predictor:
   # results.json): "none" | "shared" | "per_class", and the temperatures.
   calibrate: str = "none"
   temperatures: dict = dataclasses.field(default_factory=dict)
+  tta: str = "none"  # none | flip (agt_jax.train.steps.TTA_VIEWS)
 
   def __post_init__(self):
     import jax
@@ -99,13 +85,21 @@ class Predictor:
         "calibration was fitted); use --calibrate none."
       )
 
-    from agt_jax.runtime import replicate
-    from agt_jax.train import evaluation
+    from agt_jax.runtime import local_mesh, replicate
+    from agt_jax.train import evaluation, steps
 
+    if self.tta not in steps.TTA_VIEWS:
+      raise PredictError(
+        f"--tta {self.tta!r}: not one of {sorted(steps.TTA_VIEWS)}."
+      )
     n = jax.local_device_count()
     self.batch_size = max(n, -(-self.config.eval_batch_size // n) * n)
-    self._mesh = jax.make_mesh((n,), ("data",), devices=jax.local_devices())
-    self._fn = evaluation.predictor(self.model)
+    self._mesh = local_mesh()
+    temperature = self.temperatures.get(self.calibrate)
+    self._fn = evaluation.predictor(
+      self.model, tta=self.tta, temperature=temperature
+    )
+    self._cam_fn = None  # built on the first explain()
     self._vars = replicate(self.variables, self._mesh)
 
   def preprocess(self, image: np.ndarray) -> np.ndarray:
@@ -123,43 +117,62 @@ class Predictor:
     """`[n, C]` probabilities of ``images`` (paths or uint8 `[H, W, 3]`
     arrays), in batches over the local devices. A path that cannot be read
     raises; :func:`predict_files` records it instead."""
-    views = [
-      self.preprocess(read_photo(x) if isinstance(x, str | os.PathLike) else x)
+    return self._predict_views(self._views(images), progress=progress)
+
+  def explain(self, images: Sequence) -> tuple[np.ndarray, np.ndarray]:
+    """``(probs [n, C], cams [n, C, h, w])``: Grad-CAM of every class at
+    the encoder's map (:func:`agt_jax.models.cam.grad_cam`; each map scaled
+    to a maximum of 1), single view, uncalibrated probabilities."""
+    import jax
+
+    from agt_jax.models import cam
+
+    if self._cam_fn is None:
+      model = self.model
+      self._cam_fn = jax.jit(lambda v, x: cam.grad_cam(model, v, x))
+    probs, cams = self._batched(self._cam_fn, self._views(images))
+    return probs, cams
+
+  def _views(self, images) -> list[np.ndarray]:
+    from agt_jax.data.images import read_image
+
+    return [
+      self.preprocess(read_image(x) if isinstance(x, str | os.PathLike) else x)
       for x in images
     ]
-    return self._predict_views(views, progress=progress)
 
   def _predict_views(self, views, *, progress: bool = False) -> np.ndarray:
+    if not views:
+      return np.zeros((0, len(self.class_names)), np.float32)
+    probs, _ = self._batched(self._fn, views, progress=progress)
+    return probs.astype(np.float32)
+
+  def _batched(self, fn, views, *, progress: bool = False):
+    """``fn(variables, batch)``'s two outputs over ``views`` in full
+    batches (padded: one compile), sharded over the local devices."""
     import jax
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     from agt_jax.runtime import progress as bar_of
 
-    if not views:
-      return np.zeros((0, len(self.class_names)), np.float32)
     sharding = NamedSharding(self._mesh, P("data"))
     b = self.batch_size
-    out = []
-    steps = -(-len(views) // b)
-    bar = bar_of(steps, 0, "predicting") if progress else None
+    first, second = [], []
+    bar = bar_of(-(-len(views) // b), 0, "predicting") if progress else None
     for i in range(0, len(views), b):
       chunk = np.stack(views[i : i + b])
       pad = b - len(chunk)
-      if pad:  # a full batch every call: one compile
+      if pad:
         chunk = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)])
-      p, _ = self._fn(self._vars, jax.device_put(chunk, sharding))
-      out.append(np.asarray(p)[: b - pad])
+      x, y = fn(self._vars, jax.device_put(chunk, sharding))
+      first.append(np.asarray(x)[: b - pad])
+      second.append(np.asarray(y)[: b - pad])
       if bar is not None:
         bar.update(1)
     if bar is not None:
       bar.close()
-    probs = np.concatenate(out)
-    if self.calibrate != "none":
-      from agt_jax.calibration import apply_temperature
-
-      probs = apply_temperature(probs, self.temperatures[self.calibrate])
-    return probs.astype(np.float32)
+    return np.concatenate(first), np.concatenate(second)
 
   def threshold(self, rule) -> tuple[str, np.ndarray]:
     """``(rule name, [C] thresholds)`` for ``strict``, ``validation`` or a
@@ -203,14 +216,19 @@ class Predictor:
 
 
 def load_predictor(
-  run_dir, *, phase: str | None = None, calibrate: str = "none"
+  run_dir,
+  *,
+  phase: str | None = None,
+  calibrate: str = "none",
+  tta: str = "none",
 ) -> Predictor:
   """The predictor of a finished run directory (``results.json``,
   ``config.json`` and the phase's checkpoint): the student where the run
   trained one, else its trainer's first phase. ``calibrate`` applies the
   run's validation-fitted temperature(s), ``shared`` or ``per_class``
   (decisions at 0.5 are unchanged by it; the ``validation`` thresholds were
-  tuned on uncalibrated probabilities, so the two are not combined)."""
+  tuned on uncalibrated probabilities, so the two are not combined).
+  ``tta="flip"`` averages each image with its mirror image."""
   if calibrate not in ("none", "shared", "per_class"):
     raise PredictError(
       f"--calibrate {calibrate!r}: not none, shared or per_class."
@@ -276,6 +294,7 @@ def load_predictor(
     thresholds,
     calibrate=calibrate,
     temperatures={k: np.asarray(v, np.float64) for k, v in temps.items()},
+    tta=tta,
   )
 
 
@@ -290,16 +309,21 @@ def _class_names(config) -> tuple:
 # -- the command ---------------------------------------------------------------
 
 
-def list_images(specs: Sequence[str]) -> list[str]:
-  """Image paths from folders (their image files, sorted), CSV files (a
-  ``path`` or ``image`` column, relative to the CSV) and single files."""
+def list_images(specs: Sequence[str]) -> tuple[list[str], list]:
+  """``(paths, patients)``: image paths from folders (their image files,
+  sorted), CSV files (a ``path`` or ``image`` column, relative to the CSV,
+  and an optional ``patient`` column) and single files; ``patients[i]`` is
+  the CSV's patient of path ``i`` or None."""
   out: list[str] = []
+  patients: list = []
   for spec in specs:
     p = pathlib.Path(spec).expanduser()
     if p.is_dir():
-      out += sorted(
+      found = sorted(
         str(f) for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES
       )
+      out += found
+      patients += [None] * len(found)
     elif p.suffix.lower() == ".csv" and p.is_file():
       with open(p, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -312,31 +336,81 @@ def list_images(specs: Sequence[str]) -> list[str]:
             f"{p}: no 'path' or 'image' column (columns: "
             f"{reader.fieldnames})."
           )
+        has_patient = "patient" in (reader.fieldnames or ())
         for r, row in enumerate(reader, start=2):
           if not (row[col] or "").strip():
             raise PredictError(f"{p}: row {r}, column {col!r} is empty.")
           q = pathlib.Path(row[col].strip())
           out.append(str(q if q.is_absolute() else p.parent / q))
+          patients.append((row.get("patient") or "").strip() or None)
+          if has_patient and patients[-1] is None:
+            raise PredictError(f"{p}: row {r}, column 'patient' is empty.")
     else:
       out.append(str(p))  # a missing file gets its status row
+      patients.append(None)
   if not out:
     raise PredictError(f"--images {list(specs)}: no image files found.")
-  return out
+  return out, patients
 
 
-def predict_files(predictor: Predictor, paths, out, *, rule="strict") -> dict:
+def _cam_sheets(predictor, views, probs, thresholds, paths, folder, taken):
+  """Grad-CAM sheets of ``views`` into ``folder``: each image's positive
+  classes (by ``thresholds``), or its most probable class when none is."""
+  from agt_jax.plotting import cam_overlay
+
+  _, cams = predictor.explain(views)
+  names = predictor.class_names
+  for k, path in enumerate(paths):
+    pos = np.flatnonzero(probs[k] > thresholds)
+    if len(pos):
+      labels = [f"{names[c]} p={probs[k, c]:.2f}" for c in pos]
+    else:
+      pos = [int(np.argmax(probs[k]))]
+      labels = [f"top {names[pos[0]]} p={probs[k, pos[0]]:.2f} (none positive)"]
+    stem = pathlib.Path(path).stem
+    name, n = f"{stem}.png", 1
+    while name in taken:  # the same stem in two folders
+      n += 1
+      name = f"{stem}_{n}.png"
+    taken.add(name)
+    cam_overlay(views[k], cams[k, pos], labels, folder / name)
+
+
+def predict_files(
+  predictor: Predictor,
+  paths,
+  out,
+  *,
+  rule="strict",
+  gradcam=None,
+  patients=None,
+  patient_ids=None,
+) -> dict:
   """Scores ``paths`` into the CSV ``out`` (written atomically): one row
   per image with ``status``, the rule, the probabilities and the 0/1
-  calls. Returns counts."""
+  calls. ``gradcam``: a folder for Grad-CAM sheets; ``patients``: a CSV for
+  the ODIR submission (eyes fused per patient; ``patient_ids`` gives a
+  CSV's patient column). Returns counts."""
+  from agt_jax import patients as patients_lib
   from agt_jax.data.errors import ImageReadError
+  from agt_jax.data.images import read_image
 
   name, thresholds = predictor.threshold(rule)  # bad rules fail first
+  owners = None
+  if patients is not None:  # every patient known before any work
+    given = patient_ids or [None] * len(paths)
+    owners = [patients_lib.patient_of(p, g) for p, g in zip(paths, given)]
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
+  if gradcam is not None:
+    gradcam = pathlib.Path(gradcam)
+    gradcam.mkdir(parents=True, exist_ok=True)
   tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
   names = list(predictor.class_names)
   counts = {"images": len(paths), "scored": 0, "unreadable": 0, "upscaled": 0}
   crop = predictor.config.crop
+  every = np.full((len(paths), len(names)), np.nan)
+  taken: set = set()
   try:
     with open(tmp, "w", newline="") as f:
       w = csv.writer(f)
@@ -348,12 +422,12 @@ def predict_files(predictor: Predictor, paths, out, *, rule="strict") -> dict:
       chunk = predictor.batch_size
       for i in range(0, len(paths), chunk):
         views, rows = [], []
-        for path in paths[i : i + chunk]:
+        for j, path in enumerate(paths[i : i + chunk], start=i):
           try:
-            img = read_photo(path)
+            img = read_image(path)
           except ImageReadError as e:
             counts["unreadable"] += 1
-            rows.append((path, f"unreadable: {e}", None))
+            rows.append((j, path, f"unreadable: {e}", None))
             continue
           status = "ok"
           if min(img.shape[:2]) < crop:
@@ -363,19 +437,27 @@ def predict_files(predictor: Predictor, paths, out, *, rule="strict") -> dict:
               f"the {crop}px crop)"
             )
           views.append(predictor.preprocess(img))
-          rows.append((path, status, len(views) - 1))
+          rows.append((j, path, status, len(views) - 1))
         probs = predictor._predict_views(views)
-        for path, status, k in rows:
+        if gradcam is not None and views:
+          read = [path for _, path, _, k in rows if k is not None]
+          _cam_sheets(predictor, views, probs, thresholds, read, gradcam, taken)
+        for j, path, status, k in rows:
           if k is None:
             w.writerow([path, status, name] + [""] * (2 * len(names)))
             continue
           p = probs[k]
+          every[j] = p
           w.writerow(
             [path, status, name]
             + [f"{v:.6f}" for v in p]
             + (p > thresholds).astype(int).tolist()
           )
           counts["scored"] += 1
+    if owners is not None:
+      ids, fused = patients_lib.fuse(every, owners, names)
+      patients_lib.write_submission(patients, ids, fused, names)
+      counts["patients"] = len(ids)
     os.replace(tmp, out)
   finally:
     if tmp.exists():
@@ -392,7 +474,8 @@ def main(argv=None) -> int:
     "--images",
     required=True,
     nargs="+",
-    help="folders, CSV files (a 'path' column) or image files",
+    help="folders, CSV files (a 'path' column, optionally 'patient') or "
+    "image files",
   )
   p.add_argument("--out", required=True, help="the CSV to write")
   p.add_argument(
@@ -410,14 +493,43 @@ def main(argv=None) -> int:
     help="strict (p > 0.5) | validation (the run's tuned per-class "
     "thresholds) | a JSON file {class: threshold}",
   )
+  p.add_argument(
+    "--tta",
+    default="none",
+    choices=["none", "flip"],
+    help="flip: the mean of each image and its horizontal mirror",
+  )
+  p.add_argument(
+    "--gradcam",
+    default=None,
+    metavar="DIR",
+    help="write a Grad-CAM sheet per image (its positive classes) here",
+  )
+  p.add_argument(
+    "--patients",
+    default=None,
+    metavar="CSV",
+    help="also write the ODIR submission (ID,N,D,...; both eyes of a "
+    "patient fused: max for diseases, N only when both eyes are normal)",
+  )
   a = p.parse_args(argv)
   import time
 
   start = time.perf_counter()
   try:
-    predictor = load_predictor(a.model, phase=a.phase, calibrate=a.calibrate)
-    paths = list_images(a.images)
-    counts = predict_files(predictor, paths, a.out, rule=a.thresholds)
+    predictor = load_predictor(
+      a.model, phase=a.phase, calibrate=a.calibrate, tta=a.tta
+    )
+    paths, patient_ids = list_images(a.images)
+    counts = predict_files(
+      predictor,
+      paths,
+      a.out,
+      rule=a.thresholds,
+      gradcam=a.gradcam,
+      patients=a.patients,
+      patient_ids=patient_ids,
+    )
   except AgtError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2

@@ -106,5 +106,14 @@ def make_mesh(
   )
 
 
+def local_mesh() -> jax.sharding.Mesh:
+  """A 1-D ``data`` mesh over this process's devices: inference on one
+  host (the predictor, the exporter's check) needs no other process."""
+  devices = jax.local_devices()
+  return jax.make_mesh(
+    (len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices
+  )
+
+
 def replicate(tree, mesh):
   return jax.device_put(tree, NamedSharding(mesh, P()))

@@ -5,7 +5,6 @@ import os
 import pathlib
 import signal
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -60,16 +59,15 @@ def cli(args, cache):
   )
 
 
+# The smoke run several test files read (tests/runs.py makes it once).
+SMOKE_ARGS = ("--fold", "0", "--preset", "smoke", "--set", "tta=flip")
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-  root = tmp_path_factory.mktemp("smoke")
-  t0 = time.perf_counter()
-  out = cli(
-    ["--fold", "0", "--preset", "smoke", "--workdir", str(root / "run")],
-    root / "cache",
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
-  return root, out, time.perf_counter() - t0
+  from tests import runs
+
+  return runs.smoke_odir(tmp_path_factory)
 
 
 def test_smoke_writes_every_output(smoke_run):
@@ -85,6 +83,11 @@ def test_smoke_writes_every_output(smoke_run):
     assert set(results[model]["per_class"]) == set("NDGCAHMO")
   report = (wd / "report.md").read_text()
   assert "Synthetic data" in report and "Calibration on the test fold" in report
+  assert "Test-time augmentation on the test fold" in report
+  for model in ("teacher", "student"):
+    flip = results[model]["tta_flip"]
+    assert set(flip["odir"]) == {"kappa", "f1", "auc", "final"}
+    assert f"| {model} | flip | " in report
   for model in ("teacher", "student"):
     temp = results["selection"][model]["temperature"]
     assert temp["shared"] > 0 and len(temp["per_class"]) == 8
@@ -163,22 +166,10 @@ def test_smoke_writes_every_output(smoke_run):
 def test_resume_requires_flag_and_same_config(smoke_run):
   root, _, _ = smoke_run
   wd = str(root / "run")
-  out = cli(
-    ["--fold", "0", "--preset", "smoke", "--workdir", wd], root / "cache"
-  )
+  out = cli([*SMOKE_ARGS, "--workdir", wd], root / "cache")
   assert out.returncode == 2 and "pass --resume" in out.stderr
   out = cli(
-    [
-      "--fold",
-      "0",
-      "--preset",
-      "smoke",
-      "--workdir",
-      wd,
-      "--resume",
-      "--set",
-      "alpha=0.25",
-    ],
+    [*SMOKE_ARGS, "--workdir", wd, "--resume", "--set", "alpha=0.25"],
     root / "cache",
   )
   assert out.returncode == 2 and "config differs" in out.stderr

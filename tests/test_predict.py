@@ -11,17 +11,13 @@ import pytest
 from PIL import Image
 
 from agt_jax import predict
-from tests.test_experiments_odir import cli
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  root = tmp_path_factory.mktemp("predict")
-  out = cli(
-    ["--fold", "0", "--preset", "smoke", "--workdir", str(root / "run")],
-    root / "cache",
-  )
-  assert out.returncode == 0, out.stderr[-3000:]
+  from tests import runs
+
+  root, _, _ = runs.smoke_odir(tmp_path_factory)
   return root / "run", root / "cache"
 
 
@@ -185,7 +181,13 @@ def test_bad_runs_and_lists_get_one_line(run, tmp_path, capsys):
   with pytest.raises(predict.PredictError, match="no 'path' or 'image' column"):
     predict.list_images([str(listing)])
   listing.write_text("path\nsub/x.png\n")
-  assert predict.list_images([str(listing)]) == [str(tmp_path / "sub/x.png")]
+  assert predict.list_images([str(listing)]) == (
+    [str(tmp_path / "sub/x.png")],
+    [None],
+  )
+  listing.write_text("path,patient\nsub/x.png,17\ny.png,\n")
+  with pytest.raises(predict.PredictError, match="row 3, column 'patient'"):
+    predict.list_images([str(listing)])
   with pytest.raises(predict.PredictError, match="no image files found"):
     predict.list_images([])
 
@@ -209,3 +211,72 @@ def test_calibrated_predictions_use_the_runs_temperatures(run, predictor):
       cal.threshold("validation")
   with pytest.raises(predict.PredictError, match="not none, shared"):
     predict.load_predictor(run_dir, calibrate="platt")
+
+
+def test_flip_tta_is_the_mean_of_the_image_and_its_mirror(
+  run, predictor, monkeypatch
+):
+  from agt_jax import metrics
+
+  run_dir, cache = run
+  saved = np.load(run_dir / "test_predictions.npz")
+  data = _fold_source(run_dir, cache, monkeypatch)
+  images = [data.source[int(i)] for i in saved["index"]]
+  flip = predict.load_predictor(run_dir, tta="flip")
+  got = flip.predict(images)
+  mirrored = predictor.predict([im[:, ::-1] for im in images])
+  np.testing.assert_allclose(
+    got, (predictor.predict(images) + mirrored) / 2, rtol=1e-6, atol=1e-7
+  )
+  # The run's own TTA row (--set tta=flip) scored these probabilities.
+  results = json.loads((run_dir / "results.json").read_text())
+  assert metrics.odir_score(data.y_test, got)["final"] == pytest.approx(
+    results["student"]["tta_flip"]["odir"]["final"], abs=1e-6
+  )
+  with pytest.raises(predict.PredictError, match="--tta 'rotate'"):
+    predict.load_predictor(run_dir, tta="rotate")
+
+
+def test_gradcam_sheets_and_patient_fusion_from_the_command(
+  run, predictor, tmp_path, monkeypatch
+):
+  run_dir, cache = run
+  data = _fold_source(run_dir, cache, monkeypatch)
+  imgs = [data.source[int(i)] for i in data.test_idx[:3]]
+  folder = tmp_path / "odir"
+  folder.mkdir()
+  for name, img in zip(("7_left", "7_right", "12_left"), imgs):
+    Image.fromarray(img).save(folder / f"{name}.png")
+  (folder / "12_right.png").write_text("not an image")
+  out, cams, sub = tmp_path / "p.csv", tmp_path / "cams", tmp_path / "sub.csv"
+  args = ["--model", str(run_dir), "--images", str(folder), "--out", str(out)]
+  assert (
+    predict.main([*args, "--gradcam", str(cams), "--patients", str(sub)]) == 0
+  )
+  p = predictor.predict(imgs)  # 7_left, 7_right, 12_left
+  rows = list(csv.reader(open(sub)))
+  assert rows[0] == ["ID", *"NDGCAHMO"]
+  assert [r[0] for r in rows[1:]] == ["7", "12"]
+  got = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+  # Diseases: either eye (max); N: both eyes (min); 12 has one readable eye.
+  want7 = np.maximum(p[0], p[1])
+  want7[0] = min(p[0, 0], p[1, 0])
+  np.testing.assert_allclose(got, [want7, p[2]], atol=1e-6)
+  # One Grad-CAM sheet per readable image: the crop, then a panel for each
+  # positive class (or the most probable one).
+  crop = predictor.config.crop
+  sheets = sorted(f.name for f in cams.iterdir())
+  assert sheets == ["12_left.png", "7_left.png", "7_right.png"]
+  for name, k in (("7_left.png", 0), ("7_right.png", 1), ("12_left.png", 2)):
+    w, h = Image.open(cams / name).size
+    assert h == crop and w == crop * (1 + max(1, int((p[k] > 0.5).sum())))
+  probs, maps = predictor.explain(imgs)
+  np.testing.assert_allclose(probs, p, rtol=1e-5, atol=1e-6)
+  assert maps.shape[:2] == (3, 8) and maps.min() >= 0 and maps.max() <= 1
+  # A file whose patient cannot be told: one line, nothing written.
+  Image.fromarray(imgs[0]).save(folder / "scan.png")
+  assert (
+    predict.main([*args[:-1], str(tmp_path / "q.csv"), "--patients", str(sub)])
+    == 2
+  )
+  assert not (tmp_path / "q.csv").exists()

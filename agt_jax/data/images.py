@@ -9,7 +9,7 @@ import dataclasses
 import pathlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from agt_jax.data.errors import ImageReadError
 
@@ -17,6 +17,9 @@ from agt_jax.data.errors import ImageReadError
 def read_image(path, *, at_least: int | None = None) -> np.ndarray:
   """Decodes an image file to uint8 `[H, W, 3]` RGB; names the file on error.
 
+  The EXIF orientation is applied (a phone or camera photograph stored
+  sideways comes out upright), grayscale and RGBA are converted, and 16-bit
+  images are scaled to 8 bits (PIL's own conversion would clip them).
   ``at_least``: a JPEG is decoded at the smallest of libjpeg's DCT scales
   (1/2, 1/4, 1/8) that keeps both sides at least ``at_least`` pixels
   (``PIL.Image.draft``): a 2,000 px photograph meant for a 512 cache is
@@ -27,6 +30,12 @@ def read_image(path, *, at_least: int | None = None) -> np.ndarray:
     with Image.open(path) as im:
       if at_least and im.format == "JPEG":
         im.draft("RGB", (at_least, at_least))
+      ImageOps.exif_transpose(im, in_place=True)
+      if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, np.float64)
+        top = 65535.0 if a.max() > 255 else 255.0
+        a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(a[..., None], 3, axis=-1)
       return np.asarray(im.convert("RGB"))
   except FileNotFoundError:
     raise ImageReadError(f"image file not found: {path}") from None

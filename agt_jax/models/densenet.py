@@ -9,7 +9,12 @@ from typing import Any
 import jax.numpy as jnp
 from flax import linen as nn
 
-from agt_jax.models.resnet import conv_and_norm, normalize_images
+from agt_jax.models.cam import CamPoint
+from agt_jax.models.resnet import (
+  conv_and_norm,
+  normalize_images,
+  stem_max_pool,
+)
 
 
 class DenseLayer(nn.Module):
@@ -38,7 +43,7 @@ class Transition(nn.Module):
   def __call__(self, x):
     x = nn.relu(self.norm(name="norm")(x))
     x = self.conv(self.features, (1, 1), name="conv")(x)
-    return nn.avg_pool(x, (2, 2), (2, 2))
+    return nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
 
 
 class DenseNet(nn.Module):
@@ -66,7 +71,7 @@ class DenseNet(nn.Module):
       name="conv0",
     )(x)
     x = nn.relu(norm(name="norm0")(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = stem_max_pool(x)
     features = self.num_init_features
     for i, n in enumerate(self.block_config):
       for j in range(n):
@@ -81,7 +86,7 @@ class DenseNet(nn.Module):
       if i != len(self.block_config) - 1:
         features //= 2
         x = Transition(features, conv, norm, name=f"transition{i + 1}")(x)
-    x = nn.relu(norm(name="norm5")(x))
+    x = CamPoint(name="cam")(nn.relu(norm(name="norm5")(x)))
     if not self.pool:
       return x
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)

@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from agt_jax.models.cam import CamPoint
+
 ModuleDef = Any
 
 
@@ -131,7 +133,7 @@ class ResNet(nn.Module):
     )(x)
     x = nn.relu(norm(name="bn1")(x))
     if self.stem_pool:
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+      x = stem_max_pool(x)
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         x = self.block_cls(
@@ -141,6 +143,7 @@ class ResNet(nn.Module):
           strides=2 if i > 0 and j == 0 else 1,
           name=f"layer{i + 1}_{j}",
         )(x)
+    x = CamPoint(name="cam")(x)
     if not self.pool:
       return x
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
@@ -200,6 +203,15 @@ def conv_and_norm(module, train: bool):
     axis_name=module.axis_name,
   )
   return conv, norm
+
+
+def stem_max_pool(x):
+  """The stem's 3x3/2 max-pool with one pixel of padding, the padding
+  written out as -inf: the same numbers as ``padding=((1, 1), (1, 1))``,
+  and the form ONNX converters translate exactly (jax2onnx drops an
+  explicit pooling padding)."""
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return nn.max_pool(x, window_shape=(3, 3), strides=(2, 2))
 
 
 def normalize_images(x, dtype):

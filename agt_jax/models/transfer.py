@@ -15,12 +15,15 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from agt_jax.models.cam import class_cams
+
 __all__ = [
   "MLPHead",
   "SpatialSelfAttention",
   "SqueezeExcite",
   "TransferNet",
   "cam_entropy",
+  "class_cams",
   "grad_cam",
 ]
 
@@ -152,19 +155,6 @@ class TransferNet(nn.Module):
     return self.classifier(pooled, train=train), pooled
 
 
-def _cams(fmap, head_fn, num_classes):
-  """Grad-CAM of every class: ``relu(Σ_k mean_hw(∂y_c/∂A_k) A_k)``,
-  ``[N, C, h, w]``; ``head_fn(fmap) -> logits [N, C]``."""
-  logits, vjp = jax.vjp(head_fn, fmap)
-  eye = jnp.eye(num_classes, dtype=logits.dtype)
-  # One pullback per class; summing class c over the batch still gives each
-  # image its own gradient (an image's logits read only its own map).
-  grads = jax.vmap(lambda e: vjp(jnp.broadcast_to(e, logits.shape))[0])(eye)
-  alpha = jnp.mean(grads.astype(jnp.float32), axis=(2, 3))  # [C, N, k]
-  cam = jnp.einsum("cnk,nhwk->nchw", alpha, fmap.astype(jnp.float32))
-  return logits, nn.relu(cam)
-
-
 def grad_cam(model: TransferNet, variables, images):
   """Grad-CAM (Selvaraju et al. 2017) at the encoder's last map, eval mode.
 
@@ -181,7 +171,7 @@ def grad_cam(model: TransferNet, variables, images):
   if fmap.ndim != 4:
     raise ValueError("grad_cam needs an encoder with a spatial map.")
   head = lambda m: model.apply(variables, m, method=TransferNet.from_map)[0]
-  logits, cam = _cams(fmap, head, model.num_classes)
+  logits, cam = class_cams(fmap, head, model.num_classes)
   cam = cam / jnp.maximum(cam.max(axis=(2, 3), keepdims=True), 1e-12)
   return jax.nn.sigmoid(logits), cam
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from agt_jax.models.cam import CamPoint
 from agt_jax.models.resnet import normalize_images
 
 __all__ = ["ViT", "ViTB16", "ViTTiny"]
@@ -109,6 +110,11 @@ class ViT(nn.Module):
     )
     x = x + pos.astype(x.dtype)
     for i in range(self.depth):
+      if i == self.depth - 1:
+        # Grad-CAM's map: the patch tokens the last block reads (after it
+        # the class token no longer looks at them).
+        grid = CamPoint(name="cam")(x[:, 1:].reshape(n, gh, gw, d))
+        x = jnp.concatenate([x[:, :1], grid.reshape(n, gh * gw, d)], axis=1)
       x = EncoderBlock(
         self.num_heads, self.mlp_dim, self.dtype, name=f"encoder_layer_{i}"
       )(x)

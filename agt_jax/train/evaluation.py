@@ -15,13 +15,22 @@ from agt_jax.runtime import progress, replicate
 from agt_jax.train import steps
 
 
-def predictor(model, offset=None):
+def predictor(model, offset=None, *, tta="none", temperature=None):
   """The jitted eval-mode ``(variables, images) -> (probs, features)``; build
   it once per model and pass it to every :func:`predict` of that model.
-  ``offset`` (`[C]` logits) is subtracted before the sigmoid: the post-hoc
-  prior correction of an AGT teacher."""
-  off = None if offset is None else jax.numpy.asarray(offset, "float32")
-  return jax.jit(lambda v, x: steps.predict_step(v, x, model=model, offset=off))
+  ``offset`` (`[C]` logits) is subtracted before the sigmoid (the post-hoc
+  prior correction of an AGT teacher), ``temperature`` divides the logits,
+  and ``tta`` names the test-time views averaged
+  (:data:`~agt_jax.train.steps.TTA_VIEWS`)."""
+  off, temp = (
+    None if a is None else jax.numpy.asarray(a, "float32")
+    for a in (offset, temperature)
+  )
+  return jax.jit(
+    lambda v, x: steps.predict_step(
+      v, x, model=model, offset=off, tta=tta, temperature=temp
+    )
+  )
 
 
 def predict(

@@ -302,6 +302,24 @@ def evaluate_models(
       fn=t.predict_fn,
     )[0]
     results[name] = evaluation.report(p, y_test, names, counts)
+    if config.tta != "none":
+      # Beside the single crop: the same selected model over the TTA views.
+      results[name][f"tta_{config.tta}"] = evaluation.report(
+        evaluation.predict(
+          t.model,
+          t.selected,
+          data.source,
+          data.test_idx,
+          y_test,
+          config,
+          mesh,
+          None,
+          fn=evaluation.predictor(t.model, t.offset, tta=config.tta),
+        )[0],
+        y_test,
+        names,
+        counts,
+      )
     if single_label:
       results[name]["top1"] = metrics_lib.top1_report(y_test, p, counts)
     probs[name] = p

@@ -601,6 +601,32 @@ def _exact_match(results: dict) -> list[str]:
   return lines
 
 
+def _tta(results: dict) -> list[str]:
+  """Test-time augmentation beside the single crop (``tta`` != none)."""
+  rows = []
+  for n in MODELS:
+    r = results.get(n, {})
+    for key in (k for k in r if k.startswith("tta_")):
+      t = r[key]
+      rows.append(
+        f"| {n} | {key[4:]} | {_fmt(r['odir']['final'])} -> "
+        f"{_fmt(t['odir']['final'])} | {_fmt(r['odir']['kappa'])} -> "
+        f"{_fmt(t['odir']['kappa'])} | {_fmt(r['macro_auc'])} -> "
+        f"{_fmt(t['macro_auc'])} | {_fmt(r['ece'])} -> {_fmt(t['ece'])} |"
+      )
+  if not rows:
+    return []
+  return [
+    "",
+    "Test-time augmentation on the test fold (single centre crop -> the "
+    "mean probability over the views; the same selected model):",
+    "",
+    "| model | views | final | kappa | macro-AUC | ECE |",
+    "|---|---|---|---|---|---|",
+    *rows,
+  ]
+
+
 def write_report(workdir, results: dict) -> pathlib.Path:
   """``report.md`` of a finished run."""
   lines = []
@@ -611,6 +637,7 @@ def write_report(workdir, results: dict) -> pathlib.Path:
     _global_threshold,
     _top1,
     _calibration,
+    _tta,
     _exact_match,
     _per_class,
     _closing,

@@ -432,7 +432,7 @@ def transfer_step(
 
     aux = {}
     if options.cam_entropy:
-      logits, cams = transfer._cams(fmap, head, labels.shape[1])
+      logits, cams = transfer.class_cams(fmap, head, labels.shape[1])
       pos = labels > 0
       ent = transfer.cam_entropy(cams, where=pos).sum() / jnp.maximum(
         pos.sum(), 1
@@ -519,12 +519,31 @@ def student_step(
   )
 
 
+# Test-time augmentation: the views of an image whose probabilities are
+# averaged (images are [N, H, W, 3]; axis 2 is the width).
+TTA_VIEWS = {
+  "none": (lambda x: x,),
+  "flip": (lambda x: x, lambda x: x[:, :, ::-1]),
+}
+
+
 def predict_step(
-  variables: dict, images, *, model, offset=None
+  variables: dict, images, *, model, offset=None, tta="none", temperature=None
 ) -> tuple[jax.Array, jax.Array]:
-  """Eval mode: ``(probabilities [N, C], features [N, D])``;
-  ``sigmoid(logits - offset)`` with a `[C]` post-hoc prior correction."""
-  logits, features = model.apply(variables, images, train=False)
-  if offset is not None:
-    logits = logits - offset
-  return jax.nn.sigmoid(logits), features
+  """Eval mode: ``(probabilities [N, C], features [N, D])``.
+
+  ``p = mean_views sigmoid((logits - offset) / T)``: ``offset`` a `[C]`
+  post-hoc prior correction, ``T`` a scalar or `[C]` temperature, the views
+  those of ``TTA_VIEWS[tta]`` (``flip``: the image and its horizontal
+  mirror). The features are the unaugmented view's.
+  """
+  probs, features = [], None
+  for view in TTA_VIEWS[tta]:
+    logits, f = model.apply(variables, view(images), train=False)
+    if offset is not None:
+      logits = logits - offset
+    if temperature is not None:
+      logits = logits / temperature
+    probs.append(jax.nn.sigmoid(logits))
+    features = f if features is None else features
+  return sum(probs) / len(probs), features
