@@ -383,6 +383,14 @@ def random_groups(
   )
 
 
+def membership(groups, num_classes: int) -> np.ndarray:
+  """``[G, C]`` float32, 1 where class ``c`` is in group ``g``."""
+  m = np.zeros((len(groups), num_classes), np.float32)
+  for g, classes in enumerate(groups):
+    m[g, list(classes)] = 1.0
+  return m
+
+
 def subset_imbalance(class_counts, groups) -> dict:
   """The paper's class imbalance ratio :math:`\rho = N_{max} / N_{min}`
   (§3.3) of the whole training split and of each subset, over the classes

@@ -29,10 +29,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from agt_jax import losses
+from agt_jax.grouping import membership
 
 
 def objective(config) -> str:
@@ -229,9 +229,7 @@ def _agt(logits, labels, options, *, loss_state, group, **_):
     logits, labels, options, loss_state, group
   )
   if options.objective == "group":  # Eq. 14: the active group's classes
-    member = np.zeros((len(options.groups), labels.shape[-1]), np.float32)
-    for g, classes in enumerate(options.groups):
-      member[g, list(classes)] = 1.0
+    member = membership(options.groups, labels.shape[-1])
     per = per * jnp.asarray(member)[group].astype(per.dtype)
   return per.sum() / labels.shape[0], w, loss_state
 

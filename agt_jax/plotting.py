@@ -34,16 +34,23 @@ def pyplot():
   return plt
 
 
-def cam_overlay(view, cams, labels, path, *, alpha: float = 0.45) -> None:
+def cam_overlay(
+  view, cams, labels, path, *, alpha: float = 0.45, min_side: int = 160
+) -> None:
   """One PNG: the image the model saw, then one panel per map of ``cams``
   (`[K, h, w]` in [0, 1], resized to the image) blended over it in the jet
-  colour map, each titled by its ``labels`` entry. PIL only (fast enough
+  colour map, each titled by its ``labels`` entry; an image under
+  ``min_side`` pixels is enlarged by a whole factor first. PIL only (fast enough
   for a folder of thousands of images); the colour map is matplotlib's."""
   import matplotlib
   import numpy as np
   from PIL import Image, ImageDraw
 
   view = np.asarray(view, np.uint8)
+  if min(view.shape[:2]) < min_side:  # room for the titles
+    k = -(-min_side // min(view.shape[:2]))
+    big = (view.shape[1] * k, view.shape[0] * k)
+    view = np.asarray(Image.fromarray(view).resize(big, Image.BILINEAR))
   h, w = view.shape[:2]
   jet = matplotlib.colormaps["jet"]
   panels = [Image.fromarray(view)]

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from agt_jax.data import registry, synth
 from agt_jax.data import synth_render as sr
@@ -231,3 +232,33 @@ def test_pretraining_stand_in_shares_no_image_or_render_seed(tmp_path):
     "dataset": "odir5k-synth-pretrain",
     "data_dir": None,
   }
+
+
+def test_export_writes_odir_named_photographs_with_their_labels(tmp_path):
+  import csv
+  import json
+
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "folds.json").write_text(
+    json.dumps({"dataset": synth.NAME, "test_patients": ["11", "3"]})
+  )
+  info = synth.export_images(tmp_path / "o", patients=5, run=run, size=48)
+  assert info == {"out": str(tmp_path / "o"), "patients": 2, "images": 4}
+  rows = list(csv.DictReader(open(tmp_path / "o" / "labels.csv")))
+  assert sorted(r["image"] for r in rows) == [
+    "11_left.jpg",
+    "11_right.jpg",
+    "3_left.jpg",
+    "3_right.jpg",
+  ]
+  table = synth.synth_table()
+  at = {k: i for i, k in enumerate(table.image_ids)}
+  for r in rows:
+    i = at[r["image"][:-4]]
+    assert [int(r[c]) for c in table.class_names] == table.labels[i].tolist()
+    assert Image.open(tmp_path / "o" / r["image"]).size == (48, 48)
+  assert "SYNTHETIC" in (tmp_path / "o" / "SYNTHETIC.txt").read_text()
+  (run / "folds.json").write_text(json.dumps({"dataset": "odir5k"}))
+  with pytest.raises(ValueError, match="not odir5k-synth"):
+    synth.export_images(tmp_path / "p", run=run)

@@ -269,7 +269,8 @@ def test_gradcam_sheets_and_patient_fusion_from_the_command(
   assert sheets == ["12_left.png", "7_left.png", "7_right.png"]
   for name, k in (("7_left.png", 0), ("7_right.png", 1), ("12_left.png", 2)):
     w, h = Image.open(cams / name).size
-    assert h == crop and w == crop * (1 + max(1, int((p[k] > 0.5).sum())))
+    assert h % crop == 0 and h >= 160  # small crops are enlarged
+    assert w == h * (1 + max(1, int((p[k] > 0.5).sum())))
   probs, maps = predictor.explain(imgs)
   np.testing.assert_allclose(probs, p, rtol=1e-5, atol=1e-6)
   assert maps.shape[:2] == (3, 8) and maps.min() >= 0 and maps.max() <= 1

@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from agt_jax import mgda, models
+from agt_jax import grouping, mgda, models
 from agt_jax.train import gbg, steps
 
 GROUPS = ((0, 3), (1,), (2, 4, 5))
@@ -61,7 +61,7 @@ def _batch(seed, n=12, c=6, softmax=False):
 def _reference(state, batch, model, groups, objective):
   """Each group's loss differentiated on its own (one ``jax.grad`` per
   group, no batching), and MGDA on the stacked encoder gradients."""
-  member = jnp.asarray(gbg.membership(groups, model.num_classes))
+  member = jnp.asarray(grouping.membership(groups, model.num_classes))
   labels = gbg._labels(batch["labels"], objective)
 
   def loss_g(params, g):
@@ -147,7 +147,7 @@ def test_group_loss_mean_is_the_sum_over_the_group_size_by_hand():
   rng = np.random.default_rng(5)
   logits = rng.normal(size=(7, 6))
   labels = (rng.random((7, 6)) < 0.4).astype(np.float64)
-  member = gbg.membership(GROUPS, 6).astype(np.float64)
+  member = grouping.membership(GROUPS, 6).astype(np.float64)
   # float64 BCE by hand: log(1 + e^z) - y z
   bce = np.logaddexp(0.0, logits) - labels * logits
   with jax.enable_x64(True):

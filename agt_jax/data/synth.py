@@ -494,6 +494,62 @@ def gallery(
   return path
 
 
+def export_images(
+  out,
+  *,
+  patients: int = 20,
+  run=None,
+  size: int = 512,
+  seed: int = 0,
+) -> dict:
+  """Writes the photographs of ``patients`` patients as ODIR names them
+  (``<id>_left.jpg``, ``<id>_right.jpg``), ``labels.csv`` (image, patient,
+  the image-level labels) and ``SYNTHETIC.txt``: a folder to try
+  ``agt_jax.predict`` on. With ``run`` (a run directory), the patients are
+  that run's held-out test patients (its ``folds.json``); else the table's
+  first."""
+  import csv
+
+  from PIL import Image
+
+  table = synth_table()
+  ids = list(dict.fromkeys(table.patient_ids.tolist()))
+  if run is not None:
+    folds = pathlib.Path(run) / "folds.json"
+    if not folds.is_file():
+      raise FileNotFoundError(
+        f"{folds}: not found; --run takes a run directory of "
+        f"{NAME} (it writes folds.json)."
+      )
+    info = json.loads(folds.read_text())
+    if info.get("dataset") != NAME:
+      raise ValueError(
+        f"{folds}: a run on {info.get('dataset')!r}, not {NAME}."
+      )
+    ids = info["test_patients"]
+  ids = ids[:patients]
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  want = set(ids)
+  rows = [
+    i for i in range(len(table.image_ids)) if table.patient_ids[i] in want
+  ]
+  with open(out / "labels.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["image", "patient", *table.class_names])
+    for i in rows:
+      name = f"{table.image_ids[i]}.jpg"
+      img = synth_render.render(row(table, i), size, seed=seed)
+      Image.fromarray(img).save(out / name, quality=95)
+      w.writerow([name, table.patient_ids[i], *table.labels[i].tolist()])
+  (out / "SYNTHETIC.txt").write_text(
+    f"{NAME}: SYNTHETIC images, procedurally rendered from real ODIR-5K "
+    "image-level labels (labels.csv). Scores on them say nothing about "
+    "real fundus photographs.\n"
+  )
+  return {"out": str(out), "patients": len(ids), "images": len(rows)}
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(
     prog="python -m agt_jax.data.synth", description=__doc__.split("\n")[0]
@@ -509,7 +565,22 @@ def main(argv=None) -> None:
     "--out", type=pathlib.Path, default=pathlib.Path("odir5k_synth_gallery.png")
   )
   g.add_argument("--size", type=int, default=192)
+  e = sub.add_parser(
+    "export", help="write photographs named as ODIR does, to try predict on"
+  )
+  e.add_argument("--out", type=pathlib.Path, required=True)
+  e.add_argument("--patients", type=int, default=20)
+  e.add_argument(
+    "--run", default=None, help="take this run's held-out test patients"
+  )
+  e.add_argument("--size", type=int, default=512)
   a = p.parse_args(argv)
+  if a.cmd == "export":
+    t0 = time.perf_counter()
+    info = export_images(a.out, patients=a.patients, run=a.run, size=a.size)
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    print(json.dumps({**info, "synthetic": True}))
+    return
   if a.cmd == "build":
     t0 = time.perf_counter()
     folder = build_cache(

@@ -17,19 +17,18 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import linen as nn
 from jax.flatten_util import ravel_pytree
 
-from agt_jax import methods, mgda, models
+from agt_jax import grouping, methods, mgda, models
 from agt_jax.data import samplers
 from agt_jax.models.weights import load_init
 from agt_jax.train import steps
 from agt_jax.train.fit import run_phase
 from agt_jax.train.steps import State, _norm
 
-__all__ = ["MOOOptions", "group_losses", "membership", "moo_step"]
+__all__ = ["MOOOptions", "group_losses", "moo_step"]
 
 MOO = ("mgda", "mean", "per_class")
 OBJECTIVES = ("bce", "softmax")
@@ -80,14 +79,6 @@ class MOOOptions:
     if self.moo == "per_class":
       return tuple((c,) for g in self.groups for c in sorted(g))
     return self.groups
-
-
-def membership(groups, num_classes: int) -> np.ndarray:
-  """``[G, C]`` float32, 1 where class ``c`` is in group ``g``."""
-  m = np.zeros((len(groups), num_classes), np.float32)
-  for g, classes in enumerate(groups):
-    m[g, list(classes)] = 1.0
-  return m
 
 
 def group_losses(
@@ -172,7 +163,7 @@ def moo_step(
   """
   objectives = options.objectives
   c = model.num_classes
-  member = jnp.asarray(membership(objectives, c))
+  member = jnp.asarray(grouping.membership(objectives, c))
   labels = _labels(batch["labels"], options.objective)
   params = state["params"]
   head = nn.Dense(c)
