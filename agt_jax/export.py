@@ -152,13 +152,24 @@ def export_stablehlo(predictor) -> bytes:
 
 
 def export_onnx(predictor) -> bytes:
-  """The ONNX model (jax2onnx; dynamic batch ``B``), serialised."""
+  """The predictor's ONNX model (jax2onnx; dynamic batch ``B``),
+  serialised and checked against the model."""
+  c = predictor.config
+  fn = inference_function(predictor)
+  data = onnx_bytes(fn, c.crop)
+  check_onnx(data, fn, c.crop, what=c.model)
+  return data
+
+
+def onnx_bytes(fn, crop: int) -> bytes:
+  """``fn: uint8 [B, crop, crop, 3] -> [B, C]`` converted by jax2onnx
+  (input ``images``, output ``probabilities``), serialised."""
   import logging
 
   # jax2onnx logs a traceback for each optional plugin it cannot import.
   logging.getLogger("jax2onnx").setLevel(logging.ERROR)
   try:
-    import onnxruntime  # noqa: F401  (the check below needs it)
+    import onnxruntime  # noqa: F401  (check_onnx needs it)
     from jax2onnx import to_onnx
   except ImportError:
     raise ExportError(
@@ -167,29 +178,52 @@ def export_onnx(predictor) -> bytes:
   import jax
   from jax import export
 
-  c = predictor.config
   arg = jax.ShapeDtypeStruct(
-    export.symbolic_shape(f"B,{c.crop},{c.crop},3"), np.uint8
+    export.symbolic_shape(f"B,{crop},{crop},3"), np.uint8
   )
   # The converter prints its tracing to stdout; the command's output is
   # one JSON line.
-  with contextlib.redirect_stdout(io.StringIO()):
+  with contextlib.redirect_stdout(io.StringIO()), _keep_transpose_pairs():
     proto = to_onnx(
-      inference_function(predictor),
+      fn,
       [arg],
       model_name="agt_jax",
       input_names=["images"],
       output_names=["probabilities"],
     )
-  data = proto.SerializeToString()
-  _check_onnx(data, predictor)
-  return data
+  return proto.SerializeToString()
 
 
-def _check_onnx(data: bytes, predictor, *, rtol=1e-4, atol=1e-5) -> None:
-  """Runs the ONNX model on probe images (batches of 1 and 3) against the
-  JAX function; a converter that mistranslates a graph fails here, with one
-  line, rather than in a user's hands."""
+@contextlib.contextmanager
+def _keep_transpose_pairs():
+  """jax2onnx's pass that cancels Transpose pairs drops one of a residual
+  Add's transposes in ResNets (one input NHWC, the other NCHW: onnxruntime
+  refuses the graph), in 0.13 and 0.17 alike; the graph is exact without
+  it, at the cost of the transposes it would have removed. Off during our
+  conversion only; :func:`check_onnx` verifies the result either way."""
+  try:
+    from jax2onnx.converter import ir_optimizations as passes
+  except ImportError:  # another layout of the package: nothing to turn off
+    yield
+    return
+  name = "remove_redundant_transpose_pairs_ir"
+  original = getattr(passes, name, None)
+  if original is None:
+    yield
+    return
+  setattr(passes, name, lambda graph: None)
+  try:
+    yield
+  finally:
+    setattr(passes, name, original)
+
+
+def check_onnx(
+  data: bytes, fn, crop: int, *, what="model", rtol=1e-4, atol=1e-5
+):
+  """Runs the ONNX model on probe images (batches of 1 and 3) against
+  ``fn``; a converter that mistranslates a graph fails here, in one line,
+  rather than in a user's hands."""
   import jax
   import onnxruntime as ort
 
@@ -201,25 +235,24 @@ def _check_onnx(data: bytes, predictor, *, rtol=1e-4, atol=1e-5) -> None:
     )
   except Exception as e:  # onnxruntime raises its own exception types
     raise ExportError(
-      f"the ONNX graph jax2onnx made for this {predictor.config.model} does "
-      f"not load in onnxruntime ({str(e).splitlines()[0][:200]}); export "
-      "without --onnx (the StableHLO artefact is exact) or try another "
-      "jax2onnx version."
+      f"the ONNX graph jax2onnx made for this {what} does not load in "
+      f"onnxruntime ({str(e).splitlines()[0][:200]}); export without "
+      "--onnx (the StableHLO artefact is exact) or try another jax2onnx "
+      "version."
     ) from None
-  fn = jax.jit(inference_function(predictor))
-  crop = predictor.config.crop
   probe = np.random.default_rng(0).integers(0, 256, (3, crop, crop, 3))
   probe = probe.astype(np.uint8)
+  fn = jax.jit(fn)
   for n in (1, 3):
     want = np.asarray(fn(probe[:n]))
     got = sess.run(None, {"images": probe[:n]})[0]
     err = float(np.max(np.abs(got - want) - rtol * np.abs(want)))
     if not err <= atol:
       raise ExportError(
-        f"the ONNX graph jax2onnx made for this {predictor.config.model} "
-        f"gives other probabilities than the model (batch {n}: off by "
-        f"{err + atol:.2e} beyond rtol {rtol}); export without --onnx (the "
-        "StableHLO artefact is exact) or try another jax2onnx version."
+        f"the ONNX graph jax2onnx made for this {what} gives other "
+        f"probabilities than the model (batch {n}: off by {err + atol:.2e} "
+        f"beyond rtol {rtol}); export without --onnx (the StableHLO "
+        "artefact is exact) or try another jax2onnx version."
       )
 
 
