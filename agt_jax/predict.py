@@ -385,15 +385,18 @@ def predict_files(
   gradcam=None,
   patients=None,
   patient_ids=None,
+  bars: bool = False,
 ) -> dict:
   """Scores ``paths`` into the CSV ``out`` (written atomically): one row
   per image with ``status``, the rule, the probabilities and the 0/1
   calls. ``gradcam``: a folder for Grad-CAM sheets; ``patients``: a CSV for
   the ODIR submission (eyes fused per patient; ``patient_ids`` gives a
-  CSV's patient column). Returns counts."""
+  CSV's patient column); ``bars``: a progress bar with ETA. Returns
+  counts."""
   from agt_jax import patients as patients_lib
   from agt_jax.data.errors import ImageReadError
   from agt_jax.data.images import read_image
+  from agt_jax.runtime import progress
 
   name, thresholds = predictor.threshold(rule)  # bad rules fail first
   owners = None
@@ -420,6 +423,7 @@ def predict_files(
         + [f"y_{c}" for c in names]
       )
       chunk = predictor.batch_size
+      bar = progress(-(-len(paths) // chunk), 0, "predicting") if bars else None
       for i in range(0, len(paths), chunk):
         views, rows = [], []
         for j, path in enumerate(paths[i : i + chunk], start=i):
@@ -454,6 +458,10 @@ def predict_files(
             + (p > thresholds).astype(int).tolist()
           )
           counts["scored"] += 1
+        if bar is not None:
+          bar.update(1)
+      if bar is not None:
+        bar.close()
     if owners is not None:
       ids, fused = patients_lib.fuse(every, owners, names)
       patients_lib.write_submission(patients, ids, fused, names)
@@ -529,6 +537,7 @@ def main(argv=None) -> int:
       gradcam=a.gradcam,
       patients=a.patients,
       patient_ids=patient_ids,
+      bars=True,
     )
   except AgtError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)

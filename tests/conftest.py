@@ -18,17 +18,24 @@ from absl import flags  # noqa: E402
 # grain reads absl flags (e.g. in mp_prefetch); pytest never parses them.
 flags.FLAGS.mark_as_parsed()
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# Many tests compile the same small steps; a session-wide persistent
-# compilation cache compiles each program once (the cached executable is
-# the same program, so no result changes).
-jax.config.update(
-  "jax_compilation_cache_dir", tempfile.mkdtemp(prefix="agt_jax_test_xla_")
-)
+# Many tests compile the same small steps, in this process, in the other
+# xdist workers and in the CLI subprocesses; one persistent compilation
+# cache for the whole session compiles each program once (a cached
+# executable is the same program, so no result changes). The first process
+# (pytest itself, before it starts its workers) makes it and removes it at
+# exit; the workers and subprocesses inherit it through the environment.
+XLA_CACHE_ENV = "AGT_JAX_TEST_XLA_CACHE"
+if not os.environ.get(XLA_CACHE_ENV):
+  os.environ[XLA_CACHE_ENV] = tempfile.mkdtemp(prefix="agt_jax_test_xla_")
+  atexit.register(shutil.rmtree, os.environ[XLA_CACHE_ENV], True)
+jax.config.update("jax_compilation_cache_dir", os.environ[XLA_CACHE_ENV])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -33,17 +33,18 @@ OUTPUTS = (
 
 def env(cache):
   """The environment of a CLI subprocess: CPU, the test's data cache, and
-  one persistent XLA compilation cache for the whole test session (every
-  CLI run compiles the same few steps; a cached executable is the same
-  program, so results are unchanged, only the minutes of compiling go)."""
+  the session's one persistent XLA compilation cache (tests/conftest.py;
+  every CLI run compiles the same few steps; a cached executable is the
+  same program, so results are unchanged, only the minutes of compiling
+  go)."""
+  from tests.conftest import XLA_CACHE_ENV
+
   e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   e.update(
     JAX_PLATFORMS="cpu",
     AGT_JAX_CACHE=str(cache),
     PYTHONPATH=str(ROOT),
-    JAX_COMPILATION_CACHE_DIR=str(
-      pathlib.Path(cache).parent / "xla-compilation-cache"
-    ),
+    JAX_COMPILATION_CACHE_DIR=os.environ[XLA_CACHE_ENV],
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
   )
