@@ -352,13 +352,16 @@ def ride_inputs(seed=0, n=12, e=3):
 
 
 def torchvision_like_state(
-  spec: dict, seed: int = 0, linear: str = "small"
+  spec: dict, seed: int = 0, linear: str = "small", conv_gain: float = 1.0
 ) -> dict:
   """A state dict with the keys and shapes of ``spec`` (a torchvision
   model's, in order) and seeded values: He-normal convolutions, batch-norm
   scales near 1, small shifts and non-trivial running statistics.
   ``linear="fan_in"`` draws linear weights with std ``1/sqrt(fan_in)``
-  (ViT: attention that is not uniform), ``"small"`` with std 0.01."""
+  (ViT: attention that is not uniform), ``"small"`` with std 0.01.
+  ``conv_gain`` scales the convolutions' std: deep nets whose running
+  statistics do not match their activations (EfficientNetV2-M) otherwise
+  grow to 1e9, where float32 rounding alone decides the SE gates."""
   rng = np.random.default_rng(seed)
   out = {}
   for key, shape in spec.items():
@@ -375,7 +378,8 @@ def torchvision_like_state(
       out[key] = np.zeros(shape, np.int64)
     elif leaf == "weight" and len(shape) == 4:
       fan_in = int(np.prod(shape[1:]))
-      out[key] = rng.normal(0, np.sqrt(2 / fan_in), shape).astype(np.float32)
+      std = conv_gain * np.sqrt(2 / fan_in)
+      out[key] = rng.normal(0, std, shape).astype(np.float32)
     elif leaf == "weight" and len(shape) == 2:
       out[key] = rng.normal(0, 0.01, shape).astype(np.float32)
     elif leaf == "weight":

@@ -77,6 +77,16 @@ def test_unknown_model():
     models.make_encoder("vit")
 
 
+def _shapes(enc, x) -> dict:
+  """Zero variables of ``enc``'s shapes, without running its random
+  initialisers (seconds for the big encoders): an import overwrites every
+  entry."""
+  return jax.tree.map(
+    lambda a: np.zeros(a.shape, a.dtype),
+    jax.eval_shape(enc.init, jax.random.key(0), jnp.asarray(x)),
+  )
+
+
 def test_torchvision_import_matches_torch_outputs():
   """Seeded torchvision-shaped weights (tests/references.py), imported,
   give the features torch computed from the same weights and images
@@ -91,14 +101,41 @@ def test_torchvision_import_matches_torch_outputs():
   x = ref.imagenet_input()
   for name in ("resnet50", "densenet121"):
     enc = models.make_encoder(name)
-    v = enc.init(jax.random.key(0), jnp.asarray(x))
+    v = _shapes(enc, x)
     state = ref.torchvision_like_state(specs[name])
     p, s = weights.from_torchvision(state, v["params"], v["batch_stats"])
-    ours = np.asarray(enc.apply({"params": p, "batch_stats": s}, x))
+    ours = np.asarray(jax.jit(enc.apply)({"params": p, "batch_stats": s}, x))
     # Tolerance: float32 accumulation-order differences through ~50 layers.
     np.testing.assert_allclose(
       ours, want[f"{name}_features"], rtol=1e-3, atol=1e-3
     )
+
+
+@pytest.mark.parametrize(
+  "name", ["efficientnet_tiny", "efficientnet_b0", "efficientnet_v2_m"]
+)
+def test_torchvision_efficientnet_import_matches_torch_outputs(name):
+  """EfficientNet-B0, EfficientNetV2-M (MBConv with squeeze-excite, fused
+  MBConv, depthwise convolutions) and the tiny test layout: seeded
+  torchvision weights, imported, give torch's pooled features to 1e-5
+  relative (measured: about 4e-7)."""
+  import json
+
+  from tests import references as ref
+
+  here = pathlib.Path(__file__).parent / "torch_references"
+  spec = json.loads((here / "torchvision_specs.json").read_text())[name]
+  want = np.load(here / "torch_references.npz")[f"{name}_features"]
+  x = ref.imagenet_input()
+  enc = models.make_encoder(name)
+  v = _shapes(enc, x)
+  gain = 0.5 if name == "efficientnet_v2_m" else 1.0  # as the script
+  state = ref.torchvision_like_state(spec, conv_gain=gain)
+  p, s = weights.from_torchvision(state, v["params"], v["batch_stats"])
+  ours = np.asarray(jax.jit(enc.apply)({"params": p, "batch_stats": s}, x))
+  np.testing.assert_allclose(
+    ours, want, rtol=1e-5, atol=1e-5 * np.abs(want).max()
+  )
 
 
 def test_torchvision_vit_b16_import_matches_torch_outputs():
@@ -114,7 +151,7 @@ def test_torchvision_vit_b16_import_matches_torch_outputs():
   want = np.load(here / "torch_references.npz")["vit_b16_features"]
   x = ref.imagenet_input(size=224)
   enc = models.make_encoder("vit_b16")
-  v = enc.init(jax.random.key(0), jnp.asarray(x[:1]))
+  v = _shapes(enc, x[:1])
   n = sum(a.size for a in jax.tree.leaves(v["params"]))
   assert n == 85_798_656  # torchvision vit_b_16 without heads.head
   state = ref.torchvision_like_state(spec, linear="fan_in")

@@ -1,4 +1,5 @@
-"""Encoders (ResNet-18/50, DenseNet-121, tiny test variants) and the AGT
+"""Encoders (ResNet-18/50, DenseNet-121, EfficientNet-B0/V2-M, ViT-B/16,
+tiny test variants) and the AGT
 Teacher/Student wrappers, selectable by name."""
 
 from __future__ import annotations
@@ -6,6 +7,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from agt_jax.models.densenet import DenseNet121, DenseNetTiny
+from agt_jax.models.efficientnet import (
+  EfficientNetB0,
+  EfficientNetTiny,
+  EfficientNetV2M,
+)
 from agt_jax.models.heads import (
   GroupHead,
   MultiTeacher,
@@ -31,9 +37,12 @@ ENCODERS = {
   "resnet18": ResNet18,
   "resnet50": ResNet50,
   "densenet121": DenseNet121,
+  "efficientnet_b0": EfficientNetB0,
+  "efficientnet_v2_m": EfficientNetV2M,
   "resnet_small": ResNetSmall,
   "resnet_tiny": ResNetTiny,
   "densenet_tiny": DenseNetTiny,
+  "efficientnet_tiny": EfficientNetTiny,
   "resnet32": ResNet32,
   "resnet8_cifar": ResNet8Cifar,
   "vit_b16": ViTB16,

@@ -144,21 +144,27 @@ def _from_torchvision_vit(state_dict, params, name):
 def from_torchvision(
   state_dict: dict, params: dict, batch_stats: dict, name: str = "state dict"
 ) -> tuple[dict, dict]:
-  """Converts a torchvision ResNet/DenseNet/ViT state dict into copies of
-  ``params``/``batch_stats`` (the encoder subtrees). The classifier
-  (``fc``/``classifier``/``heads``) is ignored; every encoder parameter must
-  be filled."""
+  """Converts a torchvision ResNet/DenseNet/EfficientNet/ViT state dict
+  into copies of ``params``/``batch_stats`` (the encoder subtrees). The
+  classifier (``fc``/``classifier``/``heads``) is ignored; every encoder
+  parameter must be filled."""
   params = jax.tree.map(np.asarray, params)
   stats = jax.tree.map(np.asarray, batch_stats)
   if "class_token" in state_dict:
     return _from_torchvision_vit(state_dict, params, name), stats
+  path_of = _flax_module_path
+  if "features.1.0.block.0.0.weight" in state_dict:  # EfficientNet (V1/V2)
+    from agt_jax.models import efficientnet
+
+    stages = efficientnet.stages_of(state_dict)
+    path_of = lambda m: efficientnet.torchvision_path(m, stages)
   filled = set()
   for key, tensor in state_dict.items():
     value = _numpy(tensor)
     module, _, leaf = key.rpartition(".")
     if module.startswith(("fc", "classifier")) or leaf == "num_batches_tracked":
       continue
-    path = _flax_module_path(module)
+    path = path_of(module)
     if leaf == "weight" and value.ndim == 4:
       _assign(
         params, path + ("kernel",), value.transpose(2, 3, 1, 0), name=name

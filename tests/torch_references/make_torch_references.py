@@ -3,13 +3,18 @@ without PyTorch.
 
   pip install -e '.[torch]'         # any env with torch + torchvision + numpy
   python tests/torch_references/make_torch_references.py
+  python tests/torch_references/make_torch_references.py --only efficientnet_b0 ...
 
 Writes, next to this file:
   torch_references.npz   RIDE and distribution-balanced loss gradients by
-                         torch autograd (float64); ResNet-50, DenseNet-121 and
-                         ViT-B/16 pooled features (class token) of seeded weights and inputs
-  torchvision_specs.json the three models' state-dict keys and shapes
-  versions.json          the torch / torchvision / numpy that made them
+                         torch autograd (float64); ResNet-50, DenseNet-121,
+                         EfficientNet-B0, EfficientNetV2-M, a tiny
+                         EfficientNet and ViT-B/16 pooled features (class
+                         token) of seeded weights and inputs
+  torchvision_specs.json the models' state-dict keys and shapes
+  versions.json          the torch / torchvision / numpy that made each
+
+``--only`` remakes the named entries and keeps the others as they are.
 
 Inputs and weights come from ``tests/references.py`` (numpy, seeded), so the
 tests rebuild exactly what was fed to torch here.
@@ -21,7 +26,20 @@ import sys
 
 import numpy as np
 import torch
-import torchvision
+
+try:
+  import torchvision
+except RuntimeError:
+  # A CPU-only torch wheel beside a torchvision built for another: its
+  # C operators (nms, ...) do not load, and the models need none of them.
+  import torch.library
+
+  _register = torch.library.register_fake
+  torch.library.register_fake = lambda *a, **k: lambda f: f
+  import torchvision
+
+  torch.library.register_fake = _register
+from functools import partial
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
@@ -81,11 +99,39 @@ def db_gradient() -> np.ndarray:
   return zt.grad.numpy()
 
 
+def efficientnet_tiny(weights=None):
+  """agt_jax's EfficientNetTiny table in torchvision's class."""
+  from torchvision.models import efficientnet as e
+
+  del weights
+  table = [
+    e.FusedMBConvConfig(1, 3, 1, 8, 8, 2),
+    e.FusedMBConvConfig(2, 3, 2, 8, 16, 1),
+    e.MBConvConfig(2, 3, 2, 16, 16, 2),
+    e.MBConvConfig(3, 5, 1, 16, 24, 1),
+  ]
+  return e.EfficientNet(
+    table,
+    0.2,
+    last_channel=32,
+    norm_layer=partial(torch.nn.BatchNorm2d, eps=1e-3),
+  )
+
+
+# Convolution std x gain: EfficientNetV2-M's seeded activations otherwise
+# reach 1e9 (tests/references.py says why that matters).
+CONV_GAIN = {"efficientnet_v2_m": 0.5}
+
+
 def encoder_features(name, ctor):
   net = ctor(weights=None).eval()
   spec = {k: list(v.shape) for k, v in net.state_dict().items()}
   vit = name == "vit_b16"
-  state = ref.torchvision_like_state(spec, linear="fan_in" if vit else "small")
+  state = ref.torchvision_like_state(
+    spec,
+    linear="fan_in" if vit else "small",
+    conv_gain=CONV_GAIN.get(name, 1.0),
+  )
   net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
   x = ref.imagenet_input(size=224 if vit else 64)
   mean = np.array([0.485, 0.456, 0.406]) * 255
@@ -100,34 +146,57 @@ def encoder_features(name, ctor):
     elif vit:
       net.heads = torch.nn.Identity()  # the class token after encoder.ln
       out = net(xt)
+    elif name.startswith("efficientnet"):
+      out = F.adaptive_avg_pool2d(net.features(xt), 1).flatten(1)
     else:
       out = F.adaptive_avg_pool2d(torch.relu(net.features(xt)), 1).flatten(1)
   return spec, out.numpy()
 
 
-def main():
+ENCODERS = {
+  "resnet50": torchvision.models.resnet50,
+  "densenet121": torchvision.models.densenet121,
+  "vit_b16": torchvision.models.vit_b_16,
+  "efficientnet_b0": torchvision.models.efficientnet_b0,
+  "efficientnet_v2_m": torchvision.models.efficientnet_v2_m,
+  "efficientnet_tiny": efficientnet_tiny,
+}
+
+
+def main(argv=None):
+  import argparse
+
+  p = argparse.ArgumentParser()
+  p.add_argument("--only", nargs="+", choices=sorted(ENCODERS) + ["losses"])
+  only = p.parse_args(argv).only
   torch.manual_seed(0)
-  arrays = {"ride_grad": ride_gradient(), "db_grad": db_gradient()}
-  specs = {}
-  for name, ctor in (
-    ("resnet50", torchvision.models.resnet50),
-    ("densenet121", torchvision.models.densenet121),
-    ("vit_b16", torchvision.models.vit_b_16),
-  ):
-    specs[name], arrays[f"{name}_features"] = encoder_features(name, ctor)
-  np.savez_compressed(HERE / "torch_references.npz", **arrays)
-  (HERE / "torchvision_specs.json").write_text(json.dumps(specs))
-  (HERE / "versions.json").write_text(
-    json.dumps(
-      {
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "python": sys.version.split()[0],
-      },
-      indent=1,
-    )
+  npz, spec_path = HERE / "torch_references.npz", HERE / "torchvision_specs.json"
+  arrays = dict(np.load(npz)) if only and npz.exists() else {}
+  specs = json.loads(spec_path.read_text()) if only else {}
+  versions = (
+    json.loads((HERE / "versions.json").read_text()) if only else {}
   )
+  made = {
+    "torch": torch.__version__,
+    "torchvision": torchvision.__version__,
+    "numpy": np.__version__,
+    "python": sys.version.split()[0],
+  }
+  if not only or "losses" in only:
+    arrays.update(ride_grad=ride_gradient(), db_grad=db_gradient())
+  for name, ctor in ENCODERS.items():
+    if only and name not in only:
+      continue
+    specs[name], arrays[f"{name}_features"] = encoder_features(name, ctor)
+  if only:  # which versions made which entries
+    versions.setdefault("entries", {}).update(
+      {name: made for name in only}
+    )
+  else:
+    versions = made
+  np.savez_compressed(npz, **arrays)
+  spec_path.write_text(json.dumps(specs))
+  (HERE / "versions.json").write_text(json.dumps(versions, indent=1))
   print({k: v.shape for k, v in arrays.items()})
 
 
