@@ -374,6 +374,8 @@ def torchvision_like_state(
       out[key] = rng.normal(0, 1 / np.sqrt(shape[1]), shape).astype(np.float32)
     elif leaf == "in_proj_bias":
       out[key] = rng.uniform(-0.1, 0.1, shape).astype(np.float32)
+    elif leaf == "layer_scale":  # ConvNeXt: big enough that blocks count
+      out[key] = rng.uniform(0.2, 0.6, shape).astype(np.float32)
     elif leaf == "num_batches_tracked":
       out[key] = np.zeros(shape, np.int64)
     elif leaf == "weight" and len(shape) == 4:

@@ -138,6 +138,31 @@ def test_torchvision_efficientnet_import_matches_torch_outputs(name):
   )
 
 
+@pytest.mark.parametrize(
+  "name", ["convnext_test", "convnext_tiny", "convnext_base"]
+)
+def test_torchvision_convnext_import_matches_torch_outputs(name):
+  """ConvNeXt-T/B and the test layout (7x7 depthwise conv, LayerNorm, MLP,
+  layer scale, patchify stem and downsampling): seeded torchvision
+  weights, imported, give torch's pooled, normalised features."""
+  import json
+
+  from tests import references as ref
+
+  here = pathlib.Path(__file__).parent / "torch_references"
+  spec = json.loads((here / "torchvision_specs.json").read_text())[name]
+  want = np.load(here / "torch_references.npz")[f"{name}_features"]
+  x = ref.imagenet_input()
+  enc = models.make_encoder(name)
+  v = _shapes(enc, x)
+  state = ref.torchvision_like_state(spec, linear="fan_in")
+  p, _ = weights.from_torchvision(state, v["params"], {})
+  ours = np.asarray(jax.jit(enc.apply)({"params": p}, x))
+  np.testing.assert_allclose(
+    ours, want, rtol=1e-4, atol=1e-4 * np.abs(want).max()
+  )
+
+
 def test_torchvision_vit_b16_import_matches_torch_outputs():
   """ViT-B/16: seeded weights with torchvision's 152 state-dict entries,
   imported, give torch's class token (after encoder.ln) for two 224 px

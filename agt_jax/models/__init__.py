@@ -1,11 +1,12 @@
-"""Encoders (ResNet-18/50, DenseNet-121, EfficientNet-B0/V2-M, ViT-B/16,
-tiny test variants) and the AGT
-Teacher/Student wrappers, selectable by name."""
+"""Encoders (ResNet-18/50, DenseNet-121, EfficientNet-B0/V2-M, ConvNeXt-T/B,
+ViT-B/16, tiny test variants) and the AGT Teacher/Student wrappers,
+selectable by name."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
+from agt_jax.models.convnext import ConvNeXtBase, ConvNeXtTest, ConvNeXtTiny
 from agt_jax.models.densenet import DenseNet121, DenseNetTiny
 from agt_jax.models.efficientnet import (
   EfficientNetB0,
@@ -37,12 +38,15 @@ ENCODERS = {
   "resnet18": ResNet18,
   "resnet50": ResNet50,
   "densenet121": DenseNet121,
+  "convnext_tiny": ConvNeXtTiny,
+  "convnext_base": ConvNeXtBase,
   "efficientnet_b0": EfficientNetB0,
   "efficientnet_v2_m": EfficientNetV2M,
   "resnet_small": ResNetSmall,
   "resnet_tiny": ResNetTiny,
   "densenet_tiny": DenseNetTiny,
   "efficientnet_tiny": EfficientNetTiny,
+  "convnext_test": ConvNeXtTest,
   "resnet32": ResNet32,
   "resnet8_cifar": ResNet8Cifar,
   "vit_b16": ViTB16,

@@ -141,10 +141,27 @@ def _from_torchvision_vit(state_dict, params, name):
   return params
 
 
+def _from_torchvision_convnext(state_dict, params, name):
+  """torchvision ConvNeXt (no batch statistics) -> our params."""
+  from agt_jax.models import convnext
+
+  filled = set()
+  for key, tensor in state_dict.items():
+    found = convnext.torchvision_path(key)
+    if found is None:
+      continue
+    path, leaf = found
+    leaf, value = convnext.leaf_value(leaf, _numpy(tensor))
+    _assign(params, path + (leaf,), value, name=name)
+    filled.add(path + (leaf,))
+  _check_filled(params, filled, name)
+  return params
+
+
 def from_torchvision(
   state_dict: dict, params: dict, batch_stats: dict, name: str = "state dict"
 ) -> tuple[dict, dict]:
-  """Converts a torchvision ResNet/DenseNet/EfficientNet/ViT state dict
+  """Converts a torchvision ResNet/DenseNet/EfficientNet/ConvNeXt/ViT state dict
   into copies of ``params``/``batch_stats`` (the encoder subtrees). The
   classifier (``fc``/``classifier``/``heads``) is ignored; every encoder
   parameter must be filled."""
@@ -152,6 +169,8 @@ def from_torchvision(
   stats = jax.tree.map(np.asarray, batch_stats)
   if "class_token" in state_dict:
     return _from_torchvision_vit(state_dict, params, name), stats
+  if "features.1.0.layer_scale" in state_dict:
+    return _from_torchvision_convnext(state_dict, params, name), stats
   path_of = _flax_module_path
   if "features.1.0.block.0.0.weight" in state_dict:  # EfficientNet (V1/V2)
     from agt_jax.models import efficientnet

@@ -118,6 +118,16 @@ def efficientnet_tiny(weights=None):
   )
 
 
+def convnext_test(weights=None):
+  """agt_jax's ConvNeXtTest table in torchvision's class."""
+  from torchvision.models import convnext as c
+
+  del weights
+  return c.ConvNeXt(
+    [c.CNBlockConfig(16, 32, 1), c.CNBlockConfig(32, None, 2)], 0.1
+  )
+
+
 # Convolution std x gain: EfficientNetV2-M's seeded activations otherwise
 # reach 1e9 (tests/references.py says why that matters).
 CONV_GAIN = {"efficientnet_v2_m": 0.5}
@@ -129,7 +139,7 @@ def encoder_features(name, ctor):
   vit = name == "vit_b16"
   state = ref.torchvision_like_state(
     spec,
-    linear="fan_in" if vit else "small",
+    linear="fan_in" if vit or name.startswith("convnext") else "small",
     conv_gain=CONV_GAIN.get(name, 1.0),
   )
   net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
@@ -148,6 +158,8 @@ def encoder_features(name, ctor):
       out = net(xt)
     elif name.startswith("efficientnet"):
       out = F.adaptive_avg_pool2d(net.features(xt), 1).flatten(1)
+    elif name.startswith("convnext"):  # pooled, through classifier.0 (norm)
+      out = net.classifier[:2](F.adaptive_avg_pool2d(net.features(xt), 1))
     else:
       out = F.adaptive_avg_pool2d(torch.relu(net.features(xt)), 1).flatten(1)
   return spec, out.numpy()
@@ -160,6 +172,9 @@ ENCODERS = {
   "efficientnet_b0": torchvision.models.efficientnet_b0,
   "efficientnet_v2_m": torchvision.models.efficientnet_v2_m,
   "efficientnet_tiny": efficientnet_tiny,
+  "convnext_tiny": torchvision.models.convnext_tiny,
+  "convnext_base": torchvision.models.convnext_base,
+  "convnext_test": convnext_test,
 }
 
 

@@ -1,0 +1,171 @@
+"""ConvNeXt (Liu et al. 2022) in flax linen, torchvision's layout, so
+torchvision's ``convnext_tiny`` / ``convnext_base`` weights import by name
+(:func:`agt_jax.models.weights.from_torchvision`).
+
+A 4x4/4 patchify stem with LayerNorm; stages of blocks (7x7 depthwise
+conv, LayerNorm, 4x MLP with GELU, a learned per-channel layer scale,
+stochastic depth, residual); LayerNorm + 2x2/2 conv between stages; the
+pooled features pass the final LayerNorm (torchvision's ``classifier.0``).
+Stochastic depth runs in training when the step supplies a ``dropout`` rng,
+as EfficientNet's.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from agt_jax.models.cam import CamPoint
+from agt_jax.models.efficientnet import _drop_path
+from agt_jax.models.resnet import normalize_images
+
+# (width, blocks) per stage; torchvision's block settings.
+TINY_STAGES = ((96, 3), (192, 3), (384, 9), (768, 3))
+BASE_STAGES = ((128, 3), (256, 3), (512, 27), (1024, 3))
+TEST_STAGES = ((16, 1), (32, 2))
+
+
+class Block(nn.Module):
+  dim: int
+  drop_rate: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    y = nn.Conv(
+      self.dim,
+      (7, 7),
+      padding=((3, 3), (3, 3)),
+      feature_group_count=self.dim,
+      dtype=self.dtype,
+      name="dwconv",
+    )(x)
+    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(y)
+    y = nn.Dense(4 * self.dim, dtype=self.dtype, name="pwconv1")(y)
+    y = nn.gelu(y, approximate=False)
+    y = nn.Dense(self.dim, dtype=self.dtype, name="pwconv2")(y)
+    gamma = self.param(
+      "layer_scale", nn.initializers.constant(1e-6), (self.dim,)
+    )
+    return x + _drop_path(
+      self, gamma.astype(y.dtype) * y, self.drop_rate, train
+    )
+
+
+class ConvNeXt(nn.Module):
+  """Encoder: images ``[N, H, W, 3]`` (uint8 or [0, 255]) -> pooled
+  features after the final LayerNorm ``[N, D]``; ``pool=False`` returns the
+  last stage's map (before the pooling and its norm).
+
+  Attributes:
+    stages: ``(width, blocks)`` per stage.
+    drop_path: the last block's stochastic-depth rate (torchvision: 0.1
+      for tiny, 0.5 for base).
+  """
+
+  stages: Sequence[tuple[int, int]] = TINY_STAGES
+  drop_path: float = 0.1
+  dtype: Any = jnp.float32
+  axis_name: str | None = None  # no batch norm: accepted for the interface
+  pool: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    ln = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype)
+    x = normalize_images(x, self.dtype)
+    x = nn.Conv(
+      self.stages[0][0],
+      (4, 4),
+      (4, 4),
+      padding="VALID",
+      dtype=self.dtype,
+      name="stem_conv",
+    )(x)
+    x = ln(name="stem_norm")(x)
+    total = sum(n for _, n in self.stages)
+    index = 0
+    for i, (width, blocks) in enumerate(self.stages):
+      if i > 0:
+        x = ln(name=f"down{i}_norm")(x)
+        x = nn.Conv(
+          width,
+          (2, 2),
+          (2, 2),
+          padding="VALID",
+          dtype=self.dtype,
+          name=f"down{i}_conv",
+        )(x)
+      for j in range(blocks):
+        rate = self.drop_path * index / max(total - 1, 1)
+        x = Block(width, rate, self.dtype, name=f"stage{i + 1}_{j}")(
+          x, train=train
+        )
+        index += 1
+    x = CamPoint(name="cam")(x)
+    if not self.pool:
+      return x
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return ln(name="norm")(x).astype(jnp.float32)
+
+
+ConvNeXtTiny = functools.partial(ConvNeXt, stages=TINY_STAGES, drop_path=0.1)
+ConvNeXtBase = functools.partial(ConvNeXt, stages=BASE_STAGES, drop_path=0.5)
+ConvNeXtTest = functools.partial(ConvNeXt, stages=TEST_STAGES, drop_path=0.1)
+
+
+def torchvision_path(key: str) -> tuple | None:
+  """``(our module path, leaf kind)`` of a torchvision ConvNeXt state-dict
+  entry; None for the classifier's linear layer."""
+  m = re.fullmatch(r"features\.0\.([01])\.(weight|bias)", key)
+  if m:
+    return ("stem_conv" if m.group(1) == "0" else "stem_norm",), m.group(2)
+  m = re.fullmatch(r"features\.(\d+)\.(\d+)\.(.+)", key)
+  if m:
+    f, j, rest = int(m.group(1)), m.group(2), m.group(3)
+    if f % 2 == 1:  # a stage
+      stage = f"stage{(f + 1) // 2}_{j}"
+      if rest == "layer_scale":
+        return (stage,), "layer_scale"
+      sub = {"0": "dwconv", "2": "norm", "3": "pwconv1", "5": "pwconv2"}
+      b = re.fullmatch(r"block\.(\d)\.(weight|bias)", rest)
+      if b is None or b.group(1) not in sub:
+        raise KeyError(f"unexpected ConvNeXt entry {key!r}")
+      return (stage, sub[b.group(1)]), b.group(2)
+    i, leaf = f // 2, rest  # a downsample: features.{2i}.{0: norm, 1: conv}
+    return (f"down{i}_{'norm' if j == '0' else 'conv'}",), leaf
+  m = re.fullmatch(r"classifier\.0\.(weight|bias)", key)
+  if m:
+    return ("norm",), m.group(1)
+  if key.startswith("classifier."):
+    return None
+  raise KeyError(f"unexpected ConvNeXt entry {key!r}")
+
+
+def leaf_value(leaf, value: np.ndarray):
+  """``(flax leaf name, array)`` of a torch tensor."""
+  if leaf == "layer_scale":
+    return "layer_scale", value.reshape(-1)
+  if leaf == "bias":
+    return "bias", value
+  if value.ndim == 4:  # conv [out, in/groups, kh, kw] -> [kh, kw, in, out]
+    return "kernel", value.transpose(2, 3, 1, 0)
+  if value.ndim == 2:  # linear [out, in] -> [in, out]
+    return "kernel", value.T
+  return "scale", value  # a LayerNorm's weight
+
+
+__all__ = [
+  "BASE_STAGES",
+  "TEST_STAGES",
+  "TINY_STAGES",
+  "ConvNeXt",
+  "ConvNeXtBase",
+  "ConvNeXtTest",
+  "ConvNeXtTiny",
+]
