@@ -374,6 +374,10 @@ def torchvision_like_state(
       out[key] = rng.normal(0, 1 / np.sqrt(shape[1]), shape).astype(np.float32)
     elif leaf == "in_proj_bias":
       out[key] = rng.uniform(-0.1, 0.1, shape).astype(np.float32)
+    elif leaf == "relative_position_bias_table":  # Swin: a visible bias
+      out[key] = rng.normal(0, 1.0, shape).astype(np.float32)
+    elif leaf == "relative_position_index":  # a buffer: its true values
+      out[key] = _swin_index(round(shape[0] ** 0.25))
     elif leaf == "layer_scale":  # ConvNeXt: big enough that blocks count
       out[key] = rng.uniform(0.2, 0.6, shape).astype(np.float32)
     elif leaf == "num_batches_tracked":
@@ -393,6 +397,15 @@ def torchvision_like_state(
     else:
       raise KeyError(f"unexpected state-dict entry {key}")
   return out
+
+
+def _swin_index(w: int) -> np.ndarray:
+  """Swin's relative position index of a w x w window (the paper's
+  formula), int64 as torchvision's buffer."""
+  ys, xs = np.divmod(np.arange(w * w), w)
+  dy = ys[:, None] - ys[None, :] + w - 1
+  dx = xs[:, None] - xs[None, :] + w - 1
+  return (dy * (2 * w - 1) + dx).reshape(-1).astype(np.int64)
 
 
 def imagenet_input(n=2, size=64, seed=0):

@@ -139,11 +139,14 @@ def test_torchvision_efficientnet_import_matches_torch_outputs(name):
 
 
 @pytest.mark.parametrize(
-  "name", ["convnext_test", "convnext_tiny", "convnext_base"]
+  "name",
+  ["convnext_test", "convnext_tiny", "convnext_base", "swin_test", "swin_t"],
 )
-def test_torchvision_convnext_import_matches_torch_outputs(name):
-  """ConvNeXt-T/B and the test layout (7x7 depthwise conv, LayerNorm, MLP,
-  layer scale, patchify stem and downsampling): seeded torchvision
+def test_torchvision_convnext_and_swin_import_matches_torch_outputs(name):
+  """ConvNeXt-T/B and its test layout (7x7 depthwise conv, LayerNorm, MLP,
+  layer scale, patchify stem and downsampling); Swin-T and its test layout
+  (windowed attention with relative position bias, shifted windows and
+  their mask, padding to the window, patch merging): seeded torchvision
   weights, imported, give torch's pooled, normalised features."""
   import json
 

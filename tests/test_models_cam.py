@@ -88,3 +88,20 @@ def test_models_it_cannot_read_say_why():
   v = enc.init(jax.random.key(0), X)
   with pytest.raises(ValueError, match="class logits"):
     cam.grad_cam(enc, v, X)
+
+
+@pytest.mark.parametrize(
+  "name", ["efficientnet_tiny", "convnext_test", "swin_test"]
+)
+def test_every_encoder_family_marks_its_map(name):
+  """The newer encoders carry a CamPoint: the student's Grad-CAM has the
+  model's probabilities and non-trivial maps in [0, 1]."""
+  x = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3)).astype(np.uint8)
+  student = models.Student(models.make_encoder(name), num_classes=3)
+  v = student.init(jax.random.key(0), x)
+  probs, got = jax.jit(lambda v, x: cam.grad_cam(student, v, x))(v, x)
+  np.testing.assert_allclose(
+    probs, jax.nn.sigmoid(student.apply(v, x)[0]), rtol=1e-5, atol=1e-6
+  )
+  assert got.shape[:2] == (2, 3) and np.all((got >= 0) & (got <= 1))
+  assert np.all(got.max(axis=(2, 3)) > 0.99)  # each map reaches its maximum

@@ -1,5 +1,5 @@
 """Encoders (ResNet-18/50, DenseNet-121, EfficientNet-B0/V2-M, ConvNeXt-T/B,
-ViT-B/16, tiny test variants) and the AGT Teacher/Student wrappers,
+Swin-T, ViT-B/16, tiny test variants) and the AGT Teacher/Student wrappers,
 selectable by name."""
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from agt_jax.models.resnet import (
   ResNetSmall,
   ResNetTiny,
 )
+from agt_jax.models.swin import SwinT, SwinTest
 from agt_jax.models.transfer import TransferNet
 from agt_jax.models.vit import ViTB16, ViTTiny
 
@@ -40,6 +41,7 @@ ENCODERS = {
   "densenet121": DenseNet121,
   "convnext_tiny": ConvNeXtTiny,
   "convnext_base": ConvNeXtBase,
+  "swin_t": SwinT,
   "efficientnet_b0": EfficientNetB0,
   "efficientnet_v2_m": EfficientNetV2M,
   "resnet_small": ResNetSmall,
@@ -47,6 +49,7 @@ ENCODERS = {
   "densenet_tiny": DenseNetTiny,
   "efficientnet_tiny": EfficientNetTiny,
   "convnext_test": ConvNeXtTest,
+  "swin_test": SwinTest,
   "resnet32": ResNet32,
   "resnet8_cifar": ResNet8Cifar,
   "vit_b16": ViTB16,

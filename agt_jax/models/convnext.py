@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from agt_jax.models.cam import CamPoint
@@ -145,19 +144,6 @@ def torchvision_path(key: str) -> tuple | None:
   if key.startswith("classifier."):
     return None
   raise KeyError(f"unexpected ConvNeXt entry {key!r}")
-
-
-def leaf_value(leaf, value: np.ndarray):
-  """``(flax leaf name, array)`` of a torch tensor."""
-  if leaf == "layer_scale":
-    return "layer_scale", value.reshape(-1)
-  if leaf == "bias":
-    return "bias", value
-  if value.ndim == 4:  # conv [out, in/groups, kh, kw] -> [kh, kw, in, out]
-    return "kernel", value.transpose(2, 3, 1, 0)
-  if value.ndim == 2:  # linear [out, in] -> [in, out]
-    return "kernel", value.T
-  return "scale", value  # a LayerNorm's weight
 
 
 __all__ = [

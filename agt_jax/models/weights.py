@@ -141,17 +141,31 @@ def _from_torchvision_vit(state_dict, params, name):
   return params
 
 
-def _from_torchvision_convnext(state_dict, params, name):
-  """torchvision ConvNeXt (no batch statistics) -> our params."""
-  from agt_jax.models import convnext
+def _leaf(torch_leaf: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+  """``(flax leaf, array)`` of a torch tensor: convolutions to
+  ``[kh, kw, in, out]``, linear weights transposed, norm weights to
+  ``scale``; ConvNeXt's layer scale flattened; tables as they are."""
+  if torch_leaf == "layer_scale":
+    return "layer_scale", value.reshape(-1)
+  if torch_leaf in ("bias", "relative_position_bias_table"):
+    return torch_leaf, value
+  if value.ndim == 4:
+    return "kernel", value.transpose(2, 3, 1, 0)
+  if value.ndim == 2:
+    return "kernel", value.T
+  return "scale", value
 
+
+def _from_torchvision_named(state_dict, params, path_of, name):
+  """A torchvision state dict without batch statistics (ConvNeXt, Swin)
+  by ``path_of(key) -> (our module path, torch leaf) | None``."""
   filled = set()
   for key, tensor in state_dict.items():
-    found = convnext.torchvision_path(key)
+    found = path_of(key)
     if found is None:
       continue
     path, leaf = found
-    leaf, value = convnext.leaf_value(leaf, _numpy(tensor))
+    leaf, value = _leaf(leaf, _numpy(tensor))
     _assign(params, path + (leaf,), value, name=name)
     filled.add(path + (leaf,))
   _check_filled(params, filled, name)
@@ -161,7 +175,8 @@ def _from_torchvision_convnext(state_dict, params, name):
 def from_torchvision(
   state_dict: dict, params: dict, batch_stats: dict, name: str = "state dict"
 ) -> tuple[dict, dict]:
-  """Converts a torchvision ResNet/DenseNet/EfficientNet/ConvNeXt/ViT state dict
+  """Converts a torchvision ResNet/DenseNet/EfficientNet/ConvNeXt/Swin/ViT
+  state dict
   into copies of ``params``/``batch_stats`` (the encoder subtrees). The
   classifier (``fc``/``classifier``/``heads``) is ignored; every encoder
   parameter must be filled."""
@@ -170,7 +185,15 @@ def from_torchvision(
   if "class_token" in state_dict:
     return _from_torchvision_vit(state_dict, params, name), stats
   if "features.1.0.layer_scale" in state_dict:
-    return _from_torchvision_convnext(state_dict, params, name), stats
+    from agt_jax.models import convnext
+
+    path_of = convnext.torchvision_path
+    return _from_torchvision_named(state_dict, params, path_of, name), stats
+  if "features.1.0.attn.relative_position_bias_table" in state_dict:
+    from agt_jax.models import swin
+
+    path_of = swin.torchvision_path
+    return _from_torchvision_named(state_dict, params, path_of, name), stats
   path_of = _flax_module_path
   if "features.1.0.block.0.0.weight" in state_dict:  # EfficientNet (V1/V2)
     from agt_jax.models import efficientnet

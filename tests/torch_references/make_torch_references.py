@@ -128,6 +128,14 @@ def convnext_test(weights=None):
   )
 
 
+def swin_test(weights=None):
+  """agt_jax's SwinTest layout in torchvision's class."""
+  from torchvision.models import swin_transformer as sw
+
+  del weights
+  return sw.SwinTransformer([4, 4], 16, [2, 2], [2, 4], [4, 4], 4.0)
+
+
 # Convolution std x gain: EfficientNetV2-M's seeded activations otherwise
 # reach 1e9 (tests/references.py says why that matters).
 CONV_GAIN = {"efficientnet_v2_m": 0.5}
@@ -139,7 +147,9 @@ def encoder_features(name, ctor):
   vit = name == "vit_b16"
   state = ref.torchvision_like_state(
     spec,
-    linear="fan_in" if vit or name.startswith("convnext") else "small",
+    linear="fan_in"
+    if vit or name.startswith(("convnext", "swin"))
+    else "small",
     conv_gain=CONV_GAIN.get(name, 1.0),
   )
   net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
@@ -158,6 +168,8 @@ def encoder_features(name, ctor):
       out = net(xt)
     elif name.startswith("efficientnet"):
       out = F.adaptive_avg_pool2d(net.features(xt), 1).flatten(1)
+    elif name.startswith("swin"):  # tokens normalised, then pooled
+      out = net.flatten(net.avgpool(net.permute(net.norm(net.features(xt)))))
     elif name.startswith("convnext"):  # pooled, through classifier.0 (norm)
       out = net.classifier[:2](F.adaptive_avg_pool2d(net.features(xt), 1))
     else:
@@ -175,6 +187,8 @@ ENCODERS = {
   "convnext_tiny": torchvision.models.convnext_tiny,
   "convnext_base": torchvision.models.convnext_base,
   "convnext_test": convnext_test,
+  "swin_t": torchvision.models.swin_t,
+  "swin_test": swin_test,
 }
 
 
@@ -185,12 +199,13 @@ def main(argv=None):
   p.add_argument("--only", nargs="+", choices=sorted(ENCODERS) + ["losses"])
   only = p.parse_args(argv).only
   torch.manual_seed(0)
-  npz, spec_path = HERE / "torch_references.npz", HERE / "torchvision_specs.json"
+  npz, spec_path = (
+    HERE / "torch_references.npz",
+    HERE / "torchvision_specs.json",
+  )
   arrays = dict(np.load(npz)) if only and npz.exists() else {}
   specs = json.loads(spec_path.read_text()) if only else {}
-  versions = (
-    json.loads((HERE / "versions.json").read_text()) if only else {}
-  )
+  versions = json.loads((HERE / "versions.json").read_text()) if only else {}
   made = {
     "torch": torch.__version__,
     "torchvision": torchvision.__version__,
@@ -204,9 +219,7 @@ def main(argv=None):
       continue
     specs[name], arrays[f"{name}_features"] = encoder_features(name, ctor)
   if only:  # which versions made which entries
-    versions.setdefault("entries", {}).update(
-      {name: made for name in only}
-    )
+    versions.setdefault("entries", {}).update({name: made for name in only})
   else:
     versions = made
   np.savez_compressed(npz, **arrays)

@@ -1,0 +1,230 @@
+"""Swin Transformer (Liu et al. 2021) in flax linen, torchvision's layout,
+so torchvision's ``swin_t`` weights import by name
+(:func:`agt_jax.models.weights.from_torchvision`).
+
+A 4x4/4 patch embedding with LayerNorm; stages of blocks with windowed
+multi-head self-attention (a learned relative position bias per head; every
+second block's windows shifted by half a window, with the cross-region
+mask), each followed by a 4x MLP, both pre-norm with residuals and
+stochastic depth; patch merging (2x2 neighbours concatenated, LayerNorm, a
+linear map to twice the width) between stages; a final LayerNorm on every
+token before pooling. As torchvision, a map is padded to a multiple of the
+window, and a window as large as the padded map is not shifted. Stochastic
+depth runs in training when the step supplies a ``dropout`` rng (as
+EfficientNet's); attention and MLP dropout are 0, torchvision's defaults.
+Left out: Swin V2 (cosine attention, the continuous position-bias MLP).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from agt_jax.models.cam import CamPoint
+from agt_jax.models.efficientnet import _drop_path
+from agt_jax.models.resnet import normalize_images
+
+
+def relative_index(window: int) -> np.ndarray:
+  """`[N * N]` index into the `[(2w - 1)^2, heads]` bias table of each
+  (query, key) pair of a ``window`` x ``window`` window (torchvision's)."""
+  coords = np.stack(
+    np.meshgrid(np.arange(window), np.arange(window), indexing="ij")
+  )
+  flat = coords.reshape(2, -1)
+  rel = (flat[:, :, None] - flat[:, None, :]).transpose(1, 2, 0) + (window - 1)
+  return (rel[..., 0] * (2 * window - 1) + rel[..., 1]).reshape(-1)
+
+
+def shift_mask(hp: int, wp: int, window: int, shift: tuple) -> np.ndarray:
+  """`[windows, N, N]`: 0 within a region, -100 across the regions a cyclic
+  shift brings into one window (torchvision's values)."""
+  img = np.zeros((hp, wp))
+  count = 0
+  for h in ((0, -window), (-window, -shift[0]), (-shift[0], None)):
+    for w in ((0, -window), (-window, -shift[1]), (-shift[1], None)):
+      img[h[0] : h[1], w[0] : w[1]] = count
+      count += 1
+  win = img.reshape(hp // window, window, wp // window, window)
+  win = win.transpose(0, 2, 1, 3).reshape(-1, window * window)
+  diff = win[:, None, :] - win[:, :, None]
+  return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
+
+
+class WindowAttention(nn.Module):
+  dim: int
+  heads: int
+  window: int
+  shift: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, h, w, c = x.shape
+    ws = self.window
+    pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
+    x = jnp.pad(x, ((0, 0), (0, pad_b), (0, pad_r), (0, 0)))
+    hp, wp = h + pad_b, w + pad_r
+    shift = (0 if ws >= hp else self.shift, 0 if ws >= wp else self.shift)
+    if sum(shift):
+      x = jnp.roll(x, (-shift[0], -shift[1]), axis=(1, 2))
+    nh, nw, n = hp // ws, wp // ws, ws * ws
+    x = x.reshape(b, nh, ws, nw, ws, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b * nh * nw, n, c)
+    qkv = nn.Dense(3 * c, dtype=self.dtype, name="qkv")(x)
+    qkv = qkv.reshape(-1, n, 3, self.heads, c // self.heads)
+    q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each [B nW, heads, N, d]
+    attn = (q * (c // self.heads) ** -0.5) @ k.swapaxes(-2, -1)
+    table = self.param(
+      "relative_position_bias_table",
+      nn.initializers.truncated_normal(0.02),
+      ((2 * ws - 1) ** 2, self.heads),
+    )
+    bias = table[relative_index(ws)].reshape(n, n, self.heads)
+    attn = attn + bias.transpose(2, 0, 1)[None].astype(attn.dtype)
+    if sum(shift):
+      mask = jnp.asarray(shift_mask(hp, wp, ws, shift), attn.dtype)
+      attn = attn.reshape(b, nh * nw, self.heads, n, n) + mask[None, :, None]
+      attn = attn.reshape(-1, self.heads, n, n)
+    attn = nn.softmax(attn.astype(jnp.float32), axis=-1).astype(v.dtype)
+    x = (attn @ v).transpose(0, 2, 1, 3).reshape(-1, n, c)
+    x = nn.Dense(c, dtype=self.dtype, name="proj")(x)
+    x = x.reshape(b, nh, nw, ws, ws, c).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, hp, wp, c)
+    if sum(shift):
+      x = jnp.roll(x, shift, axis=(1, 2))
+    return x[:, :h, :w]
+
+
+class Block(nn.Module):
+  dim: int
+  heads: int
+  window: int
+  shift: int
+  drop_rate: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    ln = functools.partial(nn.LayerNorm, epsilon=1e-5, dtype=self.dtype)
+    y = WindowAttention(
+      self.dim, self.heads, self.window, self.shift, self.dtype, name="attn"
+    )(ln(name="norm1")(x))
+    x = x + _drop_path(self, y, self.drop_rate, train)
+    y = nn.Dense(4 * self.dim, dtype=self.dtype, name="mlp_0")(
+      ln(name="norm2")(x)
+    )
+    y = nn.Dense(self.dim, dtype=self.dtype, name="mlp_3")(
+      nn.gelu(y, approximate=False)
+    )
+    return x + _drop_path(self, y, self.drop_rate, train)
+
+
+class PatchMerging(nn.Module):
+  dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    h, w = x.shape[1:3]
+    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    x = jnp.concatenate(
+      [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
+      axis=-1,
+    )
+    x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
+    return nn.Dense(
+      2 * self.dim, use_bias=False, dtype=self.dtype, name="reduction"
+    )(x)
+
+
+class Swin(nn.Module):
+  """Encoder: images ``[N, H, W, 3]`` (uint8 or [0, 255]) -> pooled
+  features after the final LayerNorm ``[N, D]``; ``pool=False`` returns the
+  normalised last map."""
+
+  embed: int = 96
+  depths: Sequence[int] = (2, 2, 6, 2)
+  heads: Sequence[int] = (3, 6, 12, 24)
+  window: int = 7
+  drop_path: float = 0.2
+  dtype: Any = jnp.float32
+  axis_name: str | None = None  # no batch norm: accepted for the interface
+  pool: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = normalize_images(x, self.dtype)
+    x = nn.Conv(
+      self.embed,
+      (4, 4),
+      (4, 4),
+      padding="VALID",
+      dtype=self.dtype,
+      name="stem_conv",
+    )(x)
+    x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="stem_norm")(x)
+    total, index = sum(self.depths), 0
+    for i, (depth, heads) in enumerate(zip(self.depths, self.heads)):
+      dim = self.embed * 2**i
+      if i > 0:
+        x = PatchMerging(dim // 2, self.dtype, name=f"merge{i}")(x)
+      for j in range(depth):
+        x = Block(
+          dim,
+          heads,
+          self.window,
+          0 if j % 2 == 0 else self.window // 2,
+          self.drop_path * index / max(total - 1, 1),
+          self.dtype,
+          name=f"stage{i + 1}_{j}",
+        )(x, train=train)
+        index += 1
+    x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
+    x = CamPoint(name="cam")(x)
+    if not self.pool:
+      return x
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+
+SwinT = functools.partial(
+  Swin, embed=96, depths=(2, 2, 6, 2), heads=(3, 6, 12, 24)
+)
+# Tests: shifted windows in both stages at 64 px, a merge between them.
+SwinTest = functools.partial(
+  Swin, embed=16, depths=(2, 2), heads=(2, 4), window=4
+)
+
+
+def torchvision_path(key: str) -> tuple | None:
+  """``(our module path, torch leaf)`` of a torchvision Swin state-dict
+  entry; None for the classifier head and the index buffers."""
+  if key.startswith("head.") or key.endswith("relative_position_index"):
+    return None
+  m = re.fullmatch(r"features\.0\.([02])\.(weight|bias)", key)
+  if m:
+    return ("stem_conv" if m.group(1) == "0" else "stem_norm",), m.group(2)
+  m = re.fullmatch(r"norm\.(weight|bias)", key)
+  if m:
+    return ("norm",), m.group(1)
+  m = re.fullmatch(r"features\.(\d+)\.(\w+)\.(weight|bias)", key)
+  if m and int(m.group(1)) % 2 == 0:  # patch merging
+    return (f"merge{int(m.group(1)) // 2}", m.group(2)), m.group(3)
+  m = re.fullmatch(r"features\.(\d+)\.(\d+)\.(.+)\.(\w+)", key)
+  if m and int(m.group(1)) % 2 == 1:
+    stage = f"stage{(int(m.group(1)) + 1) // 2}_{m.group(2)}"
+    sub = m.group(3).replace(".", "_")  # attn.qkv -> attn_qkv, mlp.0 -> mlp_0
+    sub = {"attn_qkv": ("attn", "qkv"), "attn_proj": ("attn", "proj")}.get(
+      sub, (sub,)
+    )
+    return (stage, *sub), m.group(4)
+  raise KeyError(f"unexpected Swin entry {key!r}")
+
+
+__all__ = ["Swin", "SwinT", "SwinTest", "relative_index", "shift_mask"]
