@@ -44,6 +44,7 @@ import time
 import numpy as np
 
 from agt_jax.errors import AgtError
+from agt_jax.predict import add_model_arguments
 
 FORMAT = "agt_jax inference artefact 1"
 PLATFORMS = ("cpu", "cuda")
@@ -303,23 +304,8 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(
     prog="python -m agt_jax.export", description=__doc__.split("\n")[0]
   )
-  p.add_argument("--model", required=True, help="a finished run directory")
+  add_model_arguments(p)
   p.add_argument("--out", required=True, help="a new folder for the artefact")
-  p.add_argument(
-    "--phase", default=None, help="student (default where trained) | teacher"
-  )
-  p.add_argument(
-    "--calibrate",
-    default="none",
-    choices=["none", "shared", "per_class"],
-    help="bake the run's validation-fitted temperature into the outputs",
-  )
-  p.add_argument(
-    "--tta",
-    default="none",
-    choices=["none", "flip"],
-    help="flip: the outputs average each image and its mirror",
-  )
   p.add_argument(
     "--onnx",
     action="store_true",

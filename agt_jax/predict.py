@@ -473,11 +473,33 @@ def predict_files(
   return counts
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+  """``--model``, ``--phase``, ``--calibrate`` and ``--tta``: which trained
+  phase and how its probabilities are made (:func:`load_predictor`'s
+  arguments), for every command that loads one."""
+  p.add_argument("--model", required=True, help="a finished run directory")
+  p.add_argument(
+    "--phase", default=None, help="student (default where trained) | teacher"
+  )
+  p.add_argument(
+    "--calibrate",
+    default="none",
+    choices=["none", "shared", "per_class"],
+    help="the run's validation-fitted temperature scaling",
+  )
+  p.add_argument(
+    "--tta",
+    default="none",
+    choices=["none", "flip"],
+    help="flip: the mean of each image and its horizontal mirror",
+  )
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(
     prog="python -m agt_jax.predict", description=__doc__.split("\n")[0]
   )
-  p.add_argument("--model", required=True, help="a finished run directory")
+  add_model_arguments(p)
   p.add_argument(
     "--images",
     required=True,
@@ -487,25 +509,10 @@ def main(argv=None) -> int:
   )
   p.add_argument("--out", required=True, help="the CSV to write")
   p.add_argument(
-    "--phase", default=None, help="student (default where trained) | teacher"
-  )
-  p.add_argument(
-    "--calibrate",
-    default="none",
-    choices=["none", "shared", "per_class"],
-    help="apply the run's validation-fitted temperature scaling",
-  )
-  p.add_argument(
     "--thresholds",
     default="strict",
     help="strict (p > 0.5) | validation (the run's tuned per-class "
     "thresholds) | a JSON file {class: threshold}",
-  )
-  p.add_argument(
-    "--tta",
-    default="none",
-    choices=["none", "flip"],
-    help="flip: the mean of each image and its horizontal mirror",
   )
   p.add_argument(
     "--gradcam",

@@ -290,52 +290,34 @@ def evaluate_models(
   y_test = data.y_test
   single_label = methods.objective(config) == "softmax"
   for name, t in trained.items():
-    p = evaluation.predict(
-      t.model,
-      t.selected,
-      data.source,
-      data.test_idx,
-      y_test,
-      config,
-      mesh,
-      f"test {name}",
-      fn=t.predict_fn,
-    )[0]
+
+    def test_probs(variables, desc=None, fn=t.predict_fn, t=t):
+      return evaluation.predict(
+        t.model,
+        variables,
+        data.source,
+        data.test_idx,
+        y_test,
+        config,
+        mesh,
+        desc,
+        fn=fn,
+      )[0]
+
+    p = test_probs(t.selected, f"test {name}")
     results[name] = evaluation.report(p, y_test, names, counts)
     if config.tta != "none":
       # Beside the single crop: the same selected model over the TTA views.
+      fn = evaluation.predictor(t.model, t.offset, tta=config.tta)
       results[name][f"tta_{config.tta}"] = evaluation.report(
-        evaluation.predict(
-          t.model,
-          t.selected,
-          data.source,
-          data.test_idx,
-          y_test,
-          config,
-          mesh,
-          None,
-          fn=evaluation.predictor(t.model, t.offset, tta=config.tta),
-        )[0],
-        y_test,
-        names,
-        counts,
+        test_probs(t.selected, fn=fn), y_test, names, counts
       )
     if single_label:
       results[name]["top1"] = metrics_lib.top1_report(y_test, p, counts)
     probs[name] = p
     sel = {k: v for k, v in t.selection.items() if not k.startswith("val_")}
     if t.last is not t.selected:
-      p_last = evaluation.predict(
-        t.model,
-        t.last,
-        data.source,
-        data.test_idx,
-        y_test,
-        config,
-        mesh,
-        None,
-        fn=t.predict_fn,
-      )[0]
+      p_last = test_probs(t.last)
       results[f"{name}_last"] = evaluation.report(p_last, y_test, names, counts)
       probs[f"{name}_last"] = p_last
     if "val_probs" in t.selection:
