@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import optax
 
 from agt_jax import losses
-from agt_jax.grouping import membership
 
 
 def objective(config) -> str:
@@ -229,6 +228,9 @@ def _agt(logits, labels, options, *, loss_state, group, **_):
     logits, labels, options, loss_state, group
   )
   if options.objective == "group":  # Eq. 14: the active group's classes
+    # Imported here: the registry stays light (grouping needs sklearn).
+    from agt_jax.grouping import membership
+
     member = membership(options.groups, labels.shape[-1])
     per = per * jnp.asarray(member)[group].astype(per.dtype)
   return per.sum() / labels.shape[0], w, loss_state
