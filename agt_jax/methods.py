@@ -35,12 +35,14 @@ from agt_jax import losses
 
 
 def objective(config) -> str:
-  """The loss family: softmax cross-entropy on the single-label CIFAR
-  datasets, per-class BCE on the multi-label ones (``config.objective``
-  overrides ``auto``)."""
+  """The loss family: softmax cross-entropy on the single-label datasets
+  (CIFAR100-LT, APTOS 2019, ISIC 2018, AIROGS), per-class BCE on the
+  multi-label ones (``config.objective`` overrides ``auto``)."""
   if config.objective != "auto":
     return config.objective
-  return "softmax" if config.dataset.startswith("cifar") else "bce"
+  from agt_jax.data.registry import SINGLE_LABEL
+
+  return "softmax" if config.dataset in SINGLE_LABEL else "bce"
 
 
 class Registry(dict):

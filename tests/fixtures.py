@@ -237,3 +237,54 @@ def make_fgadr(root: pathlib.Path, n: int = 5, size: int = 40) -> dict:
       )
   (seg / fgadr.GRADES).write_text("\n".join(rows) + "\n")
   return {"grades": grades, "masks": masks, "seg": seg}
+
+
+def make_aptos(root: pathlib.Path, grades=(0, 2, 4, 1, 0, 3)) -> list[str]:
+  """APTOS 2019's layout: ``train.csv`` (id_code,diagnosis) and
+  ``train_images/<id_code>.png``."""
+  (root / "train_images").mkdir(parents=True)
+  ids = [f"{i:03x}c0ffee{i}" for i in range(len(grades))]
+  with open(root / "train.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["id_code", "diagnosis"])
+    for i, (k, g) in enumerate(zip(ids, grades)):
+      w.writerow([k, g])
+      Image.fromarray(fundus_image(40, 48, i)).save(
+        root / "train_images" / f"{k}.png"
+      )
+  return ids
+
+
+def make_isic2018(root: pathlib.Path, diagnoses=(0, 1, 1, 6, 2)) -> list[str]:
+  """ISIC 2018 Task 3's layout: the ground-truth CSV (image + one-hot
+  columns written as 1.0/0.0, as the official file) and
+  ``ISIC2018_Task3_Training_Input/<image>.jpg``."""
+  (root / "ISIC2018_Task3_Training_Input").mkdir(parents=True)
+  ids = [f"ISIC_{24306 + i:07d}" for i in range(len(diagnoses))]
+  with open(
+    root / "ISIC2018_Task3_Training_GroundTruth.csv", "w", newline=""
+  ) as f:
+    w = csv.writer(f)
+    w.writerow(["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"])
+    for i, (k, d) in enumerate(zip(ids, diagnoses)):
+      w.writerow([k] + ["1.0" if j == d else "0.0" for j in range(7)])
+      write_jpeg(root / "ISIC2018_Task3_Training_Input" / f"{k}.jpg", i)
+  return ids
+
+
+def make_airogs(
+  root: pathlib.Path, classes=("NRG", "RG", "NRG", "NRG")
+) -> list:
+  """AIROGS' layout: ``train_labels.csv`` (challenge_id,class) and the
+  images in numbered part folders."""
+  root.mkdir(parents=True)
+  ids = [f"TRAIN{i:06d}" for i in range(len(classes))]
+  with open(root / "train_labels.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["challenge_id", "class"])
+    for i, (k, c) in enumerate(zip(ids, classes)):
+      w.writerow([k, c])
+      part = root / str(i % 2)
+      part.mkdir(exist_ok=True)
+      write_jpeg(part / f"{k}.jpg", i)
+  return ids

@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 
-from agt_jax.data import cifar, images, odir, rfmid, synth, verify
+from agt_jax.data import cifar, external, images, odir, rfmid, synth, verify
 from agt_jax.data.table import ImageTable
 from agt_jax.errors import ConfigError
 
@@ -25,15 +25,28 @@ NAMES = (
   "fgadr",
   "odir5k",
   "rfmid",
+  "aptos2019",
+  "isic2018",
+  "airogs",
   "cifar100-lt-100",
   "cifar100-lt-50",
   "cifar100-lt-10",
+)
+# One label per image: softmax cross-entropy under objective=auto.
+SINGLE_LABEL = (
+  "cifar100-lt-100",
+  "cifar100-lt-50",
+  "cifar100-lt-10",
+  "aptos2019",
+  "isic2018",
+  "airogs",
 )
 # ``--data`` names that are not dataset names.
 ALIASES = {"odir5k-kaggle": "odir5k", "cifar100": "cifar100-lt-100"}
 DATA_FLAG_HELP = (
   "odir5k-synth (offline default), or NAME:PATH for data in "
-  "a local folder: odir5k:PATH, rfmid:PATH, cifar100:PATH (pretraining: "
+  "a local folder: odir5k:PATH, rfmid:PATH, cifar100:PATH, "
+  "aptos2019:PATH, isic2018:PATH, airogs:PATH (pretraining: "
   "fgadr-synth or fgadr:PATH)"
 )
 
@@ -153,7 +166,9 @@ def load_labels(name: str, *, data_dir=None, seed: int = 0) -> ImageTable:
 
 
 def _load_real(name, *, data_dir, image_size, seed, ignorable_policy):
-  if name in ("odir5k", "rfmid") and data_dir is None:
+  if (name in ("odir5k", "rfmid") or name in external.LOADERS) and (
+    data_dir is None
+  ):
     raise ConfigError(
       f"dataset {name!r} is read from a local folder: pass "
       f"--data {name}:PATH (data_dir= in Python); the offline "
@@ -164,6 +179,9 @@ def _load_real(name, *, data_dir, image_size, seed, ignorable_policy):
     return t, images.FileImageSource(tuple(t.paths), size=image_size)
   if name == "rfmid":
     t = rfmid.load_rfmid(data_dir)
+    return t, images.FileImageSource(tuple(t.paths), size=image_size)
+  if name in external.LOADERS:
+    t = external.LOADERS[name](data_dir)
     return t, images.FileImageSource(tuple(t.paths), size=image_size)
   if name.startswith("cifar100-lt-"):
     factor = int(name.rsplit("-", 1)[1])
