@@ -93,3 +93,18 @@ def test_bad_label_files_name_file_row_and_column(tmp_path):
     errors.LabelFileError, match=r"row 2, column 'class' is 'maybe'"
   ):
     external.load_airogs(tmp_path / "g")
+
+
+def test_balanced_test_split_and_shot_tiers():
+  counts = [600, 120, 300, 40, 90]  # APTOS-like imbalance
+  labels = np.repeat(np.eye(5, dtype=np.uint8), counts, axis=0)
+  splits = external.balanced_test_split(labels, seed=3)
+  test = labels[splits == "test"].sum(0)
+  # round(0.2 * 1150) // 5 = 46 per class, at most half a class (40 -> 20)
+  np.testing.assert_array_equal(test, [46, 46, 46, 20, 45])
+  assert (splits == "test").sum() + (splits == "train").sum() == len(labels)
+  again = external.balanced_test_split(labels, seed=3)
+  np.testing.assert_array_equal(splits, again)  # seeded
+  train = labels[splits == "train"].sum(0)
+  tiers = external.shot_tiers(train)
+  assert tiers == {"head": [0, 2], "medium": [1, 4], "tail": [3]}

@@ -15,7 +15,10 @@
 
 Each is an :class:`~agt_jax.data.table.ImageTable` with one-hot labels and
 one "patient" per image (none of the three publishes patient ids; say so
-where patient-level splits matter). Bad rows are refused with the file,
+where patient-level splits matter), ``splits`` holding paper 002's 8:2
+split with a class-balanced test set (``fold_mode=official`` uses it;
+random patient folds remain available) and ``meta["shots"]`` the
+many / medium / few tiers by training count. Bad rows are refused with the file,
 row and column; a missing dataset lists where it looked and how to get it.
 """
 
@@ -75,16 +78,59 @@ def _find(root, name: str, candidates) -> pathlib.Path:
   )
 
 
+def balanced_test_split(
+  labels, *, fraction: float = 0.2, seed: int = 0
+) -> np.ndarray:
+  """`[n]` ``"train"``/``"test"``: paper 002's 8:2 split with a
+  class-balanced test set, in our reading (the paper gives no counts): the
+  test set takes ``round(fraction * n) // C`` images of every class, at most
+  half of a class, drawn at random (seeded); the rest train."""
+  labels = np.asarray(labels)
+  y = labels.argmax(1)
+  n, c = labels.shape
+  per_class = int(round(fraction * n)) // c
+  rng = np.random.default_rng(seed)
+  splits = np.full(n, "train", dtype=object)
+  for k in range(c):
+    rows = np.flatnonzero(y == k)
+    take = min(per_class, len(rows) // 2)
+    splits[rng.choice(rows, size=take, replace=False)] = "test"
+  return splits
+
+
+def shot_tiers(train_counts) -> dict:
+  """Many / medium / few classes (our reading of paper 002, which sets the
+  tiers per dataset without thresholds): the classes ranked by training
+  count and cut into thirds, the larger thirds first."""
+  order = np.argsort(-np.asarray(train_counts), kind="stable")
+  head, medium, tail = np.array_split(order, 3)
+  return {
+    "head": sorted(head.tolist()),
+    "medium": sorted(medium.tolist()),
+    "tail": sorted(tail.tolist()),
+  }
+
+
 def _table(name, classes, ids, labels, paths, root) -> ImageTable:
   ids = np.asarray(ids)
+  labels = np.asarray(labels, np.uint8).reshape(len(ids), len(classes))
+  splits = balanced_test_split(labels)
+  train = labels[splits == "train"].sum(0)
   return ImageTable(
     name=name,
     class_names=tuple(classes),
     image_ids=ids,
-    labels=np.asarray(labels, np.uint8).reshape(len(ids), len(classes)),
+    labels=labels,
     patient_ids=ids.copy(),  # no patient ids are published
     paths=np.array([str(p) for p in paths], dtype=object),
-    meta={"root": str(root), "single_label": True, "patients": "one per image"},
+    splits=splits,
+    meta={
+      "root": str(root),
+      "single_label": True,
+      "patients": "one per image",
+      "split": "8:2 with a class-balanced test set (fold_mode=official)",
+      "shots": shot_tiers(train),
+    },
   )
 
 
