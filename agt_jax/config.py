@@ -50,6 +50,8 @@ class Config:
   lr: float = 1e-3
   b1: float = 0.9
   b2: float = 0.99
+  # > 0: AdamW's decoupled weight decay (the paper trains with plain Adam).
+  weight_decay: float = 0.0
   warmup_steps: int = 300  # plain-BCE run whose features group
   teacher_steps: int = 6000
   student_steps: int = 6000
@@ -366,6 +368,7 @@ def validate(config: Config) -> Config:
     "fold_seed",
     "head_hidden",
     "focal_gamma",
+    "weight_decay",
   ):
     if getattr(c, key) < 0:
       raise ConfigError(f"{key} must be >= 0, got {getattr(c, key)}.")
@@ -499,6 +502,7 @@ LEGACY = {
   "gbg_group_loss": "sum",
   "group_init": None,
   "tta": "none",
+  "weight_decay": 0.0,
 }
 
 

@@ -613,3 +613,20 @@ def test_group_objective_is_eq14_against_float64(reweight):
     steps.LossOptions(groups=GROUPS, objective="some")
   with pytest.raises(ValueError, match="needs the class groups"):
     steps.LossOptions(objective="group")
+
+
+def test_weight_decay_is_decoupled_and_zero_is_plain_adam():
+  """weight_decay=0 is optax.adam bit for bit; > 0 adds lr * wd * p to the
+  Adam step (AdamW, decoupled), for the plain and the teacher transform."""
+  import optax
+
+  p = {"w": jnp.array([1.0, -2.0, 3.0])}
+  g = {"w": jnp.array([0.5, 0.1, -0.3])}
+  plain = steps.adam(1e-2, 0.9, 0.99)
+  ref = optax.adam(1e-2, b1=0.9, b2=0.99)
+  u0, _ = plain.update(g, plain.init(p), p)
+  u1, _ = ref.update(g, ref.init(p), p)
+  np.testing.assert_array_equal(u0["w"], u1["w"])
+  decayed = steps.adam(1e-2, 0.9, 0.99, 0.1)
+  u2, _ = decayed.update(g, decayed.init(p), p)
+  np.testing.assert_allclose(u2["w"], u0["w"] - 1e-2 * 0.1 * p["w"], rtol=1e-6)

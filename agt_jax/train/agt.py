@@ -99,9 +99,17 @@ def build_teacher(config, encoder, groups, counts, num_train, logit_shift=None):
       **methods.TEACHER_LOSSES.get_spec(config.loss).head(config),
     )
   if is_joint:
-    tx = steps.joint_tx(config.lr, b1=config.b1, b2=config.b2)
+    tx = steps.joint_tx(
+      config.lr, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay
+    )
   else:
-    tx = steps.teacher_tx(len(groups), config.lr, b1=config.b1, b2=config.b2)
+    tx = steps.teacher_tx(
+      len(groups),
+      config.lr,
+      b1=config.b1,
+      b2=config.b2,
+      weight_decay=config.weight_decay,
+    )
   options = steps.LossOptions(
     reweight=config.reweight,
     beta=config.beta,
@@ -218,7 +226,7 @@ def train_student(config, data, groups, teacher: Trained, ctx) -> Trained:
   """The student on the original data, distilled from the selected teacher
   (paper Eq. 8)."""
   student = models.Student(ctx.encoder, num_classes=len(data.names))
-  stx = steps.adam(config.lr, config.b1, config.b2)
+  stx = steps.adam(config.lr, config.b1, config.b2, config.weight_decay)
   state = steps.init_state(
     student, stx, (config.crop, config.crop, 3), config.seed + 1
   )

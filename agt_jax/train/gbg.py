@@ -240,7 +240,7 @@ def train(config, data, groups, ctx) -> dict:
   """GBG (paper 004, Algorithm 2): one model, every group's loss each step,
   combined by MGDA's weights, on GAC batches."""
   model = models.Student(ctx.encoder, num_classes=len(data.names))
-  tx = steps.adam(config.lr, config.b1, config.b2)
+  tx = steps.adam(config.lr, config.b1, config.b2, config.weight_decay)
   state = steps.init_state(
     model, tx, (config.crop, config.crop, 3), config.seed
   )

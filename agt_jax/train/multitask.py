@@ -168,7 +168,7 @@ def train(config, table, images, masks, workdir, *, resume: bool) -> dict:
     config.model, dtype=models.DTYPES[config.dtype], pool=False
   )
   model = models.LesionGradeNet(encoder, num_lesions=len(fgadr.LESIONS))
-  tx = steps.adam(config.lr, config.b1, config.b2)
+  tx = steps.adam(config.lr, config.b1, config.b2, config.weight_decay)
   state = steps.init_state(
     model, tx, (config.crop, config.crop, 3), config.seed
   )

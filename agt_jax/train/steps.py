@@ -135,12 +135,23 @@ class TransferOptions:
 # -- optimisers ---------------------------------------------------------------
 
 
-def adam(lr, b1: float, b2: float) -> optax.GradientTransformation:
+def adam(
+  lr, b1: float, b2: float, weight_decay: float = 0.0
+) -> optax.GradientTransformation:
+  """Adam; with ``weight_decay > 0`` AdamW (decoupled decay, Loshchilov &
+  Hutter 2019), the tuner's third knob. 0 is plain Adam, bit for bit."""
+  if weight_decay:
+    return optax.adamw(lr, b1=b1, b2=b2, weight_decay=weight_decay)
   return optax.adam(lr, b1=b1, b2=b2)
 
 
 def teacher_tx(
-  num_groups: int, lr, *, b1: float = 0.9, b2: float = 0.99
+  num_groups: int,
+  lr,
+  *,
+  b1: float = 0.9,
+  b2: float = 0.99,
+  weight_decay: float = 0.0,
 ) -> optax.GradientTransformationExtraArgs:
   """Adam for the encoder every step; Adam for head ``g`` only when group
   ``g`` is active.
@@ -155,23 +166,23 @@ def teacher_tx(
 
   def head(g):
     return optax.conditionally_mask(
-      adam(lr, b1, b2),
+      adam(lr, b1, b2, weight_decay),
       lambda step, group, **_: group == g,
       forward_extra_args=True,
     )
 
-  transforms = {"encoder": adam(lr, b1, b2)}
+  transforms = {"encoder": adam(lr, b1, b2, weight_decay)}
   transforms.update({head_name(g): head(g) for g in range(num_groups)})
   labels = {k: k for k in transforms}
   return optax.partition(transforms, labels)
 
 
 def joint_tx(
-  lr, *, b1: float = 0.9, b2: float = 0.99
+  lr, *, b1: float = 0.9, b2: float = 0.99, weight_decay: float = 0.0
 ) -> optax.GradientTransformationExtraArgs:
   """Adam over every parameter every step (heads trained jointly: BAGS, the
   multi-teacher baseline); accepts and ignores the ``group`` argument."""
-  return optax.with_extra_args_support(adam(lr, b1, b2))
+  return optax.with_extra_args_support(adam(lr, b1, b2, weight_decay))
 
 
 def frozen_encoder_tx(

@@ -50,7 +50,7 @@ def train(config, data, groups, ctx) -> dict[str, Trained]:
   (Task 1.2) or all layers (Tasks 1.3-4), BCE / focal / positive-only CB,
   optional SE / MHA and the Grad-CAM entropy term."""
   model = transfer_model(config, len(data.names))
-  tx = steps.adam(config.lr, config.b1, config.b2)
+  tx = steps.adam(config.lr, config.b1, config.b2, config.weight_decay)
   if config.freeze_encoder:
     tx = steps.frozen_encoder_tx(tx)
   state = steps.init_state(
