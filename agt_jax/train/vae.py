@@ -1,0 +1,80 @@
+"""Training the label-conditional VAE (paper 001, Task 4a) on a split's
+images: one jitted step ``(state, batch) -> (state, metrics)``, Adam,
+minibatches drawn with a seeded permutation per epoch."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from agt_jax.models.vae import ConditionalVAE, elbo_loss
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tx"), donate_argnums=0)
+def vae_step(state, batch, *, model, tx):
+  """One Adam step on the mean negative ELBO of ``batch``
+  (``{"image", "label"}``); ``state = (params, opt_state, key)``."""
+  params, opt_state, key = state
+  key, draw = jax.random.split(key)
+
+  def loss_fn(p):
+    logits, mu, logvar = model.apply(
+      {"params": p}, batch["image"], batch["label"], rngs={"sample": draw}
+    )
+    return elbo_loss(logits, batch["image"], mu, logvar).mean()
+
+  loss, grads = jax.value_and_grad(loss_fn)(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return (optax.apply_updates(params, updates), opt_state, key), {"elbo": loss}
+
+
+def train_vae(
+  images,
+  labels,
+  *,
+  steps: int = 1000,
+  batch_size: int = 32,
+  lr: float = 1e-3,
+  latent: int = 32,
+  seed: int = 0,
+  progress: bool = False,
+):
+  """``(model, params, losses)``: the VAE fitted to uint8 ``images``
+  ``[n, S, S, 3]`` with multi-hot ``labels`` ``[n, C]``; ``losses`` is the
+  negative ELBO (nats per image) of every step."""
+  from agt_jax.runtime import progress as bar_of
+
+  images, labels = np.asarray(images), np.asarray(labels, np.float32)
+  model = ConditionalVAE(images.shape[1], labels.shape[1], latent=latent)
+  key = jax.random.key(seed)
+  init_key, sample_key, key = jax.random.split(key, 3)
+  params = model.init(
+    {"params": init_key, "sample": sample_key}, images[:1], labels[:1]
+  )["params"]
+  tx = optax.adam(lr)
+  state = (params, tx.init(params), key)
+  rng = np.random.default_rng(seed)
+  order, at = rng.permutation(len(images)), 0
+  losses = []
+  bar = bar_of(steps, 0, "vae") if progress else None
+  b = min(batch_size, len(images))
+  for _ in range(steps):
+    if at + b > len(order):
+      order, at = rng.permutation(len(images)), 0
+    rows = order[at : at + b]
+    at += b
+    batch = {
+      "image": jnp.asarray(images[rows]),
+      "label": jnp.asarray(labels[rows]),
+    }
+    state, m = vae_step(state, batch, model=model, tx=tx)
+    losses.append(m["elbo"])
+    if bar is not None:
+      bar.update(1)
+  if bar is not None:
+    bar.close()
+  return model, state[0], np.asarray(jax.device_get(losses), np.float64)
