@@ -123,6 +123,10 @@ class Predictor:
     """``(probs [n, C], cams [n, C, h, w])``: Grad-CAM of every class at
     the encoder's map (:func:`agt_jax.models.cam.grad_cam`; each map scaled
     to a maximum of 1), single view, uncalibrated probabilities."""
+    return self._explain_views(self._views(images))
+
+  def _explain_views(self, views) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`explain` of views already preprocessed (crop-sized)."""
     import jax
 
     from agt_jax.models import cam
@@ -130,8 +134,7 @@ class Predictor:
     if self._cam_fn is None:
       model = self.model
       self._cam_fn = jax.jit(lambda v, x: cam.grad_cam(model, v, x))
-    probs, cams = self._batched(self._cam_fn, self._views(images))
-    return probs, cams
+    return self._batched(self._cam_fn, views)
 
   def _views(self, images) -> list[np.ndarray]:
     from agt_jax.data.images import read_image
@@ -358,7 +361,7 @@ def _cam_sheets(predictor, views, probs, thresholds, paths, folder, taken):
   classes (by ``thresholds``), or its most probable class when none is."""
   from agt_jax.plotting import cam_overlay
 
-  _, cams = predictor.explain(views)
+  _, cams = predictor._explain_views(views)  # already preprocessed
   names = predictor.class_names
   for k, path in enumerate(paths):
     pos = np.flatnonzero(probs[k] > thresholds)

@@ -4,6 +4,7 @@ line (or a status row) while nothing partial is written."""
 
 import csv
 import json
+import pathlib
 import shutil
 
 import numpy as np
@@ -250,6 +251,15 @@ def test_gradcam_sheets_and_patient_fusion_from_the_command(
   (folder / "12_right.png").write_text("not an image")
   out, cams, sub = tmp_path / "p.csv", tmp_path / "cams", tmp_path / "sub.csv"
   args = ["--model", str(run_dir), "--images", str(folder), "--out", str(out)]
+  from agt_jax import plotting
+
+  drawn, overlay = {}, plotting.cam_overlay
+
+  def keep(view, maps, labels, path, **kw):
+    drawn[pathlib.Path(path).name] = np.asarray(maps)
+    overlay(view, maps, labels, path, **kw)
+
+  monkeypatch.setattr(plotting, "cam_overlay", keep)
   assert (
     predict.main([*args, "--gradcam", str(cams), "--patients", str(sub)]) == 0
   )
@@ -274,6 +284,12 @@ def test_gradcam_sheets_and_patient_fusion_from_the_command(
   probs, maps = predictor.explain(imgs)
   np.testing.assert_allclose(probs, p, rtol=1e-5, atol=1e-6)
   assert maps.shape[:2] == (3, 8) and maps.min() >= 0 and maps.max() <= 1
+  # The sheets show the maps of the crops the model scored (no second
+  # preprocessing of an already cropped view).
+  for name, k in (("7_left.png", 0), ("7_right.png", 1), ("12_left.png", 2)):
+    pos = np.flatnonzero(p[k] > 0.5)
+    pos = pos if len(pos) else [int(np.argmax(p[k]))]
+    np.testing.assert_allclose(drawn[name], maps[k, pos], atol=1e-5)
   # A file whose patient cannot be told: one line, nothing written.
   Image.fromarray(imgs[0]).save(folder / "scan.png")
   assert (
