@@ -21,6 +21,7 @@ __all__ = [
   "LeakError",
   "assemble_oof",
   "class_mapping",
+  "with_derived",
   "fit_meta",
   "make_meta",
   "meta_importance",
@@ -32,6 +33,34 @@ __all__ = [
 # Our ODIR -> RFMiD correspondences (paper 003 evaluates on RFMiD but gives
 # no class mapping; these are the same diseases by name).
 ODIR_TO_RFMID = {"N": "NORMAL", "D": "DR", "A": "ARMD", "M": "MYA", "G": "ODC"}
+# Ours too, for paper 003's zero-shot sets: ODIR's glaucoma against AIROGS'
+# referable glaucoma; ODIR's diabetic retinopathy against APTOS' grades 1-4
+# (a derived column, "DR"). ISIC 2018 (skin) shares no class with ODIR.
+EXTERNAL_MAPPINGS = {
+  "rfmid": ODIR_TO_RFMID,
+  "airogs": {"G": "RG"},
+  "aptos2019": {"D": "DR"},
+  "isic2018": {},
+}
+# Target columns made from an external dataset's own: name -> the classes
+# whose union it is.
+DERIVED = {"aptos2019": {"DR": ("grade1", "grade2", "grade3", "grade4")}}
+
+
+def with_derived(labels, class_names, derived) -> tuple[np.ndarray, list]:
+  """``(labels, class names)`` with a column appended per ``derived``
+  entry: the OR of the named classes' columns."""
+  labels = np.asarray(labels)
+  names = list(class_names)
+  cols = [labels]
+  for name, parts in derived.items():
+    missing = [c for c in parts if c not in names]
+    if missing:
+      raise ValueError(f"derived class {name}: {missing} not in {names}.")
+    cols.append(
+      labels[:, [names.index(c) for c in parts]].max(1, keepdims=True)
+    )
+  return np.concatenate(cols, 1), names + list(derived)
 
 
 class LeakError(AgtError):

@@ -21,7 +21,8 @@ Compared: each model, the mean of the models, stacked.
 ``--external NAME[:PATH]`` applies the fold models (averaged) and the
 meta-learner fitted on every OOF row to another dataset, through an explicit
 class mapping (ours; paper 003 gives none: ODIR -> RFMiD N->NORMAL, D->DR,
-A->ARMD, M->MYA, G->ODC; unmapped classes are listed). ``shifted-synth`` is odir5k-synth re-rendered
+A->ARMD, M->MYA, G->ODC; ODIR -> AIROGS G->RG; ODIR -> APTOS 2019 D->DR,
+DR being grades 1-4; unmapped classes are listed). ``shifted-synth`` is odir5k-synth re-rendered
 with another seed and weaker disease signs, on patients the models never
 saw (the images after the training rows), labelled "shifted synthetic";
 ``heldout-synth`` is the same patients from the training renderer, so the
@@ -354,11 +355,12 @@ def _external(
       spec, data_dir=path, cache_dir=cfg0.cache_dir, image_size=cfg0.image_size
     )
     label = table.name
-    mapping = stacking.ODIR_TO_RFMID if spec == "rfmid" else None
+    mapping = stacking.EXTERNAL_MAPPINGS.get(spec)
     overlap = "none (another dataset)"
-  pairs, unmapped = stacking.class_mapping(
-    names, list(table.class_names), mapping
+  y, targets = stacking.with_derived(
+    table.labels, table.class_names, stacking.DERIVED.get(spec, {})
   )
+  pairs, unmapped = stacking.class_mapping(names, targets, mapping)
   mesh = make_mesh(cfg0.eval_batch_size, cfg0.eval_batch_size)
   idx = np.arange(len(table.labels))
   per_model = []
@@ -385,13 +387,12 @@ def _external(
   scored["mean of models"] = np.mean(per_model, 0)
   for kind, meta in metas.items():
     scored[f"stacked ({kind})"] = stacking.predict_meta(meta, x)
-  y = table.labels
   out = {
     "dataset": label,
     "synthetic": bool(table.meta.get("synthetic")),
     "images": int(len(y)),
     "patient_overlap": overlap,
-    "mapping": {names[i]: table.class_names[j] for i, j in pairs},
+    "mapping": {names[i]: targets[j] for i, j in pairs},
     "unmapped": unmapped,
     "auc": {},
   }

@@ -108,6 +108,31 @@ def test_meta_learner_learns_from_the_better_model():
     stacking.make_meta("forest")
 
 
+def test_derived_targets_and_the_external_mappings():
+  """APTOS' DR = grades 1-4 (an appended OR column); ODIR's G maps to
+  AIROGS' RG, its D to that derived DR; ISIC shares nothing."""
+  y = np.eye(5, dtype=np.uint8)[[0, 1, 4, 0, 2]]
+  names = [f"grade{i}" for i in range(5)]
+  got, cols = stacking.with_derived(y, names, stacking.DERIVED["aptos2019"])
+  assert cols == names + ["DR"]
+  np.testing.assert_array_equal(got[:, -1], [0, 1, 1, 0, 1])
+  odir = list("NDGCAHMO")
+  pairs, _ = stacking.class_mapping(
+    odir, cols, stacking.EXTERNAL_MAPPINGS["aptos2019"]
+  )
+  assert pairs == [(1, 5)]
+  pairs, _ = stacking.class_mapping(
+    odir, ["NRG", "RG"], stacking.EXTERNAL_MAPPINGS["airogs"]
+  )
+  assert pairs == [(2, 1)]
+  pairs, unmapped = stacking.class_mapping(
+    odir, ["MEL", "NV"], stacking.EXTERNAL_MAPPINGS["isic2018"]
+  )
+  assert pairs == [] and unmapped == odir
+  with pytest.raises(ValueError, match="derived class DR"):
+    stacking.with_derived(y, names[:4], stacking.DERIVED["aptos2019"])
+
+
 def test_class_mapping_odir_to_rfmid():
   odir = ["N", "D", "G", "C", "A", "H", "M", "O"]
   rfmid = ["DR", "ARMD", "MH", "DN", "MYA", "ODC", "NORMAL"]
@@ -126,6 +151,7 @@ def test_stack_ensemble_smoke(tmp_path, cache):
   fixtures.make_rfmid(
     tmp_path / "rfmid", sizes={"train": 24, "val": 8, "test": 12}
   )
+  fixtures.make_airogs(tmp_path / "airogs")
   wd = tmp_path / "stack"
   out = run_cli(
     "experiments.stack_ensemble",
@@ -138,12 +164,17 @@ def test_stack_ensemble_smoke(tmp_path, cache):
       "shifted-synth",
       "--external",
       f"rfmid:{tmp_path / 'rfmid'}",
+      "--external",
+      f"airogs:{tmp_path / 'airogs'}",
     ],
     cache,
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "## Out-of-fold scores" in out.stdout
-  assert out.stdout.count("## External") == 2
+  assert out.stdout.count("## External") == 3
+  ext = json.loads((wd / "external.json").read_text())
+  airogs = next(e for e in ext if e["dataset"] == "airogs")
+  assert airogs["mapping"] == {"G": "RG"}
   z = np.load(wd / "oof.npz")
   n = len(z["labels"])
   assert z["oof"].shape == (n, 2, 8) and np.isfinite(z["oof"]).all()
