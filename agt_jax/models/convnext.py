@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from agt_jax.models.cam import CamPoint
-from agt_jax.models.efficientnet import _drop_path
+from agt_jax.models.layers import drop_path, patchify_stem
 from agt_jax.models.resnet import normalize_images
 
 # (width, blocks) per stage; torchvision's block settings.
@@ -52,9 +52,7 @@ class Block(nn.Module):
     gamma = self.param(
       "layer_scale", nn.initializers.constant(1e-6), (self.dim,)
     )
-    return x + _drop_path(
-      self, gamma.astype(y.dtype) * y, self.drop_rate, train
-    )
+    return x + drop_path(self, gamma.astype(y.dtype) * y, self.drop_rate, train)
 
 
 class ConvNeXt(nn.Module):
@@ -78,15 +76,7 @@ class ConvNeXt(nn.Module):
   def __call__(self, x, train: bool = False):
     ln = functools.partial(nn.LayerNorm, epsilon=1e-6, dtype=self.dtype)
     x = normalize_images(x, self.dtype)
-    x = nn.Conv(
-      self.stages[0][0],
-      (4, 4),
-      (4, 4),
-      padding="VALID",
-      dtype=self.dtype,
-      name="stem_conv",
-    )(x)
-    x = ln(name="stem_norm")(x)
+    x = patchify_stem(x, self.stages[0][0], 4, eps=1e-6, dtype=self.dtype)
     total = sum(n for _, n in self.stages)
     index = 0
     for i, (width, blocks) in enumerate(self.stages):

@@ -21,11 +21,11 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from agt_jax.models.cam import CamPoint
+from agt_jax.models.layers import drop_path
 from agt_jax.models.resnet import normalize_images
 
 
@@ -121,17 +121,6 @@ class SqueezeExcite(nn.Module):
     return x * nn.sigmoid(s)
 
 
-def _drop_path(module, x, rate: float, train: bool):
-  """Stochastic depth: each image's branch is zeroed with probability
-  ``rate`` and the survivors scaled by ``1 / (1 - rate)``."""
-  if not train or rate == 0.0 or not module.has_rng("dropout"):
-    return x
-  keep = jax.random.bernoulli(
-    module.make_rng("dropout"), 1.0 - rate, (x.shape[0], 1, 1, 1)
-  )
-  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
 class Block(nn.Module):
   """MBConv or FusedMBConv (``stage.kind``), with the residual when the
   stride is 1 and the widths match."""
@@ -170,7 +159,7 @@ class Block(nn.Module):
       y = SqueezeExcite(squeeze, self.dtype, name=name())(y)
       y = layer(s.channels_out, act=False, name=name())(y)
     if self.stride == 1 and self.channels_in == s.channels_out:
-      y = _drop_path(self, y, self.drop_rate, train) + x
+      y = drop_path(self, y, self.drop_rate, train) + x
     return y
 
 

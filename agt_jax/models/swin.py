@@ -27,7 +27,7 @@ import numpy as np
 from flax import linen as nn
 
 from agt_jax.models.cam import CamPoint
-from agt_jax.models.efficientnet import _drop_path
+from agt_jax.models.layers import drop_path, patchify_stem
 from agt_jax.models.resnet import normalize_images
 
 
@@ -116,14 +116,14 @@ class Block(nn.Module):
     y = WindowAttention(
       self.dim, self.heads, self.window, self.shift, self.dtype, name="attn"
     )(ln(name="norm1")(x))
-    x = x + _drop_path(self, y, self.drop_rate, train)
+    x = x + drop_path(self, y, self.drop_rate, train)
     y = nn.Dense(4 * self.dim, dtype=self.dtype, name="mlp_0")(
       ln(name="norm2")(x)
     )
     y = nn.Dense(self.dim, dtype=self.dtype, name="mlp_3")(
       nn.gelu(y, approximate=False)
     )
-    return x + _drop_path(self, y, self.drop_rate, train)
+    return x + drop_path(self, y, self.drop_rate, train)
 
 
 class PatchMerging(nn.Module):
@@ -161,15 +161,7 @@ class Swin(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = normalize_images(x, self.dtype)
-    x = nn.Conv(
-      self.embed,
-      (4, 4),
-      (4, 4),
-      padding="VALID",
-      dtype=self.dtype,
-      name="stem_conv",
-    )(x)
-    x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="stem_norm")(x)
+    x = patchify_stem(x, self.embed, 4, eps=1e-5, dtype=self.dtype)
     total, index = sum(self.depths), 0
     for i, (depth, heads) in enumerate(zip(self.depths, self.heads)):
       dim = self.embed * 2**i
