@@ -366,8 +366,12 @@ def torchvision_like_state(
   out = {}
   for key, shape in spec.items():
     leaf = key.rpartition(".")[2]
-    if leaf in ("class_token", "pos_embedding"):
+    if leaf in ("class_token", "pos_embedding", "cls_token", "pos_embed"):
       out[key] = rng.normal(0, 0.5, shape).astype(np.float32)
+    elif leaf == "logit_scale":  # Swin V2: some above the clamp at log 100
+      out[key] = rng.uniform(1.5, 5.5, shape).astype(np.float32)
+    elif leaf == "relative_coords_table":  # a buffer: its true values
+      out[key] = _swin_v2_coords((shape[1] + 1) // 2).reshape(shape)
     elif leaf == "in_proj_weight" or (
       leaf == "weight" and len(shape) == 2 and linear == "fan_in"
     ):
@@ -397,6 +401,17 @@ def torchvision_like_state(
     else:
       raise KeyError(f"unexpected state-dict entry {key}")
   return out
+
+
+def _swin_v2_coords(w: int) -> np.ndarray:
+  """Swin V2's log-spaced relative coordinates of a w x w window (the
+  paper's Eq. 4), float32 as torchvision's buffer."""
+  r = np.arange(-(w - 1), w, dtype=np.float32)
+  t = np.stack(np.meshgrid(r, r, indexing="ij"), axis=-1) / np.float32(w - 1)
+  t = t * np.float32(8)
+  return (np.sign(t) * np.log2(np.abs(t) + 1) / np.float32(3)).astype(
+    np.float32
+  )
 
 
 def _swin_index(w: int) -> np.ndarray:

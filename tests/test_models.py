@@ -112,7 +112,12 @@ def test_torchvision_import_matches_torch_outputs():
 
 
 # Encoder -> (the seeded state's options, as make_torch_references.py made
-# it; rtol). Measured: EfficientNets ~4e-7, ConvNeXt <= 1.3e-6, Swin 7e-7.
+# it; rtol). Measured: EfficientNets ~4e-7, ConvNeXt <= 1.3e-6, ConvNeXt V2
+# (timm) <= 1.8e-6, Swin 7e-7, the Swin V2 test layout 2.5e-6, RETFound's
+# layout 2.8e-7. Swin V2-T/B: 7e-4 / 4.6e-4, float32 rounding under seeded
+# logit scales up to 100 (our float64 forward is 2.7e-4 from torch, our
+# float32 5.9e-4 from our float64); their test layout checks the same
+# code at 1e-4.
 IMPORTS = {
   "efficientnet_tiny": ({}, 1e-5),
   "efficientnet_b0": ({}, 1e-5),
@@ -122,6 +127,12 @@ IMPORTS = {
   "convnext_base": ({"linear": "fan_in"}, 1e-4),
   "swin_test": ({"linear": "fan_in"}, 1e-4),
   "swin_t": ({"linear": "fan_in"}, 1e-4),
+  "swin_v2_test": ({"linear": "fan_in"}, 1e-4),
+  "swin_v2_t": ({"linear": "fan_in"}, 2e-3),
+  "swin_v2_b": ({"linear": "fan_in"}, 2e-3),
+  "convnextv2_test": ({"linear": "fan_in"}, 1e-4),
+  "convnextv2_base": ({"linear": "fan_in"}, 1e-4),
+  "retfound_test": ({"linear": "fan_in"}, 1e-4),
 }
 
 
@@ -129,10 +140,13 @@ IMPORTS = {
 def test_torchvision_import_of_every_newer_encoder_matches_torch(name):
   """EfficientNet-B0 / V2-M (MBConv with squeeze-excite, fused MBConv,
   depthwise convolutions), ConvNeXt-T/B (7x7 depthwise conv, LayerNorm,
-  MLP, layer scale, patchify stem and downsampling), Swin-T (windowed
-  attention with relative position bias, shifted windows and their mask,
-  padding to the window, patch merging) and their test layouts: seeded
-  torchvision weights, imported, give torch's pooled features."""
+  MLP, layer scale, patchify stem and downsampling), ConvNeXt V2-B (timm:
+  GRN, no layer scale), Swin-T (windowed attention with relative position
+  bias, shifted windows and their mask, padding to the window, patch
+  merging), Swin V2-T/B (cosine attention, clamped logit scale, the
+  position-bias MLP, post-norm, V2 merging), RETFound's ViT layout (timm:
+  average-pool head with fc_norm) and their test layouts: seeded torchvision
+  / timm weights, imported, give torch's pooled features."""
   import json
 
   from tests import references as ref
@@ -145,7 +159,7 @@ def test_torchvision_import_of_every_newer_encoder_matches_torch(name):
   enc = models.make_encoder(name)
   v = _shapes(enc, x)
   state = ref.torchvision_like_state(spec, **options)
-  p, s = weights.from_torchvision(state, v["params"], v.get("batch_stats", {}))
+  p, s = weights.from_state_dict(state, v["params"], v.get("batch_stats", {}))
   imported = {"params": p, "batch_stats": s} if s else {"params": p}
   ours = np.asarray(jax.jit(enc.apply)(imported, x))
   np.testing.assert_allclose(
@@ -180,6 +194,83 @@ def test_torchvision_vit_b16_import_matches_torch_outputs():
   bad["encoder.layers.encoder_layer_0.mlp.9.weight"] = np.zeros((1,))
   with pytest.raises(KeyError, match="unexpected ViT"):
     weights.from_torchvision(bad, v["params"], {})
+
+
+def test_retfound_checkpoint_imports_as_retfound_fine_tunes_it(tmp_path):
+  """RETFound's ViT-L/16: every entry of its MAE checkpoint layout
+  (``{"model": ...}`` with the decoder, the mask token and the final norm)
+  lands in our ``retfound`` encoder, and its fine-tuning head's
+  ``fc_norm``, absent there, starts as the identity; on the tiny layout the
+  64 px weights run at 32 and 96 px with the position embeddings resized as
+  RETFound's fine-tuning resizes them (torch: bicubic ``F.interpolate``),
+  and a ``.safetensors`` file reads without torch."""
+  import json
+
+  from safetensors.numpy import save_file
+
+  from tests import references as ref
+
+  here = pathlib.Path(__file__).parent / "torch_references"
+  specs = json.loads((here / "torchvision_specs.json").read_text())
+  refs = np.load(here / "torch_references.npz")
+  # The full ViT-L/16: keys and shapes (zeros: no 300M seeded values).
+  big = models.make_encoder("retfound")
+  v = jax.eval_shape(big.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  assert sum(a.size for a in jax.tree.leaves(v)) == 303_301_632
+  mae = {
+    k: np.zeros(shape, np.float32)
+    for k, shape in specs["retfound"].items()
+    if not k.startswith(("fc_norm", "head"))
+  }
+  mae.update(
+    {
+      "norm.weight": np.zeros(1024, np.float32),
+      "norm.bias": np.zeros(1024, np.float32),
+      "mask_token": np.zeros((1, 1, 512), np.float32),
+      "decoder_embed.weight": np.zeros((512, 1024), np.float32),
+    }
+  )
+  zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), v["params"])
+  p, _ = weights.from_state_dict({"model": mae, "epoch": 799}, zeros, {})
+  np.testing.assert_array_equal(p["fc_norm"]["scale"], 1.0)
+  np.testing.assert_array_equal(p["fc_norm"]["bias"], 0.0)
+  # The tiny layout at other sizes, from a safetensors file.
+  state = ref.torchvision_like_state(specs["retfound_test"], linear="fan_in")
+  path = tmp_path / "retfound_test.safetensors"
+  save_file(state, str(path))
+  enc = models.make_encoder("retfound_test")
+  for size in (32, 96):
+    x = ref.imagenet_input(size=size)
+    imported = weights.load_encoder(
+      path,
+      {"params": {"encoder": _shapes(enc, x)["params"]}, "batch_stats": {}},
+    )[0]
+    ours = np.asarray(jax.jit(enc.apply)({"params": imported}, x))
+    want = refs[f"retfound_test_{size}px_features"]
+    np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
+  bad = dict(state, **{"blocks.0.ls1.gamma": np.ones(32, np.float32)})
+  with pytest.raises(KeyError, match="unexpected ViT"):
+    weights.from_timm(bad, _shapes(enc, x)["params"], {})
+
+
+def test_bicubic_resize_matches_torchs_on_a_hand_case():
+  """One axis, 2 -> 4 (torch's bicubic, a = -0.75, align_corners=False:
+  source positions -0.25, 0.25, 0.75, 1.25 with clamped edges)."""
+  m = weights.bicubic_matrix(2, 4)
+  # t = 0.75 from index -1 (clamped to 0): weights of x-1, x, x+1, x+2.
+  a = -0.75
+  t = 0.75
+  w = [
+    ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
+    ((a + 2) * t - (a + 3)) * t * t + 1,
+    ((a + 2) * (1 - t) - (a + 3)) * (1 - t) ** 2 + 1,
+    ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a,
+  ]
+  # indices -2, -1, 0, 1 -> 0, 0, 0, 1
+  np.testing.assert_allclose(m[0], [w[0] + w[1] + w[2], w[3]], rtol=1e-12)
+  np.testing.assert_allclose(m.sum(1), 1.0, rtol=1e-12)
+  np.testing.assert_allclose(m[::-1, ::-1], m, rtol=1e-12)  # symmetric
+  np.testing.assert_array_equal(weights.bicubic_matrix(3, 3), np.eye(3))
 
 
 def test_import_rejects_incomplete_state_dict():

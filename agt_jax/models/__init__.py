@@ -1,12 +1,18 @@
 """Encoders (ResNet-18/50, DenseNet-121, EfficientNet-B0/V2-M, ConvNeXt-T/B,
-Swin-T, ViT-B/16, tiny test variants) and the AGT Teacher/Student wrappers,
-selectable by name."""
+ConvNeXt V2-B, Swin-T, Swin V2-T/B, ViT-B/16, RETFound's ViT-L/16, tiny test
+variants) and the AGT Teacher/Student wrappers, selectable by name."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-from agt_jax.models.convnext import ConvNeXtBase, ConvNeXtTest, ConvNeXtTiny
+from agt_jax.models.convnext import (
+  ConvNeXtBase,
+  ConvNeXtTest,
+  ConvNeXtTiny,
+  ConvNeXtV2Base,
+  ConvNeXtV2Test,
+)
 from agt_jax.models.densenet import DenseNet121, DenseNetTiny
 from agt_jax.models.efficientnet import (
   EfficientNetB0,
@@ -31,9 +37,9 @@ from agt_jax.models.resnet import (
   ResNetSmall,
   ResNetTiny,
 )
-from agt_jax.models.swin import SwinT, SwinTest
+from agt_jax.models.swin import SwinT, SwinTest, SwinV2B, SwinV2T, SwinV2Test
 from agt_jax.models.transfer import TransferNet
-from agt_jax.models.vit import ViTB16, ViTTiny
+from agt_jax.models.vit import RETFound, RETFoundTest, ViTB16, ViTTiny
 
 ENCODERS = {
   "resnet18": ResNet18,
@@ -41,7 +47,10 @@ ENCODERS = {
   "densenet121": DenseNet121,
   "convnext_tiny": ConvNeXtTiny,
   "convnext_base": ConvNeXtBase,
+  "convnextv2_base": ConvNeXtV2Base,
   "swin_t": SwinT,
+  "swin_v2_t": SwinV2T,
+  "swin_v2_b": SwinV2B,
   "efficientnet_b0": EfficientNetB0,
   "efficientnet_v2_m": EfficientNetV2M,
   "resnet_small": ResNetSmall,
@@ -49,11 +58,15 @@ ENCODERS = {
   "densenet_tiny": DenseNetTiny,
   "efficientnet_tiny": EfficientNetTiny,
   "convnext_test": ConvNeXtTest,
+  "convnextv2_test": ConvNeXtV2Test,
   "swin_test": SwinTest,
+  "swin_v2_test": SwinV2Test,
   "resnet32": ResNet32,
   "resnet8_cifar": ResNet8Cifar,
   "vit_b16": ViTB16,
   "vit_tiny": ViTTiny,
+  "retfound": RETFound,
+  "retfound_test": RETFoundTest,
 }
 
 

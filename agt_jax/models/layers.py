@@ -16,7 +16,7 @@ def drop_path(module: nn.Module, x, rate: float, train: bool):
   if not train or rate == 0.0 or not module.has_rng("dropout"):
     return x
   keep = jax.random.bernoulli(
-    module.make_rng("dropout"), 1.0 - rate, (x.shape[0], 1, 1, 1)
+    module.make_rng("dropout"), 1.0 - rate, (x.shape[0],) + (1,) * (x.ndim - 1)
   )
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 

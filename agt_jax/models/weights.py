@@ -5,10 +5,15 @@ shaped like ``state``'s encoder, from
 
 * a folder written by our orbax checkpoints (a phase folder such as
   ``<workdir>/checkpoints/teacher`` -- its latest step -- or one step folder);
-* a torchvision ``.pth``/``.pt`` state dict of ResNet-18/50, DenseNet-121 or
-  ViT-B/16 (needs the ``torch`` extra; PyTorch's ``[O, I, kh, kw]`` kernels
-  become flax's ``[kh, kw, I, O]``, linear ``[O, I]`` weights ``[I, O]``
-  kernels, running statistics ``batch_stats``).
+* a torchvision ``.pth``/``.pt`` state dict of ResNet-18/50, DenseNet-121,
+  EfficientNet-B0/V2-M, ConvNeXt-T/B, Swin-T, Swin V2-T/B or ViT-B/16
+  (needs the ``torch`` extra; PyTorch's ``[O, I, kh, kw]`` kernels become
+  flax's ``[kh, kw, I, O]``, linear ``[O, I]`` weights ``[I, O]`` kernels,
+  running statistics ``batch_stats``);
+* a timm state dict (``.pth``/``.bin``, or ``.safetensors`` without torch)
+  of ConvNeXt V2 or a ViT such as RETFound's, bare or wrapped as
+  ``{"model": ...}`` / ``{"state_dict": ...}`` (RETFound's and MAE's
+  checkpoints; the MAE decoder is ignored).
 """
 
 from __future__ import annotations
@@ -144,10 +149,11 @@ def _from_torchvision_vit(state_dict, params, name):
 def _leaf(torch_leaf: str, value: np.ndarray) -> tuple[str, np.ndarray]:
   """``(flax leaf, array)`` of a torch tensor: convolutions to
   ``[kh, kw, in, out]``, linear weights transposed, norm weights to
-  ``scale``; ConvNeXt's layer scale flattened; tables as they are."""
+  ``scale``; ConvNeXt's layer scale flattened; tables and Swin V2's logit
+  scale as they are."""
   if torch_leaf == "layer_scale":
     return "layer_scale", value.reshape(-1)
-  if torch_leaf in ("bias", "relative_position_bias_table"):
+  if torch_leaf in ("bias", "relative_position_bias_table", "logit_scale"):
     return torch_leaf, value
   if value.ndim == 4:
     return "kernel", value.transpose(2, 3, 1, 0)
@@ -156,9 +162,9 @@ def _leaf(torch_leaf: str, value: np.ndarray) -> tuple[str, np.ndarray]:
   return "scale", value
 
 
-def _from_torchvision_named(state_dict, params, path_of, name):
-  """A torchvision state dict without batch statistics (ConvNeXt, Swin)
-  by ``path_of(key) -> (our module path, torch leaf) | None``."""
+def _from_named(state_dict, params, path_of, name):
+  """A state dict without batch statistics (ConvNeXt, Swin; timm's
+  ConvNeXt V2) by ``path_of(key) -> (our module path, torch leaf) | None``."""
   filled = set()
   for key, tensor in state_dict.items():
     found = path_of(key)
@@ -188,12 +194,12 @@ def from_torchvision(
     from agt_jax.models import convnext
 
     path_of = convnext.torchvision_path
-    return _from_torchvision_named(state_dict, params, path_of, name), stats
-  if "features.1.0.attn.relative_position_bias_table" in state_dict:
+    return _from_named(state_dict, params, path_of, name), stats
+  if "features.1.0.attn.qkv.weight" in state_dict:
     from agt_jax.models import swin
 
     path_of = swin.torchvision_path
-    return _from_torchvision_named(state_dict, params, path_of, name), stats
+    return _from_named(state_dict, params, path_of, name), stats
   path_of = _flax_module_path
   if "features.1.0.block.0.0.weight" in state_dict:  # EfficientNet (V1/V2)
     from agt_jax.models import efficientnet
@@ -224,6 +230,170 @@ def from_torchvision(
       _assign(stats, path + ("var",), value, name=name)
   _check_filled(params, filled, name)
   return params, stats
+
+
+def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """``[n_out, n_in]`` weights of torch's ``F.interpolate(mode="bicubic",
+  align_corners=False)`` along one axis (cubic convolution with a = -0.75,
+  source ``(i + 0.5) n_in / n_out - 0.5``, edge indices clamped; no
+  antialiasing), the resize RETFound's and MAE's fine-tuning apply to
+  position embeddings."""
+  a = -0.75
+  src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+  x0 = np.floor(src)
+  t = src - x0
+
+  def near(x):  # |x| <= 1
+    return ((a + 2) * x - (a + 3)) * x * x + 1
+
+  def far(x):  # 1 < |x| < 2
+    return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+  w = np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=1)
+  m = np.zeros((n_out, n_in))
+  for k in range(4):
+    idx = np.clip(x0.astype(int) - 1 + k, 0, n_in - 1)
+    np.add.at(m, (np.arange(n_out), idx), w[:, k])
+  return m
+
+
+def resize_pos_embedding(pos: np.ndarray, tokens: int) -> np.ndarray:
+  """``[1, 1 + g*g, d]`` position embeddings (the class token's first) to
+  ``tokens`` = ``1 + G*G``: the grid resized bicubically as torch's (see
+  :func:`bicubic_matrix`), the class token's kept."""
+  g, big = round((pos.shape[1] - 1) ** 0.5), round((tokens - 1) ** 0.5)
+  if g * g + 1 != pos.shape[1] or big * big + 1 != tokens:
+    raise ValueError(
+      f"position embeddings of {pos.shape[1]} tokens cannot be resized "
+      f"to {tokens}: both must be a class token and a square grid."
+    )
+  if g == big:
+    return pos
+  m = bicubic_matrix(g, big)
+  grid = pos[0, 1:].reshape(g, g, -1).astype(np.float64)
+  grid = np.einsum("ia,abd,jb->ijd", m, grid, m).reshape(1, big * big, -1)
+  return np.concatenate([pos[:, :1], grid.astype(pos.dtype)], axis=1)
+
+
+_TIMM_VIT = {
+  "norm1": "ln_1",
+  "norm2": "ln_2",
+  "attn.qkv": "self_attention/in_proj",
+  "attn.proj": "self_attention/out_proj",
+  "mlp.fc1": "mlp_0",
+  "mlp.fc2": "mlp_3",
+}
+
+
+def _from_timm_vit(state_dict, params, name):
+  """timm ``VisionTransformer`` (RETFound, MAE) -> :class:`ViT`; the
+  position embeddings resized to the model's grid; with the average-pool
+  head (``fc_norm``) the final ``norm`` is unused and an absent ``fc_norm``
+  starts as the identity, as RETFound's fine-tuning starts it."""
+  filled = set()
+  avg = "fc_norm" in params
+
+  def put(path, value):
+    _assign(params, path, value, name=name)
+    filled.add(path)
+
+  for key, tensor in state_dict.items():
+    if key.startswith(("head.", "decoder", "mask_token")):
+      continue  # the classifier, MAE's decoder
+    value = _numpy(tensor)
+    module, _, leaf = key.rpartition(".")
+    if key == "cls_token":
+      put(("class_token",), value)
+    elif key == "pos_embed":
+      want = params["pos_embedding"].shape[1]
+      put(("pos_embedding",), resize_pos_embedding(value, want))
+    elif module == "patch_embed.proj":
+      leaf, value = _leaf(leaf, value)
+      put(("conv_proj", leaf), value)
+    elif module in ("norm", "fc_norm"):
+      if module == "norm" and avg:
+        continue
+      leaf, value = _leaf(leaf, value)
+      put(("fc_norm" if avg else "ln", leaf), value)
+    else:
+      m = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
+      if not m or m.group(2) not in _TIMM_VIT:
+        raise KeyError(f"{name}: unexpected ViT state-dict key {key!r}.")
+      leaf, value = _leaf(leaf, value)
+      path = (f"encoder_layer_{m.group(1)}",)
+      path += tuple(_TIMM_VIT[m.group(2)].split("/"))
+      put(path + (leaf,), value)
+  if avg and ("fc_norm", "scale") not in filled:
+    d = params["fc_norm"]["scale"].shape
+    put(("fc_norm", "scale"), np.ones(d, np.float32))
+    put(("fc_norm", "bias"), np.zeros(d, np.float32))
+  _check_filled(params, filled, name)
+  return params
+
+
+def from_timm(
+  state_dict: dict, params: dict, batch_stats: dict, name: str = "state dict"
+) -> tuple[dict, dict]:
+  """Converts a timm ConvNeXt (V1/V2) or ViT state dict (RETFound's and
+  MAE's included) into copies of ``params``/``batch_stats``; the classifier
+  is ignored, every encoder parameter must be filled."""
+  params = jax.tree.map(np.asarray, params)
+  stats = jax.tree.map(np.asarray, batch_stats)
+  if "cls_token" in state_dict:
+    return _from_timm_vit(state_dict, params, name), stats
+  if "stem.0.weight" in state_dict:
+    from agt_jax.models import convnext
+
+    return _from_named(state_dict, params, convnext.timm_path, name), stats
+  raise KeyError(
+    f"{name}: not a timm ConvNeXt or ViT state dict (no stem.0.weight "
+    "or cls_token)."
+  )
+
+
+def from_state_dict(
+  state_dict: dict, params: dict, batch_stats: dict, name: str = "state dict"
+) -> tuple[dict, dict]:
+  """:func:`from_timm` or :func:`from_torchvision`, by the keys; a
+  checkpoint wrapped as ``{"model": ...}`` or ``{"state_dict": ...}`` is
+  unwrapped first."""
+  for wrapper in ("model", "state_dict"):
+    if isinstance(state_dict.get(wrapper), dict):
+      state_dict = state_dict[wrapper]
+      break
+  timm = "cls_token" in state_dict or "stem.0.weight" in state_dict
+  convert = from_timm if timm else from_torchvision
+  return convert(state_dict, params, batch_stats, name=name)
+
+
+def read_state_dict(path) -> dict:
+  """A PyTorch state dict from ``.pth``/``.pt``/``.bin`` (torch) or
+  ``.safetensors`` (the ``safetensors`` package; no torch)."""
+  path = pathlib.Path(path)
+  if path.suffix == ".safetensors":
+    try:
+      from safetensors.numpy import load_file
+    except ImportError:
+      raise ImportError(
+        f"--init {path}: reading .safetensors needs the safetensors "
+        "package: pip install 'agt-jax[torch]'."
+      ) from None
+    return load_file(str(path))
+  try:
+    import torch
+  except ImportError:
+    raise ImportError(
+      f"--init {path}: a {path.suffix} file needs PyTorch: pip install "
+      "'agt-jax[torch]'."
+    ) from None
+  import argparse
+
+  # MAE-style checkpoints (RETFound's) carry their argparse.Namespace.
+  with torch.serialization.safe_globals([argparse.Namespace]):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+PYTORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 def _restore_ours(path: pathlib.Path) -> tuple[pathlib.Path, dict]:
@@ -261,7 +431,7 @@ def load_variables(path, like: dict) -> dict | None:
   model is ``like``'s (same tree, same shapes), else None (a ``.pth``, or
   another model: use :func:`load_encoder`)."""
   path = pathlib.Path(path).expanduser()
-  if path.suffix in (".pth", ".pt") or not path.exists():
+  if path.suffix in PYTORCH_SUFFIXES or not path.exists():
     return None
   _, restored = _restore_ours(path)
   got = {
@@ -284,16 +454,9 @@ def load_encoder(path, state: dict) -> tuple[dict, dict]:
   enc_stats = state["batch_stats"].get("encoder", {})
   if not path.exists():
     raise FileNotFoundError(f"--init {path}: no such file or folder.")
-  if path.suffix in (".pth", ".pt"):
-    try:
-      import torch
-    except ImportError:
-      raise ImportError(
-        "--init with a .pth file needs PyTorch: "
-        "pip install 'agt-jax[torch]'."
-      ) from None
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    return from_torchvision(sd, enc_params, enc_stats, name=str(path))
+  if path.suffix in PYTORCH_SUFFIXES:
+    sd = read_state_dict(path)
+    return from_state_dict(sd, enc_params, enc_stats, name=str(path))
   step_dir, restored = _restore_ours(path)
   try:
     p = restored["params"]["encoder"]
@@ -314,7 +477,7 @@ def load_encoder(path, state: dict) -> tuple[dict, dict]:
 
 def load_init(path, state: dict) -> dict:
   """``state`` with its encoder weights copied from ``path`` (our checkpoint
-  folder, or a torchvision ``.pth`` state dict); a multi-teacher's
+  folder, or a torchvision / timm state dict); a multi-teacher's
   ``encoder_g*`` all start from the same weights."""
   keys = [
     k for k in state["params"] if k == "encoder" or k.startswith("encoder_g")

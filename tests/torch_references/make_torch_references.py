@@ -1,17 +1,21 @@
 """Regenerates the PyTorch reference outputs that CI compares against
 without PyTorch.
 
-  pip install -e '.[torch]'         # any env with torch + torchvision + numpy
+  pip install -e '.[torch]' timm   # torch + torchvision + timm + numpy
   python tests/torch_references/make_torch_references.py
   python tests/torch_references/make_torch_references.py --only efficientnet_b0 ...
 
 Writes, next to this file:
   torch_references.npz   RIDE and distribution-balanced loss gradients by
                          torch autograd (float64); ResNet-50, DenseNet-121,
-                         EfficientNet-B0, EfficientNetV2-M, a tiny
-                         EfficientNet and ViT-B/16 pooled features (class
-                         token) of seeded weights and inputs
-  torchvision_specs.json the models' state-dict keys and shapes
+                         EfficientNet-B0, EfficientNetV2-M, ConvNeXt-T/B,
+                         ConvNeXt V2-B (timm), Swin-T, Swin V2-T/B, the
+                         tiny layouts, ViT-B/16 (class token) and a tiny
+                         RETFound-layout ViT (timm; also with its position
+                         embeddings resized as RETFound's fine-tuning does)
+                         pooled features of seeded weights and inputs
+  torchvision_specs.json the models' state-dict keys and shapes (RETFound's
+                         ViT-L/16: keys and shapes only)
   versions.json          the torch / torchvision / numpy that made each
 
 ``--only`` remakes the named entries and keeps the others as they are.
@@ -136,6 +140,127 @@ def swin_test(weights=None):
   return sw.SwinTransformer([4, 4], 16, [2, 2], [2, 4], [4, 4], 4.0)
 
 
+def swin_v2_test(weights=None):
+  """agt_jax's SwinV2Test layout in torchvision's class."""
+  from torchvision.models import swin_transformer as sw
+
+  del weights
+  return sw.SwinTransformer(
+    [4, 4],
+    16,
+    [2, 2],
+    [2, 4],
+    [4, 4],
+    4.0,
+    block=sw.SwinTransformerBlockV2,
+    downsample_layer=sw.PatchMergingV2,
+  )
+
+
+def _timm():
+  import timm
+
+  return timm
+
+
+def convnextv2_base(weights=None):
+  del weights
+  return _timm().create_model("convnextv2_base", pretrained=False)
+
+
+def convnextv2_test(weights=None):
+  """agt_jax's ConvNeXtV2Test layout in timm's class."""
+  del weights
+  from timm.models.convnext import ConvNeXt
+
+  return ConvNeXt(
+    depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), use_grn=True, ls_init_value=None
+  )
+
+
+def retfound_test(weights=None, img_size=64):
+  """agt_jax's RETFoundTest layout in timm's class, with RETFound's
+  fine-tuning head (global average pool, fc_norm)."""
+  del weights
+  from timm.models.vision_transformer import VisionTransformer
+
+  return VisionTransformer(
+    img_size=img_size,
+    patch_size=8,
+    embed_dim=32,
+    depth=2,
+    num_heads=4,
+    mlp_ratio=4.0,
+    global_pool="avg",
+    fc_norm=True,
+  )
+
+
+def retfound(weights=None):
+  """RETFound's ViT-L/16 (keys and shapes only: an MAE encoder with the
+  fine-tuning head's fc_norm)."""
+  del weights
+  from timm.models.vision_transformer import VisionTransformer
+
+  return VisionTransformer(
+    patch_size=16,
+    embed_dim=1024,
+    depth=24,
+    num_heads=16,
+    mlp_ratio=4.0,
+    global_pool="avg",
+    fc_norm=True,
+  )
+
+
+def _mae_resize(pos, grid):
+  """MAE/RETFound's ``interpolate_pos_embed``: the class token kept, the
+  patch grid resized by bicubic F.interpolate (align_corners=False)."""
+  g = round((pos.shape[1] - 1) ** 0.5)
+  tokens = pos[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
+  tokens = F.interpolate(
+    tokens, size=(grid, grid), mode="bicubic", align_corners=False
+  )
+  tokens = tokens.permute(0, 2, 3, 1).flatten(1, 2)
+  return torch.cat([pos[:, :1], tokens], dim=1)
+
+
+def retfound_resized():
+  """The tiny RETFound layout's seeded 64 px weights run at 32 and 96 px
+  with the position embeddings resized as RETFound does (4x4 and 12x12
+  grids from 8x8)."""
+  net = retfound_test()
+  spec = {k: list(v.shape) for k, v in net.state_dict().items()}
+  state = {
+    k: torch.from_numpy(v)
+    for k, v in ref.torchvision_like_state(spec, linear="fan_in").items()
+  }
+  out = {}
+  for size in (32, 96):
+    small = retfound_test(img_size=size).eval()
+    sd = dict(state, pos_embed=_mae_resize(state["pos_embed"], size // 8))
+    small.load_state_dict(sd)
+    x = ref.imagenet_input(size=size)
+    with torch.no_grad():
+      feats = small.forward_head(
+        small.forward_features(_normalised(x)), pre_logits=True
+      )
+    out[f"retfound_test_{size}px_features"] = feats.numpy()
+  return out
+
+
+def _normalised(x):
+  mean = np.array([0.485, 0.456, 0.406]) * 255
+  std = np.array([0.229, 0.224, 0.225]) * 255
+  return torch.tensor(
+    ((x - mean) / std).transpose(0, 3, 1, 2), dtype=torch.float32
+  )
+
+
+# Only the state dict's keys and shapes are kept (no features).
+SPEC_ONLY = {"retfound"}
+
+
 # Convolution std x gain: EfficientNetV2-M's seeded activations otherwise
 # reach 1e9 (tests/references.py says why that matters).
 CONV_GAIN = {"efficientnet_v2_m": 0.5}
@@ -144,21 +269,18 @@ CONV_GAIN = {"efficientnet_v2_m": 0.5}
 def encoder_features(name, ctor):
   net = ctor(weights=None).eval()
   spec = {k: list(v.shape) for k, v in net.state_dict().items()}
+  if name in SPEC_ONLY:
+    return spec, None
   vit = name == "vit_b16"
   state = ref.torchvision_like_state(
     spec,
     linear="fan_in"
-    if vit or name.startswith(("convnext", "swin"))
+    if vit or name.startswith(("convnext", "swin", "retfound"))
     else "small",
     conv_gain=CONV_GAIN.get(name, 1.0),
   )
   net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-  x = ref.imagenet_input(size=224 if vit else 64)
-  mean = np.array([0.485, 0.456, 0.406]) * 255
-  std = np.array([0.229, 0.224, 0.225]) * 255
-  xt = torch.tensor(
-    ((x - mean) / std).transpose(0, 3, 1, 2), dtype=torch.float32
-  )
+  xt = _normalised(ref.imagenet_input(size=224 if vit else 64))
   with torch.no_grad():
     if name == "resnet50":
       net.fc = torch.nn.Identity()
@@ -166,6 +288,8 @@ def encoder_features(name, ctor):
     elif vit:
       net.heads = torch.nn.Identity()  # the class token after encoder.ln
       out = net(xt)
+    elif name.startswith(("convnextv2", "retfound")):  # timm
+      out = net.forward_head(net.forward_features(xt), pre_logits=True)
     elif name.startswith("efficientnet"):
       out = F.adaptive_avg_pool2d(net.features(xt), 1).flatten(1)
     elif name.startswith("swin"):  # tokens normalised, then pooled
@@ -189,6 +313,13 @@ ENCODERS = {
   "convnext_test": convnext_test,
   "swin_t": torchvision.models.swin_t,
   "swin_test": swin_test,
+  "swin_v2_t": torchvision.models.swin_v2_t,
+  "swin_v2_b": torchvision.models.swin_v2_b,
+  "swin_v2_test": swin_v2_test,
+  "convnextv2_base": convnextv2_base,
+  "convnextv2_test": convnextv2_test,
+  "retfound_test": retfound_test,
+  "retfound": retfound,
 }
 
 
@@ -206,9 +337,12 @@ def main(argv=None):
   arrays = dict(np.load(npz)) if only and npz.exists() else {}
   specs = json.loads(spec_path.read_text()) if only else {}
   versions = json.loads((HERE / "versions.json").read_text()) if only else {}
+  if not only or any(n.startswith(("convnextv2", "retfound")) for n in only):
+    _timm()  # imported here so that versions.json names it
   made = {
     "torch": torch.__version__,
     "torchvision": torchvision.__version__,
+    "timm": getattr(sys.modules.get("timm"), "__version__", None),
     "numpy": np.__version__,
     "python": sys.version.split()[0],
   }
@@ -217,7 +351,11 @@ def main(argv=None):
   for name, ctor in ENCODERS.items():
     if only and name not in only:
       continue
-    specs[name], arrays[f"{name}_features"] = encoder_features(name, ctor)
+    specs[name], features = encoder_features(name, ctor)
+    if features is not None:
+      arrays[f"{name}_features"] = features
+    if name == "retfound_test":
+      arrays.update(retfound_resized())
   if only:  # which versions made which entries
     versions.setdefault("entries", {}).update({name: made for name in only})
   else:
