@@ -131,6 +131,10 @@ class Config:
   focal_gamma: float = 1.0
   cb_beta: float = 0.999
   cam_entropy: float = 0.0  # Grad-CAM entropy term's weight (Task 4c)
+  # Generated training images (Task 4a): an .npz of "images" [m, S, S, 3]
+  # uint8 at image_size, "labels" [m, C] and "class_names", appended to the
+  # fit split (never to validation or test).
+  extra_train: str | None = None
   select_metric: str = "final"  # final (ODIR score) | macro_f1 (paper 001)
   augment: str = "crop_flip"  # crop_flip | flip_rotate (paper 001)
   # bookkeeping
@@ -414,6 +418,11 @@ def validate(config: Config) -> Config:
         "checkpoint folder of this project or a torchvision "
         ".pth)."
       )
+  if c.extra_train and not pathlib.Path(c.extra_train).expanduser().is_file():
+    raise ConfigError(
+      f"extra_train={c.extra_train!r}: no such file (an .npz of generated "
+      "training images, as experiments.transfer_odir --tasks vae writes)."
+    )
   return config
 
 
@@ -503,6 +512,7 @@ LEGACY = {
   "group_init": None,
   "tta": "none",
   "weight_decay": 0.0,
+  "extra_train": None,
 }
 
 

@@ -5,7 +5,7 @@ Grad-CAM, each on the same folds and code.
   python -m experiments.transfer_odir --preset smoke
   python -m experiments.transfer_odir --preset quick              # 3 folds
   python -m experiments.transfer_odir --classes D,G,A --model resnet18 \\
-      --init R18.pth --tasks frozen,full,focal,cb,se,mha,gradcam \\
+      --init R18.pth --tasks frozen,full,focal,cb,se,mha,vae,gradcam \\
       --data odir5k:/data/odir5k --preset paper --folds all
 
 Tasks (each a ``trainer=transfer`` run). Paper 001 states the tasks, Adam,
@@ -24,6 +24,11 @@ beta, the SE reduction, the 8 heads, the entropy weight 0.01, batch 32,
 * ``se`` / ``mha`` (3): squeeze-and-excitation (reduction 16) / spatial
   multi-head attention (8 heads) after the last stage, focal loss, from the
   ``frozen`` encoder (the attention block and head start afresh);
+* ``vae`` (4a, with MHA as the paper's Table 3): a label-conditional VAE
+  fitted to the fold's training images draws images of observed label sets
+  until every class has the most frequent one's count (the paper's Fig. 3);
+  they join the training split only (``extra_train``), and ``mha`` is
+  trained on the union. The VAE's size, latent 32 and its steps are ours;
 * ``gradcam`` (4c): as ``full`` plus the Grad-CAM entropy term (0.01).
 
 Every task: flips and ±15° rotation, batch 32, the checkpoint with the best
@@ -33,8 +38,9 @@ trains the encoder on the *other* classes of the same training images (an
 in-domain stand-in, not ImageNet; the report says so).
 
 Writes ``report.md`` (Table 1/2 layout: per-class F, P, R per task, macro F
-mean ± std over folds), ``macro_f.png`` and ``gradcam.png`` into the
-workdir; relaunching resumes.
+mean ± std over folds; the VAE's class counts and samples),
+``macro_f.png``, ``vae_samples.png`` and ``gradcam.png`` into the workdir;
+relaunching resumes.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import numpy as np
 from experiments import _harness as h
 
 PROG = "experiments.transfer_odir"
-TASKS = ("frozen", "full", "focal", "cb", "se", "mha", "gradcam")
+TASKS = ("frozen", "full", "focal", "cb", "se", "mha", "vae", "gradcam")
 LABELS = {
   "pretrain": "stand-in pretraining (other classes)",
   "frozen": "Task 1.2 frozen backbone",
@@ -57,10 +63,17 @@ LABELS = {
   "cb": "Task 2 class-balanced BCE",
   "se": "Task 3 SE",
   "mha": "Task 3 MHA",
+  "vae": "Task 4a VAE + MHA",
   "gradcam": "Task 4c Grad-CAM entropy",
 }
 # Paper 001's off-site macro F (ResNet-18, ImageNet weights).
-REFERENCE_F = {"frozen": 0.531, "full": 0.773, "focal": 0.781, "mha": 0.779}
+REFERENCE_F = {
+  "frozen": 0.531,
+  "full": 0.773,
+  "focal": 0.781,
+  "mha": 0.779,
+  "vae": 0.759,
+}
 
 COMMON = dict(
   trainer="transfer",
@@ -86,6 +99,7 @@ PRESETS = {
     lr_frozen=1e-3,
     lr_fine=2e-5,
     pretrain_steps=4400,
+    vae_steps=5000,
   ),
   # 3 folds of every task in under 20 minutes on 2 cores.
   "quick": dict(
@@ -101,6 +115,7 @@ PRESETS = {
     lr_frozen=1e-3,
     lr_fine=2e-4,
     pretrain_steps=600,
+    vae_steps=800,
   ),
   # Under a minute: one fold, a few steps, no stand-in pretraining.
   "smoke": dict(
@@ -111,20 +126,25 @@ PRESETS = {
     lr_frozen=1e-3,
     lr_fine=1e-4,
     pretrain_steps=0,
+    vae_steps=4,
   ),
 }
-SMOKE_TASKS = ("frozen", "full", "mha", "gradcam")
+SMOKE_TASKS = ("frozen", "full", "mha", "vae", "gradcam")
 
 
-def task_overrides(task: str, *, lr_frozen: float, lr_fine: float) -> dict:
+def task_overrides(
+  task: str, *, lr_frozen: float, lr_fine: float, extra_train=None
+) -> dict:
   fine = dict(freeze_encoder=False, lr=lr_fine)
+  mha = {**fine, "transfer_loss": "focal", "attention": "mha"}
   return {
     "frozen": dict(freeze_encoder=True, lr=lr_frozen),
     "full": fine,
     "focal": {**fine, "transfer_loss": "focal"},
     "cb": {**fine, "transfer_loss": "cb"},
     "se": {**fine, "transfer_loss": "focal", "attention": "se"},
-    "mha": {**fine, "transfer_loss": "focal", "attention": "mha"},
+    "mha": mha,
+    "vae": {**mha, "extra_train": extra_train},
     "gradcam": {**fine, "cam_entropy": 0.01},
   }[task]
 
@@ -196,6 +216,7 @@ def run(argv=None) -> int:
     preset = dict(PRESETS[a.preset])
     lrs = dict(lr_frozen=preset.pop("lr_frozen"), lr_fine=preset.pop("lr_fine"))
     pretrain_steps = preset.pop("pretrain_steps")
+    vae_steps = preset.pop("vae_steps")
     if a.pretrain_steps is not None:
       pretrain_steps = a.pretrain_steps
     base = {
@@ -235,6 +256,12 @@ def run(argv=None) -> int:
           workdir=workdir,
         )
         init = str(best_dir(workdir, "pretrain", fold))
+      extra = None
+      if "vae" in tasks:  # Task 4a's images, from this fold's training split
+        cfg = config_lib.get_config(
+          a.preset, **{**base, "classes": classes, "fold": fold}
+        )
+        extra = str(generate_vae_images(cfg, workdir, vae_steps))
       # Stage 2: the frozen backbone; stage 3: the tasks that start from it.
       stages = [["frozen"], [t for t in tasks if t != "frozen"]]
       for stage in stages:
@@ -247,7 +274,7 @@ def run(argv=None) -> int:
             h.Run(
               t,
               {
-                **task_overrides(t, **lrs),
+                **task_overrides(t, **lrs, extra_train=extra),
                 "classes": classes,
                 **({"init": start} if start else {}),
               },
@@ -265,6 +292,60 @@ def run(argv=None) -> int:
     return 0
 
   return _cli.guarded(go, prog=PROG, argv=argv)
+
+
+def vae_dir(workdir, fold: int) -> pathlib.Path:
+  return pathlib.Path(workdir) / "vae_images" / f"fold{fold}"
+
+
+def generate_vae_images(config, workdir, steps: int) -> pathlib.Path:
+  """Task 4a: the VAE fitted to ``config``'s fold's training split (its
+  images at ``image_size``) and the balancing images it draws, written once
+  to ``vae_images/fold{k}/samples.npz`` (with ``summary.json``); a rerun reuses
+  them."""
+  from agt_jax.io import atomic_write_text
+  from agt_jax.train import loop
+  from agt_jax.train import vae as vae_train
+
+  out = vae_dir(workdir, config.fold)
+  path = out / "samples.npz"
+  if path.exists():
+    return path.absolute()
+  data = loop.load_fold(config)
+  images = np.stack([data.fit_source[i] for i in range(data.num_fit)])
+  print(
+    f"[vae] fold {config.fold}: fitting the VAE to {len(images)} training "
+    f"images ({steps} steps)",
+    flush=True,
+  )
+  got = vae_train.generate_balanced(
+    images, data.y_fit, steps=steps, seed=config.seed, progress=True
+  )
+  out.mkdir(parents=True, exist_ok=True)
+  tmp = out / "samples.tmp.npz"
+  np.savez_compressed(
+    tmp,
+    images=got["images"],
+    labels=got["labels"],
+    class_names=np.array(data.names),
+  )
+  losses = got["losses"]
+  tail = max(1, len(losses) // 10)
+  summary = {
+    "fold": config.fold,
+    "steps": steps,
+    "train_images": int(len(images)),
+    "generated_images": int(len(got["images"])),
+    "class_names": data.names,
+    "counts_before": [int(v) for v in got["counts_before"]],
+    "counts_after": [int(v) for v in got["counts_after"]],
+    "elbo_first": float(np.mean(losses[:tail])),
+    "elbo_last": float(np.mean(losses[-tail:])),
+    "synthetic": bool(data.table.synthetic),
+  }
+  atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+  tmp.replace(path)  # last: its presence means the stage is done
+  return path.absolute()
 
 
 def _other_classes(config, classes) -> tuple:
@@ -389,6 +470,8 @@ def write_report(workdir, tasks, stand_in: bool) -> pathlib.Path:
   plot = _macro_f_plot(workdir, macro, rows)
   if plot:
     lines += ["![macro F](macro_f.png)", ""]
+  if "vae" in tasks:
+    lines += _vae_section(workdir, rows)
   cam = _gradcam_figure(workdir, rows, tasks)
   if cam:
     lines += [
@@ -400,6 +483,110 @@ def write_report(workdir, tasks, stand_in: bool) -> pathlib.Path:
       "",
     ]
   return h.write_report_md(workdir, lines)
+
+
+def _vae_section(workdir, rows) -> list[str]:
+  """Task 4a: the training split's class counts before and after the
+  generated images (the paper's Fig. 3), the ELBO, and a sheet of samples
+  beside real training images of the same label sets."""
+  folds = sorted(
+    int(d.name[4:])
+    for d in (workdir / "vae_images").glob("fold*")
+    if (d / "summary.json").exists()
+  )
+  if not folds:
+    return []
+  sums = [
+    json.loads((vae_dir(workdir, f) / "summary.json").read_text())
+    for f in folds
+  ]
+  names = sums[0]["class_names"]
+  lines = [
+    "## VAE augmentation (Task 4a)",
+    "",
+    "A label-conditional VAE fitted to each fold's training split draws "
+    "images of observed label sets until every class has the most "
+    "frequent class's count; they are added to the training split only "
+    "(validation and test stay real). "
+    + (
+      "The real images here are synthetic renderings, so the VAE learns "
+      "synthetic images."
+      if sums[0].get("synthetic")
+      else ""
+    ),
+    "",
+    "| fold | training images | generated | ELBO first -> last (nats) | "
+    + " | ".join(f"{c} before -> after" for c in names)
+    + " |",
+    "|---|---|---|---|" + "---|" * len(names),
+  ]
+  for f, m in zip(folds, sums):
+    lines.append(
+      f"| {f} | {m['train_images']} | {m['generated_images']} | "
+      f"{m['elbo_first']:.0f} -> {m['elbo_last']:.0f} | "
+      + " | ".join(
+        f"{b} -> {a}" for b, a in zip(m["counts_before"], m["counts_after"])
+      )
+      + " |"
+    )
+  lines.append("")
+  sheet = _vae_sheet(workdir, folds[0], rows)
+  if sheet:
+    lines += [
+      f"`vae_samples.png` (fold {folds[0]}): per label set, generated "
+      "images (left) beside real training images (right).",
+      "",
+      "![VAE samples](vae_samples.png)",
+      "",
+    ]
+  return lines
+
+
+def _vae_sheet(workdir, fold, rows, per_set: int = 4, max_sets: int = 6):
+  from agt_jax import config as config_lib
+  from agt_jax import plotting
+  from agt_jax.config import from_json
+  from agt_jax.train import loop
+
+  row = next(
+    (r for r in rows if r["task"] == "vae" and r["fold"] == fold), None
+  )
+  if row is None:
+    return None
+  config = from_json(
+    (workdir / row["run"] / f"fold{fold}" / "config.json").read_text()
+  )
+  data = loop.load_fold(config_lib.replace(config, extra_train=None))
+  with np.load(vae_dir(workdir, fold) / "samples.npz") as z:
+    gen, gen_y = z["images"], z["labels"]
+  if not len(gen):
+    return None
+  sets, counts = np.unique(gen_y, axis=0, return_counts=True)
+  sets = sets[np.argsort(-counts)][:max_sets]
+  real_y = data.y_fit
+  plt = plotting.pyplot()
+  fig, axes = plt.subplots(
+    len(sets),
+    2 * per_set,
+    figsize=(1.1 * 2 * per_set, 1.2 * len(sets)),
+    squeeze=False,
+  )
+  for r, ls in enumerate(sets):
+    g = gen[np.all(gen_y == ls, axis=1)][:per_set]
+    real = np.flatnonzero(np.all(real_y == ls, axis=1))[:per_set]
+    tiles = list(g) + [None] * (per_set - len(g))
+    tiles += [data.fit_source[i] for i in real]
+    name = "+".join(n for n, v in zip(data.names, ls) if v) or "none"
+    for k, ax in enumerate(axes[r]):
+      ax.axis("off")
+      if k < len(tiles) and tiles[k] is not None:
+        ax.imshow(tiles[k])
+      if k == 0:
+        ax.set_title(f"{name}: generated", fontsize=7, loc="left")
+      if k == per_set:
+        ax.set_title("real", fontsize=7, loc="left")
+  h.save_figure(fig, rows, workdir / "vae_samples.png")
+  return workdir / "vae_samples.png"
 
 
 def _macro_f_plot(workdir, macro, rows):

@@ -4,6 +4,8 @@ stand-in pretraining sees only the other classes."""
 
 import json
 
+import numpy as np
+
 from tests.test_experiments import cache, rows, run_cli  # noqa: F401
 
 
@@ -17,20 +19,39 @@ def test_transfer_odir_smoke_under_a_minute_then_skips(tmp_path, cache):
   seconds = time.perf_counter() - t0
   assert out.returncode == 0, out.stderr[-3000:]
   got = rows(wd)
-  assert [r["task"] for r in got] == ["frozen", "full", "mha", "gradcam"]
+  tasks = ["frozen", "full", "mha", "vae", "gradcam"]
+  assert [r["task"] for r in got] == tasks
   assert all(r["model"] == "transfer" for r in got)
   assert "## Macro F" in out.stdout and "| Task 3 MHA |" in out.stdout
   configs = {
-    t: json.loads((wd / t / "fold0" / "config.json").read_text())
-    for t in ("frozen", "full", "mha", "gradcam")
+    t: json.loads((wd / t / "fold0" / "config.json").read_text()) for t in tasks
   }
   assert (
     configs["frozen"]["freeze_encoder"] and configs["frozen"]["init"] is None
   )
   best = str(wd / "frozen" / "fold0" / "checkpoints" / "transfer_best")
-  for t in ("full", "mha", "gradcam"):
+  for t in ("full", "mha", "vae", "gradcam"):
     assert configs[t]["init"] == best and not configs[t]["freeze_encoder"]
   assert configs["mha"]["attention"] == "mha"
+  # Task 4a: MHA on the training split plus the VAE's balancing images
+  # (drawn from that split alone); validation and test untouched.
+  vae_cfg, mha_cfg = configs["vae"], configs["mha"]
+  samples = wd / "vae_images" / "fold0" / "samples.npz"
+  assert vae_cfg["extra_train"] == str(samples.absolute())
+  assert {**vae_cfg, "extra_train": None} == mha_cfg
+  summary = json.loads((samples.parent / "summary.json").read_text())
+  assert len(set(summary["counts_after"])) == 1  # balanced
+  with np.load(samples) as z:
+    assert z["images"].shape == (summary["generated_images"], 40, 40, 3)
+    assert z["images"].dtype == np.uint8
+  res_vae = json.loads((wd / "vae" / "fold0" / "results.json").read_text())
+  res_mha = json.loads((wd / "mha" / "fold0" / "results.json").read_text())
+  assert (
+    res_vae["train_images"]
+    == res_mha["train_images"] + summary["generated_images"]
+  )
+  assert res_vae["test_images"] == res_mha["test_images"]
+  assert res_vae["validation_images"] == res_mha["validation_images"]
   assert configs["gradcam"]["cam_entropy"] == 0.01
   for c in configs.values():
     assert c["classes"] == ["D", "G", "A"]
@@ -46,15 +67,19 @@ def test_transfer_odir_smoke_under_a_minute_then_skips(tmp_path, cache):
     "Task 1.2 frozen backbone",
     "Task 1.3 all layers",
     "Task 3 MHA",
+    "Task 4a VAE + MHA",
     "Task 4c Grad-CAM entropy",
   ):
     assert f"| {label} | D |" in report, label
+  assert "## VAE augmentation (Task 4a)" in report
+  assert (wd / "vae_samples.png").stat().st_size > 1000
   assert "| task | macro F (0.5) | macro F (val-tuned) | macro AUC |" in report
   assert (wd / "macro_f.png").stat().st_size > 1000
   assert (wd / "gradcam.png").stat().st_size > 1000
   print(f"experiments.transfer_odir --preset smoke: {seconds:.1f} s")
   again = run_cli("experiments.transfer_odir", args, cache)
-  assert again.returncode == 0 and again.stdout.count("finished, skipped") == 4
+  assert again.returncode == 0 and again.stdout.count("finished, skipped") == 5
+  assert "[vae]" not in again.stdout  # the generated images are reused
 
 
 def test_stand_in_pretraining_uses_the_other_classes(tmp_path, cache):

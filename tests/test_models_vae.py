@@ -60,3 +60,26 @@ def test_balancing_plan_reaches_the_largest_count():
   counts = y.sum(0) + add
   assert counts.min() >= 10
   assert set(plan) <= {tuple(r) for r in y.tolist()}  # observed sets only
+
+
+def test_generate_balanced_draws_the_plan_and_keeps_the_images_shape():
+  from agt_jax.train.vae import generate_balanced
+
+  x, y = _fixture(n=30)
+  got = generate_balanced(x, y, steps=3, seed=0)
+  plan = vae.balancing_plan(y)
+  assert len(got["images"]) == sum(plan.values()) == len(got["labels"])
+  assert got["images"].shape[1:] == x.shape[1:]
+  assert got["images"].dtype == np.uint8
+  np.testing.assert_array_equal(got["counts_before"], y.sum(0))
+  np.testing.assert_array_equal(
+    got["counts_after"], y.sum(0) + got["labels"].sum(0)
+  )
+  assert (
+    got["counts_after"].min() == got["counts_after"].max() == y.sum(0).max()
+  )
+  observed = {tuple(r) for r in y.astype(int)}
+  assert {tuple(r) for r in got["labels"]} <= observed
+  assert len(got["losses"]) == 3
+  with np.testing.assert_raises(ValueError):
+    generate_balanced(x[:, :12, :12], y, steps=1)  # 12 is not divisible by 8

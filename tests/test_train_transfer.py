@@ -239,3 +239,57 @@ def test_transfer_config_checks():
   with pytest.raises(ConfigError, match="dropout"):
     config_lib.validate(config_lib.replace(base, grouping="none", dropout=1.0))
   config_lib.validate(config_lib.replace(base, grouping="none"))
+
+
+def test_generated_images_join_the_fit_split_only(tmp_path):
+  """``extra_train`` (Task 4a): the .npz's images follow the real training
+  images in the fit split (labels, counts, the source the batches read);
+  validation and test are untouched; a file for other classes or another
+  size is refused with one line naming it, a missing one at validation."""
+  from agt_jax.errors import InputError
+  from agt_jax.train import loop
+
+  base = config_lib.get_config(
+    "smoke", classes=("D", "G", "A"), cache_dir=str(tmp_path / "cache")
+  )
+  plain = loop.load_fold(base)
+  rng = np.random.default_rng(0)
+  extra = rng.integers(0, 255, (5, base.image_size, base.image_size, 3))
+  labels = np.eye(3, dtype=np.int64)[[1, 1, 2, 2, 2]]
+  path = tmp_path / "samples.npz"
+  np.savez(
+    path,
+    images=extra.astype(np.uint8),
+    labels=labels,
+    class_names=np.array(["D", "G", "A"]),
+  )
+  data = loop.load_fold(config_lib.replace(base, extra_train=str(path)))
+  n = len(plain.fit_idx)
+  assert data.num_fit == n + 5 and len(data.fit_source) == n + 5
+  np.testing.assert_array_equal(data.y_fit[:n], plain.y_fit)
+  np.testing.assert_array_equal(data.y_fit[n:], labels)
+  np.testing.assert_array_equal(data.counts, plain.counts + labels.sum(0))
+  np.testing.assert_array_equal(data.fit_source[n + 4], extra[4])
+  np.testing.assert_array_equal(data.fit_source[0], plain.fit_source[0])
+  np.testing.assert_array_equal(data.val_idx, plain.val_idx)
+  np.testing.assert_array_equal(data.test_idx, plain.test_idx)
+  np.savez(
+    path,
+    images=extra.astype(np.uint8),
+    labels=labels,
+    class_names=np.array(["D", "G", "C"]),
+  )
+  with pytest.raises(InputError, match=r"samples\.npz: class_names"):
+    loop.load_fold(config_lib.replace(base, extra_train=str(path)))
+  np.savez(
+    path,
+    images=extra[:, :8, :8].astype(np.uint8),
+    labels=labels,
+    class_names=np.array(["D", "G", "A"]),
+  )
+  with pytest.raises(InputError, match="image_size"):
+    loop.load_fold(config_lib.replace(base, extra_train=str(path)))
+  with pytest.raises(ConfigError, match="extra_train"):
+    config_lib.validate(
+      config_lib.replace(base, extra_train=str(tmp_path / "none.npz"))
+    )

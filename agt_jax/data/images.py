@@ -184,6 +184,23 @@ class ArrayImageSource:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConcatSource:
+  """The images of ``first`` then those of ``second`` (a split with
+  generated images appended)."""
+
+  first: object
+  second: object
+
+  def __len__(self) -> int:
+    return len(self.first) + len(self.second)
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    i = int(i)
+    n = len(self.first)
+    return self.first[i] if i < n else self.second[i - n]
+
+
+@dataclasses.dataclass(frozen=True)
 class SubsetSource:
   """Index ``i`` of a split -> image ``indices[i]`` of the full source."""
 

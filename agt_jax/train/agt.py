@@ -178,7 +178,7 @@ def train_teacher(config, data, groups, ctx) -> Trained:
     ctx.encoder,
     groups,
     data.counts,
-    len(data.fit_idx),
+    data.num_fit,
     logit_shift=shift if config.prior_correction == "loss" else None,
   )
   state = steps.init_state(

@@ -47,6 +47,9 @@ class FoldData:
   val_idx: np.ndarray  # validation: model selection only
   test_idx: np.ndarray  # test fold: scored once, at the end
   assignment: dict
+  # Generated images appended to the fit split (config.extra_train).
+  extra_images: np.ndarray | None = None
+  extra_labels: np.ndarray | None = None
 
   @property
   def names(self) -> list[str]:
@@ -54,7 +57,15 @@ class FoldData:
 
   @property
   def y_fit(self):
-    return self.table.labels[self.fit_idx]
+    y = self.table.labels[self.fit_idx]
+    if self.extra_labels is None:
+      return y
+    return np.concatenate([y, self.extra_labels.astype(y.dtype)])
+
+  @property
+  def num_fit(self) -> int:
+    """Training images, generated ones included."""
+    return len(self.y_fit)
 
   @property
   def y_val(self):
@@ -70,7 +81,11 @@ class FoldData:
 
   @property
   def fit_source(self):
-    return images_lib.SubsetSource(self.source, self.fit_idx)
+    real = images_lib.SubsetSource(self.source, self.fit_idx)
+    if self.extra_images is None:
+      return real
+    extra = images_lib.ArrayImageSource(self.extra_images)
+    return images_lib.ConcatSource(real, extra)
 
 
 def train_and_evaluate(
@@ -186,7 +201,45 @@ def load_fold(config: Config) -> FoldData:
       set(table.patient_ids[val_idx].tolist()), key=lambda p: (len(p), p)
     ),
   }
-  return FoldData(table, source, fit_idx, val_idx, test_idx, assignment)
+  data = FoldData(table, source, fit_idx, val_idx, test_idx, assignment)
+  if config.extra_train:
+    images, labels = read_extra(config, table.class_names)
+    data = dataclasses.replace(data, extra_images=images, extra_labels=labels)
+    data.assignment["num_generated_fit_images"] = len(images)
+  return data
+
+
+def read_extra(config: Config, class_names) -> tuple[np.ndarray, np.ndarray]:
+  """``(images, labels)`` of ``config.extra_train``, checked against the
+  run's classes and image size (one line naming the file and the field)."""
+  from agt_jax.errors import InputError as DataError
+
+  path = pathlib.Path(config.extra_train).expanduser()
+  try:
+    with np.load(path) as z:
+      images, labels, names = z["images"], z["labels"], list(z["class_names"])
+  except (OSError, ValueError, KeyError) as e:
+    raise DataError(
+      f"extra_train {path}: not an .npz with images, labels and "
+      f"class_names ({e})."
+    ) from None
+  want = (config.image_size, config.image_size, 3)
+  if names != list(class_names):
+    raise DataError(
+      f"extra_train {path}: class_names {names} differ from the run's "
+      f"{list(class_names)}; generate it for these classes."
+    )
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != want:
+    raise DataError(
+      f"extra_train {path}: images are {images.dtype} {images.shape[1:]}, "
+      f"the run needs uint8 {want} (image_size={config.image_size})."
+    )
+  if labels.shape != (len(images), len(names)):
+    raise DataError(
+      f"extra_train {path}: labels have shape {labels.shape}, expected "
+      f"{(len(images), len(names))}."
+    )
+  return images, labels
 
 
 # -- groups ---------------------------------------------------------------------
@@ -232,7 +285,7 @@ def _results_header(config, data: FoldData, groups_info) -> dict:
     "synthetic": data.table.synthetic,
     "fold": config.fold,
     "class_names": names,
-    "train_images": int(len(data.fit_idx)),
+    "train_images": int(data.num_fit),
     "validation_images": int(len(data.val_idx)),
     "train_class_counts": [int(x) for x in counts],
     "test_images": int(len(data.test_idx)),

@@ -78,3 +78,61 @@ def train_vae(
   if bar is not None:
     bar.close()
   return model, state[0], np.asarray(jax.device_get(losses), np.float64)
+
+
+def generate_balanced(
+  images,
+  labels,
+  *,
+  steps: int,
+  seed: int = 0,
+  batch_size: int = 32,
+  latent: int = 32,
+  progress: bool = False,
+) -> dict:
+  """Paper 001's Task 4a: fits the VAE to a split's ``images`` / ``labels``
+  and draws images of observed label sets until every class has the most
+  frequent class's count (:func:`agt_jax.models.vae.balancing_plan`).
+
+  Returns ``{"images" [m, S, S, 3] uint8, "labels" [m, C], "losses"
+  (negative ELBO per step), "counts_before", "counts_after"}``.
+  """
+  from agt_jax.models import vae as vae_lib
+
+  images = np.asarray(images)
+  labels = np.asarray(labels).astype(np.int64)
+  cells = images.shape[1] / 2 ** len(ConditionalVAE.widths)
+  if images.shape[1] != images.shape[2] or cells != int(cells):
+    raise ValueError(
+      f"the VAE needs square images whose size divides by "
+      f"{2 ** len(ConditionalVAE.widths)}; got {images.shape[1:3]}."
+    )
+  model, params, losses = train_vae(
+    images,
+    labels,
+    steps=steps,
+    batch_size=batch_size,
+    latent=latent,
+    seed=seed,
+    progress=progress,
+  )
+  plan = vae_lib.balancing_plan(labels)
+  drawn = np.array(
+    [k for k, n in sorted(plan.items()) for _ in range(n)], np.int64
+  ).reshape(-1, labels.shape[1])
+  key = jax.random.key(seed + 1)
+  out = []
+  for start in range(0, len(drawn), 256):  # bounded memory at paper sizes
+    key, draw = jax.random.split(key)
+    out.append(vae_lib.sample(model, params, drawn[start : start + 256], draw))
+  size = images.shape[1]
+  generated = (
+    np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
+  )
+  return {
+    "images": generated,
+    "labels": drawn,
+    "losses": losses,
+    "counts_before": labels.sum(0),
+    "counts_after": labels.sum(0) + drawn.sum(0),
+  }
