@@ -213,17 +213,10 @@ def from_torchvision(
     if module.startswith(("fc", "classifier")) or leaf == "num_batches_tracked":
       continue
     path = path_of(module)
-    if leaf == "weight" and value.ndim == 4:
-      _assign(
-        params, path + ("kernel",), value.transpose(2, 3, 1, 0), name=name
-      )
-      filled.add(path + ("kernel",))
-    elif leaf == "weight":
-      _assign(params, path + ("scale",), value, name=name)
-      filled.add(path + ("scale",))
-    elif leaf == "bias":
-      _assign(params, path + ("bias",), value, name=name)
-      filled.add(path + ("bias",))
+    if leaf in ("weight", "bias"):
+      ours, value = _leaf(leaf, value)
+      _assign(params, path + (ours,), value, name=name)
+      filled.add(path + (ours,))
     elif leaf == "running_mean":
       _assign(stats, path + ("mean",), value, name=name)
     elif leaf == "running_var":
