@@ -81,10 +81,10 @@ def numerics_worker(a) -> None:
   rng = np.random.default_rng(0)
   image = rng.integers(0, 255, (a.batch_size, *shape), dtype=np.uint8)
   labels = (rng.random((a.batch_size, 8)) < 0.2).astype(np.uint8)
-  logits, _ = teacher.apply(
+  # Jitted: op-by-op dispatch would compile every layer's ops one by one.
+  logits, _ = jax.jit(lambda v, x: teacher.apply(v, x, train=False))(
     {"params": state["params"], "batch_stats": state["batch_stats"]},
     jnp.asarray(image),
-    train=False,
   )
   batch = {"image": image, "labels": labels, "group": np.int32(1)}
   state, _ = jax.jit(
