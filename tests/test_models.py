@@ -307,3 +307,31 @@ def test_load_encoder_from_our_checkpoint(tmp_path):
   )
   with pytest.raises(FileNotFoundError, match="no such"):
     weights.load_encoder(tmp_path / "nope", sstate)
+
+
+@pytest.mark.parametrize(
+  "name", ["swin_v2_test", "swin_test", "convnextv2_test", "retfound_test"]
+)
+def test_gradients_are_finite_where_windows_pad(name):
+  """40 px: Swin's 10 x 10 map pads to 12 x 12 windows, whose zero tokens
+  have zero keys; Swin V2's cosine attention normalises them (torch's
+  F.normalize) and must give them a zero gradient, not NaN (a plain
+  ``a / max(norm(a), eps)`` does: norm's derivative at 0)."""
+  enc = models.make_encoder(name)
+  x = jnp.asarray(ref_images(40), jnp.uint8)
+  v = enc.init(jax.random.key(0), x)
+  g = jax.jit(
+    jax.grad(lambda p: jnp.sum(enc.apply({**v, "params": p}, x) ** 2))
+  )(v["params"])
+  bad = [
+    jax.tree_util.keystr(k)
+    for k, a in jax.tree_util.tree_leaves_with_path(g)
+    if not np.all(np.isfinite(a))
+  ]
+  assert not bad, bad
+
+
+def ref_images(size):
+  from tests import references as ref
+
+  return ref.imagenet_input(size=size)

@@ -30,6 +30,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
@@ -126,8 +127,10 @@ class WindowAttention(nn.Module):
     qkv = qkv.reshape(-1, n, 3, self.heads, c // self.heads)
     q, k, v = qkv.transpose(2, 0, 3, 1, 4)  # each [B nW, heads, N, d]
     if self.v2:  # scaled cosine attention
-      unit = lambda a: a / jnp.maximum(
-        jnp.linalg.norm(a, axis=-1, keepdims=True), 1e-12
+      # torch's F.normalize, a / max(|a|, 1e-12), written so that a zero
+      # vector (a padded token's key) has a zero gradient, not NaN.
+      unit = lambda a: a * jax.lax.rsqrt(
+        jnp.maximum(jnp.sum(jnp.square(a), axis=-1, keepdims=True), 1e-24)
       )
       logit_scale = self.param(
         "logit_scale",
