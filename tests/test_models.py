@@ -251,25 +251,34 @@ def test_retfound_checkpoint_imports_as_retfound_fine_tunes_it(tmp_path):
   bad = dict(state, **{"blocks.0.ls1.gamma": np.ones(32, np.float32)})
   with pytest.raises(KeyError, match="unexpected ViT"):
     weights.from_timm(bad, _shapes(enc, x)["params"], {})
+  # An average-pool checkpoint is not silently read as a class-token one.
+  token = models.make_encoder("vit_tiny")
+  with pytest.raises(KeyError, match="fc_norm"):
+    weights.from_timm(state, _shapes(token, x)["params"], {})
 
 
-def test_bicubic_resize_matches_torchs_on_a_hand_case():
-  """One axis, 2 -> 4 (torch's bicubic, a = -0.75, align_corners=False:
-  source positions -0.25, 0.25, 0.75, 1.25 with clamped edges)."""
-  m = weights.bicubic_matrix(2, 4)
-  # t = 0.75 from index -1 (clamped to 0): weights of x-1, x, x+1, x+2.
-  a = -0.75
-  t = 0.75
+def test_bicubic_resize_matches_torchs():
+  """One axis: torch's bicubic ``F.interpolate`` of an identity basis
+  (committed, both corner modes; up and down), and one hand case: 2 -> 4
+  without aligned corners puts the first output at source -0.25 (t = 0.75
+  from index -1, clamped)."""
+  refs = np.load(
+    pathlib.Path(__file__).parent / "torch_references" / "torch_references.npz"
+  )
+  for n_in, n_out in ((4, 6), (8, 4), (14, 4), (14, 16)):
+    for align in (False, True):
+      want = refs[f"bicubic_{n_in}_{n_out}_{int(align)}"]
+      got = weights.bicubic_matrix(n_in, n_out, align_corners=align)
+      np.testing.assert_allclose(got, want, atol=1e-12)
+  a, t = -0.75, 0.75
   w = [
     ((a * (t + 1) - 5 * a) * (t + 1) + 8 * a) * (t + 1) - 4 * a,
     ((a + 2) * t - (a + 3)) * t * t + 1,
     ((a + 2) * (1 - t) - (a + 3)) * (1 - t) ** 2 + 1,
     ((a * (2 - t) - 5 * a) * (2 - t) + 8 * a) * (2 - t) - 4 * a,
   ]
-  # indices -2, -1, 0, 1 -> 0, 0, 0, 1
+  m = weights.bicubic_matrix(2, 4)
   np.testing.assert_allclose(m[0], [w[0] + w[1] + w[2], w[3]], rtol=1e-12)
-  np.testing.assert_allclose(m.sum(1), 1.0, rtol=1e-12)
-  np.testing.assert_allclose(m[::-1, ::-1], m, rtol=1e-12)  # symmetric
   np.testing.assert_array_equal(weights.bicubic_matrix(3, 3), np.eye(3))
 
 

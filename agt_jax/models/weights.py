@@ -102,7 +102,9 @@ def _from_torchvision_vit(state_dict, params, name):
       continue
     if key == "class_token":
       put(("class_token",), value)
-    elif key == "encoder.pos_embedding":
+    elif key == "encoder.pos_embedding":  # resized as torchvision's
+      want = params["pos_embedding"].shape[1]
+      value = resize_pos_embedding(value, want, align_corners=True)
       put(("pos_embedding",), value)
     elif key == "conv_proj.weight":
       put(("conv_proj", "kernel"), value.transpose(2, 3, 1, 0))
@@ -225,14 +227,21 @@ def from_torchvision(
   return params, stats
 
 
-def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """``[n_out, n_in]`` weights of torch's ``F.interpolate(mode="bicubic",
-  align_corners=False)`` along one axis (cubic convolution with a = -0.75,
-  source ``(i + 0.5) n_in / n_out - 0.5``, edge indices clamped; no
-  antialiasing), the resize RETFound's and MAE's fine-tuning apply to
-  position embeddings."""
+def bicubic_matrix(
+  n_in: int, n_out: int, *, align_corners: bool = False
+) -> np.ndarray:
+  """``[n_out, n_in]`` weights of torch's ``F.interpolate(mode="bicubic")``
+  along one axis: cubic convolution with a = -0.75, edge indices clamped,
+  no antialiasing; source position ``(i + 0.5) n_in / n_out - 0.5``, or
+  ``i (n_in - 1) / (n_out - 1)`` with ``align_corners``. RETFound's and
+  MAE's fine-tuning resize position embeddings without aligned corners,
+  torchvision's ``interpolate_embeddings`` with them."""
   a = -0.75
-  src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+  i = np.arange(n_out, dtype=np.float64)
+  if align_corners:
+    src = i * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+  else:
+    src = (i + 0.5) * (n_in / n_out) - 0.5
   x0 = np.floor(src)
   t = src - x0
 
@@ -250,7 +259,9 @@ def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
   return m
 
 
-def resize_pos_embedding(pos: np.ndarray, tokens: int) -> np.ndarray:
+def resize_pos_embedding(
+  pos: np.ndarray, tokens: int, *, align_corners: bool = False
+) -> np.ndarray:
   """``[1, 1 + g*g, d]`` position embeddings (the class token's first) to
   ``tokens`` = ``1 + G*G``: the grid resized bicubically as torch's (see
   :func:`bicubic_matrix`), the class token's kept."""
@@ -262,7 +273,7 @@ def resize_pos_embedding(pos: np.ndarray, tokens: int) -> np.ndarray:
     )
   if g == big:
     return pos
-  m = bicubic_matrix(g, big)
+  m = bicubic_matrix(g, big, align_corners=align_corners)
   grid = pos[0, 1:].reshape(g, g, -1).astype(np.float64)
   grid = np.einsum("ia,abd,jb->ijd", m, grid, m).reshape(1, big * big, -1)
   return np.concatenate([pos[:, :1], grid.astype(pos.dtype)], axis=1)
@@ -306,6 +317,12 @@ def _from_timm_vit(state_dict, params, name):
     elif module in ("norm", "fc_norm"):
       if module == "norm" and avg:
         continue
+      if module == "fc_norm" and not avg:
+        raise KeyError(
+          f"{name}: a global-average-pool checkpoint (fc_norm) for a "
+          "class-token model; use an average-pool layout such as "
+          "`retfound`."
+        )
       leaf, value = _leaf(leaf, value)
       put(("fc_norm" if avg else "ln", leaf), value)
     else:

@@ -249,6 +249,25 @@ def retfound_resized():
   return out
 
 
+# (n_in, n_out) pairs of the one-axis bicubic resize references.
+BICUBIC = ((4, 6), (8, 4), (14, 4), (14, 16))
+
+
+def bicubic_matrices():
+  """torch's bicubic ``F.interpolate`` as ``[n_out, n_in]`` matrices (an
+  identity basis resized along one axis), with and without aligned
+  corners."""
+  out = {}
+  for n_in, n_out in BICUBIC:
+    basis = torch.eye(n_in, dtype=torch.float64)[None, :, :, None]
+    for align in (False, True):
+      r = F.interpolate(
+        basis, size=(n_out, 1), mode="bicubic", align_corners=align
+      )
+      out[f"bicubic_{n_in}_{n_out}_{int(align)}"] = r[0, :, :, 0].T.numpy()
+  return out
+
+
 def _normalised(x):
   mean = np.array([0.485, 0.456, 0.406]) * 255
   std = np.array([0.229, 0.224, 0.225]) * 255
@@ -327,7 +346,9 @@ def main(argv=None):
   import argparse
 
   p = argparse.ArgumentParser()
-  p.add_argument("--only", nargs="+", choices=sorted(ENCODERS) + ["losses"])
+  p.add_argument(
+    "--only", nargs="+", choices=sorted(ENCODERS) + ["losses", "bicubic"]
+  )
   only = p.parse_args(argv).only
   torch.manual_seed(0)
   npz, spec_path = (
@@ -348,6 +369,8 @@ def main(argv=None):
   }
   if not only or "losses" in only:
     arrays.update(ride_grad=ride_gradient(), db_grad=db_gradient())
+  if not only or "bicubic" in only:
+    arrays.update(bicubic_matrices())
   for name, ctor in ENCODERS.items():
     if only and name not in only:
       continue
