@@ -252,7 +252,9 @@ def test_retfound_checkpoint_imports_as_retfound_fine_tunes_it(tmp_path):
   with pytest.raises(KeyError, match="unexpected ViT"):
     weights.from_timm(bad, _shapes(enc, x)["params"], {})
   # An average-pool checkpoint is not silently read as a class-token one.
-  token = models.make_encoder("vit_tiny")
+  from agt_jax.models.vit import RETFoundTest
+
+  token = RETFoundTest(head="token")
   with pytest.raises(KeyError, match="fc_norm"):
     weights.from_timm(state, _shapes(token, x)["params"], {})
 
