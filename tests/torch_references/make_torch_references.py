@@ -178,39 +178,28 @@ def convnextv2_test(weights=None):
   )
 
 
-def retfound_test(weights=None, img_size=64):
-  """agt_jax's RETFoundTest layout in timm's class, with RETFound's
-  fine-tuning head (global average pool, fc_norm)."""
-  del weights
+def _retfound_layout(**sizes):
+  """timm's ``VisionTransformer`` with RETFound's fine-tuning head (global
+  average pool, fc_norm)."""
   from timm.models.vision_transformer import VisionTransformer
 
   return VisionTransformer(
-    img_size=img_size,
-    patch_size=8,
-    embed_dim=32,
-    depth=2,
-    num_heads=4,
-    mlp_ratio=4.0,
-    global_pool="avg",
-    fc_norm=True,
+    mlp_ratio=4.0, global_pool="avg", fc_norm=True, **sizes
+  )
+
+
+def retfound_test(weights=None, img_size=64):
+  """agt_jax's RETFoundTest layout."""
+  del weights
+  return _retfound_layout(
+    img_size=img_size, patch_size=8, embed_dim=32, depth=2, num_heads=4
   )
 
 
 def retfound(weights=None):
-  """RETFound's ViT-L/16 (keys and shapes only: an MAE encoder with the
-  fine-tuning head's fc_norm)."""
+  """RETFound's ViT-L/16 (keys and shapes only)."""
   del weights
-  from timm.models.vision_transformer import VisionTransformer
-
-  return VisionTransformer(
-    patch_size=16,
-    embed_dim=1024,
-    depth=24,
-    num_heads=16,
-    mlp_ratio=4.0,
-    global_pool="avg",
-    fc_norm=True,
-  )
+  return _retfound_layout(patch_size=16, embed_dim=1024, depth=24, num_heads=16)
 
 
 def _mae_resize(pos, grid):
