@@ -168,6 +168,25 @@ def test_cache_for_other_parameters_is_not_reused(table, tmp_path):
     synth.open_cache(other, tmp_path, size=64)
 
 
+def test_another_subset_never_rewrites_a_mapped_cache(table, tmp_path):
+  """Two runs at one size but on different subsets (a 2400-image fold grid
+  and a 3600-image external set): building the second once rewrote the
+  first's images in place while it was mapped (SIGBUS or zero images in
+  the running process); each table now has its own folder."""
+  small, big = table.take(np.arange(8)), table.take(np.arange(12))
+  synth.build_cache(small, tmp_path, size=32, workers=1, progress=False)
+  mapped = synth.open_cache(small, tmp_path, size=32)
+  before = np.array(mapped)
+  folder = synth.build_cache(big, tmp_path, size=32, workers=1, progress=False)
+  np.testing.assert_array_equal(np.asarray(mapped), before)
+  assert mapped.filename != str(folder / "images.u8")
+  np.testing.assert_array_equal(
+    np.asarray(synth.open_cache(big, tmp_path, size=32))[:8], before
+  )
+  # Both stay complete: neither build undid the other.
+  synth.open_cache(small, tmp_path, size=32)
+
+
 def test_gallery_png(tmp_path):
   from PIL import Image
 

@@ -6,7 +6,10 @@ ODIR-5K training table shipped with the package; the pixels come from
 synthetic (``table.meta["synthetic"]``, the dataset name, reports, plots).
 
 Images are rendered once into an on-disk uint8 cache
-(``<cache_dir>/odir5k-synth/<size>px-seed<seed>-r<version>/``):
+(``<cache_dir>/odir5k-synth/<size>px-seed<seed>-r<version>-<table>/``, the
+last part a hash of the rendered table, so that another subset or
+visibility setting gets its own folder and never rewrites a file that a
+running process has mapped):
 
 * ``images.u8``: a raw `[n, size, size, 3]` memmap;
 * ``done.npy``: which rows are rendered, rewritten atomically after every
@@ -194,12 +197,14 @@ def _save_done(path: pathlib.Path, done: np.ndarray) -> None:
 
 
 def cache_path(
-  cache_dir, size: int, seed: int, name: str = NAME
+  cache_dir, size: int, seed: int, fingerprint: str, name: str = NAME
 ) -> pathlib.Path:
+  """The cache folder of one rendered table (``fingerprint``: its
+  :func:`_fingerprint`)."""
   return (
     pathlib.Path(cache_dir).expanduser()
     / name
-    / f"{size}px-seed{seed}-r{synth_render.RENDERER_VERSION}"
+    / f"{size}px-seed{seed}-r{synth_render.RENDERER_VERSION}-{fingerprint[:16]}"
   )
 
 
@@ -260,10 +265,10 @@ def build_cache(
   Returns:
     The cache folder (complete unless ``max_chunks`` stopped it).
   """
-  folder = cache_path(cache_dir or default_cache_dir(), size, seed, name)
+  fp = _fingerprint(table, size, seed, visibility)
+  folder = cache_path(cache_dir or default_cache_dir(), size, seed, fp, name)
   folder.mkdir(parents=True, exist_ok=True)
   n = len(table)
-  fp = _fingerprint(table, size, seed, visibility)
   meta_path, done_path = folder / "meta.json", folder / "done.npy"
   images_path = folder / "images.u8"
   if _is_complete(folder, fp):
@@ -367,8 +372,9 @@ def open_cache(
   name: str = NAME,
 ) -> np.memmap:
   """The complete cache as a read-only memmap; raises if it is incomplete."""
-  folder = cache_path(cache_dir or default_cache_dir(), size, seed, name)
-  if not _is_complete(folder, _fingerprint(table, size, seed, visibility)):
+  fp = _fingerprint(table, size, seed, visibility)
+  folder = cache_path(cache_dir or default_cache_dir(), size, seed, fp, name)
+  if not _is_complete(folder, fp):
     raise FileNotFoundError(
       f"{NAME}: no complete {size}px cache in {folder} (an interrupted "
       "build is finished by build_cache or `python -m agt_jax.data.synth "
