@@ -16,9 +16,11 @@ from typing import IO
 
 def atomic_write(path, write: Callable[[IO[bytes]], object]) -> None:
   """Calls ``write(f)`` on a temporary file beside ``path``, flushes it to
-  disk and renames it into place (``os.replace``: atomic on POSIX)."""
+  disk and renames it into place (``os.replace``: atomic on POSIX). The
+  temporary name is the writer's own (process id and a random part), so
+  two processes writing one file never rename each other's."""
   path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp")
+  tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
   with open(tmp, "wb") as f:
     write(f)
     f.flush()

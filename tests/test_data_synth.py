@@ -187,6 +187,29 @@ def test_another_subset_never_rewrites_a_mapped_cache(table, tmp_path):
   synth.open_cache(small, tmp_path, size=32)
 
 
+def _build_in_process(args):
+  folder, n = args
+  t = synth.synth_table().take(np.arange(n))
+  synth.build_cache(t, folder, size=32, workers=1, chunk_size=4, progress=False)
+  return np.asarray(synth.open_cache(t, folder, size=32)).copy()
+
+
+def test_processes_building_one_cache_at_once_agree(table, tmp_path):
+  """Three runs started together build the same cache: one builds, the
+  others wait for it (a lock) and read it; before, their temporary
+  progress files collided and a run died renaming another's."""
+  import multiprocessing as mp
+
+  with mp.get_context("spawn").Pool(3) as pool:
+    got = pool.map(_build_in_process, [(tmp_path, 24)] * 3)
+  want = np.asarray(
+    synth.open_cache(table.take(np.arange(24)), tmp_path, size=32)
+  )
+  for g in got:
+    np.testing.assert_array_equal(g, want)
+  assert not list(tmp_path.rglob("*.tmp"))
+
+
 def test_gallery_png(tmp_path):
   from PIL import Image
 

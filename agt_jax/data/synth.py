@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import hashlib
 import json
 import multiprocessing as mp
@@ -267,7 +268,45 @@ def build_cache(
   """
   fp = _fingerprint(table, size, seed, visibility)
   folder = cache_path(cache_dir or default_cache_dir(), size, seed, fp, name)
+  if _is_complete(folder, fp):
+    return folder
   folder.mkdir(parents=True, exist_ok=True)
+  # One builder at a time (runs started together, a grid beside a
+  # stacking run); the others wait here and then find the cache complete.
+  with open(folder / "build.lock", "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      return _build_locked(
+        table,
+        folder,
+        fp,
+        size=size,
+        seed=seed,
+        workers=workers,
+        chunk_size=chunk_size,
+        visibility=visibility,
+        progress=progress,
+        max_chunks=max_chunks,
+        name=name,
+      )
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_locked(
+  table,
+  folder,
+  fp,
+  *,
+  size,
+  seed,
+  workers,
+  chunk_size,
+  visibility,
+  progress,
+  max_chunks,
+  name,
+) -> pathlib.Path:
   n = len(table)
   meta_path, done_path = folder / "meta.json", folder / "done.npy"
   images_path = folder / "images.u8"
