@@ -115,7 +115,7 @@ PRESETS = {
     lr_frozen=1e-3,
     lr_fine=2e-4,
     pretrain_steps=600,
-    vae_steps=800,
+    vae_steps=400,
   ),
   # Under a minute: one fold, a few steps, no stand-in pretraining.
   "smoke": dict(
@@ -256,17 +256,19 @@ def run(argv=None) -> int:
           workdir=workdir,
         )
         init = str(best_dir(workdir, "pretrain", fold))
-      extra = None
-      if "vae" in tasks:  # Task 4a's images, from this fold's training split
-        cfg = config_lib.get_config(
-          a.preset, **{**base, "classes": classes, "fold": fold}
-        )
-        extra = str(generate_vae_images(cfg, workdir, vae_steps))
-      # Stage 2: the frozen backbone; stage 3: the tasks that start from it.
-      stages = [["frozen"], [t for t in tasks if t != "frozen"]]
+      # Stage 2: the frozen backbone; stage 3: the tasks that start from it;
+      # Task 4a last, its VAE fitted only when it is reached.
+      stages = [["frozen"], [t for t in TASKS if t not in ("frozen", "vae")]]
+      stages.append(["vae"])
       for stage in stages:
         runs = []
-        for t in stage:
+        for t in (t for t in stage if t in tasks):
+          extra = None
+          if t == "vae":  # Task 4a's images, from this fold's training split
+            cfg = config_lib.get_config(
+              a.preset, **{**base, "classes": classes, "fold": fold}
+            )
+            extra = str(generate_vae_images(cfg, workdir, vae_steps))
           start = (
             init if t == "frozen" else str(best_dir(workdir, "frozen", fold))
           )
