@@ -212,30 +212,30 @@ def load_fold(config: Config) -> FoldData:
 def read_extra(config: Config, class_names) -> tuple[np.ndarray, np.ndarray]:
   """``(images, labels)`` of ``config.extra_train``, checked against the
   run's classes and image size (one line naming the file and the field)."""
-  from agt_jax.errors import InputError as DataError
+  from agt_jax.errors import InputError
 
   path = pathlib.Path(config.extra_train).expanduser()
   try:
     with np.load(path) as z:
       images, labels, names = z["images"], z["labels"], list(z["class_names"])
   except (OSError, ValueError, KeyError) as e:
-    raise DataError(
+    raise InputError(
       f"extra_train {path}: not an .npz with images, labels and "
       f"class_names ({e})."
     ) from None
   want = (config.image_size, config.image_size, 3)
   if names != list(class_names):
-    raise DataError(
+    raise InputError(
       f"extra_train {path}: class_names {names} differ from the run's "
       f"{list(class_names)}; generate it for these classes."
     )
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != want:
-    raise DataError(
+    raise InputError(
       f"extra_train {path}: images are {images.dtype} {images.shape[1:]}, "
       f"the run needs uint8 {want} (image_size={config.image_size})."
     )
   if labels.shape != (len(images), len(names)):
-    raise DataError(
+    raise InputError(
       f"extra_train {path}: labels have shape {labels.shape}, expected "
       f"{(len(images), len(names))}."
     )
