@@ -83,3 +83,12 @@ def test_generate_balanced_draws_the_plan_and_keeps_the_images_shape():
   assert len(got["losses"]) == 3
   with np.testing.assert_raises(ValueError):
     generate_balanced(x[:, :12, :12], y, steps=1)  # 12 is not divisible by 8
+
+
+def test_balancing_plan_leaves_an_absent_class_at_zero():
+  """A class no training image has (a small split) has no label set to
+  draw from: the others are balanced, it stays at zero (this raised)."""
+  y = np.array([[1, 0, 0]] * 6 + [[0, 1, 0]] * 2)
+  plan = vae.balancing_plan(y)
+  counts = y.sum(0) + sum(np.array(k) * v for k, v in plan.items())
+  np.testing.assert_array_equal(counts, [6, 6, 0])

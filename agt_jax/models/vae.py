@@ -110,14 +110,16 @@ def balancing_plan(labels, *, target: str = "max") -> dict:
   Greedy and exact in what it promises: each draw adds one image of an
   observed label set (so co-occurrences stay real), chosen among the sets
   holding the currently rarest class, preferring the set that adds the
-  fewest images to classes already at the target."""
+  fewest images to classes already at the target. A class with no image
+  in ``labels`` has no label set to draw from and stays at zero."""
   labels = np.asarray(labels).astype(np.int64)
   sets = np.unique(labels, axis=0)
   counts = labels.sum(0)
   goal = counts.max() if target == "max" else int(target)
+  seen = counts > 0
   plan: dict[tuple, int] = {}
   for _ in range(int(goal * labels.shape[1])):  # a bound: every draw helps
-    short = np.flatnonzero(counts < goal)
+    short = np.flatnonzero((counts < goal) & seen)
     if len(short) == 0:
       break
     c = short[np.argmin(counts[short])]
