@@ -80,12 +80,6 @@ def spec(predictor) -> dict:
   import jax
 
   c = predictor.config
-  results = predictor.run_dir / "results.json"
-  synthetic = (
-    bool(json.loads(results.read_text()).get("synthetic"))
-    if results.is_file()
-    else False
-  )
   return {
     "format": FORMAT,
     "input": {
@@ -129,7 +123,7 @@ def spec(predictor) -> dict:
       "phase": predictor.phase,
       "model": c.model,
       "dataset": c.dataset,
-      "synthetic": synthetic,
+      "synthetic": predictor.synthetic,
       "fold": c.fold,
     },
     "platforms": list(PLATFORMS),

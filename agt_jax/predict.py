@@ -74,6 +74,8 @@ class Predictor:
   calibrate: str = "none"
   temperatures: dict = dataclasses.field(default_factory=dict)
   tta: str = "none"  # none | flip (agt_jax.train.steps.TTA_VIEWS)
+  # Trained on rendered images (odir5k-synth): every output says so.
+  synthetic: bool = False
 
   def __post_init__(self):
     import jax
@@ -298,6 +300,7 @@ def load_predictor(
     calibrate=calibrate,
     temperatures={k: np.asarray(v, np.float64) for k, v in temps.items()},
     tta=tta,
+    synthetic=bool(results.get("synthetic")),
   )
 
 
@@ -553,7 +556,15 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
   counts["seconds"] = round(time.perf_counter() - start, 2)
+  counts["synthetic"] = predictor.synthetic
   print(json.dumps({"out": str(a.out), **counts}), flush=True)
+  if predictor.synthetic:
+    print(
+      f"note: {a.model} was trained on synthetic images (rendered, not "
+      "photographs); its calls on real photographs carry no clinical meaning",
+      file=sys.stderr,
+      flush=True,
+    )
   if counts["unreadable"]:
     print(
       f"warning: {counts['unreadable']} image(s) could not be read; their "

@@ -296,6 +296,10 @@ def run(argv=None) -> int:
   return _cli.guarded(go, prog=PROG, argv=argv)
 
 
+# The report's sheet of VAE samples: label sets (rows) and images per side.
+SHEET_SETS, SHEET_PER_SET = 6, 4
+
+
 def vae_dir(workdir, fold: int) -> pathlib.Path:
   return pathlib.Path(workdir) / "vae_images" / f"fold{fold}"
 
@@ -314,15 +318,17 @@ def generate_vae_images(config, workdir, steps: int) -> pathlib.Path:
   if path.exists():
     return path.absolute()
   data = loop.load_fold(config)
-  images = np.stack([data.fit_source[i] for i in range(data.num_fit)])
   print(
-    f"[vae] fold {config.fold}: fitting the VAE to {len(images)} training "
+    f"[vae] fold {config.fold}: fitting the VAE to {data.num_fit} training "
     f"images ({steps} steps)",
     flush=True,
   )
+  # Minibatches are read from the split's source: at the paper's 256 px the
+  # split would be ~1 GB as one array.
   got = vae_train.generate_balanced(
-    images, data.y_fit, steps=steps, seed=config.seed, progress=True
+    data.fit_source, data.y_fit, steps=steps, seed=config.seed, progress=True
   )
+  real, real_y = _real_examples(data, got["labels"])
   out.mkdir(parents=True, exist_ok=True)
   tmp = out / "samples.tmp.npz"
   np.savez_compressed(
@@ -330,13 +336,15 @@ def generate_vae_images(config, workdir, steps: int) -> pathlib.Path:
     images=got["images"],
     labels=got["labels"],
     class_names=np.array(data.names),
+    real_images=real,  # the report's sheet shows these beside the samples
+    real_labels=real_y,
   )
   losses = got["losses"]
   tail = max(1, len(losses) // 10)
   summary = {
     "fold": config.fold,
     "steps": steps,
-    "train_images": int(len(images)),
+    "train_images": int(data.num_fit),
     "generated_images": int(len(got["images"])),
     "class_names": data.names,
     "counts_before": [int(v) for v in got["counts_before"]],
@@ -348,6 +356,29 @@ def generate_vae_images(config, workdir, steps: int) -> pathlib.Path:
   atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
   tmp.replace(path)  # last: its presence means the stage is done
   return path.absolute()
+
+
+def _sheet_sets(labels, max_sets: int = SHEET_SETS) -> np.ndarray:
+  """The label sets the report's sheet shows: the most generated first."""
+  if not len(labels):
+    return np.zeros((0, np.shape(labels)[-1]), np.int64)
+  sets, counts = np.unique(labels, axis=0, return_counts=True)
+  return sets[np.argsort(-counts, kind="stable")][:max_sets]
+
+
+def _real_examples(data, generated_labels, per_set: int = SHEET_PER_SET):
+  """``(images, labels)``: up to ``per_set`` real training images of each
+  label set the sheet shows (the first in the fit split)."""
+  rows = []
+  for ls in _sheet_sets(generated_labels):
+    rows += np.flatnonzero(np.all(data.y_fit == ls, axis=1))[:per_set].tolist()
+  size = data.fit_source[0].shape if data.num_fit else (0, 0, 3)
+  images = (
+    np.stack([data.fit_source[i] for i in rows])
+    if rows
+    else np.zeros((0, *size), np.uint8)
+  )
+  return images, np.asarray(data.y_fit)[rows].astype(np.int64)
 
 
 def _other_classes(config, classes) -> tuple:
@@ -544,28 +575,23 @@ def _vae_section(workdir, rows) -> list[str]:
   return lines
 
 
-def _vae_sheet(workdir, fold, rows, per_set: int = 4, max_sets: int = 6):
-  from agt_jax import config as config_lib
+def _vae_sheet(workdir, fold, rows, per_set: int = SHEET_PER_SET):
   from agt_jax import plotting
-  from agt_jax.config import from_json
-  from agt_jax.train import loop
 
-  row = next(
-    (r for r in rows if r["task"] == "vae" and r["fold"] == fold), None
-  )
-  if row is None:
+  if not any(r["task"] == "vae" and r["fold"] == fold for r in rows):
     return None
-  config = from_json(
-    (workdir / row["run"] / f"fold{fold}" / "config.json").read_text()
-  )
-  data = loop.load_fold(config_lib.replace(config, extra_train=None))
   with np.load(vae_dir(workdir, fold) / "samples.npz") as z:
     gen, gen_y = z["images"], z["labels"]
+    names = [str(n) for n in z["class_names"]]
+    stored = "real_images" in z.files
+    real, real_y = (
+      (z["real_images"], z["real_labels"]) if stored else (None,) * 2
+    )
   if not len(gen):
     return None
-  sets, counts = np.unique(gen_y, axis=0, return_counts=True)
-  sets = sets[np.argsort(-counts)][:max_sets]
-  real_y = data.y_fit
+  if not stored:  # samples written before the real tiles were kept
+    real, real_y = _real_examples(_vae_fold(workdir, fold, rows), gen_y)
+  sets = _sheet_sets(gen_y)
   plt = plotting.pyplot()
   fig, axes = plt.subplots(
     len(sets),
@@ -575,10 +601,9 @@ def _vae_sheet(workdir, fold, rows, per_set: int = 4, max_sets: int = 6):
   )
   for r, ls in enumerate(sets):
     g = gen[np.all(gen_y == ls, axis=1)][:per_set]
-    real = np.flatnonzero(np.all(real_y == ls, axis=1))[:per_set]
     tiles = list(g) + [None] * (per_set - len(g))
-    tiles += [data.fit_source[i] for i in real]
-    name = "+".join(n for n, v in zip(data.names, ls) if v) or "none"
+    tiles += list(real[np.all(real_y == ls, axis=1)][:per_set])
+    name = "+".join(n for n, v in zip(names, ls) if v) or "none"
     for k, ax in enumerate(axes[r]):
       ax.axis("off")
       if k < len(tiles) and tiles[k] is not None:
@@ -589,6 +614,19 @@ def _vae_sheet(workdir, fold, rows, per_set: int = 4, max_sets: int = 6):
         ax.set_title("real", fontsize=7, loc="left")
   h.save_figure(fig, rows, workdir / "vae_samples.png")
   return workdir / "vae_samples.png"
+
+
+def _vae_fold(workdir, fold, rows):
+  """The fold of a ``vae`` run, without its generated images."""
+  from agt_jax import config as config_lib
+  from agt_jax.config import from_json
+  from agt_jax.train import loop
+
+  row = next(r for r in rows if r["task"] == "vae" and r["fold"] == fold)
+  config = from_json(
+    (workdir / row["run"] / f"fold{fold}" / "config.json").read_text()
+  )
+  return loop.load_fold(config_lib.replace(config, extra_train=None))
 
 
 def _macro_f_plot(workdir, macro, rows):

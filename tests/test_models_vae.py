@@ -84,6 +84,18 @@ def test_generate_balanced_draws_the_plan_and_keeps_the_images_shape():
   with np.testing.assert_raises(ValueError):
     generate_balanced(x[:, :12, :12], y, steps=1)  # 12 is not divisible by 8
 
+  class Source:  # a fold's fit_source: random access, one image per index
+    def __len__(self):
+      return len(x)
+
+    def __getitem__(self, i):
+      return x[i]
+
+  # Read a minibatch at a time from a source: the same fit, draw by draw.
+  from_source = generate_balanced(Source(), y, steps=3, seed=0)
+  np.testing.assert_array_equal(from_source["losses"], got["losses"])
+  np.testing.assert_array_equal(from_source["images"], got["images"])
+
 
 def test_balancing_plan_leaves_an_absent_class_at_zero():
   """A class no training image has (a small split) has no label set to

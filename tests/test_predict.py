@@ -239,7 +239,7 @@ def test_flip_tta_is_the_mean_of_the_image_and_its_mirror(
 
 
 def test_gradcam_sheets_and_patient_fusion_from_the_command(
-  run, predictor, tmp_path, monkeypatch
+  run, predictor, tmp_path, monkeypatch, capsys
 ):
   run_dir, cache = run
   data = _fold_source(run_dir, cache, monkeypatch)
@@ -263,6 +263,11 @@ def test_gradcam_sheets_and_patient_fusion_from_the_command(
   assert (
     predict.main([*args, "--gradcam", str(cams), "--patients", str(sub)]) == 0
   )
+  # The run trained on odir5k-synth: the summary line and a note say so.
+  printed = capsys.readouterr()
+  assert predictor.synthetic
+  assert json.loads(printed.out.strip().splitlines()[-1])["synthetic"] is True
+  assert "synthetic images" in printed.err
   p = predictor.predict(imgs)  # 7_left, 7_right, 12_left
   rows = list(csv.reader(open(sub)))
   assert rows[0] == ["ID", *"NDGCAHMO"]

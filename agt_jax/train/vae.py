@@ -32,6 +32,13 @@ def vae_step(state, batch, *, model, tx):
   return (optax.apply_updates(params, updates), opt_state, key), {"elbo": loss}
 
 
+def _rows(images, rows) -> np.ndarray:
+  """``images[rows]`` of an array or of a random-access source."""
+  if isinstance(images, np.ndarray):
+    return images[rows]
+  return np.stack([np.asarray(images[int(i)]) for i in rows])
+
+
 def train_vae(
   images,
   labels,
@@ -44,16 +51,21 @@ def train_vae(
   progress: bool = False,
 ):
   """``(model, params, losses)``: the VAE fitted to uint8 ``images``
-  ``[n, S, S, 3]`` with multi-hot ``labels`` ``[n, C]``; ``losses`` is the
+  ``[n, S, S, 3]`` (an array, or a random-access source such as a fold's
+  ``fit_source``, read one minibatch at a time so a split never has to fit
+  in memory) with multi-hot ``labels`` ``[n, C]``; ``losses`` is the
   negative ELBO (nats per image) of every step."""
   from agt_jax.runtime import progress as bar_of
 
-  images, labels = np.asarray(images), np.asarray(labels, np.float32)
-  model = ConditionalVAE(images.shape[1], labels.shape[1], latent=latent)
+  labels = np.asarray(labels, np.float32)
+  if len(images) != len(labels):
+    raise ValueError(f"{len(images)} images but {len(labels)} label rows.")
+  first = _rows(images, np.arange(1))
+  model = ConditionalVAE(first.shape[1], labels.shape[1], latent=latent)
   key = jax.random.key(seed)
   init_key, sample_key, key = jax.random.split(key, 3)
   params = model.init(
-    {"params": init_key, "sample": sample_key}, images[:1], labels[:1]
+    {"params": init_key, "sample": sample_key}, first, labels[:1]
   )["params"]
   tx = optax.adam(lr)
   state = (params, tx.init(params), key)
@@ -68,7 +80,7 @@ def train_vae(
     rows = order[at : at + b]
     at += b
     batch = {
-      "image": jnp.asarray(images[rows]),
+      "image": jnp.asarray(_rows(images, rows)),
       "label": jnp.asarray(labels[rows]),
     }
     state, m = vae_step(state, batch, model=model, tx=tx)
@@ -90,8 +102,9 @@ def generate_balanced(
   latent: int = 32,
   progress: bool = False,
 ) -> dict:
-  """Paper 001's Task 4a: fits the VAE to a split's ``images`` / ``labels``
-  and draws images of observed label sets until every class has the most
+  """Paper 001's Task 4a: fits the VAE to a split's ``images`` (an array
+  or a random-access source, as :func:`train_vae`) and ``labels``, and
+  draws images of observed label sets until every class has the most
   frequent class's count (:func:`agt_jax.models.vae.balancing_plan`).
 
   Returns ``{"images" [m, S, S, 3] uint8, "labels" [m, C], "losses"
@@ -99,13 +112,13 @@ def generate_balanced(
   """
   from agt_jax.models import vae as vae_lib
 
-  images = np.asarray(images)
   labels = np.asarray(labels).astype(np.int64)
-  cells = images.shape[1] / 2 ** len(ConditionalVAE.widths)
-  if images.shape[1] != images.shape[2] or cells != int(cells):
+  shape = _rows(images, np.arange(1)).shape
+  cells = shape[1] / 2 ** len(ConditionalVAE.widths)
+  if shape[1] != shape[2] or cells != int(cells):
     raise ValueError(
       f"the VAE needs square images whose size divides by "
-      f"{2 ** len(ConditionalVAE.widths)}; got {images.shape[1:3]}."
+      f"{2 ** len(ConditionalVAE.widths)}; got {shape[1:3]}."
     )
   model, params, losses = train_vae(
     images,
@@ -125,7 +138,7 @@ def generate_balanced(
   for start in range(0, len(drawn), 256):  # bounded memory at paper sizes
     key, draw = jax.random.split(key)
     out.append(vae_lib.sample(model, params, drawn[start : start + 256], draw))
-  size = images.shape[1]
+  size = shape[1]
   generated = (
     np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
   )
