@@ -174,6 +174,9 @@ def run_grid(
     for run, fold in pairs
   ]
   workdir.mkdir(parents=True, exist_ok=True)
+  # A skipped run's row is appended only where results.jsonl lacks it (or
+  # holds another), so reruns do not grow the file.
+  recorded = {_row_key(r): r for r in read_rows(workdir)}
   for k, ((run, fold), cfg) in enumerate(zip(pairs, configs), start=1):
     wd = workdir / run.name / f"fold{fold}" if subdir else workdir
     if finished(wd, cfg):
@@ -188,7 +191,8 @@ def run_grid(
       )
     row = row_of(run, fold, preset, results)
     rows.append(row)
-    append_row(workdir, row)
+    if json.dumps(recorded.get(_row_key(row))) != json.dumps(row):
+      append_row(workdir, row)
     interrupts.set_stage(
       f"between runs ({k} of {total} finished and kept; a relaunch skips "
       "them)"
@@ -284,8 +288,12 @@ def read_rows(workdir: pathlib.Path) -> list[dict]:
       r = json.loads(line)
     except json.JSONDecodeError:  # empty, or torn by a crash
       continue
-    out[(r["run"], r["fold"], r.get("preset"))] = r
+    out[_row_key(r)] = r
   return list(out.values())
+
+
+def _row_key(row: dict) -> tuple:
+  return (row["run"], row["fold"], row.get("preset"))
 
 
 def mean_std(values) -> str:

@@ -82,6 +82,7 @@ def test_table1_smoke_every_method_then_skips(tmp_path, cache):
   )
   assert again.returncode == 0, again.stderr[-2000:]
   assert again.stdout.count("finished, skipped") == 2
+  assert rows(wd) == got  # a skipped run's row is not appended again
 
 
 def test_table1_densenet_column(tmp_path, cache):
