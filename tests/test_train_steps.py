@@ -36,6 +36,27 @@ def host(tree):
   return jax.tree.map(lambda x: np.array(x), tree)
 
 
+def test_init_state_is_one_cached_program_with_the_default_values():
+  """init_state compiles once per model and shapes (a second seed reuses
+  it) and, compiled at LLVM level 1 on CPU, gives the values of the
+  default compilation bit for bit."""
+  model = models.Teacher(
+    models.make_encoder("resnet_tiny"), groups=GROUPS, num_classes=8
+  )
+  tx = steps.teacher_tx(len(GROUPS), 1e-3)
+  got = steps.init_state(model, tx, (32, 32, 3), seed=5)
+  cached = steps._init_cpu._cache_size()
+  other = steps.init_state(model, tx, (32, 32, 3), seed=6)
+  assert steps._init_cpu._cache_size() == cached
+  want = jax.jit(
+    lambda k: steps._make_state(k, model=model, tx=tx, shape=(32, 32, 3))
+  )(jax.random.key(5))
+  chex.assert_trees_all_equal(host(got), host(want))
+  assert not np.array_equal(
+    other["params"]["head_g0"]["kernel"], got["params"]["head_g0"]["kernel"]
+  )
+
+
 def test_teacher_logits_are_in_global_class_order():
   model, _, state = make()
   x = batch(0)["image"]
