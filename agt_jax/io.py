@@ -14,6 +14,18 @@ from collections.abc import Callable, Iterable
 from typing import IO
 
 
+def cache_dir() -> pathlib.Path:
+  """The project's cache: ``$AGT_JAX_CACHE``, default
+  ``$XDG_CACHE_HOME/agt_jax`` (``~/.cache/agt_jax``)."""
+  env = os.environ.get("AGT_JAX_CACHE")
+  if env:
+    return pathlib.Path(env).expanduser()
+  return (
+    pathlib.Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
+    / "agt_jax"
+  )
+
+
 def atomic_write(path, write: Callable[[IO[bytes]], object]) -> None:
   """Calls ``write(f)`` on a temporary file beside ``path``, flushes it to
   disk and renames it into place (``os.replace``: atomic on POSIX). The

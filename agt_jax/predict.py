@@ -536,6 +536,9 @@ def main(argv=None) -> int:
   a = p.parse_args(argv)
   import time
 
+  from agt_jax.runtime import enable_compilation_cache
+
+  enable_compilation_cache()  # a second scoring run skips the compile
   start = time.perf_counter()
   try:
     predictor = load_predictor(

@@ -3,6 +3,7 @@ replication onto it, progress bars with ETA, and the metrics log."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
@@ -14,7 +15,32 @@ from jax.sharding import PartitionSpec as P
 from agt_jax import distributed, io
 from agt_jax.errors import ConfigError
 
-__all__ = ["MetricWriter", "make_mesh", "progress", "replicate"]
+__all__ = [
+  "MetricWriter",
+  "enable_compilation_cache",
+  "make_mesh",
+  "progress",
+  "replicate",
+]
+
+XLA_CACHE_ENV = "AGT_JAX_XLA_CACHE"
+
+
+def enable_compilation_cache() -> str | None:
+  """Keeps compiled programs across runs (jax's persistent compilation
+  cache), so a second fold, seed or run of the same shapes skips XLA's
+  compilation: ``$AGT_JAX_XLA_CACHE``, default ``<cache>/xla`` beside the
+  rendered data (:func:`agt_jax.io.cache_dir`); ``off`` disables it. A
+  directory jax was already given (``JAX_COMPILATION_CACHE_DIR``) is kept.
+  Returns the directory in use, or None. Call before the first compile."""
+  given = jax.config.jax_compilation_cache_dir
+  if given:
+    return given
+  where = os.environ.get(XLA_CACHE_ENV) or str(io.cache_dir() / "xla")
+  if where.strip().lower() in ("off", "0", "none", "false"):
+    return None
+  jax.config.update("jax_compilation_cache_dir", where)
+  return where
 
 
 class MetricWriter:

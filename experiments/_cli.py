@@ -88,9 +88,11 @@ def guarded(
 ) -> int:
   """Runs ``fn`` and maps the project's errors to exit statuses."""
   from agt_jax.errors import AgtError, Interrupted
+  from agt_jax.runtime import enable_compilation_cache
   from agt_jax.train import interrupts
 
   argv = sys.argv[1:] if argv is None else list(argv)
+  enable_compilation_cache()
   try:
     with interrupts.handle_signals():
       return fn()

@@ -36,6 +36,8 @@ if not os.environ.get(XLA_CACHE_ENV):
   os.environ[XLA_CACHE_ENV] = tempfile.mkdtemp(prefix="agt_jax_test_xla_")
   atexit.register(shutil.rmtree, os.environ[XLA_CACHE_ENV], True)
 jax.config.update("jax_compilation_cache_dir", os.environ[XLA_CACHE_ENV])
+# Subprocesses not given JAX_COMPILATION_CACHE_DIR use it too, never ~/.cache.
+os.environ["AGT_JAX_XLA_CACHE"] = os.environ[XLA_CACHE_ENV]
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -52,13 +52,9 @@ SYNTHETIC_NOTE = (
 
 
 def default_cache_dir() -> pathlib.Path:
-  env = os.environ.get("AGT_JAX_CACHE")
-  if env:
-    return pathlib.Path(env).expanduser()
-  return (
-    pathlib.Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
-    / "agt_jax"
-  )
+  from agt_jax.io import cache_dir
+
+  return cache_dir()
 
 
 def synth_table(*, ignorable_policy: str = "as_normal") -> ImageTable:
