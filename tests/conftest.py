@@ -45,11 +45,3 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 @pytest.fixture(scope="session")
 def n_devices() -> int:
   return jax.device_count()
-
-
-def pytest_xdist_auto_num_workers(config):
-  """``-n auto``: one worker more than the cores (at most
-  ``--maxprocesses``). Much of a test's time is single-threaded (XLA's
-  compilation, Python, waiting on a CLI subprocess), so a worker per core
-  leaves cores idle."""
-  return (os.cpu_count() or 1) + 1
