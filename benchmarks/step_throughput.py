@@ -72,10 +72,13 @@ def _compile(jitted, *args):
     return None, seconds
 
 
-def _with_compile(timed, seconds):
-  """The first call's seconds plus the compilation before it."""
-  first, med, p90 = timed
-  return first + seconds, med, p90
+def _measure(name, jitted, args, run, traces, a):
+  """``(name, (first_call_s, median_s, p90_s), compilations, flops)``:
+  ``jitted`` compiled once for ``args`` (timed into the first call), then
+  ``run(t)`` timed."""
+  flops, compile_s = _compile(jitted, *args)
+  first, med, p90 = time_steps(run, a.steps, a.warmup)
+  return name, (first + compile_s, med, p90), traces["n"], flops
 
 
 # Host-side runtime and Python frames, not the work itself.
@@ -149,19 +152,13 @@ def jax_systems(a, batch):
   tjit = jax.jit(tstep, donate_argnums=0)
   state = {"s": steps.init_state(teacher, ttx, shape, 0)}
   batches = [{**batch, "group": np.int32(g)} for g in range(3)]
-  flops, compile_s = _compile(tjit, state["s"], batches[0])
 
   def run_t(t):
     state["s"], m = tjit(state["s"], batches[t % 3])
     return m["loss"]
 
   out.append(
-    (
-      "agt_teacher",
-      _with_compile(time_steps(run_t, a.steps, a.warmup), compile_s),
-      traces["n"],
-      flops,
-    )
+    _measure("agt_teacher", tjit, (state["s"], batches[0]), run_t, traces, a)
   )
   if a.profile_steps:
     print(
@@ -189,19 +186,13 @@ def jax_systems(a, batch):
 
   pjit = jax.jit(pstep, donate_argnums=0)
   pstate = {"s": steps.init_state(student, stx, shape, 1)}
-  flops, compile_s = _compile(pjit, pstate["s"], batches[0])
 
   def run_p(t):
     pstate["s"], m = pjit(pstate["s"], batches[0])
     return m["loss"]
 
   out.append(
-    (
-      "plain",
-      _with_compile(time_steps(run_p, a.steps, a.warmup), compile_s),
-      ptraces["n"],
-      flops,
-    )
+    _measure("plain", pjit, (pstate["s"], batches[0]), run_p, ptraces, a)
   )
 
   counts = jnp.array([3125, 1801, 326, 313, 280, 193, 268, 1200], jnp.float32)
@@ -222,20 +213,13 @@ def jax_systems(a, batch):
 
   sjit = jax.jit(sstep, donate_argnums=0)
   sstate = {"s": steps.init_state(student, stx, shape, 2)}
-  flops, compile_s = _compile(sjit, sstate["s"], batches[0], teacher_vars)
 
   def run_s(t):
     sstate["s"], m = sjit(sstate["s"], batches[0], teacher_vars)
     return m["loss"]
 
-  out.append(
-    (
-      "student",
-      _with_compile(time_steps(run_s, a.steps, a.warmup), compile_s),
-      straces["n"],
-      flops,
-    )
-  )
+  args = (sstate["s"], batches[0], teacher_vars)
+  out.append(_measure("student", sjit, args, run_s, straces, a))
   return out
 
 

@@ -280,7 +280,7 @@ def load(
 ) -> tuple[SegTable, np.ndarray, np.ndarray]:
   """``(table, images, masks)`` of ``fgadr`` (from ``data_dir``) or
   ``fgadr-synth``, prepared once at ``size`` into ``cache_dir``."""
-  from agt_jax.data import synth
+  from agt_jax import io
 
   if name == SYNTH_NAME:
     n = max_images or SYNTH_IMAGES
@@ -308,7 +308,7 @@ def load(
     key = f"fgadr-{digest}-{size}"
   else:
     raise LabelFileError(f"unknown segmentation dataset {name!r}.")
-  cache = pathlib.Path(cache_dir or synth.default_cache_dir()) / f"{key}.npz"
+  cache = pathlib.Path(cache_dir or io.cache_dir()) / f"{key}.npz"
   if cache.exists():
     with np.load(cache) as z:
       x, m, grades = z["images"], z["masks"], z["grades"]

@@ -7,6 +7,7 @@ import pathlib
 
 import numpy as np
 
+from agt_jax import io
 from agt_jax.data import cifar, external, images, odir, rfmid, synth, verify
 from agt_jax.data.table import ImageTable
 from agt_jax.errors import ConfigError
@@ -135,7 +136,7 @@ def load_dataset(
   if table.paths is not None:
     root = str(pathlib.Path(data_dir).expanduser().absolute())
     cache = (
-      pathlib.Path(cache_dir or synth.default_cache_dir()).expanduser()
+      pathlib.Path(cache_dir or io.cache_dir()).expanduser()
       / "image_checks"
       / f"{name}-{hashlib.sha1(root.encode()).hexdigest()[:12]}.json"
     )

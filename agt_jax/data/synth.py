@@ -51,12 +51,6 @@ SYNTHETIC_NOTE = (
 )
 
 
-def default_cache_dir() -> pathlib.Path:
-  from agt_jax.io import cache_dir
-
-  return cache_dir()
-
-
 def synth_table(*, ignorable_policy: str = "as_normal") -> ImageTable:
   """The label table of odir5k-synth (no paths: images are rendered)."""
   t = odir.packaged_label_table(ignorable_policy=ignorable_policy)
@@ -248,7 +242,7 @@ def build_cache(
 
   Args:
     table: the odir5k-synth table (or a subset).
-    cache_dir: root of caches (default :func:`default_cache_dir`).
+    cache_dir: root of caches (default :func:`agt_jax.io.cache_dir`).
     size: image side.
     seed: dataset seed.
     workers: rendering processes (default: all cores).
@@ -263,7 +257,7 @@ def build_cache(
     The cache folder (complete unless ``max_chunks`` stopped it).
   """
   fp = _fingerprint(table, size, seed, visibility)
-  folder = cache_path(cache_dir or default_cache_dir(), size, seed, fp, name)
+  folder = cache_path(cache_dir or io.cache_dir(), size, seed, fp, name)
   if _is_complete(folder, fp):
     return folder
   folder.mkdir(parents=True, exist_ok=True)
@@ -408,7 +402,7 @@ def open_cache(
 ) -> np.memmap:
   """The complete cache as a read-only memmap; raises if it is incomplete."""
   fp = _fingerprint(table, size, seed, visibility)
-  folder = cache_path(cache_dir or default_cache_dir(), size, seed, fp, name)
+  folder = cache_path(cache_dir or io.cache_dir(), size, seed, fp, name)
   if not _is_complete(folder, fp):
     raise FileNotFoundError(
       f"{NAME}: no complete {size}px cache in {folder} (an interrupted "
