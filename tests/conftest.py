@@ -45,3 +45,10 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 @pytest.fixture(scope="session")
 def n_devices() -> int:
   return jax.device_count()
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+  """The data cache (``AGT_JAX_CACHE``) of the CLI runs: one per worker, so
+  odir5k-synth is rendered once per size, not once per test file."""
+  return tmp_path_factory.mktemp("synth-cache")

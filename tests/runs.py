@@ -36,7 +36,8 @@ def smoke_odir(tmp_path_factory):
   """``experiments.odir --fold 0 --preset smoke`` with flip TTA scored:
   ``(root, out, seconds)``; the run is ``root / "run"``, its image cache
   ``root / "cache"``, ``out`` has ``returncode``, ``stdout``, ``stderr``."""
-  from tests.test_experiments_odir import SMOKE_ARGS, cli
+  from tests.cli import cli
+  from tests.test_experiments_odir import SMOKE_ARGS
 
   def make(root):
     t0 = time.perf_counter()

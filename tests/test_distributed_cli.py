@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from tests import processes
-from tests.test_experiments_odir import ROOT, _final_state, env
+from tests.cli import ROOT, env
+from tests.test_experiments_odir import _final_state
 from tests.test_faults_signals import DRIVER, assert_same_run
 
 SETS = [

@@ -1,7 +1,6 @@
 """The CLI end to end (smoke preset), kill-and-resume, and clear errors."""
 
 import json
-import os
 import pathlib
 import signal
 import sys
@@ -10,8 +9,8 @@ import numpy as np
 import pytest
 
 from tests import processes
+from tests.cli import ROOT, cli, env
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUTPUTS = (
   "config.json",
   "folds.json",
@@ -29,35 +28,6 @@ OUTPUTS = (
   "checkpoints/teacher_best",
   "checkpoints/student_best",
 )
-
-
-def env(cache):
-  """The environment of a CLI subprocess: CPU, the test's data cache, and
-  the session's one persistent XLA compilation cache (tests/conftest.py;
-  every CLI run compiles the same few steps; a cached executable is the
-  same program, so results are unchanged, only the minutes of compiling
-  go)."""
-  from tests.conftest import XLA_CACHE_ENV
-
-  e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  e.update(
-    JAX_PLATFORMS="cpu",
-    AGT_JAX_CACHE=str(cache),
-    PYTHONPATH=str(ROOT),
-    JAX_COMPILATION_CACHE_DIR=os.environ[XLA_CACHE_ENV],
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-  )
-  return e
-
-
-def cli(args, cache):
-  return processes.run(
-    [sys.executable, "-m", "experiments.odir", *args],
-    cwd=ROOT,
-    env=env(cache),
-    watch=processes.metrics_of(args),
-  )
 
 
 # The smoke run several test files read (tests/runs.py makes it once).

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from tests.test_experiments import cache, rows, run_cli  # noqa: F401
+from tests.cli import rows, run_cli
 
 
 def test_transfer_odir_smoke_under_a_minute_then_skips(tmp_path, cache):

@@ -17,8 +17,8 @@ from agt_jax import config as config_lib
 from agt_jax.errors import ConfigError, ConfigMismatchError, InputError
 from agt_jax.train import train_and_evaluate
 from tests import fixtures
+from tests.cli import cli
 from tests.test_data_verify import broken_odir
-from tests.test_experiments_odir import cli
 
 # A fold that trains in a few seconds in-process.
 TINY = dict(

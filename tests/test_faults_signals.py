@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from tests import processes
-from tests.test_experiments_odir import ROOT, _final_state, env
+from tests.cli import ROOT, env
+from tests.test_experiments_odir import _final_state
 
 SETS = [
   "--set",

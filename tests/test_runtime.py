@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.test_experiments_odir import ROOT
+from tests.cli import ROOT
 
 SCRIPT = (
   "import jax, jax.numpy as jnp\n"

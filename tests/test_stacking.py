@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agt_jax import stacking
-from tests.test_experiments import cache, run_cli  # noqa: F401
+from tests.cli import run_cli
 
 N, C = 12, 3
 FOLDS = {

@@ -12,7 +12,7 @@ from jax.test_util import check_grads
 
 from agt_jax.data import samplers
 from agt_jax.train import tfa_lt
-from tests.test_experiments import cache, run_cli  # noqa: F401
+from tests.cli import run_cli
 
 
 def test_softmax_focal_loss_by_hand():
