@@ -27,6 +27,8 @@ import tempfile  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from agt_jax import runtime  # noqa: E402
+
 # Many tests compile the same small steps, in this process, in the other
 # xdist workers and in the CLI subprocesses; one persistent compilation
 # cache for the whole session compiles each program once (a cached
@@ -39,7 +41,7 @@ if not os.environ.get(XLA_CACHE_ENV):
   atexit.register(shutil.rmtree, os.environ[XLA_CACHE_ENV], True)
 jax.config.update("jax_compilation_cache_dir", os.environ[XLA_CACHE_ENV])
 # Subprocesses not given JAX_COMPILATION_CACHE_DIR use it too, never ~/.cache.
-os.environ["AGT_JAX_XLA_CACHE"] = os.environ[XLA_CACHE_ENV]
+os.environ[runtime.XLA_CACHE_ENV] = os.environ[XLA_CACHE_ENV]
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
