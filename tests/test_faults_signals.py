@@ -9,9 +9,12 @@ issued (while it is being written).
 """
 
 import json
+import os
+import pathlib
 import shlex
 import signal
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -92,18 +95,38 @@ def run(args, cache, devices=1, module="experiments.odir"):
   )
 
 
-def driven(point, args, cache, devices=1, module="experiments.odir"):
+def driven(point, args, cache, devices=1, module="experiments.odir", **extra):
   return processes.run(
     [sys.executable, "-c", DRIVER, *args],
     cwd=ROOT,
-    env=_env(cache, devices, AGT_TEST_KILL=point, AGT_TEST_MODULE=module),
+    env=_env(
+      cache, devices, AGT_TEST_KILL=point, AGT_TEST_MODULE=module, **extra
+    ),
     watch=processes.metrics_of(args),
   )
 
 
-def killed_at(point, args, cache, devices=1):
-  out = driven(point, args, cache, devices)
+def killed_at(point, args, cache, devices=1, **extra):
+  out = driven(point, args, cache, devices, **extra)
   assert out.returncode == -signal.SIGKILL, (point, out.stderr[-2000:])
+
+
+def _alive_with(marker: str) -> list[int]:
+  """PIDs of live processes whose environment holds ``AGT_TEST_RUN=marker``
+  (the run's own process and whatever it started)."""
+  want = f"AGT_TEST_RUN={marker}".encode()
+  pids = []
+  for d in pathlib.Path("/proc").iterdir():
+    if not d.name.isdigit():
+      continue
+    try:
+      if want in (d / "environ").read_bytes().split(b"\0"):
+        state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state != "Z":  # a zombie has exited; its parent reaps it
+          pids.append(int(d.name))
+    except OSError:  # gone meanwhile, or not ours to read
+      continue
+  return pids
 
 
 def metric_keys(wd):
@@ -324,7 +347,14 @@ def test_workers_sigkill_and_sigterm_resume_bit_identical(reference):
   in-process reference (a batch depends on (seed, step, slot) alone)."""
   root, wd = reference, reference / "workers"
   args = [*BASE, "--set", "workers=2", "--workdir", str(wd)]
-  killed_at("step:teacher:6", args, root / "cache")
+  marker = f"workers-{os.getpid()}-{time.time_ns()}"
+  killed_at("step:teacher:6", args, root / "cache", AGT_TEST_RUN=marker)
+  # Its two decode workers do not outlive it (pipeline.exit_with_parent
+  # checks the parent once a second); without that they lived on forever.
+  deadline = time.monotonic() + 60
+  while _alive_with(marker) and time.monotonic() < deadline:
+    time.sleep(0.5)
+  assert not _alive_with(marker), "decode workers outlived a SIGKILLed run"
   proc = processes.Watched(
     [sys.executable, "-m", "experiments.odir", *args, "--resume"],
     cwd=ROOT,

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
+import os
+import threading
+import time
 
 import grain
 import jax
@@ -111,9 +115,27 @@ def to_iterator(
     it_ds = it_ds.mp_prefetch(
       grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=prefetch
-      )
+      ),
+      worker_init_fn=functools.partial(exit_with_parent, os.getpid()),
     )
   return iter(it_ds)
+
+
+def exit_with_parent(parent_pid: int, *_worker) -> None:
+  """``mp_prefetch``'s worker initialiser: a daemon thread that ends the
+  worker once the training process ``parent_pid`` is gone.
+
+  A training process killed outright (SIGKILL, the OOM killer, a
+  preempted job) never closes its iterator, and its decode workers would
+  live on as orphans, each holding its buffers, until the machine restarts.
+  The thread checks the parent once a second."""
+
+  def watch():
+    while os.getppid() == parent_pid:
+      time.sleep(1.0)
+    os._exit(0)
+
+  threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def data_sharding(mesh: jax.sharding.Mesh, axis: str = "data") -> NamedSharding:
