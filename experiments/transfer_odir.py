@@ -372,13 +372,12 @@ def _real_examples(data, generated_labels, per_set: int = SHEET_PER_SET):
   rows = []
   for ls in _sheet_sets(generated_labels):
     rows += np.flatnonzero(np.all(data.y_fit == ls, axis=1))[:per_set].tolist()
+  labels = np.asarray(data.y_fit)[rows].astype(np.int64)
+  if rows:
+    return np.stack([data.fit_source[i] for i in rows]), labels
+  # None to show: an empty array of the images' shape (one read for it).
   size = data.fit_source[0].shape if data.num_fit else (0, 0, 3)
-  images = (
-    np.stack([data.fit_source[i] for i in rows])
-    if rows
-    else np.zeros((0, *size), np.uint8)
-  )
-  return images, np.asarray(data.y_fit)[rows].astype(np.int64)
+  return np.zeros((0, *size), np.uint8), labels
 
 
 def _other_classes(config, classes) -> tuple:
