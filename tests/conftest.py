@@ -19,8 +19,6 @@ from absl import flags  # noqa: E402
 flags.FLAGS.mark_as_parsed()
 
 import atexit  # noqa: E402
-import json  # noqa: E402
-import pathlib  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
@@ -56,18 +54,3 @@ def cache(tmp_path_factory):
   """The data cache (``AGT_JAX_CACHE``) of the CLI runs: one per worker, so
   odir5k-synth is rendered once per size, not once per test file."""
   return tmp_path_factory.mktemp("synth-cache")
-
-
-# Seconds each test file took on the 2-core machine (summed over its tests;
-# a --durations=0 run, 2026-12-06). xdist hands out whole files in
-# collection order (--dist loadfile --no-loadscope-reorder), so the longest
-# go first and the short ones fill the end: neither worker waits minutes
-# for the other's last file. A file missing here runs after these; the
-# numbers only order the files and no test reads them.
-_DURATIONS = json.loads(
-  (pathlib.Path(__file__).parent / "durations.json").read_text()
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-  items.sort(key=lambda item: -_DURATIONS.get(item.path.name, 0))
