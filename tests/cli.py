@@ -14,12 +14,12 @@ from tests import processes
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def env(cache):
-  """The environment of a CLI subprocess: CPU, the test's data cache, and
-  the session's one persistent XLA compilation cache (tests/conftest.py;
-  every CLI run compiles the same few steps; a cached executable is the
-  same program, so results are unchanged, only the minutes of compiling
-  go)."""
+def env(cache, devices=1, **extra):
+  """The environment of a CLI subprocess: CPU (``devices`` fake ones), the
+  test's data cache, and the session's one persistent XLA compilation cache
+  (tests/conftest.py; every CLI run compiles the same few steps; a cached
+  executable is the same program, so results are unchanged, only the
+  minutes of compiling go); ``extra`` variables last."""
   from tests.conftest import XLA_CACHE_ENV
 
   e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -31,6 +31,9 @@ def env(cache):
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
   )
+  if devices > 1:
+    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  e.update(extra)
   return e
 
 

@@ -48,13 +48,11 @@ def _free_port() -> int:
 
 
 def _env(cache, devices, **extra):
-  e = env(cache)
-  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  # Later runs reuse the first one's compiled steps.
-  e["JAX_COMPILATION_CACHE_DIR"] = str(cache / "xla")
-  e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  e.update(extra)
-  return e
+  # Later runs reuse the first one's compiled steps (unless ``extra`` names
+  # another cache).
+  return env(
+    cache, devices, **{"JAX_COMPILATION_CACHE_DIR": str(cache / "xla"), **extra}
+  )
 
 
 def two_processes(args, cache, kill=None):

@@ -78,19 +78,11 @@ raise SystemExit((getattr(module, "main", None) or module.run)(sys.argv[1:]))
 """
 
 
-def _env(cache, devices=1, **extra):
-  e = env(cache)
-  if devices > 1:
-    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  e.update(extra)
-  return e
-
-
 def run(args, cache, devices=1, module="experiments.odir"):
   return processes.run(
     [sys.executable, "-m", module, *args],
     cwd=ROOT,
-    env=_env(cache, devices),
+    env=env(cache, devices),
     watch=processes.metrics_of(args),
   )
 
@@ -99,7 +91,7 @@ def driven(point, args, cache, devices=1, module="experiments.odir", **extra):
   return processes.run(
     [sys.executable, "-c", DRIVER, *args],
     cwd=ROOT,
-    env=_env(
+    env=env(
       cache, devices, AGT_TEST_KILL=point, AGT_TEST_MODULE=module, **extra
     ),
     watch=processes.metrics_of(args),
@@ -225,7 +217,7 @@ def test_signal_checkpoints_prints_one_line_and_resumes(
   proc = processes.Watched(
     [sys.executable, "-m", "experiments.odir", *BASE, "--workdir", str(wd)],
     cwd=ROOT,
-    env=_env(root / "cache"),
+    env=env(root / "cache"),
   )
   _wait_for(wd, phase, 2, proc)
   proc.send_signal(sig)
@@ -247,7 +239,7 @@ def test_signal_checkpoints_prints_one_line_and_resumes(
   out = processes.run(
     [sys.executable, *argv[1:]],
     cwd=ROOT,
-    env=_env(root / "cache"),
+    env=env(root / "cache"),
     watch=[wd / "metrics.jsonl"],
   )
   assert out.returncode == 0, out.stderr[-3000:]
@@ -358,7 +350,7 @@ def test_workers_sigkill_and_sigterm_resume_bit_identical(reference):
   proc = processes.Watched(
     [sys.executable, "-m", "experiments.odir", *args, "--resume"],
     cwd=ROOT,
-    env=_env(root / "cache"),
+    env=env(root / "cache"),
   )
   _wait_for(wd, "student", 2, proc)
   proc.send_signal(signal.SIGTERM)
