@@ -15,14 +15,20 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def env(cache, devices=1, **extra):
-  """The environment of a CLI subprocess: CPU (``devices`` fake ones), the
-  test's data cache, and the session's one persistent XLA compilation cache
-  (tests/conftest.py; every CLI run compiles the same few steps; a cached
-  executable is the same program, so results are unchanged, only the
-  minutes of compiling go); ``extra`` variables last."""
+  """The environment of a CLI subprocess: CPU (``devices`` fake ones) with
+  the session's other XLA flags, the test's data cache, and the session's
+  one persistent XLA compilation cache (tests/conftest.py; every CLI run
+  compiles the same few steps; a cached executable is the same program, so
+  results are unchanged, only the minutes of compiling go); ``extra``
+  variables last."""
   from tests.conftest import XLA_CACHE_ENV
 
-  e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  flags = [
+    f for f in os.environ["XLA_FLAGS"].split() if "device_count" not in f
+  ]
+  if devices > 1:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  e = dict(os.environ)
   e.update(
     JAX_PLATFORMS="cpu",
     AGT_JAX_CACHE=str(cache),
@@ -30,9 +36,8 @@ def env(cache, devices=1, **extra):
     JAX_COMPILATION_CACHE_DIR=os.environ[XLA_CACHE_ENV],
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    XLA_FLAGS=" ".join(flags),
   )
-  if devices > 1:
-    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   e.update(extra)
   return e
 

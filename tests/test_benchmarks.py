@@ -1,7 +1,6 @@
 """Benchmarks run at tiny sizes and print the documented JSON schema."""
 
 import json
-import os
 import pathlib
 import sys
 
@@ -20,10 +19,6 @@ def bench(script, *args) -> str:
       "JAX_PLATFORMS": "cpu",
       "PATH": "/usr/bin:/bin",
       "PYTHONPATH": str(ROOT),
-      # The tests check the scripts' output, not their speed (conftest).
-      "JAX_DISABLE_MOST_OPTIMIZATIONS": os.environ[
-        "JAX_DISABLE_MOST_OPTIMIZATIONS"
-      ],
     },
   ).stdout
 
