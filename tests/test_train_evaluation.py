@@ -99,3 +99,36 @@ def test_report_carries_calibration_per_class_by_hand():
   assert r["a"]["p_neg"] == pytest.approx((0.6 + 0.1) / 2)
   assert r["b"]["called_positive"] == 0.5
   assert r["b"]["p_neg"] == pytest.approx((0.2 + 0.7) / 2)
+
+
+def test_predictors_of_one_model_share_one_program():
+  """Each evaluation of a run (and every run of a process) builds a
+  predictor; equal models reuse one compiled program, and the offset and
+  temperature are its inputs, not constants baked into a new one."""
+  import jax
+
+  from agt_jax import models
+  from agt_jax.train import steps
+
+  def model():
+    return models.Teacher(
+      models.make_encoder("resnet_tiny"), groups=((0, 1), (2,)), num_classes=3
+    )
+
+  tx = steps.adam(1e-3, 0.9, 0.99)
+  state = steps.init_state(model(), tx, (16, 16, 3), seed=0)
+  v = {"params": state["params"], "batch_stats": state["batch_stats"]}
+  x = np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3), np.uint8)
+  p0, f0 = evaluation.predictor(model())(v, x)
+  size = evaluation._predict._cache_size()
+  off = np.array([0.5, -1.0, 2.0], np.float32)
+  p1, f1 = evaluation.predictor(model(), off)(v, x)
+  p2, _ = evaluation.predictor(model(), -off, temperature=2.0)(v, x)
+  assert evaluation._predict._cache_size() == size + 2  # with offset, with T
+  _ = evaluation.predictor(model(), 2 * off, temperature=3.0)(v, x)
+  assert evaluation._predict._cache_size() == size + 2
+  logit = lambda p: np.log(p) - np.log1p(-p)
+  np.testing.assert_allclose(logit(p1), logit(p0) - off, atol=2e-5)
+  np.testing.assert_allclose(logit(p2), (logit(p0) + off) / 2, atol=2e-5)
+  np.testing.assert_array_equal(f0, f1)
+  assert jax.numpy.asarray(p0).shape == (4, 3)

@@ -59,6 +59,22 @@ def test_init_state_is_one_cached_program_with_the_default_values():
   )
 
 
+def test_equal_optimisers_are_one_object_so_runs_share_programs():
+  assert steps.teacher_tx(3, 1e-3) is steps.teacher_tx(3, 1e-3)
+  assert steps.teacher_tx(3, 1e-3) is not steps.teacher_tx(3, 2e-3)
+  assert steps.joint_tx(1e-3) is steps.joint_tx(1e-3)
+  tx = steps.adam(1e-3, 0.9, 0.99)
+  assert tx is steps.adam(1e-3, 0.9, 0.99)
+  assert steps.frozen_encoder_tx(tx) is steps.frozen_encoder_tx(tx)
+  lr = jnp.float32(1e-3)  # unhashable: built anew, and still works
+  assert steps.adam(lr, 0.9, 0.99) is not steps.adam(lr, 0.9, 0.99)
+  # A second run with an equal config reuses init_state's program.
+  make()
+  size = steps._init_cpu._cache_size()
+  make()
+  assert steps._init_cpu._cache_size() == size
+
+
 def test_teacher_logits_are_in_global_class_order():
   model, _, state = make()
   x = batch(0)["image"]

@@ -3,6 +3,8 @@ metric report, thresholds tuned on validation, and the collapse check."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
@@ -26,11 +28,23 @@ def predictor(model, offset=None, *, tta="none", temperature=None):
     None if a is None else jax.numpy.asarray(a, "float32")
     for a in (offset, temperature)
   )
-  return jax.jit(
-    lambda v, x: steps.predict_step(
-      v, x, model=model, offset=off, tta=tta, temperature=temp
+  try:
+    hash(model)
+  except TypeError:  # a module holding a list or an array: jitted per call
+    return jax.jit(
+      lambda v, x: steps.predict_step(
+        v, x, model=model, offset=off, tta=tta, temperature=temp
+      )
     )
+  return functools.partial(
+    _predict, model=model, offset=off, tta=tta, temperature=temp
   )
+
+
+# One program per model, views and shapes for the whole process: a jit
+# built per call (a closure over the offset and temperature) was traced and
+# compiled again at every evaluation of a run and for every run.
+_predict = jax.jit(steps.predict_step, static_argnames=("model", "tta"))
 
 
 def predict(

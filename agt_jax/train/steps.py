@@ -10,6 +10,7 @@ one compiled program serves every group.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -135,6 +136,26 @@ class TransferOptions:
 # -- optimisers ---------------------------------------------------------------
 
 
+def _same_object_for_equal_arguments(fn):
+  """Equal arguments give the same transformation object. Steps and
+  ``init_state`` take ``tx`` as a static argument, so a new object per run
+  made every later run in the process (the next method, fold or seed of an
+  experiment) trace and compile them again; an optax transformation is
+  immutable, so sharing it changes nothing else. Unhashable arguments (an
+  array learning rate) build a new one."""
+  cached = functools.lru_cache(maxsize=256)(fn)
+
+  @functools.wraps(fn)
+  def build(*args, **kwargs):
+    try:
+      return cached(*args, **kwargs)
+    except TypeError:
+      return fn(*args, **kwargs)
+
+  return build
+
+
+@_same_object_for_equal_arguments
 def adam(
   lr, b1: float, b2: float, weight_decay: float = 0.0
 ) -> optax.GradientTransformation:
@@ -145,6 +166,7 @@ def adam(
   return optax.adam(lr, b1=b1, b2=b2)
 
 
+@_same_object_for_equal_arguments
 def teacher_tx(
   num_groups: int,
   lr,
@@ -177,6 +199,7 @@ def teacher_tx(
   return optax.partition(transforms, labels)
 
 
+@_same_object_for_equal_arguments
 def joint_tx(
   lr, *, b1: float = 0.9, b2: float = 0.99, weight_decay: float = 0.0
 ) -> optax.GradientTransformationExtraArgs:
@@ -185,6 +208,7 @@ def joint_tx(
   return optax.with_extra_args_support(adam(lr, b1, b2, weight_decay))
 
 
+@_same_object_for_equal_arguments
 def frozen_encoder_tx(
   tx: optax.GradientTransformation,
 ) -> optax.GradientTransformation:
