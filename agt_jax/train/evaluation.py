@@ -28,17 +28,8 @@ def predictor(model, offset=None, *, tta="none", temperature=None):
     None if a is None else jax.numpy.asarray(a, "float32")
     for a in (offset, temperature)
   )
-  try:
-    hash(model)
-  except TypeError:  # a module holding a list or an array: jitted per call
-    return jax.jit(
-      lambda v, x: steps.predict_step(
-        v, x, model=model, offset=off, tta=tta, temperature=temp
-      )
-    )
-  return functools.partial(
-    _predict, model=model, offset=off, tta=tta, temperature=temp
-  )
+  fn = steps.bind_static(_predict, steps.predict_step, model=model, tta=tta)
+  return functools.partial(fn, offset=off, temperature=temp)
 
 
 # One program per model, views and shapes for the whole process: a jit

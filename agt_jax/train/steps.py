@@ -222,6 +222,21 @@ def frozen_encoder_tx(
   return optax.partition({"frozen": optax.set_to_zero(), "trained": tx}, labels)
 
 
+def bind_static(jitted, fun, *, compiler_options=None, **static):
+  """``jitted`` (a module-level ``jax.jit`` of ``fun`` whose ``static``
+  arguments are static) with ``static`` bound: one compiled program per
+  process for equal static values, however many runs ask for it. Values
+  that cannot be hashed (a module holding a list or an array) get a jit of
+  their own, compiled per call."""
+  try:
+    hash(tuple(static.values()))
+  except TypeError:
+    return jax.jit(
+      functools.partial(fun, **static), compiler_options=compiler_options
+    )
+  return functools.partial(jitted, **static)
+
+
 def init_state(
   model,
   tx,
@@ -231,16 +246,16 @@ def init_state(
 ) -> State:
   """``{"params", "batch_stats", "opt_state", "step"}`` (plus
   ``"loss_state"`` for stateful losses such as EQLv2)."""
-  key, shape = jax.random.key(seed), tuple(image_shape)
   cpu = jax.default_backend() == "cpu"
-  try:
-    hash((model, tx))
-  except TypeError:  # a module holding a list or an array: jitted per call
-    make = lambda k: _make_state(k, model=model, tx=tx, shape=shape)
-    state = jax.jit(make, compiler_options=_INIT_OPTIONS if cpu else None)(key)
-  else:
-    init = _init_cpu if cpu else _init
-    state = init(key, model=model, tx=tx, shape=shape)
+  init = bind_static(
+    _init_cpu if cpu else _init,
+    _make_state,
+    compiler_options=_INIT_OPTIONS if cpu else None,
+    model=model,
+    tx=tx,
+    shape=tuple(image_shape),
+  )
+  state = init(jax.random.key(seed))
   if loss_state:
     state["loss_state"] = loss_state
   return state
