@@ -8,10 +8,11 @@ import os
 
 # Tests compile hundreds of small programs and run each a few steps, so
 # LLVM's top optimisation level (XLA:CPU's default, 3) costs more than it
-# saves; level 1 still vectorises (level 0 made the VAE test 16 s -> 59 s),
-# level 1 took it to 10 s. Every test process and CLI subprocess gets it
-# (tests/cli.py); set XLA_FLAGS=--xla_backend_optimization_level=3 to test
-# the default code generation.
+# saves: level 1 took the VAE test from 16 s to 10 s (level 0 to 59 s: too
+# little optimisation for its many steps). Every test process and CLI
+# subprocess gets it (tests/cli.py); set
+# XLA_FLAGS=--xla_backend_optimization_level=3 to test the default code
+# generation.
 OPT_FLAG = "--xla_backend_optimization_level=1"
 
 os.environ["JAX_PLATFORMS"] = "cpu"
