@@ -4,6 +4,8 @@ group-mixed batches, then a student distilled from it."""
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -196,15 +198,12 @@ def train_teacher(config, data, groups, ctx) -> Trained:
     else None
   )
 
-  def teacher_fn(state, batch):
-    return steps.teacher_step(
-      state, batch, model=teacher, tx=ttx, options=options
-    )
-
   trained = run_phase(
     "teacher",
     model=teacher,
-    step_fn=teacher_fn,
+    step_fn=functools.partial(
+      steps.teacher_step, model=teacher, tx=ttx, options=options
+    ),
     state=state,
     batches=teacher_batches(config, data, batch_groups, alpha),
     config=config,
@@ -246,23 +245,18 @@ def train_student(config, data, groups, teacher: Trained, ctx) -> Trained:
     None if teacher.offset is None else jnp.asarray(teacher.offset)
   )
 
-  def student_fn(state, batch, teacher_variables):
-    return steps.student_step(
-      state,
-      batch,
-      teacher_variables,
+  return run_phase(
+    "student",
+    model=student,
+    step_fn=functools.partial(
+      steps.student_step,
       model=student,
       teacher_model=teacher.model,
       tx=stx,
       class_counts=class_counts,
       options=kd,
       teacher_offset=teacher_offset,
-    )
-
-  return run_phase(
-    "student",
-    model=student,
-    step_fn=student_fn,
+    ),
     state=state,
     batches=samplers.instance_balanced_batches(
       data.y_fit, batch_size=config.batch_size, seed=config.seed + 1

@@ -14,6 +14,7 @@ shape and the step compiles once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -254,13 +255,10 @@ def train(config, data, groups, ctx) -> dict:
     group_loss=config.gbg_group_loss,
   )
 
-  def gbg_fn(state, batch):
-    return moo_step(state, batch, model=model, tx=tx, options=options)
-
   trained = run_phase(
     "gbg",
     model=model,
-    step_fn=gbg_fn,
+    step_fn=functools.partial(moo_step, model=model, tx=tx, options=options),
     state=state,
     batches=samplers.gac_batches(
       data.y_fit,

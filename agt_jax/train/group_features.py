@@ -3,6 +3,7 @@ computed from (paper §3.3 relational subsets; GBG gradient groups)."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -72,13 +73,9 @@ def _grouping_encoder(
       f"group_init {source}" if config.group_init else f"--init {source}"
     )
   elif config.warmup_steps:
-
-    def warm_fn(s, b):
-      return steps.plain_step(s, b, model=student, tx=tx)
-
     phase = TrainingPhase(
       "warmup",
-      step_fn=warm_fn,
+      step_fn=functools.partial(steps.plain_step, model=student, tx=tx),
       state=state,
       batches=samplers.instance_balanced_batches(
         y_train, batch_size=config.batch_size, seed=config.seed + 2

@@ -19,6 +19,7 @@ from being drowned by the background.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 
@@ -175,12 +176,9 @@ def train(config, table, images, masks, workdir, *, resume: bool) -> dict:
   mesh = make_mesh(config.batch_size)
   labels = table.grade_onehot
 
-  def step_fn(s, b):
-    return multitask_step(s, b, model=model, tx=tx)
-
   phase = TrainingPhase(
     "multitask",
-    step_fn=step_fn,
+    step_fn=functools.partial(multitask_step, model=model, tx=tx),
     state=state,
     batches=samplers.instance_balanced_batches(
       labels[parts.fit], batch_size=config.batch_size, seed=config.seed

@@ -23,7 +23,7 @@ from agt_jax.errors import (
   NonFiniteLossError,
 )
 from agt_jax.runtime import MetricWriter, progress, replicate
-from agt_jax.train import interrupts
+from agt_jax.train import interrupts, steps
 from agt_jax.train import workdir as workdir_lib
 from agt_jax.train.checkpoint import Checkpoints
 
@@ -148,7 +148,8 @@ class TrainingPhase:
     self.saved_step = self.start if latest is not None else None
     # The steps after the restored one are rerun: drop their old records.
     self.writer.truncate(name, self.start)
-    self.step = jax.jit(step_fn, donate_argnums=0)
+    # One program per process for equal steps (steps.compiled_step).
+    self.step = steps.compiled_step(step_fn)
     self.extra_args = extra_args
     self.evaluate = evaluate
     self.guard = guard

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from agt_jax import losses, methods
@@ -222,7 +223,9 @@ def frozen_encoder_tx(
   return optax.partition({"frozen": optax.set_to_zero(), "trained": tx}, labels)
 
 
-def bind_static(jitted, fun, *, compiler_options=None, **static):
+def bind_static(
+  jitted, fun, *, compiler_options=None, donate_argnums=(), **static
+):
   """``jitted`` (a module-level ``jax.jit`` of ``fun`` whose ``static``
   arguments are static) with ``static`` bound: one compiled program per
   process for equal static values, however many runs ask for it. Values
@@ -232,9 +235,41 @@ def bind_static(jitted, fun, *, compiler_options=None, **static):
     hash(tuple(static.values()))
   except TypeError:
     return jax.jit(
-      functools.partial(fun, **static), compiler_options=compiler_options
+      functools.partial(fun, **static),
+      compiler_options=compiler_options,
+      donate_argnums=donate_argnums,
     )
   return functools.partial(jitted, **static)
+
+
+@functools.cache
+def _donating_jit(fun, static_argnames: tuple[str, ...]):
+  return jax.jit(fun, static_argnames=static_argnames, donate_argnums=0)
+
+
+def compiled_step(step_fn):
+  """The jitted training step ``(state, batch, *extra) -> (state, metrics)``
+  with its state donated.
+
+  A ``functools.partial`` of a module-level step with keyword arguments
+  only (``partial(teacher_step, model=..., tx=..., options=...)``) is
+  compiled once per process for equal keywords: its arrays go in as
+  inputs, everything else is static. So another run of the same shapes
+  and options in the process (the next method, fold, seed or trial of an
+  experiment) reuses the program instead of tracing it again. Any other
+  callable (a closure) is jitted as given, once per call of this.
+  """
+  if isinstance(step_fn, functools.partial) and not step_fn.args:
+    kw = step_fn.keywords
+    static = {
+      k: v for k, v in kw.items() if not isinstance(v, jax.Array | np.ndarray)
+    }
+    jitted = _donating_jit(step_fn.func, tuple(sorted(static)))
+    dynamic = {k: v for k, v in kw.items() if k not in static}
+    return functools.partial(
+      bind_static(jitted, step_fn.func, donate_argnums=0, **static), **dynamic
+    )
+  return jax.jit(step_fn, donate_argnums=0)
 
 
 def init_state(

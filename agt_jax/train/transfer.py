@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from agt_jax import models
 from agt_jax.data import samplers
 from agt_jax.models import weights
@@ -69,15 +71,12 @@ def train(config, data, groups, ctx) -> dict[str, Trained]:
     seed=config.seed,
   )
 
-  def transfer_fn(state, batch):
-    return steps.transfer_step(
-      state, batch, model=model, tx=tx, options=options
-    )
-
   trained = run_phase(
     "transfer",
     model=model,
-    step_fn=transfer_fn,
+    step_fn=functools.partial(
+      steps.transfer_step, model=model, tx=tx, options=options
+    ),
     state=state,
     batches=samplers.instance_balanced_batches(
       data.y_fit, batch_size=config.batch_size, seed=config.seed
