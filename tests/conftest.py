@@ -15,6 +15,13 @@ import os
 # generation.
 OPT_FLAG = "--xla_backend_optimization_level=1"
 
+# Two test workers share two cores, so each runs OpenMP code (scikit-learn's
+# K-Means and gradient boosting) on one thread. At the default (a thread per
+# core) a busy neighbour left OpenMP's threads spinning at every barrier:
+# the gradient-boosting meta-learner test took 577 s instead of 2 beside
+# other work (> 50 s beside two busy processes, 2 s on one thread).
+# Inherited by every CLI subprocess.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["JAX_PLATFORMS"] = "cpu"
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _flags:

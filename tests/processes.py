@@ -8,10 +8,15 @@ nobody reads) and any ``watch`` file (a run's ``metrics.jsonl``). When none
 of them has grown for ``STALL_S`` seconds, the processes get SIGABRT (with
 ``PYTHONFAULTHANDLER`` set, each prints every thread's stack), then SIGKILL,
 and the test fails with their output.
+
+With ``AGT_TEST_PROCESS_LOG`` set to a file, each subprocess appends one
+JSON line (the test, its argv, wall seconds, return code) when it exits:
+where a suite's subprocess time goes (BENCHMARKS.md, "Test suite").
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -57,13 +62,27 @@ class Watched:
         stderr=err,
         text=True,
       )
+    self._argv, self._start, self._logged = list(argv), time.monotonic(), False
 
   @property
   def returncode(self):
     return self.proc.returncode
 
   def poll(self):
-    return self.proc.poll()
+    rc = self.proc.poll()
+    if rc is not None and not self._logged:
+      self._logged = True
+      log = os.environ.get("AGT_TEST_PROCESS_LOG")
+      if log:
+        with open(log, "a") as f:
+          row = dict(
+            test=os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
+            argv=[str(a) for a in self._argv[1:]],
+            wall_s=round(time.monotonic() - self._start, 2),
+            rc=rc,
+          )
+          f.write(json.dumps(row) + "\n")
+    return rc
 
   def send_signal(self, sig):
     self.proc.send_signal(sig)
@@ -75,6 +94,7 @@ class Watched:
     return self.stderr_path.read_text(errors="replace")
 
   def close(self):
+    self.poll()  # logs a process the test waited for itself
     self._dir.cleanup()
 
 
