@@ -82,7 +82,9 @@ _TRACES: list = []
 
 def _toy_step(state, batch, *, scale, weights):
   _TRACES.append(scale)  # runs at trace time only
-  w = state["w"] * jnp.asarray(scale) + jnp.sum(jnp.asarray(weights)) + batch["x"]
+  w = (
+    state["w"] * jnp.asarray(scale) + jnp.sum(jnp.asarray(weights)) + batch["x"]
+  )
   return {"w": w}, {"loss": jnp.sum(w)}
 
 
