@@ -279,9 +279,14 @@ def multilabel_report(
     )
   pred = (probs > 0.5).astype(np.int64)
   # Every class's precision, recall and F1 in one call (per class, the
-  # binary scores of its column; one call instead of three per class).
+  # binary scores of its column; one call instead of three per class). One
+  # column reads as a binary target, whose scores are per label value: its
+  # positive label's.
   precision, recall, f1_all, _ = skm.precision_recall_fscore_support(
-    labels, pred, average=None, zero_division=0.0
+    *((labels[:, 0], pred[:, 0]) if c == 1 else (labels, pred)),
+    average=None,
+    labels=[1] if c == 1 else None,
+    zero_division=0.0,
   )
   per_class, aucs, aps, f1s = {}, [], [], []
   for j, name in enumerate(class_names):

@@ -130,6 +130,20 @@ def test_per_class_precision_recall_at_half_by_hand():
   assert r["macro_recall"] == pytest.approx((2 / 3 + 1 / 2) / 2)
 
 
+def test_one_class_report_scores_its_positives_by_hand():
+  """One column (a binary target to scikit-learn) scores its positive
+  label, not the negatives: the tuned-threshold search reads this."""
+  y = np.array([[1], [1], [0], [0], [1]])
+  p = np.array([[0.9], [0.4], [0.6], [0.1], [0.7]])
+  a = metrics.multilabel_report(y, p, ["a"])["per_class"]["a"]
+  # predicted {0, 2, 4}, true {0, 1, 4}: TP 2, FP 1, FN 1.
+  assert (a["precision"], a["recall"], a["f1"]) == pytest.approx(
+    (2 / 3, 2 / 3, 2 / 3)
+  )
+  none = metrics.multilabel_report(np.zeros((4, 1)), np.zeros((4, 1)), ["a"])
+  assert none["per_class"]["a"]["f1"] == 0.0  # no positive, none called
+
+
 def test_f1_eq16_hand_count_and_not_the_script_f1():
   labels = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
   probs = np.array(
