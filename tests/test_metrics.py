@@ -130,6 +130,9 @@ def test_per_class_precision_recall_at_half_by_hand():
   assert r["macro_recall"] == pytest.approx((2 / 3 + 1 / 2) / 2)
 
 
+@pytest.mark.filterwarnings(  # the all-negative case: kappa and AUC undefined
+  "ignore::UserWarning", "ignore::sklearn.exceptions.UndefinedMetricWarning"
+)
 def test_one_class_report_scores_its_positives_by_hand():
   """One column (a binary target to scikit-learn) scores its positive
   label, not the negatives: the tuned-threshold search reads this."""
