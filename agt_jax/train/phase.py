@@ -70,6 +70,11 @@ def _all_finite(tree) -> jax.Array:
 class TrainingPhase:
   """Shared machinery of a training phase.
 
+  ``step_fn(state, batch, *extra_args) -> (state, metrics)``: best a
+  ``functools.partial`` of a module-level step with keyword arguments,
+  whose compiled program every equal run in the process then shares
+  (:func:`agt_jax.train.steps.compiled_step`); any callable works.
+
   ``evaluate(state, step) -> record`` (optional) runs every
   ``config.eval_every`` steps and at the last step; its record goes to
   ``metrics.jsonl`` (the validation scorer of :mod:`agt_jax.train.selection`
