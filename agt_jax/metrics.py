@@ -279,14 +279,13 @@ def multilabel_report(
     )
   pred = (probs > 0.5).astype(np.int64)
   # Every class's precision, recall and F1 in one call (per class, the
-  # binary scores of its column; one call instead of three per class). One
-  # column reads as a binary target, whose scores are per label value: its
-  # positive label's.
+  # binary scores of its column; one call instead of three per class).
+  if c == 1:  # a binary target to sklearn, scored per label value: take 1's
+    y_true, y_pred, which = labels[:, 0], pred[:, 0], [1]
+  else:
+    y_true, y_pred, which = labels, pred, None
   precision, recall, f1_all, _ = skm.precision_recall_fscore_support(
-    *((labels[:, 0], pred[:, 0]) if c == 1 else (labels, pred)),
-    average=None,
-    labels=[1] if c == 1 else None,
-    zero_division=0.0,
+    y_true, y_pred, labels=which, average=None, zero_division=0.0
   )
   per_class, aucs, aps, f1s = {}, [], [], []
   for j, name in enumerate(class_names):
