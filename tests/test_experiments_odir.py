@@ -228,7 +228,7 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
 
   processes.wait_until(saved_6, proc, watch=[wd / "metrics.jsonl"])
   proc.send_signal(signal.SIGKILL)
-  proc.proc.wait()
+  proc.wait()
   proc.close()
   latest = max(int(p.name) for p in ckpt.glob("*") if p.name.isdigit())
   assert latest < 12, "the run finished before it could be killed"

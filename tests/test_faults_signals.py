@@ -95,6 +95,7 @@ def driven(point, args, cache, devices=1, module="experiments.odir", **extra):
       cache, devices, AGT_TEST_KILL=point, AGT_TEST_MODULE=module, **extra
     ),
     watch=processes.metrics_of(args),
+    fork=True,  # the driver patches the CLI's modules, then runs it
   )
 
 
