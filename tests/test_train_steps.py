@@ -77,6 +77,19 @@ def test_equal_optimisers_are_one_object_so_runs_share_programs():
   assert steps._init_cpu._cache_size() == size
 
 
+def test_a_builders_own_type_error_surfaces_from_one_call():
+  calls = []
+
+  @steps._same_object_for_equal_arguments
+  def broken(lr):
+    calls.append(lr)
+    raise TypeError("bad argument")
+
+  with pytest.raises(TypeError, match="bad argument"):
+    broken(1e-3)
+  assert calls == [1e-3]
+
+
 _TRACES: list = []
 
 

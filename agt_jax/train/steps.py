@@ -149,9 +149,10 @@ def _same_object_for_equal_arguments(fn):
   @functools.wraps(fn)
   def build(*args, **kwargs):
     try:
-      return cached(*args, **kwargs)
-    except TypeError:
+      hash((args, tuple(kwargs.items())))
+    except TypeError:  # not a TypeError of ``fn``'s, which must surface once
       return fn(*args, **kwargs)
+    return cached(*args, **kwargs)
 
   return build
 
