@@ -30,8 +30,10 @@ SCRIPTS = {
 
 @pytest.fixture
 def many_parents(monkeypatch):
-  # Other test files of this worker may have started parents of their own.
+  # Other test files of this worker may have started parents of their own;
+  # the forked path is tested under AGT_TEST_FORK=0 too.
   monkeypatch.setattr(processes, "MAX_ZYGOTE_ENVS", 100)
+  monkeypatch.delenv("AGT_TEST_FORK", raising=False)
 
 
 def _run(code, tmp_path, fork, devices=1, args=()):
