@@ -24,10 +24,12 @@ suite").
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
 import pathlib
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -86,10 +88,12 @@ class _Zygote:
     )
 
   def ready(self) -> bool:
-    line = self.proc.stdout.readline()
-    return line.startswith('{"ready"')
+    """Whether it finished its imports (within the hang rule's time)."""
+    if not select.select([self.proc.stdout], [], [], STALL_S)[0]:
+      return False
+    return self.proc.stdout.readline().startswith('{"ready"')
 
-  def fork(self, argv, env, cwd, out, err, status) -> int:
+  def fork(self, argv, env, cwd, out, err, status) -> int | None:
     req = dict(
       argv=list(argv), env=env, cwd=str(cwd), stdout=str(out),
       stderr=str(err), status=str(status),
@@ -116,7 +120,7 @@ class _Zygote:
 MAX_ZYGOTE_ENVS = 2
 _zygotes: dict = {}
 _seen: dict = {}
-_turn = [0]
+_turn = itertools.count()
 
 
 def _close_zygotes() -> None:
@@ -147,12 +151,13 @@ def _zygote_for(argv, cwd, env, fork) -> _Zygote | None:
     base = {k: v for k, v in env.items() if k not in RUN_TIME_ENV}
     seeds = random.Random().sample(range(1, 2**31), 2)
     pair = [_Zygote(cwd, base, s) for s in seeds]
-    _zygotes[key] = pair if all(z.ready() for z in pair) else None
+    if not all([z.ready() for z in pair]):
+      for z in pair:
+        z.proc.kill()
+      pair = None
+    _zygotes[key] = pair
   pair = _zygotes[key]
-  if pair is None:
-    return None
-  _turn[0] += 1
-  return pair[_turn[0] % 2]
+  return None if pair is None else pair[next(_turn) % 2]
 
 
 class Watched:
