@@ -167,6 +167,8 @@ def serve() -> None:
     buf += chunk
     while b"\n" in buf:
       line, buf = buf.split(b"\n", 1)
+      if not line.strip():
+        continue
       req = json.loads(line)
       pid = os.fork()
       if pid == 0:
