@@ -45,13 +45,14 @@ def _run(code, tmp_path, fork, devices=1, args=()):
   )
 
 
-def _forked(code, tmp_path, **kw):
-  """A forked run (an environment's first run is a fresh interpreter)."""
+def _forked(code, tmp_path, *, fork=True, devices=1, args=(), **extra):
+  """``(forked, returncode, stdout, stderr)`` of a ``-c`` run that may be
+  forked (an environment's first run is a fresh interpreter)."""
   w = processes.Watched(
-    [sys.executable, "-c", code, *kw.pop("args", ())],
+    [sys.executable, "-c", code, *args],
     cwd=ROOT,
-    env=env(tmp_path / "cache", kw.pop("devices", 1)),
-    fork=True,
+    env=env(tmp_path / "cache", devices, **extra),
+    fork=fork,
   )
   try:
     processes.wait([w])
@@ -113,21 +114,25 @@ def test_forked_runs_differ_in_seeds_and_are_killable(tmp_path, many_parents):
     w.close()
 
 
-def test_only_run_time_variables_may_differ_from_the_parent(tmp_path):
-  base = env(tmp_path / "cache")
-  argv = [sys.executable, "-m", "experiments.odir", "--help"]
-  for extra in ({"JAX_ENABLE_X64": "1"}, {"PYTHONHASHSEED": "0"}):
-    out = processes.Watched(argv, cwd=ROOT, env={**base, **extra})
-    out.close()
-    assert not out.forked, extra  # read at import, or fixed at start
-  assert not processes.Watched(
-    [sys.executable, "-c", "pass"], cwd=ROOT, env=base
-  ).forked  # `-c` only when the caller asks
+def test_variables_read_at_import_get_a_parent_of_their_own(
+  tmp_path, many_parents
+):
+  x64 = "import jax; print(jax.config.jax_enable_x64)"
+  _forked("pass", tmp_path)
+  assert _forked(x64, tmp_path)[:3] == (True, 0, "False\n")
+  # jax reads JAX_ENABLE_X64 at import: never a child of the parent above.
+  first = _forked(x64, tmp_path, JAX_ENABLE_X64="1")
+  second = _forked(x64, tmp_path, JAX_ENABLE_X64="1")
+  assert first[:3] == (False, 0, "True\n")  # its environment's first run
+  assert second[:3] == (True, 0, "True\n")  # from a parent with it set
+  # A fixed hash seed is the interpreter's: always a fresh one.
+  for _ in range(2):
+    assert _forked("pass", tmp_path, PYTHONHASHSEED="0")[0] is False
+  # `-c` only when the caller asks; nothing with AGT_TEST_FORK=0.
+  assert _forked("pass", tmp_path, fork=None)[0] is False
   with pytest.MonkeyPatch.context() as m:
     m.setenv("AGT_TEST_FORK", "0")
-    w = processes.Watched(argv, cwd=ROOT, env=base, fork=True)
-    w.close()
-    assert not w.forked
+    assert _forked("pass", tmp_path)[0] is False
 
 
 def test_a_silent_process_is_a_hang(tmp_path):
