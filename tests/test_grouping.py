@@ -165,6 +165,10 @@ def test_random_and_count_groups_partition_the_classes():
   ) == ((1, 3, 5, 7), (0, 2, 9), (4, 6, 8))
 
 
+# The literal cosine cuts the orthogonal pair's near-zero (some negative)
+# affinities to 0, so scikit-learn may warn that the graph is not fully
+# connected: that is the case under test, not a fault.
+@pytest.mark.filterwarnings("ignore:Graph is not fully connected")
 def test_gradient_affinity_forms():
   # Two conflicting directions and a third orthogonal one: the literal
   # cosine (negatives cut to 0) and the shifted one both separate them.
