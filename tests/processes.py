@@ -24,6 +24,7 @@ suite").
 from __future__ import annotations
 
 import atexit
+import collections
 import itertools
 import json
 import os
@@ -119,7 +120,7 @@ class _Zygote:
 # MAX_ZYGOTE_ENVS environments per test process.
 MAX_ZYGOTE_ENVS = 2
 _zygotes: dict = {}
-_seen: dict = {}
+_seen: collections.Counter = collections.Counter()
 _turn = itertools.count()
 
 
@@ -140,15 +141,12 @@ def _zygote_for(argv, cwd, env, fork) -> _Zygote | None:
   module_run = argv[1] == "-m" and str(argv[2]).startswith("experiments.")
   if not (module_run or (argv[1] == "-c" and fork)):
     return None
-  key = (
-    str(cwd),
-    frozenset((k, v) for k, v in env.items() if k not in RUN_TIME_ENV),
-  )
+  base = {k: v for k, v in env.items() if k not in RUN_TIME_ENV}
+  key = (str(cwd), frozenset(base.items()))
   if key not in _zygotes:
-    _seen[key] = _seen.get(key, 0) + 1
+    _seen[key] += 1
     if _seen[key] < 2 or len(_zygotes) >= MAX_ZYGOTE_ENVS:
       return None
-    base = {k: v for k, v in env.items() if k not in RUN_TIME_ENV}
     seeds = random.Random().sample(range(1, 2**31), 2)
     pair = [_Zygote(cwd, base, s) for s in seeds]
     if not all([z.ready() for z in pair]):

@@ -36,15 +36,6 @@ def many_parents(monkeypatch):
   monkeypatch.delenv("AGT_TEST_FORK", raising=False)
 
 
-def _run(code, tmp_path, fork, devices=1, args=()):
-  return processes.run(
-    [sys.executable, "-c", code, *args],
-    cwd=ROOT,
-    env=env(tmp_path / "cache", devices),
-    fork=fork,
-  )
-
-
 def _forked(code, tmp_path, *, fork=True, devices=1, args=(), **extra):
   """``(forked, returncode, stdout, stderr)`` of a ``-c`` run that may be
   forked (an environment's first run is a fresh interpreter)."""
@@ -65,11 +56,11 @@ def _forked(code, tmp_path, *, fork=True, devices=1, args=(), **extra):
 def test_forked_run_ends_as_a_fresh_interpreter(name, tmp_path, many_parents):
   code, args = SCRIPTS[name], ["a", str(ROOT)]
   devices = 8 if name == "devices" else 1
-  fresh = _run(code, tmp_path, False, devices, args)
+  fresh = _forked(code, tmp_path, fork=False, devices=devices, args=args)
   _forked("pass", tmp_path)  # the environment's first run
   forked, rc, out, err = _forked(code, tmp_path, devices=devices, args=args)
   assert forked
-  assert (rc, out, err) == (fresh.returncode, fresh.stdout, fresh.stderr)
+  assert (rc, out, err) == fresh[1:]
   expected_rc = {
     "exit_code": 3,
     "exit_message": 1,

@@ -27,11 +27,20 @@ when child N exits, its wait status is written (atomically) to the
 
 from __future__ import annotations
 
+import atexit
+import faulthandler
 import importlib
 import json
 import os
+import runpy
 import select
+import signal
 import sys
+import threading
+import traceback
+import types
+
+from agt_jax import io
 
 # What the experiment CLIs import before their first step (their module
 # level and the trainers), so that a child imports next to nothing.
@@ -74,14 +83,6 @@ def _child(req: dict) -> None:
   """Runs in the forked child; never returns."""
   code = 70  # EX_SOFTWARE, should the set-up itself fail
   try:
-    import atexit
-    import faulthandler
-    import runpy
-    import signal
-    import threading
-    import traceback
-    import types
-
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
@@ -139,11 +140,8 @@ def _reap(status_files: dict) -> None:
       return
     path = status_files.pop(pid, None)
     if path is not None:
-      tmp = f"{path}.tmp"
       try:
-        with open(tmp, "w") as f:
-          f.write(str(status))
-        os.replace(tmp, path)
+        io.atomic_write_text(path, str(status))
       except OSError:  # the test has closed its watch meanwhile
         pass
 
