@@ -562,10 +562,21 @@ def _vae_section(workdir, rows) -> list[str]:
       + " |"
     )
   lines.append("")
-  sheet = _vae_sheet(workdir, folds[0], rows)
+  # The first fold whose drawn images are here: records merged from another
+  # workdir keep their summaries but not their samples.
+  shown = next(
+    (
+      f
+      for f in folds
+      if (vae_dir(workdir, f) / "samples.npz").exists()
+      and any(r["task"] == "vae" and r["fold"] == f for r in rows)
+    ),
+    None,
+  )
+  sheet = None if shown is None else _vae_sheet(workdir, shown, rows)
   if sheet:
     lines += [
-      f"`vae_samples.png` (fold {folds[0]}): per label set, generated "
+      f"`vae_samples.png` (fold {shown}): per label set, generated "
       "images (left) beside real training images (right).",
       "",
       "![VAE samples](vae_samples.png)",
@@ -653,7 +664,8 @@ def _macro_f_plot(workdir, macro, rows):
 
 def _gradcam_figure(workdir, rows, tasks, per_class: int = 2):
   """Grad-CAM of the selected model of the first of mha/full/frozen on
-  ``per_class`` test images of each class (first fold)."""
+  ``per_class`` test images of each class (the first fold with its
+  checkpoint)."""
   import jax
   import jax.numpy as jnp
 
@@ -671,9 +683,25 @@ def _gradcam_figure(workdir, rows, tasks, per_class: int = 2):
     ),
     None,
   )
-  if task is None:
+  # The first fold whose selected model is here (merged records may come
+  # without their checkpoints).
+  row = next(
+    (
+      r
+      for r in sorted(rows, key=lambda r: r["fold"])
+      if r["task"] == task
+      and (
+        workdir
+        / r["run"]
+        / f"fold{r['fold']}"
+        / "checkpoints"
+        / "transfer_best"
+      ).exists()
+    ),
+    None,
+  )
+  if row is None:
     return None
-  row = min((r for r in rows if r["task"] == task), key=lambda r: r["fold"])
   wd = workdir / row["run"] / f"fold{row['fold']}"
   config = from_json((wd / "config.json").read_text())
   data = loop.load_fold(config)

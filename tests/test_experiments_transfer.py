@@ -9,7 +9,9 @@ import numpy as np
 from tests.cli import rows, run_cli
 
 
-def test_transfer_odir_smoke_under_a_minute_then_skips(tmp_path, cache):
+def test_transfer_odir_smoke_under_a_minute_then_skips(
+  tmp_path, cache, monkeypatch
+):
   import time
 
   wd = tmp_path / "transfer"
@@ -95,6 +97,34 @@ def test_transfer_odir_smoke_under_a_minute_then_skips(tmp_path, cache):
   assert again.returncode == 0 and again.stdout.count("finished, skipped") == 5
   assert "[vae]" not in again.stdout  # the generated images are reused
   assert (wd / "vae_samples.png").stat().st_size > 1000
+  _report_over_merged_records(wd, tasks, cache, monkeypatch)
+
+
+def _report_over_merged_records(wd, tasks, cache, monkeypatch):
+  """Records merged from another workdir keep their results but not their
+  checkpoints or drawn images: the report's pictures come from the first fold
+  that has them, and say which."""
+  import shutil
+
+  from experiments import transfer_odir
+
+  monkeypatch.setenv("AGT_JAX_CACHE", str(cache))
+  lines = (wd / "results.jsonl").read_text().splitlines()
+  moved = [json.dumps({**json.loads(l), "fold": 1}) for l in lines]
+  (wd / "results.jsonl").write_text("\n".join(lines + moved) + "\n")
+  for d in [wd / t for t in tasks] + [wd / "vae_images"]:
+    shutil.copytree(d / "fold0", d / "fold1")
+  for t in tasks:  # fold 0 as merged from elsewhere
+    shutil.rmtree(wd / t / "fold0" / "checkpoints")
+  (wd / "vae_images" / "fold0" / "samples.npz").unlink()
+  for png in ("vae_samples.png", "gradcam.png"):
+    (wd / png).unlink()
+  report = transfer_odir.write_report(wd, tasks, stand_in=False).read_text()
+  assert "folds [0, 1]" in report
+  assert "`vae_samples.png` (fold 1)" in report
+  assert "`gradcam.png`: Grad-CAM at the last stage of `mha` (fold 1)" in report
+  for png in ("vae_samples.png", "gradcam.png"):
+    assert (wd / png).stat().st_size > 1000
 
 
 def test_stand_in_pretraining_uses_the_other_classes(tmp_path, cache):
