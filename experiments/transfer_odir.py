@@ -689,14 +689,7 @@ def _gradcam_figure(workdir, rows, tasks, per_class: int = 2):
     (
       r
       for r in sorted(rows, key=lambda r: r["fold"])
-      if r["task"] == task
-      and (
-        workdir
-        / r["run"]
-        / f"fold{r['fold']}"
-        / "checkpoints"
-        / "transfer_best"
-      ).exists()
+      if r["task"] == task and best_dir(workdir, r["run"], r["fold"]).exists()
     ),
     None,
   )
@@ -709,7 +702,9 @@ def _gradcam_figure(workdir, rows, tasks, per_class: int = 2):
   like = steps.init_state(
     model, steps.adam(1e-3, 0.9, 0.99), (config.crop, config.crop, 3), 0
   )
-  variables = weights.load_variables(wd / "checkpoints" / "transfer_best", like)
+  variables = weights.load_variables(
+    best_dir(workdir, row["run"], row["fold"]), like
+  )
   if variables is None:
     return None
   y = data.y_test
