@@ -304,6 +304,11 @@ def vae_dir(workdir, fold: int) -> pathlib.Path:
   return pathlib.Path(workdir) / "vae_images" / f"fold{fold}"
 
 
+def vae_samples(workdir, fold: int) -> pathlib.Path:
+  """The fold's drawn images; their presence means Task 4a's stage is done."""
+  return vae_dir(workdir, fold) / "samples.npz"
+
+
 def generate_vae_images(config, workdir, steps: int) -> pathlib.Path:
   """Task 4a: the VAE fitted to ``config``'s fold's training split (its
   images at ``image_size``) and the balancing images it draws, written once
@@ -313,8 +318,8 @@ def generate_vae_images(config, workdir, steps: int) -> pathlib.Path:
   from agt_jax.train import loop
   from agt_jax.train import vae as vae_train
 
-  out = vae_dir(workdir, config.fold)
-  path = out / "samples.npz"
+  path = vae_samples(workdir, config.fold)
+  out = path.parent
   if path.exists():
     return path.absolute()
   data = loop.load_fold(config)
@@ -568,7 +573,7 @@ def _vae_section(workdir, rows) -> list[str]:
     (
       f
       for f in folds
-      if (vae_dir(workdir, f) / "samples.npz").exists()
+      if vae_samples(workdir, f).exists()
       and any(r["task"] == "vae" and r["fold"] == f for r in rows)
     ),
     None,
@@ -586,11 +591,11 @@ def _vae_section(workdir, rows) -> list[str]:
 
 
 def _vae_sheet(workdir, fold, rows, per_set: int = SHEET_PER_SET):
+  """The sheet of ``fold``'s drawn images; the caller picks a fold with a
+  ``vae`` row and its samples."""
   from agt_jax import plotting
 
-  if not any(r["task"] == "vae" and r["fold"] == fold for r in rows):
-    return None
-  with np.load(vae_dir(workdir, fold) / "samples.npz") as z:
+  with np.load(vae_samples(workdir, fold)) as z:
     gen, gen_y = z["images"], z["labels"]
     names = [str(n) for n in z["class_names"]]
     stored = "real_images" in z.files
@@ -695,16 +700,15 @@ def _gradcam_figure(workdir, rows, tasks, per_class: int = 2):
   )
   if row is None:
     return None
-  wd = workdir / row["run"] / f"fold{row['fold']}"
+  best = best_dir(workdir, row["run"], row["fold"])
+  wd = best.parent.parent
   config = from_json((wd / "config.json").read_text())
   data = loop.load_fold(config)
   model = transfer_trainer.transfer_model(config, len(data.names))
   like = steps.init_state(
     model, steps.adam(1e-3, 0.9, 0.99), (config.crop, config.crop, 3), 0
   )
-  variables = weights.load_variables(
-    best_dir(workdir, row["run"], row["fold"]), like
-  )
+  variables = weights.load_variables(best, like)
   if variables is None:
     return None
   y = data.y_test
